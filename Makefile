@@ -1,0 +1,41 @@
+# x0tta6bl4 — the two commands of the README, and what they stand on.
+#   make up     set everything up and run the main job
+#   make test   lint, type checks and the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint typecheck pytest setup system tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+system:
+	scripts/setup-system.sh
+
+tools:
+	scripts/install-tools.sh
+
+up: setup
+	scripts/demo.sh
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup system tools
+	scripts/run-pytest.sh
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. pytest's exit code 5 ("no tests collected") is a failure here:
+# an empty run must never pass for a green one.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.tools/bin:$PATH"
+.venv/bin/pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "run-pytest: pytest collected no tests; treating that as a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,39 @@
+"""The ``x0tta6bl4`` command line.
+
+Every subcommand lives in its own module under :mod:`x0tta6bl4.commands` and is registered
+here. Heavy imports happen inside the commands so that ``--help`` stays fast. Every option is
+also settable through an ``X0_…`` environment variable (shown in ``--help``).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from x0tta6bl4.commands import bench as bench_cmd
+from x0tta6bl4.commands import version as version_cmd
+
+app = typer.Typer(
+    name="x0tta6bl4",
+    help=(
+        "x0tta6bl4: a post-quantum, zero-trust, self-healing overlay mesh for Kubernetes.\n\n"
+        "Nodes link with a hybrid X25519 + ML-KEM-768 handshake and ML-DSA-65 identities, "
+        "detect failed links in well under a second and route around them."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+app.command("version", help="Print the version of x0tta6bl4 and of its cryptographic backend.")(
+    version_cmd.version
+)
+app.add_typer(bench_cmd.app, name="bench")
+
+
+def main() -> None:
+    """Entry point of the ``x0tta6bl4`` console script."""
+    app()
+
+
+__all__ = ["app", "main"]

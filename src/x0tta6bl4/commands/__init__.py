@@ -1,0 +1,1 @@
+"""One module per ``x0tta6bl4`` subcommand."""

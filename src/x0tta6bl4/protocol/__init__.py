@@ -1,0 +1,1 @@
+"""x0tta6bl4.protocol."""
