@@ -22,7 +22,7 @@ import enum
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -250,6 +250,7 @@ class Aead:
     """AES-256-GCM under one key. Nonces must never repeat under a key."""
 
     key: bytes
+    _cipher: AESGCM = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.key) != AEAD_KEY_SIZE:
@@ -274,4 +275,3 @@ class Aead:
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     """Compare two secrets in constant time."""
     return hmac.compare_digest(a, b)
-
