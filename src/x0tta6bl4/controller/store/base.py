@@ -1,0 +1,294 @@
+"""The store interface every backend implements, and its shared argument checks.
+
+Concurrency contract: a :class:`Store` object belongs to one asyncio event loop; any number
+of tasks of that loop may call it concurrently. Several store objects (in one process or in
+several controller replicas) may share one backend; every guarantee below holds across them.
+
+Guarantees (see ``docs/store.md``):
+
+- ``register_node`` is an atomic upsert by ``node_id``: the node keeps its overlay address on
+  re-registration (while it lies inside the given network) and no address is ever held by
+  two nodes, whatever the number of concurrent writers.
+- Every change of a node or the policy gets a revision, strictly increasing; ``watch`` yields
+  the changes after a revision in order, pushed as they happen.
+- A write that fails with :class:`StoreUnavailableError` may or may not have been applied;
+  retrying it is safe (see :mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import math
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from types import TracebackType
+from typing import Self
+
+from x0tta6bl4.controller.ipam import check_network
+from x0tta6bl4.controller.models import (
+    NodeRecord,
+    NodeRegistration,
+    NodeStatus,
+    Policy,
+    Revision,
+    Snapshot,
+    StoredPolicy,
+    StoreEvent,
+)
+from x0tta6bl4.controller.store.errors import StoreError, StoreUnavailableError
+
+__all__ = [
+    "MAX_BLOB_SIZE",
+    "Leadership",
+    "Store",
+    "check_blob",
+    "check_blob_key",
+    "check_cidr",
+    "check_leader_args",
+    "check_nonce",
+]
+
+MAX_BLOB_SIZE = 1024 * 1024
+"""Largest blob accepted (etcd's default request limit is 1.5 MiB)."""
+
+_BLOB_KEY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}(?:/[a-z0-9][a-z0-9._-]{0,63}){0,7}")
+_LEADER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_blob_key(key: object) -> str:
+    """Validate a blob key: lowercase path segments such as ``ca/current``."""
+    if not isinstance(key, str) or not _BLOB_KEY.fullmatch(key):
+        raise ValueError(
+            "blob key must be 1-8 '/'-separated segments of lowercase letters, digits, '.', "
+            f"'_' or '-'; got {key!r:.80}"
+        )
+    return key
+
+
+def check_blob(data: object) -> bytes:
+    """Validate blob contents (bytes, at most :data:`MAX_BLOB_SIZE`)."""
+    if not isinstance(data, bytes):
+        raise TypeError(f"blob must be bytes, not {type(data).__name__}")
+    if len(data) > MAX_BLOB_SIZE:
+        raise ValueError(f"blob is {len(data)} bytes; at most {MAX_BLOB_SIZE} allowed")
+    return data
+
+
+def check_nonce(nonce: object, expires_at: object) -> None:
+    """Validate replay-guard arguments: 8-1024 bytes and a finite expiry time."""
+    if not isinstance(nonce, bytes) or not 8 <= len(nonce) <= 1024:
+        raise ValueError("nonce must be 8 to 1024 bytes")
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        raise TypeError("expires_at must be a number (seconds since the epoch)")
+    if not math.isfinite(expires_at):
+        raise ValueError("expires_at must be finite")
+
+
+def check_leader_args(name: object, identity: object, ttl: object) -> None:
+    """Validate leader-election arguments."""
+    if not isinstance(name, str) or not _LEADER_NAME.fullmatch(name):
+        raise ValueError(f"leader name must be a lowercase identifier; got {name!r:.80}")
+    if not isinstance(identity, str) or not 1 <= len(identity) <= 256:
+        raise ValueError("leader identity must be a non-empty string of at most 256 characters")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError("leader ttl must be a number of seconds")
+    if not 1 <= ttl <= 3600:
+        raise ValueError(f"leader ttl must be between 1 and 3600 seconds; got {ttl}")
+
+
+def check_cidr(cidr: object) -> IPv4Network:
+    """Validate the overlay network handed to ``register_node``."""
+    if not isinstance(cidr, IPv4Network):
+        raise TypeError("cidr must be an ipaddress.IPv4Network (see ipam.parse_overlay_cidr)")
+    check_network(cidr)
+    return cidr
+
+
+@dataclass
+class Leadership:
+    """Held leadership: ``lost`` is set when a renewal fails or another identity took over."""
+
+    name: str
+    identity: str
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Store(abc.ABC):
+    """Durable controller state: nodes, overlay addresses, policy, nonces, leaders, blobs."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect / open the database and create the schema if needed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every resource; idempotent. Running watches end."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True if the backend answers now (for ``/ready``); never raises."""
+
+    # -- nodes ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_node(self, registration: NodeRegistration, cidr: IPv4Network) -> NodeRecord:
+        """Insert or update the node, allocating an overlay address from ``cidr``.
+
+        A known node keeps its address (if it lies in ``cidr``) and its ``registered_at``;
+        its status is reset. Raises :class:`CidrExhaustedError` (writing nothing) when no
+        address is free.
+        """
+
+    @abc.abstractmethod
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        """The node, or None."""
+
+    @abc.abstractmethod
+    async def list_nodes(self) -> list[NodeRecord]:
+        """All nodes, sorted by node_id."""
+
+    @abc.abstractmethod
+    async def delete_node(self, node_id: str) -> bool:
+        """Delete the node and release its address; False if it did not exist."""
+
+    @abc.abstractmethod
+    async def touch_node(
+        self, node_id: str, now: float, status: NodeStatus | None = None
+    ) -> NodeRecord:
+        """Record a heartbeat at ``now`` (and the new ``status`` if given).
+
+        Raises :class:`NotFoundError` if the node is not registered (it must re-register).
+        """
+
+    @abc.abstractmethod
+    async def expire_nodes(self, older_than: float) -> list[str]:
+        """Delete every node last seen before ``older_than``, releasing addresses."""
+
+    # -- policy --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_policy(self) -> StoredPolicy:
+        """The policy and its revision; an empty policy at revision 0 if never written."""
+
+    @abc.abstractmethod
+    async def put_policy(self, policy: Policy, expected_revision: Revision | None) -> Revision:
+        """Replace the policy; returns its new revision.
+
+        With ``expected_revision`` (0 = "never written") the write happens only if the stored
+        policy is still at that revision, else :class:`ConflictError`.
+        """
+
+    # -- revisions and watch -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def revision(self) -> Revision:
+        """The current store revision (every change so far is at or below it)."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot:
+        """All nodes and the policy, consistent at one revision (watch from it)."""
+
+    @abc.abstractmethod
+    def watch(self, from_revision: Revision) -> AsyncIterator[StoreEvent]:
+        """Yield every change with a revision greater than ``from_revision``, forever.
+
+        Raises :class:`RevisionCompactedError` if that history is gone, and
+        :class:`StoreUnavailableError` if the backend stays unreachable.
+        """
+
+    # -- replay guard --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def replay_guard(self, nonce: bytes, expires_at: float) -> bool:
+        """Record ``nonce`` until ``expires_at``; False if it was already recorded."""
+
+    # -- leader election -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def try_acquire_leader(self, name: str, identity: str, ttl: float) -> bool:
+        """Become (or stay) leader of ``name`` for ``ttl`` seconds; False if someone else is.
+
+        Call again well within ``ttl`` (e.g. every ttl/3) to renew. ``identity`` must be
+        unique per replica.
+        """
+
+    @abc.abstractmethod
+    async def release_leader(self, name: str, identity: str) -> None:
+        """Give up leadership of ``name`` if ``identity`` holds it."""
+
+    @contextlib.asynccontextmanager
+    async def leader(self, name: str, identity: str, ttl: float) -> AsyncIterator[Leadership]:
+        """Wait until leader of ``name``, renew every ttl/3 while inside, release on exit.
+
+        The yielded :class:`Leadership` has its ``lost`` event set if a renewal is refused or
+        the store stays unreachable for a whole ``ttl``; singleton work should stop then.
+        """
+        check_leader_args(name, identity, ttl)
+        period = ttl / 3
+        while True:
+            with contextlib.suppress(StoreUnavailableError):
+                if await self.try_acquire_leader(name, identity, ttl):
+                    break
+            await asyncio.sleep(period)
+        leadership = Leadership(name=name, identity=identity)
+        renewer = asyncio.create_task(self._renew(leadership, ttl))
+        try:
+            yield leadership
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(StoreError):
+                await self.release_leader(name, identity)
+
+    async def _renew(self, leadership: Leadership, ttl: float) -> None:
+        loop = asyncio.get_running_loop()
+        confirmed = loop.time()
+        while not leadership.lost.is_set():
+            await asyncio.sleep(ttl / 3)
+            try:
+                held = await self.try_acquire_leader(leadership.name, leadership.identity, ttl)
+            except StoreUnavailableError:
+                held = loop.time() - confirmed < ttl
+            else:
+                confirmed = loop.time()
+            if not held:
+                leadership.lost.set()
+
+    # -- blobs ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_blob(self, key: str) -> bytes | None:
+        """The blob stored under ``key``, or None."""
+
+    @abc.abstractmethod
+    async def put_blob_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` unless the key exists; True if written."""
+
+    @abc.abstractmethod
+    async def replace_blob(self, key: str, expected: bytes, data: bytes) -> bool:
+        """Replace the blob only if it still equals ``expected``; True if replaced."""
+
+    # -- maintenance ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def verify(self) -> list[str]:
+        """Check the store's invariants; returns the problems found (empty: consistent)."""

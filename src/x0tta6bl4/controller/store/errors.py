@@ -1,0 +1,75 @@
+"""Exceptions raised by the stores.
+
+::
+
+    StoreError
+    ├── StoreUnavailableError   the backend could not be reached or did not answer; retryable
+    ├── CidrExhaustedError      no free overlay address left; nothing was written
+    ├── ConflictError           an optimistic-concurrency check failed (expected revision)
+    ├── NotFoundError           the node (or other object) does not exist
+    ├── RevisionCompactedError  a watch asked for history the store no longer keeps
+    ├── SchemaError             the database was written by a newer, incompatible version
+    └── InvalidStoreUrlError    (also a ValueError) the store URL cannot be used
+
+A ``StoreUnavailableError`` raised by a write means the outcome is unknown: the write may or
+may not have been applied. Every write of the store interface is safe to retry (registration
+is an upsert, deletes are idempotent), except ``put_policy`` with an expected revision, whose
+retry may report a :class:`ConflictError` for its own earlier success.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CidrExhaustedError",
+    "ConflictError",
+    "InvalidStoreUrlError",
+    "NotFoundError",
+    "RevisionCompactedError",
+    "SchemaError",
+    "StoreError",
+    "StoreUnavailableError",
+]
+
+
+class StoreError(Exception):
+    """Base class of every store error."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backend is unreachable or did not answer in time. Retry, possibly elsewhere."""
+
+
+class CidrExhaustedError(StoreError):
+    """Every usable address of the overlay network is taken; nothing was written."""
+
+
+class ConflictError(StoreError):
+    """The object changed since the revision the caller expected."""
+
+    def __init__(self, message: str, *, current_revision: int) -> None:
+        super().__init__(message)
+        self.current_revision = current_revision
+
+
+class NotFoundError(StoreError):
+    """The requested object does not exist."""
+
+
+class RevisionCompactedError(StoreError):
+    """The requested revision is older than the history the store keeps."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(
+            f"revision {requested} is no longer available (history compacted up to "
+            f"{compacted}); take a new snapshot and watch from its revision"
+        )
+        self.requested = requested
+        self.compacted = compacted
+
+
+class SchemaError(StoreError):
+    """The stored data uses a schema this version does not understand."""
+
+
+class InvalidStoreUrlError(StoreError, ValueError):
+    """The store URL is malformed or names an unsupported backend."""

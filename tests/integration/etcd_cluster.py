@@ -1,0 +1,274 @@
+"""Real etcd processes for tests: one member or a cluster on loopback, ephemeral ports.
+
+    with EtcdCluster(tmp_path, size=3) as cluster:
+        cluster.endpoints            # [("127.0.0.1", port), ...]
+        leader = cluster.leader()    # asks each member over etcd's HTTP gateway
+        cluster.kill(leader)         # SIGKILL
+        cluster.restart(leader)      # same data dir, rejoins
+
+The binary comes from Debian's ``etcd-server`` package (``scripts/setup-system.sh``);
+:func:`etcd_binary` returns None when it is missing so tests can skip with that reason.
+Elections are tuned fast (heartbeat 50 ms, election timeout 500 ms) to keep failover tests
+short. Each member logs to ``<data-dir>.log``; a start failure reports the log's tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["ETCD_MISSING_REASON", "EtcdCluster", "EtcdMember", "etcd_binary"]
+
+ETCD_MISSING_REASON = (
+    "the etcd binary is not installed (Debian package etcd-server; run scripts/setup-system.sh)"
+)
+_START_TIMEOUT = 30.0
+
+
+def etcd_binary() -> str | None:
+    """Path of the etcd server binary, or None."""
+    found = shutil.which("etcd")
+    if found:
+        return found
+    return "/usr/bin/etcd" if os.access("/usr/bin/etcd", os.X_OK) else None
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class EtcdMember:
+    """One etcd member: its name, ports, data directory and (while running) process."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.with_suffix(".log")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _post(self, path: str, timeout: float = 2.0) -> dict[str, object]:
+        request = urllib.request.Request(self.client_url + path, data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            result: dict[str, object] = json.load(response)
+        return result
+
+    def status(self) -> dict[str, object] | None:
+        """etcd's maintenance status of this member, or None if it does not answer."""
+        if not self.running:
+            return None
+        try:
+            return self._post("/v3/maintenance/status")
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def healthy(self) -> bool:
+        """True if the member answers and sees a leader."""
+        if not self.running:
+            return False
+        try:
+            with urllib.request.urlopen(self.client_url + "/health", timeout=2.0) as response:
+                return bool(json.load(response).get("health") == "true")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback under ``base_dir`` (see the module docstring)."""
+
+    def __init__(self, base_dir: Path, size: int = 1) -> None:
+        binary = etcd_binary()
+        if binary is None:
+            raise RuntimeError(ETCD_MISSING_REASON)
+        self.binary = binary
+        self.base_dir = Path(base_dir)
+        self.size = size
+        self.members: list[EtcdMember] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD")}
+        machine = platform.machine().lower()
+        if machine not in ("x86_64", "amd64"):
+            env["ETCD_UNSUPPORTED_ARCH"] = {"aarch64": "arm64"}.get(machine, machine)
+        return env
+
+    def start(self) -> None:
+        """Start every member and wait until all are healthy."""
+        ports = _free_ports(2 * self.size)
+        token = f"x0-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.members = [
+            EtcdMember(
+                name=f"m{index}",
+                client_port=ports[2 * index],
+                peer_port=ports[2 * index + 1],
+                data_dir=self.base_dir / f"m{index}",
+            )
+            for index in range(self.size)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.args = [
+                self.binary,
+                f"--name={member.name}",
+                f"--data-dir={member.data_dir}",
+                f"--listen-client-urls={member.client_url}",
+                f"--advertise-client-urls={member.client_url}",
+                f"--listen-peer-urls={member.peer_url}",
+                f"--initial-advertise-peer-urls={member.peer_url}",
+                f"--initial-cluster={initial}",
+                "--initial-cluster-state=new",
+                f"--initial-cluster-token={token}",
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+                "--logger=zap",
+                "--log-outputs=stderr",
+                "--log-level=warn",
+            ]
+            self._spawn(member)
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, member: EtcdMember) -> None:
+        with member.log_path.open("ab") as log:
+            member.process = subprocess.Popen(
+                member.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+            )
+
+    def wait_healthy(self, timeout: float = _START_TIMEOUT) -> None:
+        """Wait until every running member is healthy (has a leader)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [m for m in self.members if m.process is not None]
+            for member in running:
+                if member.process is not None and member.process.poll() is not None:
+                    raise RuntimeError(
+                        f"etcd member {member.name} exited with {member.process.returncode}:\n"
+                        + member.log_tail()
+                    )
+            if all(member.healthy() for member in running):
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in running)
+                raise RuntimeError(f"etcd did not become healthy in {timeout} s:\n{tails}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Terminate every member (SIGTERM, then SIGKILL after 10 s)."""
+        for member in self.members:
+            if member.running and member.process is not None:
+                member.process.send_signal(signal.SIGTERM)
+        for member in self.members:
+            if member.process is not None:
+                try:
+                    member.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    member.process.kill()
+                    member.process.wait()
+                member.process = None
+
+    # -- chaos ---------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", member.client_port) for member in self.members]
+
+    def url(self, members: list[EtcdMember] | None = None) -> str:
+        """An ``etcd://`` store URL naming ``members`` (default: all)."""
+        chosen = self.members if members is None else members
+        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in chosen)
+
+    def leader(self, timeout: float = _START_TIMEOUT) -> EtcdMember:
+        """The member that is currently raft leader (waits for an election)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for member in self.members:
+                status = member.status()
+                if status is None:
+                    continue
+                header = status.get("header")
+                if isinstance(header, dict) and status.get("leader") == header.get("member_id"):
+                    return member
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no etcd leader elected within {timeout} s")
+            time.sleep(0.05)
+
+    def kill(self, member: EtcdMember) -> None:
+        """SIGKILL ``member`` and reap it."""
+        if member.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                member.process.kill()
+            member.process.wait()
+            member.process = None
+
+    def restart(self, member: EtcdMember) -> None:
+        """Start a killed member again on its data dir and wait until the cluster is healthy."""
+        if member.running:
+            raise RuntimeError(f"etcd member {member.name} is still running")
+        self._spawn(member)
+        self.wait_healthy()

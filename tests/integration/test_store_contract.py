@@ -1,0 +1,839 @@
+"""One contract for every store backend, run against real SQLite files and real etcd.
+
+Also here: the records' JSON validation, store URL parsing, SQLite crash safety (a writer
+process is SIGKILLed mid-writes) and etcd HA (three writer processes, 1000 registrations,
+the etcd leader SIGKILLed part-way). The writer processes run this module as a program:
+``python -m tests.integration.test_store_contract {sqlite-writer,ha-worker} …``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.etcd_cluster import ETCD_MISSING_REASON, EtcdCluster, etcd_binary
+from x0tta6bl4.controller.models import (
+    ML_DSA_65_PUBLIC_KEY_SIZE,
+    EventKind,
+    LinkStatus,
+    ModelError,
+    NodeRecord,
+    NodeRegistration,
+    NodeStatus,
+    Policy,
+    PolicyRule,
+    StoreEvent,
+    dumps,
+    loads,
+)
+from x0tta6bl4.controller.store import (
+    CidrExhaustedError,
+    ConflictError,
+    EtcdUrl,
+    InvalidStoreUrlError,
+    NotFoundError,
+    SchemaError,
+    SqliteUrl,
+    Store,
+    StoreUnavailableError,
+    default_store_url,
+    open_store,
+    parse_store_url,
+)
+from x0tta6bl4.controller.store.etcd import EtcdStore
+from x0tta6bl4.controller.store.sqlite import SqliteStore
+
+REPO = Path(__file__).resolve().parents[2]
+NET = IPv4Network("100.96.0.0/16")
+PEM = "-----BEGIN CERTIFICATE-----\nTUlJQg==\n-----END CERTIFICATE-----\n"
+WAIT = 20.0  # a hang guard for awaited events, never a performance assertion
+
+
+def key_for(node_id: str) -> bytes:
+    seed = node_id.encode()
+    return (seed * (ML_DSA_65_PUBLIC_KEY_SIZE // len(seed) + 1))[:ML_DSA_65_PUBLIC_KEY_SIZE]
+
+
+def reg(node_id: str, now: float = 1000.0, endpoint: str = "10.0.0.1:7810") -> NodeRegistration:
+    return NodeRegistration(
+        node_id=node_id,
+        spiffe_id=f"spiffe://x0tta6bl4.mesh/ns/mesh/sa/{node_id}",
+        endpoint=endpoint,
+        pq_svid_pem=PEM,
+        pq_svid_not_after=now + 3600,
+        ml_dsa_public_key=key_for(node_id),
+        now=now,
+    )
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def etcd_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    if etcd_binary() is None:
+        pytest.skip(ETCD_MISSING_REASON)
+    with EtcdCluster(tmp_path_factory.mktemp("etcd1"), size=1) as cluster:
+        yield cluster
+
+
+@dataclass
+class Backend:
+    """Makes store objects that share one backend (as controller replicas would)."""
+
+    kind: str
+    make: Callable[[], Store]
+    opened: list[Store] = field(default_factory=list)
+
+    async def open(self) -> Store:
+        store = self.make()
+        await store.open()
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "state" / "controller.db"
+        result = Backend("sqlite", lambda: SqliteStore(path))
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd_single")
+        prefix = f"/x0-test-{uuid.uuid4().hex}/"
+        result = Backend("etcd", lambda: EtcdStore(cluster.endpoints, prefix=prefix))
+    yield result
+    for store in result.opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.open()
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+async def test_register_allocates_an_address_and_get_returns_the_record(store: Store) -> None:
+    record = await store.register_node(reg("alpha"), NET)
+    assert record.overlay_ip in NET
+    assert record.overlay_ip not in (NET.network_address, NET.broadcast_address)
+    assert (record.registered_at, record.last_seen) == (1000.0, 1000.0)
+    assert record.status == NodeStatus()
+    assert await store.get_node("alpha") == record
+    assert await store.get_node("nobody") is None
+    assert await store.verify() == []
+
+
+async def test_reregistration_keeps_address_and_registered_at(store: Store) -> None:
+    first = await store.register_node(reg("alpha", now=1000.0), NET)
+    await store.touch_node("alpha", 1500.0, NodeStatus(links=(LinkStatus("beta", True, 1.5),)))
+    again = await store.register_node(reg("alpha", now=2000.0, endpoint="10.0.0.9:7810"), NET)
+    assert again.overlay_ip == first.overlay_ip
+    assert again.registered_at == 1000.0
+    assert again.last_seen == 2000.0
+    assert again.endpoint == "10.0.0.9:7810"
+    assert again.status == NodeStatus()  # a re-registered node reports its links afresh
+    assert await store.get_node("alpha") == again
+    assert len(await store.list_nodes()) == 1
+
+
+async def test_reregistration_into_another_network_moves_and_releases(store: Store) -> None:
+    old_net, new_net = IPv4Network("100.96.0.0/30"), IPv4Network("100.97.0.0/24")
+    first = await store.register_node(reg("alpha"), old_net)
+    moved = await store.register_node(reg("alpha"), new_net)
+    assert moved.overlay_ip in new_net
+    # The old address is free again: two more nodes fit in the /30's two addresses.
+    await store.register_node(reg("beta"), old_net)
+    gamma = await store.register_node(reg("gamma"), old_net)
+    assert first.overlay_ip in {gamma.overlay_ip, (await store.get_node("beta")).overlay_ip}  # type: ignore[union-attr]
+    assert await store.verify() == []
+
+
+async def test_list_is_sorted_and_complete(store: Store) -> None:
+    for node_id in ["c", "a", "b"]:
+        await store.register_node(reg(node_id), NET)
+    nodes = await store.list_nodes()
+    assert [n.node_id for n in nodes] == ["a", "b", "c"]
+    assert len({n.overlay_ip for n in nodes}) == 3
+
+
+async def test_delete_releases_the_address(store: Store) -> None:
+    tiny = IPv4Network("100.96.0.0/30")
+    a = await store.register_node(reg("a"), tiny)
+    await store.register_node(reg("b"), tiny)
+    with pytest.raises(CidrExhaustedError):
+        await store.register_node(reg("c"), tiny)
+    assert await store.delete_node("a") is True
+    assert await store.delete_node("a") is False
+    assert await store.get_node("a") is None
+    c = await store.register_node(reg("c"), tiny)
+    assert c.overlay_ip == a.overlay_ip
+    assert await store.verify() == []
+
+
+async def test_expiry_deletes_stale_nodes_and_releases_addresses(store: Store) -> None:
+    tiny = IPv4Network("100.96.0.0/30")
+    stale = await store.register_node(reg("stale", now=100.0), tiny)
+    await store.register_node(reg("fresh", now=100.0), tiny)
+    await store.touch_node("fresh", 200.0)
+    assert await store.expire_nodes(150.0) == ["stale"]
+    assert await store.expire_nodes(150.0) == []
+    assert [n.node_id for n in await store.list_nodes()] == ["fresh"]
+    newcomer = await store.register_node(reg("newcomer", now=300.0), tiny)
+    assert newcomer.overlay_ip == stale.overlay_ip
+    assert await store.verify() == []
+
+
+async def test_touch_records_heartbeat_and_status(store: Store) -> None:
+    await store.register_node(reg("a"), NET)
+    status = NodeStatus(links=(LinkStatus("b", True, 0.8), LinkStatus("c", False, None)))
+    touched = await store.touch_node("a", 1010.0, status)
+    assert (touched.last_seen, touched.status) == (1010.0, status)
+    kept = await store.touch_node("a", 1020.0)
+    assert (kept.last_seen, kept.status) == (1020.0, status)
+    assert await store.get_node("a") == kept
+    with pytest.raises(NotFoundError):
+        await store.touch_node("ghost", 1020.0)
+    assert await store.get_node("ghost") is None
+
+
+async def test_cidr_exhaustion_raises_and_writes_nothing(store: Store) -> None:
+    tiny = IPv4Network("100.96.0.0/29")  # six usable addresses
+    records = [await store.register_node(reg(f"n{i}"), tiny) for i in range(6)]
+    assert len({r.overlay_ip for r in records}) == 6
+    before_nodes, before_revision = await store.list_nodes(), await store.revision()
+    with pytest.raises(CidrExhaustedError, match=r"100\.96\.0\.0/29"):
+        await store.register_node(reg("n6"), tiny)
+    assert await store.list_nodes() == before_nodes
+    assert await store.revision() == before_revision
+    assert await store.get_node("n6") is None
+    # A known node still re-registers in a full network: it keeps its address.
+    again = await store.register_node(reg("n3", now=2000.0), tiny)
+    assert again.overlay_ip == records[3].overlay_ip
+    assert await store.verify() == []
+
+
+async def test_concurrent_registrations_from_two_replicas_never_share_an_address(
+    backend: Backend,
+) -> None:
+    first, second = await backend.open(), await backend.open()
+    small = IPv4Network("100.96.0.0/28")  # 14 usable addresses for 20 nodes
+    results = await asyncio.gather(
+        *((first if i % 2 else second).register_node(reg(f"node-{i}"), small) for i in range(20)),
+        return_exceptions=True,
+    )
+    granted = [r for r in results if isinstance(r, NodeRecord)]
+    refused = [r for r in results if isinstance(r, CidrExhaustedError)]
+    assert len(granted) == 14, results
+    assert len(refused) == 6, results
+    assert len({r.overlay_ip for r in granted}) == 14
+    stored = await first.list_nodes()
+    assert sorted(r.node_id for r in stored) == sorted(r.node_id for r in granted)
+    assert await second.verify() == []
+
+
+# --------------------------------------------------------------------------- policy
+
+
+POLICY = Policy(
+    rules=(
+        PolicyRule("spiffe://x0tta6bl4.mesh/ns/mesh/*", "*", "link", True),
+        PolicyRule("*", "spiffe://x0tta6bl4.mesh/ns/db/sa/pg", "talk", False),
+    )
+)
+
+
+async def test_policy_optimistic_concurrency(store: Store) -> None:
+    initial = await store.get_policy()
+    assert initial.policy == Policy()
+    assert initial.revision == 0
+    r1 = await store.put_policy(POLICY, expected_revision=0)
+    assert r1 > 0
+    stored = await store.get_policy()
+    assert (stored.policy, stored.revision) == (POLICY, r1)
+    with pytest.raises(ConflictError) as conflict:
+        await store.put_policy(Policy(), expected_revision=0)
+    assert conflict.value.current_revision == r1
+    assert (await store.get_policy()).policy == POLICY
+    r2 = await store.put_policy(Policy(), expected_revision=r1)
+    assert r2 > r1
+    r3 = await store.put_policy(POLICY, expected_revision=None)
+    assert r3 > r2
+    assert await store.get_policy() == type(stored)(policy=POLICY, revision=r3)
+
+
+# --------------------------------------------------------------------------- revisions and watch
+
+
+async def _collect(store: Store, start: int, count: int) -> list[StoreEvent]:
+    events: list[StoreEvent] = []
+    async for event in store.watch(start):
+        events.append(event)
+        if len(events) == count:
+            break
+    return events
+
+
+async def test_watch_sees_a_registration_pushed(store: Store) -> None:
+    start = await store.revision()
+    watcher = asyncio.create_task(_collect(store, start, 1))
+    await asyncio.sleep(0)  # let the watch start before the write
+    record = await store.register_node(reg("alpha"), NET)
+    (event,) = await asyncio.wait_for(watcher, WAIT)
+    assert event.kind is EventKind.NODE_PUT
+    assert event.node == record
+    assert event.revision > start
+
+
+async def test_watch_replays_history_in_order(store: Store) -> None:
+    start = await store.revision()
+    await store.register_node(reg("a"), NET)
+    await store.touch_node("a", 1001.0)
+    await store.put_policy(POLICY, None)
+    await store.delete_node("a")
+    events = await asyncio.wait_for(_collect(store, start, 4), WAIT)
+    assert [e.kind for e in events] == [
+        EventKind.NODE_PUT,
+        EventKind.NODE_PUT,
+        EventKind.POLICY_PUT,
+        EventKind.NODE_DELETED,
+    ]
+    assert [e.node_id for e in events] == ["a", "a", None, "a"]
+    assert events[1].node is not None
+    assert events[1].node.last_seen == 1001.0
+    assert events[2].policy == POLICY
+    revisions = [e.revision for e in events]
+    assert revisions == sorted(set(revisions))
+    assert revisions[-1] <= await store.revision()
+    assert json.loads(json.dumps(events[0].to_json()))["kind"] == "node_put"
+
+
+async def test_watch_sees_writes_of_another_replica(backend: Backend) -> None:
+    watching, writing = await backend.open(), await backend.open()
+    start = await watching.revision()
+    watcher = asyncio.create_task(_collect(watching, start, 1))
+    await asyncio.sleep(0)
+    await writing.register_node(reg("remote"), NET)
+    (event,) = await asyncio.wait_for(watcher, WAIT)
+    assert (event.kind, event.node_id) == (EventKind.NODE_PUT, "remote")
+
+
+async def test_snapshot_is_consistent_with_watch(store: Store) -> None:
+    await store.register_node(reg("a"), NET)
+    await store.put_policy(POLICY, 0)
+    snap = await store.snapshot()
+    assert [n.node_id for n in snap.nodes] == ["a"]
+    assert snap.policy.policy == POLICY
+    assert snap.revision == await store.revision()
+    await store.register_node(reg("b"), NET)
+    (event,) = await asyncio.wait_for(_collect(store, snap.revision, 1), WAIT)
+    assert event.node_id == "b"
+
+
+# --------------------------------------------------------------------------- replay guard
+
+
+async def test_replay_guard_records_each_nonce_once(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    expires = time.time() + 300
+    nonce = os.urandom(32)
+    assert await first.replay_guard(nonce, expires) is True
+    assert await first.replay_guard(nonce, expires) is False
+    assert await second.replay_guard(nonce, expires) is False  # across replicas
+    assert await second.replay_guard(os.urandom(32), expires) is True
+    with pytest.raises(ValueError, match="nonce"):
+        await first.replay_guard(b"short", expires)
+
+
+async def test_replay_guard_purges_expired_nonces(store: Store) -> None:
+    nonce = os.urandom(16)
+    assert await store.replay_guard(nonce, time.time() + 1) is True
+    deadline = time.monotonic() + WAIT
+    while not await store.replay_guard(nonce, time.time() + 1):
+        assert time.monotonic() < deadline, "expired nonce was never purged"
+        await asyncio.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- leader election
+
+
+async def test_leader_election_is_mutually_exclusive(backend: Backend) -> None:
+    a, b = await backend.open(), await backend.open()
+    assert await a.try_acquire_leader("expirer", "replica-a", 10) is True
+    assert await b.try_acquire_leader("expirer", "replica-b", 10) is False
+    assert await a.try_acquire_leader("expirer", "replica-a", 10) is True  # renewal
+    assert await b.try_acquire_leader("other-job", "replica-b", 10) is True
+    await b.release_leader("expirer", "replica-b")  # not the holder: no effect
+    assert await b.try_acquire_leader("expirer", "replica-b", 10) is False
+    await a.release_leader("expirer", "replica-a")
+    assert await b.try_acquire_leader("expirer", "replica-b", 10) is True
+    assert await a.try_acquire_leader("expirer", "replica-a", 10) is False
+    with pytest.raises(ValueError, match="leader name"):
+        await a.try_acquire_leader("Bad Name", "replica-a", 10)
+
+
+async def test_leader_context_hands_over_on_exit(backend: Backend) -> None:
+    a, b = await backend.open(), await backend.open()
+    b_entered = asyncio.Event()
+
+    async def second() -> None:
+        async with b.leader("expirer", "replica-b", 1.5) as leadership:
+            assert not leadership.lost.is_set()
+            b_entered.set()
+
+    async with a.leader("expirer", "replica-a", 1.5) as leadership:
+        contender = asyncio.create_task(second())
+        await asyncio.sleep(1.2)  # several renewals of a and attempts of b
+        assert not b_entered.is_set()
+        assert not leadership.lost.is_set()
+        assert await b.try_acquire_leader("expirer", "replica-b", 1.5) is False
+    await asyncio.wait_for(contender, WAIT)
+    assert b_entered.is_set()
+
+
+# --------------------------------------------------------------------------- blobs, health
+
+
+async def test_blobs_put_if_absent_and_compare_and_replace(store: Store) -> None:
+    assert await store.get_blob("ca/current") is None
+    assert await store.put_blob_if_absent("ca/current", b"first") is True
+    assert await store.put_blob_if_absent("ca/current", b"second") is False
+    assert await store.get_blob("ca/current") == b"first"
+    assert await store.replace_blob("ca/current", b"wrong", b"third") is False
+    assert await store.replace_blob("ca/current", b"first", b"third") is True
+    assert await store.get_blob("ca/current") == b"third"
+    assert await store.replace_blob("ca/missing", b"", b"x") is False
+    with pytest.raises(ValueError, match="blob key"):
+        await store.get_blob("../etc/passwd")
+    with pytest.raises(ValueError, match="at most"):
+        await store.put_blob_if_absent("big", b"x" * (1024 * 1024 + 1))
+
+
+async def test_ping_and_close(backend: Backend) -> None:
+    store = await backend.open()
+    assert await store.ping() is True
+    await store.close()
+    assert await store.ping() is False
+    await store.close()  # idempotent
+
+
+async def test_bad_arguments_change_nothing(store: Store) -> None:
+    with pytest.raises(TypeError, match="IPv4Network"):
+        await store.register_node(reg("a"), "100.96.0.0/16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="too small"):
+        await store.register_node(reg("a"), IPv4Network("100.96.0.0/31"))
+    with pytest.raises(TypeError, match="NodeStatus"):
+        await store.touch_node("a", 1.0, {"links": []})  # type: ignore[arg-type]
+    assert await store.list_nodes() == []
+    assert await store.revision() >= 0
+
+
+# --------------------------------------------------------------------------- schema versions
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    async with SqliteStore(path) as store:
+        await store.register_node(reg("a"), NET)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(SchemaError, match="99"):
+        await SqliteStore(path).open()
+
+
+@pytest.mark.etcd
+async def test_etcd_refuses_a_newer_schema(etcd_single: EtcdCluster) -> None:
+    prefix = f"/x0-test-{uuid.uuid4().hex}/"
+    async with EtcdStore(etcd_single.endpoints, prefix=prefix) as store:
+        assert isinstance(store, EtcdStore)
+        await store._txn([], [_put(prefix + "meta/schema", b"99")])
+    with pytest.raises(SchemaError, match="99"):
+        async with EtcdStore(etcd_single.endpoints, prefix=prefix):
+            pass
+
+
+def _put(key: str, value: bytes) -> Any:
+    from aetcd import rpc
+
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+
+
+@pytest.mark.etcd
+async def test_etcd_node_lease_expiry_releases_the_address(etcd_single: EtcdCluster) -> None:
+    """With every controller gone, etcd itself expires a silent node and frees its address."""
+    prefix = f"/x0-test-{uuid.uuid4().hex}/"
+    tiny = IPv4Network("100.96.0.0/30")
+    async with EtcdStore(etcd_single.endpoints, prefix=prefix, node_ttl=2) as store:
+        start = await store.revision()
+        await store.register_node(reg("silent"), tiny)
+        await store.register_node(reg("other"), tiny)
+        deleted = asyncio.create_task(_first_delete(store, start))
+        assert await asyncio.wait_for(deleted, WAIT) in {"silent", "other"}
+        assert await store.verify() == []
+        assert len(await store.list_nodes()) <= 1
+
+
+async def _first_delete(store: Store, start: int) -> str | None:
+    async for event in store.watch(start):
+        if event.kind is EventKind.NODE_DELETED:
+            return event.node_id
+    return None
+
+
+@pytest.mark.etcd
+async def test_etcd_unreachable_raises_store_unavailable(tmp_path: Path) -> None:
+    from tests.integration.etcd_cluster import _free_ports
+
+    (port,) = _free_ports(1)
+    store = EtcdStore([("127.0.0.1", port)], timeout=1.0)
+    with pytest.raises(StoreUnavailableError, match=str(port)):
+        await store.open()
+    assert await store.ping() is False
+    await store.close()
+
+
+# --------------------------------------------------------------------------- store URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///var/lib/x0/controller.db", SqliteUrl(Path("/var/lib/x0/controller.db"))),
+        ("sqlite:////var/lib/x0/controller.db", SqliteUrl(Path("/var/lib/x0/controller.db"))),
+        ("sqlite://controller.db", SqliteUrl(Path("/state/controller.db"))),
+        ("etcd://127.0.0.1:2379", EtcdUrl((("127.0.0.1", 2379),))),
+        (
+            "etcd://x0tta6bl4-etcd-0.x0tta6bl4-etcd:2379,[fd00::1]:2379/",
+            EtcdUrl((("x0tta6bl4-etcd-0.x0tta6bl4-etcd", 2379), ("[fd00::1]", 2379))),
+        ),
+    ],
+)
+def test_store_urls_parse(url: str, expected: object) -> None:
+    assert parse_store_url(url, state_dir="/state") == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("", "empty"),
+        ("controller.db", "no scheme"),
+        ("postgres://db:5432/x", "not supported"),
+        ("sqlite://", "must name a file"),
+        ("sqlite:///var/lib/", "must name a file"),
+        ("sqlite:///x.db?mode=ro", "query"),
+        ("etcd://", "no etcd endpoint"),
+        ("etcd://host", "HOST:PORT"),
+        ("etcd://host:0", "invalid port"),
+        ("etcd://host:99999", "invalid port"),
+        ("etcd://host:http", "invalid port"),
+        ("etcd://user@host:2379", "no user or path"),
+        ("etcd://host:2379/prefix", "no user or path"),
+        ("etcd://ho_st:2379", "invalid host"),
+        ("etcd://[zz::1]:2379", "IPv6"),
+        ("etcd://a:1,a:1", "twice"),
+        ("etcd://a:1,", "HOST:PORT"),
+        ("etcd://a b:1", "whitespace"),
+    ],
+)
+def test_invalid_store_urls_are_rejected(url: str, reason: str) -> None:
+    with pytest.raises(InvalidStoreUrlError, match=reason):
+        parse_store_url(url, state_dir="/state")
+    with pytest.raises(ValueError, match=reason):
+        open_store(url, state_dir="/state")
+
+
+def test_open_store_builds_the_named_backend(tmp_path: Path) -> None:
+    sqlite_store = open_store(default_store_url(tmp_path), state_dir=tmp_path)
+    assert isinstance(sqlite_store, SqliteStore)
+    assert sqlite_store.path == tmp_path / "controller.db"
+    etcd_store = open_store("etcd://10.0.0.1:2379,10.0.0.2:2379", state_dir=tmp_path)
+    assert isinstance(etcd_store, EtcdStore)
+    assert etcd_store.endpoints == (("10.0.0.1", 2379), ("10.0.0.2", 2379))
+    assert etcd_store.prefix == "/x0tta6bl4/"
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_node_record_json_round_trip_and_strictness() -> None:
+    record = NodeRecord.from_registration(reg("alpha"), IPv4Address("100.96.0.7"))
+    record = replace(record, status=NodeStatus(links=(LinkStatus("beta", True, 2.0),)))
+    data = loads(dumps(record.to_json()))
+    assert NodeRecord.from_json(data) == record
+    assert isinstance(data, dict)
+    with pytest.raises(ModelError, match="unknown field"):
+        NodeRecord.from_json({**data, "admin": True})
+    with pytest.raises(ModelError, match="missing"):
+        NodeRecord.from_json({k: v for k, v in data.items() if k != "endpoint"})
+    bad_values: list[tuple[str, object, str]] = [
+        ("node_id", "a/b", "node_id"),
+        ("spiffe_id", "https://x", "spiffe_id"),
+        ("endpoint", "10.0.0.1", "endpoint"),
+        ("endpoint", "10.0.0.1:70000", "endpoint"),
+        ("overlay_ip", "fd00::1", "overlay_ip"),
+        ("last_seen", True, "last_seen"),
+        ("last_seen", float("nan"), "last_seen"),
+        ("ml_dsa_public_key", "!!!", "base64"),
+        ("ml_dsa_public_key", base64.b64encode(b"short").decode(), "1952"),
+        ("pq_svid_pem", "not a pem", "pq_svid_pem"),
+        ("status", {"links": [{"peer": "b", "up": 1, "rtt_ms": None}]}, "up"),
+        ("status", {"links": [{"peer": "b", "up": True, "rtt_ms": -1}]}, "rtt_ms"),
+    ]
+    for name, value, reason in bad_values:
+        with pytest.raises(ModelError, match=reason):
+            NodeRecord.from_json({**data, name: value})
+    with pytest.raises(ModelError, match="JSON object"):
+        NodeRecord.from_json([])
+    with pytest.raises(ModelError, match="invalid JSON"):
+        loads(b"{")
+
+
+def test_policy_json_round_trip_and_strictness() -> None:
+    data = loads(dumps(POLICY.to_json()))
+    assert data == {
+        "rules": [
+            {
+                "from": "spiffe://x0tta6bl4.mesh/ns/mesh/*",
+                "to": "*",
+                "action": "link",
+                "allow": True,
+            },
+            {
+                "from": "*",
+                "to": "spiffe://x0tta6bl4.mesh/ns/db/sa/pg",
+                "action": "talk",
+                "allow": False,
+            },
+        ]
+    }
+    assert Policy.from_json(data) == POLICY
+    rule = {"from": "*", "to": "*", "action": "link", "allow": True}
+    for bad, reason in [
+        ({**rule, "priority": 1}, "unknown field"),
+        ({**rule, "action": "route"}, "action"),
+        ({**rule, "allow": "yes"}, "allow"),
+        ({**rule, "from": "x0tta6bl4.mesh/*"}, "rule from"),
+        ({**rule, "to": ""}, "rule to"),
+    ]:
+        with pytest.raises(ModelError, match=reason):
+            Policy.from_json({"rules": [bad]})
+    with pytest.raises(ModelError, match="array"):
+        Policy.from_json({"rules": {}})
+
+
+# --------------------------------------------------------------------------- SQLite crash safety
+
+
+async def test_sqlite_survives_kill_9_during_writes(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.test_store_contract", "sqlite-writer", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    committed: list[str] = []
+    try:
+        for line in writer.stdout:
+            committed.append(line.strip())
+            if len(committed) == 300:
+                writer.send_signal(signal.SIGKILL)
+                break
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert writer.returncode == -signal.SIGKILL
+    assert len(committed) == 300, "the writer stopped before it was killed"
+    async with SqliteStore(path) as store:
+        assert await store.verify() == []
+        nodes = {n.node_id: n for n in await store.list_nodes()}
+        assert set(committed) <= set(nodes)  # every acknowledged write survived
+        assert len({n.overlay_ip for n in nodes.values()}) == len(nodes)
+        revision = await store.revision()
+        assert revision >= len(nodes)
+        # The store keeps working after the crash.
+        await store.register_node(reg("after-crash"), NET)
+        assert await store.revision() == revision + 1
+
+
+async def _sqlite_writer(path: str) -> None:
+    async with SqliteStore(path) as store:
+        index = 0
+        while True:
+            node_id = f"crash-{index}"
+            await store.register_node(reg(node_id), NET)
+            if index % 3 == 0:
+                await store.touch_node(node_id, 2000.0)
+            if index % 7 == 0:
+                await store.put_policy(POLICY, None)
+            print(node_id, flush=True)
+            index += 1
+
+
+# --------------------------------------------------------------------------- etcd HA
+
+HA_NODES = 1000
+HA_WORKERS = 3
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_etcd_ha_registrations_survive_leader_kill(tmp_path: Path) -> None:
+    if etcd_binary() is None:
+        pytest.skip(ETCD_MISSING_REASON)
+    prefix = f"/x0-ha-{uuid.uuid4().hex}/"
+    with EtcdCluster(tmp_path / "etcd", size=3) as cluster:
+        workers = []
+        for index in range(HA_WORKERS):
+            # Each replica lists the endpoints in a different order.
+            order = cluster.members[index:] + cluster.members[:index]
+            workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.integration.test_store_contract",
+                        "ha-worker",
+                        cluster.url(order),
+                        prefix,
+                        str(index),
+                    ],
+                    cwd=REPO,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        outputs: list[list[dict[str, Any]]] = [[] for _ in workers]
+        phase_done = [threading.Event() for _ in workers]
+        failovers: list[int] = []
+
+        def read(index: int) -> None:
+            stdout = workers[index].stdout
+            assert stdout is not None
+            for line in stdout:
+                message = json.loads(line)
+                if message.get("phase") == 1:
+                    phase_done[index].set()
+                elif "failovers" in message:
+                    failovers.append(message["failovers"])
+                else:
+                    outputs[index].append(message)
+
+        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(3)]
+        for thread in readers:
+            thread.start()
+        for event in phase_done:
+            assert event.wait(60), "a worker did not finish its first quarter"
+        # Everyone resumes, and the etcd leader dies under their feet.
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        leader = cluster.leader()
+        cluster.kill(leader)
+        try:
+            for worker in workers:
+                assert worker.wait(120) == 0
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait()
+            for thread in readers:
+                thread.join(10)
+            for worker in workers:
+                for pipe in (worker.stdin, worker.stdout):
+                    if pipe is not None:
+                        pipe.close()
+        cluster.restart(leader)
+
+        assert len(failovers) == HA_WORKERS
+        # The replicas that were talking to the killed leader had to move elsewhere.
+        assert sum(failovers) >= 1
+        results = [message for output in outputs for message in output]
+        failed = [m for m in results if "error" in m]
+        assert failed == []
+        assert len(results) == HA_NODES
+        assigned = {m["node_id"]: m["ip"] for m in results}
+        assert len(assigned) == HA_NODES
+        assert len(set(assigned.values())) == HA_NODES, "an overlay IP was handed out twice"
+
+        async def check() -> tuple[dict[str, str], list[str]]:
+            # Read through the restarted member alone: it caught up with the cluster.
+            async with EtcdStore(
+                [cluster.endpoints[cluster.members.index(leader)]], prefix=prefix
+            ) as store:
+                nodes = {n.node_id: str(n.overlay_ip) for n in await store.list_nodes()}
+                return nodes, await store.verify()
+
+        stored, problems = asyncio.run(check())
+        assert problems == []
+        assert stored == assigned, "a registration was lost or its address changed"
+        retries = sum(m["retries"] for m in results)
+        print(
+            f"HA: {HA_NODES} registrations, {sum(failovers)} endpoint failovers, "
+            f"{retries} registrations retried by the caller after StoreUnavailableError"
+        )
+
+
+async def _ha_worker(url: str, prefix: str, index: int) -> None:
+    parsed = parse_store_url(url, state_dir="/nonexistent")
+    assert isinstance(parsed, EtcdUrl)
+    node_ids = [f"ha-{n}" for n in range(index, HA_NODES, HA_WORKERS)]
+    quarter = len(node_ids) // 4
+    gate = asyncio.Semaphore(16)
+
+    async with EtcdStore(parsed.endpoints, prefix=prefix, timeout=2.0) as store:
+
+        async def register(node_id: str) -> None:
+            async with gate:
+                retries = 0
+                while True:
+                    try:
+                        record = await store.register_node(reg(node_id), NET)
+                    except StoreUnavailableError:
+                        retries += 1
+                        if retries > 50:
+                            print(json.dumps({"node_id": node_id, "error": "gave up"}), flush=True)
+                            return
+                        await asyncio.sleep(0.2)
+                        continue
+                    message = {"node_id": node_id, "ip": str(record.overlay_ip), "retries": retries}
+                    print(json.dumps(message), flush=True)
+                    return
+
+        await asyncio.gather(*(register(n) for n in node_ids[:quarter]))
+        print(json.dumps({"phase": 1}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await asyncio.gather(*(register(n) for n in node_ids[quarter:]))
+        print(json.dumps({"failovers": store.failovers}), flush=True)
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:]
+    if command == "sqlite-writer":
+        asyncio.run(_sqlite_writer(arguments[0]))
+    elif command == "ha-worker":
+        asyncio.run(_ha_worker(arguments[0], arguments[1], int(arguments[2])))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
