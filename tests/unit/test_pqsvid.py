@@ -369,6 +369,34 @@ def test_wrong_trust_domain() -> None:
         verify_svid(der, make_ca().bundle(), NOW)
 
 
+def test_unknown_critical_extension_is_malformed() -> None:
+    ca = make_ca()
+    leaf = x509.load_der_x509_certificate(build_cert())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(leaf.issuer)
+        .public_key(leaf.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+    )
+    for ext in leaf.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    bundle = ca.bundle()
+    verify_svid(
+        builder.add_extension(unknown, critical=False)
+        .sign(ca.key.key, None)
+        .public_bytes(serialization.Encoding.DER),
+        bundle,
+        NOW,
+    )
+    critical = builder.add_extension(unknown, critical=True).sign(ca.key.key, None)
+    with pytest.raises(MalformedCertificateError, match="critical extension"):
+        verify_svid(critical.public_bytes(serialization.Encoding.DER), bundle, NOW)
+
+
 @pytest.mark.parametrize("cns", [(), ("bad node",), ("a", "b")], ids=["none", "invalid", "two"])
 def test_missing_or_invalid_node_id(cns: tuple[str, ...]) -> None:
     with pytest.raises(InvalidNodeIdError):

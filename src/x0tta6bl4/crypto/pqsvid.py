@@ -42,7 +42,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PublicKey
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import (
+    ExtendedKeyUsageOID,
+    ExtensionOID,
+    NameOID,
+    SignatureAlgorithmOID,
+)
 from spiffe import SpiffeId, TrustDomain
 from spiffe.errors import PySpiffeError
 
@@ -99,6 +104,17 @@ _MAX_POP_FIELD: Final = 0xFFFF
 # BIT STRING, long length 0x0cee (3310), 0 unused bits: the tail of every ML-DSA-65 certificate.
 _MLDSA65_SIGNATURE_PREFIX: Final = (
     b"\x03\x82" + (MLDSA65_SIGNATURE_SIZE + 1).to_bytes(2, "big") + b"\x00"
+)
+
+
+# Critical extensions a leaf may carry (RFC 5280 §4.2: reject any other critical extension).
+_UNDERSTOOD_CRITICAL: Final = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    }
 )
 
 
@@ -666,6 +682,11 @@ def verify_svid(cert_der: bytes, bundle: TrustBundle, now: float) -> PeerIdentit
         raise MalformedCertificateError("certificate serial number is not positive")
     if version is not x509.Version.v3:
         raise MalformedCertificateError("certificate is not X.509 v3")
+    for extension in extensions:
+        if extension.critical and extension.oid not in _UNDERSTOOD_CRITICAL:
+            raise MalformedCertificateError(
+                f"certificate has an unsupported critical extension {extension.oid.dotted_string}"
+            )
 
     # 2. a CA certificate presented as a leaf
     bc = _ext(cert, x509.BasicConstraints)
