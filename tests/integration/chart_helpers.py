@@ -35,6 +35,7 @@ __all__ = [
     "Probe",
     "by_kind_name",
     "container",
+    "extract_container",
     "find_tool",
     "guide_manifests",
     "guide_values_staging",
