@@ -1,0 +1,268 @@
+"""Inner frames: what a transport packet's plaintext carries (sans-IO codec).
+
+A plaintext is zero or more frames back to back; zero frames (an empty plaintext) is a
+keepalive. Every frame is ``type u8 ‖ length u16 ‖ body[length]`` (big-endian)::
+
+    type  name               body
+    0x00  PADDING            length zero bytes (fills a packet; a keepalive with a size)
+    0x01  HEARTBEAT          seq u32 ‖ timestamp_us u64 (the sender's clock, microseconds)
+    0x02  HEARTBEAT_ACK      seq u32 ‖ timestamp_us u64, echoed from the HEARTBEAT (RTT)
+    0x03  LINK_STATE_ADVERT  opaque: a signed link-state advert (defined by the router)
+    0x04  ROUTED             src_len u8 ‖ src ‖ dst_len u8 ‖ dst ‖ ttl u8 ‖ flags u8 ‖ payload
+                             (node ids: 1..64 bytes of UTF-8; payload: an end-to-end
+                             handshake or transport datagram, opaque to relays)
+    0x05  APP_DATA           channel u16 ‖ payload
+
+Unknown types: a type with the high bit set (``0x80..0xFF``) is *ignorable* — a receiver
+that does not know it skips it, so later versions can add optional frames. An unknown type
+without that bit is an error (``unknown_frame``): the whole plaintext is rejected, because
+skipping a frame the sender considered essential would silently change its meaning.
+
+Decoding is strict: a length that runs past the end, a body of the wrong size, non-zero
+padding, a bad node id → :class:`~x0tta6bl4.protocol.errors.RemoteProtocolError` with
+reason ``bad_frame`` (or ``unknown_frame``); nothing else escapes, and memory use is bounded
+by the input. Encoding a field out of range raises
+:class:`~x0tta6bl4.protocol.errors.LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "FRAME_HEADER_SIZE",
+    "IGNORABLE_FRAME_BIT",
+    "MAX_FRAME_BODY_SIZE",
+    "MAX_NODE_ID_SIZE",
+    "AppData",
+    "Frame",
+    "FrameType",
+    "Heartbeat",
+    "HeartbeatAck",
+    "LinkStateAdvert",
+    "Padding",
+    "Routed",
+    "decode_frames",
+    "encode_frames",
+]
+
+#: ``type u8 ‖ length u16``.
+FRAME_HEADER_SIZE = 3
+#: The length field is a u16.
+MAX_FRAME_BODY_SIZE = 0xFFFF
+#: Frame types with this bit set may be skipped by receivers that do not know them.
+IGNORABLE_FRAME_BIT = 0x80
+#: Largest node id (UTF-8 bytes) in a ROUTED frame.
+MAX_NODE_ID_SIZE = 64
+
+_FRAME_HEADER = struct.Struct("!BH")
+_HEARTBEAT = struct.Struct("!IQ")
+_U16 = struct.Struct("!H")
+_U32_MAX = 0xFFFFFFFF
+_U64_MAX = 0xFFFFFFFFFFFFFFFF
+_BAD = "bad_frame"
+
+
+class FrameType(enum.IntEnum):
+    """First byte of an inner frame."""
+
+    PADDING = 0x00
+    HEARTBEAT = 0x01
+    HEARTBEAT_ACK = 0x02
+    LINK_STATE_ADVERT = 0x03
+    ROUTED = 0x04
+    APP_DATA = 0x05
+
+
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """``length`` zero bytes; carries nothing."""
+
+    length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Liveness probe of a link; the peer answers with :class:`HeartbeatAck`."""
+
+    seq: int
+    #: The sender's clock in microseconds (only the sender interprets it).
+    timestamp_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """Echo of a :class:`Heartbeat`'s fields: the sender computes the RTT from them."""
+
+    seq: int
+    timestamp_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStateAdvert:
+    """A link-state advert, opaque here (the router encodes, signs and verifies it)."""
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A datagram relayed hop by hop from ``src`` to ``dst`` (node ids)."""
+
+    src: str
+    dst: str
+    #: Decremented by each relay; a frame whose TTL would reach zero is not forwarded.
+    ttl: int
+    #: Reserved for the router (u8); 0 today.
+    flags: int
+    #: End-to-end handshake or transport datagram: relays cannot read it.
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppData:
+    """Application datagram on a channel (a port of the mesh's own datagram service)."""
+
+    channel: int
+    payload: bytes
+
+
+Frame = Padding | Heartbeat | HeartbeatAck | LinkStateAdvert | Routed | AppData
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _node_id(node_id: str, what: str) -> bytes:
+    raw = node_id.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_NODE_ID_SIZE:
+        raise LocalProtocolError(f"{what} node id must be 1..{MAX_NODE_ID_SIZE} bytes of UTF-8")
+    return raw
+
+
+def _check_range(value: int, maximum: int, what: str) -> None:
+    if not 0 <= value <= maximum:
+        raise LocalProtocolError(f"{what} {value} is out of range 0..{maximum}")
+
+
+def _encode_body(frame: Frame) -> tuple[int, bytes]:
+    if isinstance(frame, AppData):
+        _check_range(frame.channel, 0xFFFF, "channel")
+        return FrameType.APP_DATA, _U16.pack(frame.channel) + frame.payload
+    if isinstance(frame, Heartbeat | HeartbeatAck):
+        _check_range(frame.seq, _U32_MAX, "heartbeat seq")
+        _check_range(frame.timestamp_us, _U64_MAX, "heartbeat timestamp")
+        kind = FrameType.HEARTBEAT if isinstance(frame, Heartbeat) else FrameType.HEARTBEAT_ACK
+        return kind, _HEARTBEAT.pack(frame.seq, frame.timestamp_us)
+    if isinstance(frame, Routed):
+        src = _node_id(frame.src, "source")
+        dst = _node_id(frame.dst, "destination")
+        _check_range(frame.ttl, 0xFF, "ttl")
+        _check_range(frame.flags, 0xFF, "flags")
+        body = b"".join(
+            (
+                bytes((len(src),)),
+                src,
+                bytes((len(dst),)),
+                dst,
+                bytes((frame.ttl, frame.flags)),
+                frame.payload,
+            )
+        )
+        return FrameType.ROUTED, body
+    if isinstance(frame, LinkStateAdvert):
+        return FrameType.LINK_STATE_ADVERT, bytes(frame.body)
+    if isinstance(frame, Padding):
+        _check_range(frame.length, MAX_FRAME_BODY_SIZE, "padding length")
+        return FrameType.PADDING, bytes(frame.length)
+    raise LocalProtocolError(f"not a frame: {type(frame).__name__}")
+
+
+def encode_frames(frames: Iterable[Frame]) -> bytes:
+    """Concatenate the encodings of ``frames`` (an empty iterable gives a keepalive)."""
+    parts: list[bytes] = []
+    for frame in frames:
+        kind, body = _encode_body(frame)
+        if len(body) > MAX_FRAME_BODY_SIZE:
+            raise LocalProtocolError(f"frame body of {len(body)} bytes exceeds the u16 length")
+        parts.append(_FRAME_HEADER.pack(kind, len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _decode_routed(body: bytes) -> Routed:
+    pos = 0
+    ids: list[str] = []
+    for what in ("source", "destination"):
+        if pos >= len(body):
+            raise RemoteProtocolError(_BAD, f"ROUTED frame ends before the {what} node id")
+        size = body[pos]
+        pos += 1
+        if not 1 <= size <= MAX_NODE_ID_SIZE or pos + size > len(body):
+            raise RemoteProtocolError(_BAD, f"ROUTED frame has a bad {what} node id length")
+        try:
+            ids.append(body[pos : pos + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(_BAD, f"ROUTED {what} node id is not UTF-8") from None
+        pos += size
+    if pos + 2 > len(body):
+        raise RemoteProtocolError(_BAD, "ROUTED frame ends before ttl and flags")
+    return Routed(ids[0], ids[1], body[pos], body[pos + 1], body[pos + 2 :])
+
+
+def _decode_body(kind: int, body: bytes) -> Frame | None:
+    if kind == FrameType.APP_DATA:
+        if len(body) < _U16.size:
+            raise RemoteProtocolError(_BAD, "APP_DATA frame shorter than its channel")
+        return AppData(_U16.unpack_from(body)[0], body[_U16.size :])
+    if kind in (FrameType.HEARTBEAT, FrameType.HEARTBEAT_ACK):
+        if len(body) != _HEARTBEAT.size:
+            raise RemoteProtocolError(_BAD, f"heartbeat frame body of {len(body)} bytes")
+        seq, timestamp_us = _HEARTBEAT.unpack(body)
+        if kind == FrameType.HEARTBEAT:
+            return Heartbeat(seq, timestamp_us)
+        return HeartbeatAck(seq, timestamp_us)
+    if kind == FrameType.ROUTED:
+        return _decode_routed(body)
+    if kind == FrameType.LINK_STATE_ADVERT:
+        return LinkStateAdvert(body)
+    if kind == FrameType.PADDING:
+        if body.count(0) != len(body):
+            raise RemoteProtocolError(_BAD, "PADDING frame with non-zero bytes")
+        return Padding(len(body))
+    if kind & IGNORABLE_FRAME_BIT:
+        return None
+    raise RemoteProtocolError("unknown_frame", f"unknown frame type 0x{kind:02x}")
+
+
+def decode_frames(data: bytes) -> list[Frame]:
+    """Parse a plaintext into frames; ignorable unknown frames are skipped.
+
+    Raises :class:`RemoteProtocolError` (reason ``bad_frame`` or ``unknown_frame``) and
+    returns nothing if any part of ``data`` is invalid.
+    """
+    data = bytes(data)
+    frames: list[Frame] = []
+    pos = 0
+    end = len(data)
+    header_size = _FRAME_HEADER.size
+    while pos < end:
+        if pos + header_size > end:
+            raise RemoteProtocolError(_BAD, "truncated frame header")
+        kind, length = _FRAME_HEADER.unpack_from(data, pos)
+        pos += header_size
+        if pos + length > end:
+            raise RemoteProtocolError(_BAD, f"frame length {length} runs past the plaintext")
+        frame = _decode_body(kind, data[pos : pos + length])
+        pos += length
+        if frame is not None:
+            frames.append(frame)
+    return frames

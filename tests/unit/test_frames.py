@@ -1,0 +1,213 @@
+"""Inner frame codec: round trips, strict length checks, unknown types, fuzzing."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.frames import (
+    MAX_NODE_ID_SIZE,
+    AppData,
+    Frame,
+    FrameType,
+    Heartbeat,
+    HeartbeatAck,
+    LinkStateAdvert,
+    Padding,
+    Routed,
+    decode_frames,
+    encode_frames,
+)
+
+SAMPLE: list[Frame] = [
+    Heartbeat(seq=7, timestamp_us=1_700_000_000_123_456),
+    HeartbeatAck(seq=0xFFFFFFFF, timestamp_us=2**64 - 1),
+    LinkStateAdvert(b"\x01signed advert"),
+    Routed(src="node-a", dst="nöde-ß", ttl=16, flags=0, payload=b"\x04end-to-end"),
+    AppData(channel=443, payload=b"hello"),
+    Padding(5),
+    AppData(channel=0, payload=b""),
+]
+
+
+def test_round_trip_of_every_frame_type_together() -> None:
+    assert decode_frames(encode_frames(SAMPLE)) == SAMPLE
+
+
+def test_empty_plaintext_is_no_frames() -> None:
+    assert encode_frames([]) == b""
+    assert decode_frames(b"") == []
+
+
+def test_byte_layout() -> None:
+    assert encode_frames([Heartbeat(1, 2)]) == b"\x01\x00\x0c" + struct.pack("!IQ", 1, 2)
+    assert encode_frames([AppData(0x1234, b"xy")]) == b"\x05\x00\x04\x12\x34xy"
+    assert encode_frames([Routed("a", "bc", 3, 1, b"p")]) == (
+        b"\x04\x00\x08" + b"\x01a" + b"\x02bc" + b"\x03\x01" + b"p"
+    )
+    assert encode_frames([Padding(2)]) == b"\x00\x00\x02\x00\x00"
+    assert encode_frames([LinkStateAdvert(b"")]) == b"\x03\x00\x00"
+
+
+def test_frame_type_values_are_the_specification() -> None:
+    assert {t.name: t.value for t in FrameType} == {
+        "PADDING": 0,
+        "HEARTBEAT": 1,
+        "HEARTBEAT_ACK": 2,
+        "LINK_STATE_ADVERT": 3,
+        "ROUTED": 4,
+        "APP_DATA": 5,
+    }
+
+
+def test_every_truncation_inside_a_frame_is_rejected() -> None:
+    data = encode_frames(SAMPLE)
+    boundaries = {0}
+    pos = 0
+    for frame in SAMPLE:
+        pos += len(encode_frames([frame]))
+        boundaries.add(pos)
+    for cut in range(len(data)):
+        if cut in boundaries:
+            assert len(decode_frames(data[:cut])) == sorted(boundaries).index(cut)
+        else:
+            with pytest.raises(RemoteProtocolError) as info:
+                decode_frames(data[:cut])
+            assert info.value.reason == "bad_frame"
+
+
+def test_length_running_past_the_end() -> None:
+    with pytest.raises(RemoteProtocolError, match="runs past"):
+        decode_frames(b"\x05\xff\xff\x00\x01")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x01\x00\x0b" + bytes(11),  # heartbeat one byte short
+        b"\x02\x00\x0d" + bytes(13),  # heartbeat ack one byte long
+        b"\x05\x00\x01\x00",  # app data without a full channel
+        b"\x00\x00\x02\x00\x01",  # padding that is not zero
+        b"\x04\x00\x00",  # routed without anything
+        b"\x04\x00\x05\x00\x01a\x01\x00",  # empty source id
+        b"\x04\x00\x04\x01a\x01b",  # no ttl and flags
+        b"\x04\x00\x05\x01a\x01b\x07",  # only ttl
+        b"\x04\x00\x03\x05abc",  # source id longer than the body
+        b"\x04\x00\x08\x01\xff\x01b\x01\x00x",  # source id is not UTF-8
+        b"\x04\x00\x08\x01a\x01\xc3\x01\x00x",  # destination id is not UTF-8
+        b"\x04\x00\x43" + b"\x41" + b"a" * 65 + b"\x01",  # source id of 65 bytes
+        b"\x01",  # truncated header
+        b"\x01\x00",  # truncated header
+    ],
+)
+def test_malformed_frames(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frames(data)
+    assert info.value.reason == "bad_frame"
+
+
+def test_longest_node_ids_round_trip() -> None:
+    frame = Routed("a" * MAX_NODE_ID_SIZE, "é" * (MAX_NODE_ID_SIZE // 2), 255, 255, b"")
+    assert decode_frames(encode_frames([frame])) == [frame]
+
+
+def test_unknown_critical_type_rejects_the_plaintext() -> None:
+    data = encode_frames([AppData(1, b"a")]) + b"\x06\x00\x01z"
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frames(data)
+    assert info.value.reason == "unknown_frame"
+
+
+def test_unknown_ignorable_type_is_skipped() -> None:
+    data = b"\x86\x00\x03abc" + encode_frames([AppData(1, b"a")]) + b"\xff\x00\x00"
+    assert decode_frames(data) == [AppData(1, b"a")]
+
+
+def test_accepts_bytearray_and_memoryview() -> None:
+    data = encode_frames(SAMPLE)
+    assert decode_frames(bytearray(data)) == SAMPLE  # type: ignore[arg-type]
+    assert decode_frames(memoryview(data)) == SAMPLE  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (AppData(70_000, b""), "channel"),
+        (AppData(-1, b""), "channel"),
+        (Heartbeat(2**32, 0), "seq"),
+        (HeartbeatAck(0, 2**64), "timestamp"),
+        (Heartbeat(0, -1), "timestamp"),
+        (Routed("", "b", 1, 0, b""), "source"),
+        (Routed("a", "b" * 65, 1, 0, b""), "destination"),
+        (Routed("a", "b", 256, 0, b""), "ttl"),
+        (Routed("a", "b", 1, -1, b""), "flags"),
+        (Padding(70_000), "padding"),
+        (LinkStateAdvert(bytes(70_000)), "u16"),
+        (AppData(1, bytes(65_534)), "u16"),
+    ],
+)
+def test_encoding_out_of_range_is_a_local_error(frame: Frame, match: str) -> None:
+    with pytest.raises(LocalProtocolError, match=match):
+        encode_frames([frame])
+
+
+def test_encoding_something_else_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError, match="not a frame"):
+        encode_frames([b"raw"])  # type: ignore[list-item]
+
+
+def _decode_or_reason(data: bytes) -> list[Frame] | str:
+    """The frames, or the reason of the RemoteProtocolError (any other exception escapes)."""
+    try:
+        return decode_frames(data)
+    except RemoteProtocolError as exc:
+        return exc.reason
+
+
+_node_ids = st.text(min_size=1, max_size=16).filter(lambda s: len(s.encode()) <= 64)
+_frames: st.SearchStrategy[Frame] = st.one_of(
+    st.builds(Padding, st.integers(0, 64)),
+    st.builds(Heartbeat, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
+    st.builds(HeartbeatAck, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
+    st.builds(LinkStateAdvert, st.binary(max_size=64)),
+    st.builds(
+        Routed,
+        _node_ids,
+        _node_ids,
+        st.integers(0, 255),
+        st.integers(0, 255),
+        st.binary(max_size=64),
+    ),
+    st.builds(AppData, st.integers(0, 0xFFFF), st.binary(max_size=64)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_frames, max_size=8))
+def test_round_trip_property(frames: list[Frame]) -> None:
+    assert decode_frames(encode_frames(frames)) == frames
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=256))
+def test_fuzz_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
+    outcome = _decode_or_reason(data)
+    if isinstance(outcome, str):
+        assert outcome in {"bad_frame", "unknown_frame"}
+    else:
+        # Whatever decodes re-encodes to at most the input (ignorable frames are dropped).
+        assert len(encode_frames(outcome)) <= len(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_frames, min_size=1, max_size=4), st.data())
+def test_fuzz_mutated_valid_plaintexts(frames: list[Frame], data: st.DataObject) -> None:
+    encoded = bytearray(encode_frames(frames))
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] = data.draw(st.integers(0, 255))
+    outcome = _decode_or_reason(bytes(encoded))
+    assert isinstance(outcome, list) or outcome in {"bad_frame", "unknown_frame"}
