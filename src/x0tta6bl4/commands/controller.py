@@ -1,0 +1,207 @@
+"""``x0tta6bl4 controller``: run the control plane; ``controller ca init|rotate``: mesh CA files.
+
+Flags are listed in ``docs/runtime-contract.md``; every one also reads an ``X0_…`` variable
+(``SPIFFE_ENDPOINT_SOCKET`` for the Workload API socket; ``X0_ADMIN_SPIFFE_IDS`` is a
+comma-separated list). Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Run the x0tta6bl4 controller (control plane API, mesh CA, node admission).",
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+ca_app = typer.Typer(
+    help="Create or rotate the mesh CA files (Secret x0tta6bl4-mesh-ca: ca.crt, ca.key).",
+    no_args_is_help=True,
+)
+app.add_typer(ca_app, name="ca")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"x0tta6bl4 controller: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def controller(  # noqa: PLR0917 - one parameter per flag
+    ctx: typer.Context,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen", envvar="X0_LISTEN", help="HTTP listen HOST:PORT (default: 0.0.0.0:8080)"
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="X0_STORE",
+            help="sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...] "
+            "(default: SQLite under the state directory)",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", envvar="X0_STATE_DIR", help="local state (default: /var/lib/x0tta6bl4)"
+        ),
+    ] = None,
+    trust_domain: Annotated[
+        str | None,
+        typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain"),
+    ] = None,
+    spiffe_socket: Annotated[
+        str | None,
+        typer.Option(
+            "--spiffe-socket",
+            envvar=["SPIFFE_ENDPOINT_SOCKET", "X0_SPIFFE_SOCKET"],
+            help="SPIFFE Workload API socket (default: /run/spire/agent-sockets/spire-agent.sock)",
+        ),
+    ] = None,
+    ca_cert_file: Annotated[
+        Path | None,
+        typer.Option("--ca-cert-file", envvar="X0_CA_CERT_FILE", help="mesh CA certificate(s)"),
+    ] = None,
+    ca_key_file: Annotated[
+        Path | None,
+        typer.Option("--ca-key-file", envvar="X0_CA_KEY_FILE", help="mesh CA ML-DSA-65 key"),
+    ] = None,
+    local_ca: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-ca/--no-local-ca",
+            envvar="X0_LOCAL_CA",
+            help="create the mesh CA under the state dir on first start (local mode only)",
+        ),
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option("--admin-token-file", envvar="X0_ADMIN_TOKEN_FILE", help="admin token"),
+    ] = None,
+    admin_spiffe_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--admin-spiffe-id",
+            help="SPIFFE ID allowed to call admin APIs (repeatable; env X0_ADMIN_SPIFFE_IDS, "
+            "comma-separated)",
+        ),
+    ] = None,
+    overlay_cidr: Annotated[
+        str | None,
+        typer.Option("--overlay-cidr", envvar="X0_OVERLAY_CIDR", help="overlay IPv4 network"),
+    ] = None,
+    pq_svid_ttl: Annotated[
+        int | None,
+        typer.Option("--pq-svid-ttl", envvar="X0_PQ_SVID_TTL", help="PQ SVID lifetime, seconds"),
+    ] = None,
+    node_ttl: Annotated[
+        float | None,
+        typer.Option("--node-ttl", envvar="X0_NODE_TTL", help="expire nodes silent this long"),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", envvar="X0_LOG_FORMAT", help="json or console"),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", envvar="X0_LOG_LEVEL", help="log level (default: info)"),
+    ] = None,
+) -> None:
+    """Run the controller: ``x0tta6bl4 controller --listen HOST:PORT --store URL``."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pydantic import ValidationError
+
+    from x0tta6bl4.controller.ca import CaConfigError
+    from x0tta6bl4.controller.config import ControllerSettings
+    from x0tta6bl4.logging import configure_logging
+
+    given: dict[str, Any] = {
+        "listen": listen,
+        "store": store,
+        "state_dir": state_dir,
+        "trust_domain": trust_domain,
+        "spiffe_socket": spiffe_socket,
+        "ca_cert_file": ca_cert_file,
+        "ca_key_file": ca_key_file,
+        "local_ca": local_ca,
+        "admin_token_file": admin_token_file,
+        "admin_spiffe_ids": tuple(admin_spiffe_id) if admin_spiffe_id else None,
+        "overlay_cidr": overlay_cidr,
+        "pq_svid_ttl": pq_svid_ttl,
+        "node_ttl": node_ttl,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
+    try:
+        settings = ControllerSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        _fail(f"invalid {where.replace('_', '-')}: {first['msg']}")
+        return
+    try:
+        configure_logging(settings.log_format, settings.log_level)
+    except ValueError as err:
+        _fail(str(err))
+    from x0tta6bl4.controller.server import serve
+
+    try:
+        serve(settings)
+    except (CaConfigError, ValueError) as err:
+        _fail(str(err))
+
+
+@ca_app.command("init")
+def ca_init(
+    out: Annotated[
+        Path, typer.Option("--out", envvar="X0_CA_OUT", help="directory for ca.crt and ca.key")
+    ],
+    trust_domain: Annotated[
+        str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="trust domain")
+    ] = "x0tta6bl4.mesh",
+) -> None:
+    """Create a new mesh CA (ML-DSA-65): writes ca.crt and ca.key (0600); never overwrites."""
+    from x0tta6bl4.controller.ca import CaConfigError, init_ca_dir
+    from x0tta6bl4.crypto.errors import CryptoError
+
+    try:
+        ca = init_ca_dir(out, trust_domain=trust_domain)
+    except (CaConfigError, CryptoError, OSError) as err:
+        _fail(str(err))
+        return
+    typer.echo(f"wrote {out / 'ca.crt'} and {out / 'ca.key'} ({ca!r})")
+    typer.echo(
+        "kubectl create secret generic x0tta6bl4-mesh-ca "
+        f"--from-file=ca.crt={out / 'ca.crt'} --from-file=ca.key={out / 'ca.key'}"
+    )
+
+
+@ca_app.command("rotate")
+def ca_rotate(
+    directory: Annotated[
+        Path, typer.Option("--dir", envvar="X0_CA_DIR", help="directory holding ca.crt, ca.key")
+    ],
+    trust_domain: Annotated[
+        str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="trust domain")
+    ] = "x0tta6bl4.mesh",
+) -> None:
+    """Rotate the mesh CA: a new key signs; ca.crt keeps the previous CA(s) for trust."""
+    from x0tta6bl4.controller.ca import CaConfigError, rotate_ca_dir
+    from x0tta6bl4.crypto.errors import CryptoError
+
+    try:
+        ca = rotate_ca_dir(directory, trust_domain=trust_domain)
+    except (CaConfigError, CryptoError, OSError) as err:
+        _fail(str(err))
+        return
+    typer.echo(f"rotated the mesh CA in {directory}: new signer {ca!r}")

@@ -1,0 +1,433 @@
+"""The controller's ASGI application: :func:`create_app`.
+
+Layers, outermost first:
+
+1. :class:`_Edge` (plain ASGI): answers ``GET /health`` itself (liveness probes must stay
+   cheap whatever the framework costs), rejects bodies above ``max_body_bytes`` with 413
+   (by ``Content-Length`` and while streaming), and records the request metrics
+   (``x0tta6bl4_api_requests_total{method,route,status}`` with the route *template*, and the
+   duration histogram);
+2. FastAPI: routing, request validation against the schemas that also generate
+   ``/openapi.json``, and the JSON error answers ``{"error": ..., "detail": ...}``.
+
+The lifespan opens the store, loads the mesh CA, starts the JWT bundle refresher and the
+leader-elected expiry of dead nodes; shutdown stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from spiffe import JwtBundleSet
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from x0tta6bl4 import __version__
+from x0tta6bl4.controller.api import routes_mesh, routes_nodes
+from x0tta6bl4.controller.api.errors import ApiError, error_body
+from x0tta6bl4.controller.api.schemas import HealthResponse, ReadyResponse
+from x0tta6bl4.controller.auth import Authenticator, read_admin_token
+from x0tta6bl4.controller.ca import CaHolder
+from x0tta6bl4.controller.config import ControllerSettings
+from x0tta6bl4.controller.ipam import parse_overlay_cidr
+from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
+from x0tta6bl4.controller.metrics import CONTENT_TYPE_LATEST, ControllerMetrics
+from x0tta6bl4.controller.registration import Registrar
+from x0tta6bl4.controller.state import ControllerState
+from x0tta6bl4.controller.store.base import Store
+from x0tta6bl4.controller.store.errors import StoreError, StoreUnavailableError
+from x0tta6bl4.controller.store.url import open_store
+from x0tta6bl4.logging import get_logger
+
+__all__ = ["EXPIRY_LEADER_NAME", "create_app"]
+
+_log = get_logger(__name__)
+
+EXPIRY_LEADER_NAME = "node-expiry"
+_HEALTH_BODY = b'{"status":"ok"}'
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit (FastAPI re-raises
+    HTTPExceptions from body parsing unchanged, so the error handler answers 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request bodies are limited to {limit} bytes")
+
+
+class _Edge:
+    """Health shortcut, body-size limit and request metrics around the FastAPI app."""
+
+    def __init__(self, app: ASGIApp, metrics: ControllerMetrics, max_body: int) -> None:
+        self.app = app
+        self._metrics = metrics
+        self._max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        start = time.perf_counter()
+        if scope["path"] == "/health" and method in ("GET", "HEAD"):
+            await _send_bytes(send, 200, _HEALTH_BODY if method == "GET" else b"")
+            self._observe(method, "/health", 200, start)
+            return
+        status_box = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+            await send(message)
+
+        too_large = _declared_length(scope) > self._max_body
+        if too_large:
+            await _send_error(send, 413, "body_too_large", self._limit_detail())
+            self._observe(method, "unmatched", 413, start)
+            return
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._max_body:
+                    raise _BodyTooLarge(self._max_body)
+            return message
+
+        await self.app(scope, receive_limited, send_wrapper)
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        self._observe(method, template, status_box[0], start)
+
+    def _limit_detail(self) -> str:
+        return f"request bodies are limited to {self._max_body} bytes"
+
+    def _observe(self, method: str, route: str, status: int, start: float) -> None:
+        self._metrics.api_requests.labels(method=method, route=route, status=str(status)).inc()
+        self._metrics.api_duration.labels(method=method, route=route).observe(
+            time.perf_counter() - start
+        )
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+async def _send_bytes(
+    send: Send, status: int, body: bytes, content_type: bytes = b"application/json"
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, status: int, reason: str, detail: str) -> None:
+    await _send_bytes(send, status, json.dumps(error_body(reason, detail)).encode())
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error(
+    status: int, reason: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(error_body(reason, detail), status_code=status, headers=headers)
+
+
+def _is_admission(request: Request) -> bool:
+    path = request.url.path
+    return request.method == "POST" and (
+        path == "/api/v1/nodes/register" or path.endswith("/renew")
+    )
+
+
+def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
+    def rejected(request: Request, reason: str) -> None:
+        if _is_admission(request):
+            metrics.registrations_rejected.labels(reason=reason).inc()
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        rejected(request, exc.reason)
+        return _error(exc.status, exc.reason, exc.detail, exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            rejected(request, "malformed_json")
+            return _error(400, "malformed_json", f"the body is not valid JSON: {first['msg']}")
+        if first.get("type") == "extra_forbidden":
+            rejected(request, "unknown_field")
+            return _error(422, "unknown_field", f"{where}: unknown field")
+        rejected(request, "invalid_request")
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        reasons = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        reason = reasons.get(exc.status_code, f"http_{exc.status_code}")
+        return _error(exc.status_code, reason, str(exc.detail), dict(exc.headers or {}))
+
+    async def store_error(request: Request, exc: Exception) -> Response:
+        rejected(request, "store_unavailable")
+        if isinstance(exc, StoreUnavailableError):
+            return _error(
+                503,
+                "store_unavailable",
+                "the store did not answer; retry",
+                {"Retry-After": "1"},
+            )
+        _log.error("store error", error=f"{type(exc).__name__}: {exc}")
+        return _error(503, "store_error", f"{type(exc).__name__}", {"Retry-After": "1"})
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreError, store_error)
+
+
+# --------------------------------------------------------------------------- system routes
+
+
+def _install_system_routes(app: FastAPI, state: ControllerState) -> None:
+    @app.get("/health", response_model=HealthResponse, tags=["system"], summary="Liveness")
+    async def health() -> dict[str, str]:
+        """Always 200 while the process serves requests (answered by the edge layer)."""
+        return {"status": "ok"}  # pragma: no cover - the edge layer answers first
+
+    @app.get(
+        "/ready",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse}},
+        tags=["system"],
+        summary="Readiness: store reachable and mesh CA loaded",
+    )
+    async def ready() -> Response:
+        """200 when the store answers a ping and the mesh CA is loaded, else 503."""
+        reasons: list[str] = []
+        store_ok = state.store_open and await state.store.ping()
+        state.metrics.store_up.set(1 if store_ok else 0)
+        if not store_ok:
+            reasons.append("store_unreachable")
+        ca_ok = state.ca.current() is not None
+        state.metrics.ca_loaded.set(1 if ca_ok else 0)
+        if not ca_ok:
+            reasons.append("mesh_ca_not_loaded")
+        identity_ok = state.bundles.get() is not None
+        body = {
+            "status": "ready" if not reasons else "not_ready",
+            "store": store_ok,
+            "mesh_ca": ca_ok,
+            "identity": identity_ok,
+            "reasons": reasons,
+        }
+        return JSONResponse(body, status_code=200 if not reasons else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["system"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    async def metrics() -> Response:
+        """Prometheus text exposition (see docs/metrics.md)."""
+        await _refresh_gauges(state)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _refresh_gauges(state: ControllerState) -> None:
+    ok = False
+    if state.store_open:
+        try:
+            async with asyncio.timeout(2.0):
+                ok = await state.store.ping()
+                if ok:
+                    state.metrics.mesh_nodes.set(len(await state.store.list_nodes()))
+        except (StoreError, TimeoutError):
+            ok = False
+    state.metrics.store_up.set(1 if ok else 0)
+    state.metrics.ca_loaded.set(1 if state.ca.current() is not None else 0)
+
+
+# --------------------------------------------------------------------------- background work
+
+
+async def _expire_forever(state: ControllerState) -> None:
+    """Leader-elected: delete nodes not heard from within ``node_ttl``."""
+    ttl = max(3.0, min(15.0, state.settings.node_ttl))
+    period = max(0.5, state.settings.node_ttl / 4)
+    while True:
+        try:
+            async with state.store.leader(EXPIRY_LEADER_NAME, state.replica_id, ttl) as lead:
+                state.metrics.is_leader.set(1)
+                _log.info("leader for node expiry", replica=state.replica_id)
+                while not lead.lost.is_set():
+                    try:
+                        expired = await state.store.expire_nodes(
+                            state.clock() - state.settings.node_ttl
+                        )
+                    except StoreUnavailableError:
+                        expired = []
+                    if expired:
+                        state.metrics.nodes_expired.inc(len(expired))
+                        _log.info("nodes expired", count=len(expired), node_ids=expired[:20])
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lead.lost.wait(), period)
+        except StoreError as err:
+            _log.warning("node expiry paused", error=type(err).__name__)
+        finally:
+            state.metrics.is_leader.set(0)
+        await asyncio.sleep(1.0)
+
+
+def _default_fetch(settings: ControllerSettings) -> Callable[[], JwtBundleSet]:
+    from x0tta6bl4.identity.workload_source import WorkloadSource
+
+    source = WorkloadSource(settings.spiffe_socket)
+    return source.fetch_jwt_bundles
+
+
+def create_app(
+    settings: ControllerSettings,
+    *,
+    jwt_bundle_fetch: Callable[[], JwtBundleSet] | None = None,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+    expiry: bool = True,
+) -> FastAPI:
+    """Build the controller app for ``settings``.
+
+    ``jwt_bundle_fetch`` returns the JWT bundles (default: fetched from the Workload API at
+    ``settings.spiffe_socket``); ``store`` replaces the store named by ``settings.store_url``
+    (it is opened and closed by the app's lifespan either way). Raises
+    :class:`~x0tta6bl4.controller.ca.CaConfigError` or :class:`ValueError` for an unusable
+    CA or admin token file, before anything starts.
+    """
+    metrics = ControllerMetrics()
+    ca = CaHolder.from_settings(
+        trust_domain=settings.trust_domain,
+        state_dir=settings.state_dir,
+        ca_cert_file=settings.ca_cert_file,
+        ca_key_file=settings.ca_key_file,
+        local_ca=settings.local_ca,
+    )
+    ca.load()
+    the_store = (
+        store
+        if store is not None
+        else open_store(
+            settings.store_url, state_dir=settings.state_dir, node_ttl=int(settings.node_ttl)
+        )
+    )
+    bundles = JwtBundleCache(jwt_bundle_fetch or _default_fetch(settings))
+    admin_token = read_admin_token(settings.admin_token_file) if settings.admin_token_file else None
+    auth = Authenticator(
+        trust_domain=settings.trust_domain,
+        bundles=bundles.get,
+        refresh_bundles=bundles.refresh_soon,
+        admin_token=admin_token,
+        admin_spiffe_ids=settings.admin_spiffe_ids,
+    )
+    network = parse_overlay_cidr(settings.overlay_cidr)
+    registrar = Registrar(
+        store=the_store,
+        ca=ca,
+        metrics=metrics,
+        trust_domain=settings.trust_domain,
+        network=network,
+        svid_ttl=settings.pq_svid_ttl,
+        clock_skew=settings.clock_skew_seconds,
+        clock=clock,
+    )
+    state = ControllerState(
+        settings=settings,
+        store=the_store,
+        ca=ca,
+        auth=auth,
+        metrics=metrics,
+        registrar=registrar,
+        network=network,
+        bundles=bundles,
+        replica_id=f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}",
+        clock=clock,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_store.open()
+        state.store_open = True
+        await bundles.refresh()
+        bundles.start()
+        expirer = asyncio.create_task(_expire_forever(state)) if expiry else None
+        _log.info(
+            "controller started",
+            listen=settings.listen,
+            store=settings.store_url.split("://")[0],
+            trust_domain=settings.trust_domain,
+            replica=state.replica_id,
+        )
+        try:
+            yield
+        finally:
+            if expirer is not None:
+                expirer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expirer
+            await bundles.stop()
+            state.store_open = False
+            await the_store.close()
+            _log.info("controller stopped")
+
+    app = FastAPI(
+        title="x0tta6bl4 controller",
+        version=__version__,
+        description=(
+            "Control plane of the x0tta6bl4 post-quantum mesh: node admission (JWT-SVID + "
+            "ML-DSA-65 proof of possession), PQ SVIDs, overlay addresses, policy, watch."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.controller = state
+    app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
+    _install_error_handlers(app, metrics)
+    _install_system_routes(app, state)
+    app.include_router(routes_nodes.router)
+    app.include_router(routes_mesh.router)
+    return app

@@ -1,0 +1,152 @@
+"""Controller settings: every flag of ``x0tta6bl4 controller`` and its ``X0_…`` variable.
+
+:class:`ControllerSettings` is a pydantic-settings model. The CLI passes the flags it was
+given; anything not given comes from the environment (``X0_LISTEN``, ``X0_STORE`` …, and
+``SPIFFE_ENDPOINT_SOCKET`` for the Workload API socket) and then from the defaults of
+``docs/runtime-contract.md``. Invalid values fail loudly with the name of the setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from x0tta6bl4.controller.ipam import DEFAULT_OVERLAY_CIDR, parse_overlay_cidr
+from x0tta6bl4.controller.store.url import default_store_url
+from x0tta6bl4.identity.spiffe_ids import (
+    DEFAULT_TRUST_DOMAIN,
+    parse_spiffe_id,
+    parse_trust_domain,
+)
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_SPIFFE_SOCKET",
+    "DEFAULT_STATE_DIR",
+    "JWT_AUDIENCE",
+    "ControllerSettings",
+    "parse_listen",
+]
+
+DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_STATE_DIR = Path("/var/lib/x0tta6bl4")
+DEFAULT_SPIFFE_SOCKET = "/run/spire/agent-sockets/spire-agent.sock"
+JWT_AUDIENCE = "x0tta6bl4-controller"
+"""The audience nodes request their JWT-SVID for."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into host and port; raise ValueError."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"listen address {value!r} must be HOST:PORT")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"listen port {port} is out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+class ControllerSettings(BaseSettings):
+    """Configuration of one controller replica (see ``docs/controller.md``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="X0_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    listen: str = DEFAULT_LISTEN
+    store: str | None = None
+    state_dir: Path = DEFAULT_STATE_DIR
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    spiffe_socket: str = Field(
+        default=DEFAULT_SPIFFE_SOCKET,
+        validation_alias=AliasChoices(
+            "spiffe_socket", "SPIFFE_ENDPOINT_SOCKET", "X0_SPIFFE_SOCKET"
+        ),
+    )
+    ca_cert_file: Path | None = None
+    ca_key_file: Path | None = None
+    local_ca: bool = False
+    admin_token_file: Path | None = None
+    admin_spiffe_ids: Annotated[tuple[str, ...], NoDecode] = ()
+    overlay_cidr: str = DEFAULT_OVERLAY_CIDR
+    pq_svid_ttl: int = Field(default=3600, ge=60, le=30 * 86400)
+    node_ttl: float = Field(default=60.0, gt=0, le=86400)
+    log_format: str | None = None
+    log_level: str = "info"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    clock_skew_seconds: int = Field(default=60, ge=1, le=3600)
+    watch_max_timeout: float = Field(default=60.0, gt=0, le=600)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite:///", "etcd://")):
+            raise ValueError("store must be sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...]")
+        return value
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _check_trust_domain(cls, value: str) -> str:
+        return parse_trust_domain(value).name
+
+    @field_validator("overlay_cidr")
+    @classmethod
+    def _check_cidr(cls, value: str) -> str:
+        return str(parse_overlay_cidr(value))
+
+    @field_validator("admin_spiffe_ids", mode="before")
+    @classmethod
+    def _split_admin_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("admin_spiffe_ids")
+    @classmethod
+    def _check_admin_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(parse_spiffe_id(v)) for v in value)
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_log_format(cls, value: str | None) -> str | None:
+        if value not in (None, "json", "console"):
+            raise ValueError("log format must be json or console")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ca(self) -> ControllerSettings:
+        if (self.ca_cert_file is None) != (self.ca_key_file is None):
+            raise ValueError("--ca-cert-file and --ca-key-file must be given together")
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        """Host part of :attr:`listen`."""
+        return parse_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """Port part of :attr:`listen`."""
+        return parse_listen(self.listen)[1]
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, defaulting to a SQLite file under the state directory."""
+        if self.store:
+            return self.store
+        return default_store_url(self.state_dir)

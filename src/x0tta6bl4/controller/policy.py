@@ -1,0 +1,165 @@
+"""Evaluating the mesh policy: who may join, who may link, who may talk to whom.
+
+The policy document is :class:`~x0tta6bl4.controller.models.Policy` (held in the store and
+served by ``GET/PUT /api/v1/policy``), an ordered list of rules::
+
+    {"rules": [
+      {"from": "spiffe://x0tta6bl4.mesh/ns/dev/**", "to": "*", "action": "link", "allow": false},
+      {"from": "spiffe://x0tta6bl4.mesh/ns/*/sa/x0tta6bl4-app", "to": "*",
+       "action": "link", "allow": true},
+      {"from": "*", "to": "spiffe://x0tta6bl4.mesh/ns/db/**", "action": "talk", "allow": false},
+      {"from": "*", "to": "*", "action": "talk", "allow": true}
+    ]}
+
+Patterns are ``*`` (any SPIFFE ID of the trust domain) or
+:class:`~x0tta6bl4.identity.spiffe_ids.SpiffeIdPattern` globs (``*``, ``?`` within a path
+segment, ``**`` across segments; the trust domain is literal and must be the mesh's).
+
+Evaluation, per action, in document order: **the first matching rule decides**; when none
+matches the answer is *deny* (zero trust).
+
+- ``link`` rules are symmetric: a rule for ``from``/``to`` also covers ``to``/``from`` (a link
+  is one mutually authenticated channel).
+- ``talk`` rules are directional: ``from`` may send application traffic to ``to``.
+- **join** (may a SPIFFE ID register as a mesh node at all) is derived from the link rules: an
+  identity may join if it may link with somebody, i.e. the first link rule naming it on either
+  side allows, and it is not banned first by a rule that denies it linking with ``*``.
+
+A store that never had a policy written (revision 0) holds an empty document; the controller
+then applies :func:`default_policy`: everything inside the trust domain may join, link and
+talk (every caller is still authenticated by its SVID).
+
+The module is pure (no I/O) so that mesh nodes evaluate the same document the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spiffe import SpiffeId
+
+from x0tta6bl4.controller.models import Policy, PolicyRule
+from x0tta6bl4.identity.errors import IdentityError
+from x0tta6bl4.identity.spiffe_ids import (
+    SpiffeIdPattern,
+    parse_spiffe_id,
+    parse_trust_domain,
+)
+
+__all__ = ["InvalidPolicyError", "PolicyEngine", "default_policy"]
+
+ANY = "*"
+
+
+class InvalidPolicyError(ValueError):
+    """A policy names a malformed pattern or one outside the trust domain."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    source: SpiffeIdPattern | None  # None: any
+    to: SpiffeIdPattern | None
+    action: str
+    allow: bool
+
+    def source_matches(self, spiffe_id: SpiffeId) -> bool:
+        return self.source is None or self.source.matches(spiffe_id)
+
+    def to_matches(self, spiffe_id: SpiffeId) -> bool:
+        return self.to is None or self.to.matches(spiffe_id)
+
+
+def _compile(pattern: str, where: str, trust_domain: str) -> SpiffeIdPattern | None:
+    if pattern == ANY:
+        return None
+    try:
+        compiled = SpiffeIdPattern(pattern)
+    except IdentityError as err:
+        raise InvalidPolicyError(f"{where}: {err}") from None
+    if compiled.trust_domain.name != trust_domain:
+        raise InvalidPolicyError(
+            f"{where}: pattern {pattern!r} is not in trust domain {trust_domain!r}"
+        )
+    return compiled
+
+
+class PolicyEngine:
+    """A compiled :class:`Policy` for one trust domain. Immutable; safe to share."""
+
+    __slots__ = ("_link", "_policy", "_talk", "_trust_domain")
+
+    def __init__(self, policy: Policy, trust_domain: str) -> None:
+        """Compile ``policy``; raise :class:`InvalidPolicyError` naming the first bad rule."""
+        self._trust_domain = parse_trust_domain(trust_domain).name
+        self._policy = policy
+        link: list[_CompiledRule] = []
+        talk: list[_CompiledRule] = []
+        for index, rule in enumerate(policy.rules):
+            compiled = _CompiledRule(
+                source=_compile(rule.source, f"rules[{index}].from", self._trust_domain),
+                to=_compile(rule.to, f"rules[{index}].to", self._trust_domain),
+                action=rule.action,
+                allow=rule.allow,
+            )
+            (link if rule.action == "link" else talk).append(compiled)
+        self._link = tuple(link)
+        self._talk = tuple(talk)
+
+    @property
+    def policy(self) -> Policy:
+        """The document this engine was compiled from."""
+        return self._policy
+
+    def _id(self, value: SpiffeId | str) -> SpiffeId | None:
+        try:
+            return parse_spiffe_id(value, trust_domain=self._trust_domain)
+        except IdentityError:
+            return None
+
+    def may_join(self, spiffe_id: SpiffeId | str) -> bool:
+        """Whether ``spiffe_id`` may register as a mesh node (see the module docstring)."""
+        sid = self._id(spiffe_id)
+        if sid is None:
+            return False
+        for rule in self._link:
+            if rule.source_matches(sid) or rule.to_matches(sid):
+                if rule.allow:
+                    return True
+                # A deny decides "join" only when it bans the identity from every peer.
+                if (rule.source_matches(sid) and rule.to is None) or (
+                    rule.to_matches(sid) and rule.source is None
+                ):
+                    return False
+        return False
+
+    def may_link(self, a: SpiffeId | str, b: SpiffeId | str) -> bool:
+        """Whether nodes ``a`` and ``b`` may build a link (order does not matter)."""
+        sa, sb = self._id(a), self._id(b)
+        if sa is None or sb is None:
+            return False
+        for rule in self._link:
+            if (rule.source_matches(sa) and rule.to_matches(sb)) or (
+                rule.source_matches(sb) and rule.to_matches(sa)
+            ):
+                return rule.allow
+        return False
+
+    def may_talk(self, source: SpiffeId | str, destination: SpiffeId | str) -> bool:
+        """Whether ``source`` may send application traffic to ``destination``."""
+        ss, sd = self._id(source), self._id(destination)
+        if ss is None or sd is None:
+            return False
+        for rule in self._talk:
+            if rule.source_matches(ss) and rule.to_matches(sd):
+                return rule.allow
+        return False
+
+
+def default_policy() -> Policy:
+    """The policy in force while none was ever written: the trust domain may do everything."""
+    return Policy(
+        rules=(
+            PolicyRule(source=ANY, to=ANY, action="link", allow=True),
+            PolicyRule(source=ANY, to=ANY, action="talk", allow=True),
+        )
+    )

@@ -1,0 +1,227 @@
+"""Admitting a node: proof of possession, replay guard, policy, PQ SVID, overlay address.
+
+The order is fixed so that a refused request costs little and changes nothing:
+
+1. the caller is already authenticated (JWT-SVID) by the route;
+2. cheap checks: base64 fields, nonce length, timestamp within the clock-skew window;
+3. the policy: may this SPIFFE ID join;
+4. the node ID must not belong to another SPIFFE ID (and, on renewal, must exist);
+5. the ML-DSA-65 proof of possession over (spiffe_id, node_id, nonce, timestamp);
+6. the nonce is recorded in the store's replay guard (shared by every replica) — a second
+   use is refused;
+7. only then: the mesh CA signs the PQ SVID and the store allocates the overlay address and
+   writes the record in one atomic step (nothing is written if the CIDR is full).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from x0tta6bl4.controller.api.errors import ApiError
+from x0tta6bl4.controller.api.schemas import ProofOfPossession
+from x0tta6bl4.controller.ca import CaHolder, LoadedCa
+from x0tta6bl4.controller.metrics import ControllerMetrics
+from x0tta6bl4.controller.models import (
+    ML_DSA_65_PUBLIC_KEY_SIZE,
+    ModelError,
+    NodeRecord,
+    NodeRegistration,
+)
+from x0tta6bl4.controller.policy import PolicyEngine, default_policy
+from x0tta6bl4.controller.store.base import Store
+from x0tta6bl4.controller.store.errors import CidrExhaustedError
+from x0tta6bl4.crypto.errors import CryptoError
+from x0tta6bl4.crypto.pqsvid import verify_proof_of_possession
+from x0tta6bl4.logging import get_logger
+
+__all__ = ["Admission", "Registrar", "current_policy"]
+
+_log = get_logger(__name__)
+
+MIN_NONCE = 16
+MAX_NONCE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of a successful registration or renewal."""
+
+    record: NodeRecord
+    bundle_pem: str
+    trust_domain: str
+    revision: int
+    renew_after: float
+
+
+def _b64(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ApiError(422, "invalid_request", f"{what} is not valid base64") from None
+
+
+async def current_policy(store: Store, trust_domain: str) -> tuple[PolicyEngine, int, bool]:
+    """The policy in force, its revision, and whether it is the built-in default."""
+    stored = await store.get_policy()
+    if stored.revision == 0 and not stored.policy.rules:
+        return PolicyEngine(default_policy(), trust_domain), 0, True
+    return PolicyEngine(stored.policy, trust_domain), stored.revision, False
+
+
+class Registrar:
+    """Registration and renewal, shared by every request of one app."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        ca: CaHolder,
+        metrics: ControllerMetrics,
+        trust_domain: str,
+        network: IPv4Network,
+        svid_ttl: int,
+        clock_skew: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._ca = ca
+        self._metrics = metrics
+        self._trust_domain = trust_domain
+        self._network = network
+        self._svid_ttl = svid_ttl
+        self._skew = clock_skew
+        self._clock = clock
+
+    @staticmethod
+    def _reject(status: int, reason: str, detail: str) -> ApiError:
+        # Counted in x0tta6bl4_registrations_rejected_total by the app's error handler.
+        return ApiError(status, reason, detail)
+
+    def _signer(self) -> LoadedCa:
+        loaded = self._ca.current()
+        if loaded is None:
+            raise ApiError(
+                503, "ca_unavailable", "the mesh CA is not loaded", headers={"Retry-After": "5"}
+            )
+        return loaded
+
+    async def admit(
+        self,
+        *,
+        spiffe_id: str,
+        node_id: str,
+        endpoint: str | None,
+        public_key_b64: str,
+        pop: ProofOfPossession,
+        renew: bool,
+    ) -> Admission:
+        """Run the checks of the module docstring; raise ApiError on refusal."""
+        now = self._clock()
+        public_key = _b64(public_key_b64, "ml_dsa_public_key")
+        if len(public_key) != ML_DSA_65_PUBLIC_KEY_SIZE:
+            raise self._reject(
+                422,
+                "invalid_request",
+                f"ml_dsa_public_key must be {ML_DSA_65_PUBLIC_KEY_SIZE} bytes (ML-DSA-65)",
+            )
+        nonce = _b64(pop.nonce, "pop.nonce")
+        if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            raise self._reject(
+                422, "invalid_request", f"pop.nonce must be {MIN_NONCE}-{MAX_NONCE} bytes"
+            )
+        signature = _b64(pop.signature, "pop.signature")
+        if abs(pop.timestamp - now) > self._skew:
+            raise self._reject(
+                401,
+                "clock_skew",
+                f"pop.timestamp is {pop.timestamp - now:+.0f} s from the controller's clock "
+                f"(at most ±{self._skew} s)",
+            )
+        engine, _, _ = await current_policy(self._store, self._trust_domain)
+        if not engine.may_join(spiffe_id):
+            raise self._reject(
+                403, "policy_denied", f"the mesh policy does not let {spiffe_id} join"
+            )
+        existing = await self._store.get_node(node_id)
+        if existing is not None and existing.spiffe_id != spiffe_id:
+            raise self._reject(
+                403,
+                "identity_mismatch",
+                f"node {node_id!r} is registered to another SPIFFE ID",
+            )
+        if renew and existing is None:
+            raise self._reject(404, "node_not_found", f"node {node_id!r} is not registered")
+        try:
+            verify_proof_of_possession(
+                public_key,
+                signature,
+                spiffe_id=spiffe_id,
+                node_id=node_id,
+                nonce=nonce,
+                timestamp=pop.timestamp,
+            )
+        except CryptoError:
+            raise self._reject(
+                401, "pop_invalid", "the proof of possession does not verify"
+            ) from None
+        if not await self._store.replay_guard(nonce, now + 2 * self._skew + 1):
+            raise self._reject(401, "pop_replayed", "this proof-of-possession nonce was used")
+        loaded = self._signer()
+        try:
+            der = loaded.signer.issue(
+                spiffe_id=spiffe_id,
+                node_id=node_id,
+                public_key=public_key,
+                now=now,
+                ttl_seconds=self._svid_ttl,
+            )
+        except CryptoError as err:
+            raise self._reject(422, "invalid_request", f"cannot issue a PQ SVID: {err}") from None
+        cert = x509.load_der_x509_certificate(der)
+        not_after = cert.not_valid_after_utc.timestamp()
+        if endpoint is None:
+            assert existing is not None  # renewals without an endpoint keep the stored one
+            endpoint = existing.endpoint
+        try:
+            registration = NodeRegistration(
+                node_id=node_id,
+                spiffe_id=spiffe_id,
+                endpoint=endpoint,
+                pq_svid_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                pq_svid_not_after=not_after,
+                ml_dsa_public_key=public_key,
+                now=now,
+            )
+        except ModelError as err:
+            raise self._reject(422, "invalid_request", str(err)) from None
+        try:
+            record = await self._store.register_node(registration, self._network)
+        except CidrExhaustedError:
+            raise self._reject(
+                409,
+                "cidr_exhausted",
+                f"no free overlay address left in {self._network}",
+            ) from None
+        self._metrics.pq_svids_issued.labels(kind="renew" if renew else "register").inc()
+        revision = await self._store.revision()
+        _log.info(
+            "node renewed" if renew else "node registered",
+            node_id=node_id,
+            spiffe_id=spiffe_id,
+            overlay_ip=str(record.overlay_ip),
+        )
+        return Admission(
+            record=record,
+            bundle_pem=loaded.bundle_pem,
+            trust_domain=self._trust_domain,
+            revision=revision,
+            renew_after=now + (not_after - now) / 2,
+        )

@@ -1,0 +1,736 @@
+"""The controller API against a real embedded SPIFFE issuer (Workload API on a Unix socket),
+a real SQLite store and the real mesh CA: every endpoint, every auth failure, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+
+from tests.integration.controller_support import (
+    ADMIN_ID,
+    ADMIN_TOKEN,
+    NODE_A,
+    NODE_B,
+    NODE_DEV,
+    TD,
+    Identity,
+    app_client,
+    bearer,
+    controller,
+    controller_settings,
+    free_port,
+    pop_fields,
+    register_body,
+    running_issuer,
+    spawn_controller,
+    wait_ready,
+)
+from x0tta6bl4.controller.app import create_app
+from x0tta6bl4.controller.ca import rotate_ca_dir
+from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
+from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.identity.issuer.authority import Authority
+from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
+    with running_issuer(tmp_path_factory.mktemp("id")) as ident:
+        yield ident
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
+    """An issuer of another trust domain (evil.example) naming the same paths."""
+    ids = ("spiffe://evil.example/ns/mesh/sa/node-a",)
+    with running_issuer(tmp_path_factory.mktemp("foreign"), "evil.example", ids) as ident:
+        yield ident
+
+
+@pytest.fixture(scope="module")
+def tokens(identity: Identity) -> dict[str, str]:
+    return {sid: identity.token(sid) for sid in (NODE_A, NODE_B, NODE_DEV, ADMIN_ID)}
+
+
+@pytest.fixture
+async def ctl(tmp_path: Path, identity: Identity) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    async with controller(tmp_path / "ctl", identity) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+ADMIN = bearer(ADMIN_TOKEN)
+
+
+async def _nodes(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    r = await client.get("/api/v1/nodes", headers=ADMIN)
+    assert r.status_code == 200
+    nodes: list[dict[str, Any]] = r.json()["nodes"]
+    return nodes
+
+
+async def _register(
+    client: httpx.AsyncClient, key: SigningKey, token: str, sid: str, node_id: str, **kw: Any
+) -> httpx.Response:
+    return await client.post(
+        "/api/v1/nodes/register",
+        json=register_body(key, spiffe_id=sid, node_id=node_id, **kw),
+        headers=bearer(token),
+    )
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or (line.startswith(name + "{") and line.split()[0] == name):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def _metric_labels(text: str, prefix: str) -> float:
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            total += float(line.split()[-1])
+            found = True
+    assert found, prefix
+    return total
+
+
+# --------------------------------------------------------------------------- system
+
+
+async def test_health_ready_metrics_openapi(ctl: tuple[Any, httpx.AsyncClient]) -> None:
+    _, client = ctl
+    r = await client.get("/health")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    r = await client.get("/ready")
+    assert r.status_code == 200
+    assert r.json()["store"] is True
+    assert r.json()["mesh_ca"] is True
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    for name in (
+        "x0tta6bl4_mesh_nodes_total",
+        "x0tta6bl4_store_up",
+        "x0tta6bl4_pq_svids_issued_total",
+        "x0tta6bl4_registrations_rejected_total",
+        "x0tta6bl4_api_request_duration_seconds",
+    ):
+        assert name in r.text
+    assert _metric(r.text, "x0tta6bl4_store_up") == 1.0
+    assert 'x0tta6bl4_api_requests_total{method="GET",route="/health",status="200"} 1.0' in r.text
+    spec = (await client.get("/openapi.json")).json()
+    for path in (
+        "/api/v1/nodes/register",
+        "/api/v1/nodes/{node_id}/renew",
+        "/api/v1/nodes",
+        "/api/v1/nodes/{node_id}",
+        "/api/v1/nodes/{node_id}/status",
+        "/api/v1/topology",
+        "/api/v1/policy",
+        "/api/v1/watch",
+        "/api/v1/bundle",
+        "/health",
+        "/ready",
+        "/metrics",
+    ):
+        assert path in spec["paths"], path
+
+
+async def test_ready_is_503_when_store_closed(ctl: tuple[Any, httpx.AsyncClient]) -> None:
+    app, client = ctl
+    state = app.state.controller
+    await state.store.close()
+    state.store_open = False
+    r = await client.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["reasons"] == ["store_unreachable"]
+    assert (await client.get("/health")).status_code == 200
+    await state.store.open()
+    state.store_open = True
+    assert (await client.get("/ready")).status_code == 200
+
+
+# --------------------------------------------------------------------------- registration
+
+
+async def test_register_issues_pq_svid_address_and_bundle(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    r = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["spiffe_id"] == NODE_A
+    assert body["overlay_ip"].startswith("100.96.")
+    assert body["revision"] >= 1
+    assert time.time() < body["renew_after"] < body["pq_svid_not_after"]
+    # The PQ SVID verifies against the bundle, names the node and carries our key.
+    bundle = TrustBundle.from_pem(TD, body["ca_bundle"].encode())
+    cert = x509.load_pem_x509_certificate(body["pq_svid"].encode())
+    from cryptography.hazmat.primitives import serialization
+
+    peer = verify_svid(cert.public_bytes(serialization.Encoding.DER), bundle, time.time())
+    assert (peer.spiffe_id, peer.node_id) == (NODE_A, "node-1")
+    assert peer.public_key_bytes == key.public_bytes
+    assert body["pq_svid_not_after"] - time.time() <= 3600 + 1
+    # Registering again keeps the address.
+    again = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+    assert again.status_code == 200
+    assert again.json()["overlay_ip"] == body["overlay_ip"]
+    nodes = await _nodes(client)
+    assert [n["node_id"] for n in nodes] == ["node-1"]
+    metrics = (await client.get("/metrics")).text
+    assert _metric(metrics, "x0tta6bl4_mesh_nodes_total") == 1.0
+    assert 'x0tta6bl4_pq_svids_issued_total{kind="register"} 2.0' in metrics
+
+
+async def test_renew(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    first = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+    new_key = SigningKey.generate()
+    body = {
+        "ml_dsa_public_key": base64.b64encode(new_key.public_bytes).decode(),
+        "pop": pop_fields(new_key, spiffe_id=NODE_A, node_id="node-1"),
+    }
+    r = await client.post("/api/v1/nodes/node-1/renew", json=body, headers=bearer(tokens[NODE_A]))
+    assert r.status_code == 200, r.text
+    assert r.json()["overlay_ip"] == first["overlay_ip"]
+    assert r.json()["pq_svid"] != first["pq_svid"]
+    detail = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
+    assert detail["ml_dsa_public_key"] == body["ml_dsa_public_key"]
+    assert detail["endpoint"] == "127.0.0.1:7810"
+    # Another identity may not renew node-1; an unknown node cannot be renewed.
+    body["pop"] = pop_fields(new_key, spiffe_id=NODE_B, node_id="node-1")
+    r = await client.post("/api/v1/nodes/node-1/renew", json=body, headers=bearer(tokens[NODE_B]))
+    assert (r.status_code, r.json()["error"]) == (403, "identity_mismatch")
+    body["pop"] = pop_fields(new_key, spiffe_id=NODE_A, node_id="ghost")
+    r = await client.post("/api/v1/nodes/ghost/renew", json=body, headers=bearer(tokens[NODE_A]))
+    assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
+    assert [n["node_id"] for n in await _nodes(client)] == ["node-1"]
+
+
+# --------------------------------------------------------------------------- auth failures
+
+
+async def _assert_rejected(
+    client: httpx.AsyncClient, response: httpx.Response, status: int, reason: str
+) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == reason
+    assert isinstance(response.json()["detail"], str)
+    assert await _nodes(client) == []
+
+
+async def test_registration_auth_failures_change_nothing(
+    ctl: tuple[Any, httpx.AsyncClient],
+    identity: Identity,
+    foreign: Identity,
+    tokens: dict[str, str],
+    key: SigningKey,
+) -> None:
+    _, client = ctl
+    body = register_body(key, spiffe_id=NODE_A, node_id="node-1")
+    url = "/api/v1/nodes/register"
+
+    r = await client.post(url, json=body)
+    await _assert_rejected(client, r, 401, "missing_credentials")
+    r = await client.post(url, json=body, headers={"Authorization": "Basic abc"})
+    await _assert_rejected(client, r, 401, "missing_credentials")
+    r = await client.post(url, json=body, headers=bearer("not.a.jwt"))
+    await _assert_rejected(client, r, 401, "invalid_token")
+
+    # A token of another trust domain (its own issuer, same path).
+    evil_sid = "spiffe://evil.example/ns/mesh/sa/node-a"
+    evil = foreign.token(evil_sid)
+    evil_body = register_body(key, spiffe_id=evil_sid, node_id="node-1")
+    r = await client.post(url, json=evil_body, headers=bearer(evil))
+    await _assert_rejected(client, r, 401, "wrong_trust_domain")
+
+    # Wrong audience, from the real Workload API.
+    r = await client.post(url, json=body, headers=bearer(identity.token(NODE_A, "someone-else")))
+    await _assert_rejected(client, r, 401, "wrong_audience")
+
+    # Expired: signed by the issuer's own key (same state directory), in the past.
+    authority = Authority.load_or_create(identity.issuer.config.state_dir, parse_trust_domain(TD))
+    old = authority.sign_jwt_svid(
+        parse_spiffe_id(NODE_A), ["x0tta6bl4-controller"], 60, time.time() - 3600
+    )
+    r = await client.post(url, json=body, headers=bearer(old))
+    await _assert_rejected(client, r, 401, "token_expired")
+
+    # Tampered token: the payload names another subject, the signature is the original one.
+    header, payload, sig = tokens[NODE_B].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = NODE_A
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    r = await client.post(url, json=body, headers=bearer(f"{header}.{forged_payload}.{sig}"))
+    await _assert_rejected(client, r, 401, "invalid_token")
+
+    # The admin token is not a node identity.
+    r = await client.post(url, json=body, headers=ADMIN)
+    await _assert_rejected(client, r, 403, "spiffe_identity_required")
+
+    # PoP signed for another SPIFFE ID than the token's subject / by another key.
+    r = await client.post(url, json=body, headers=bearer(tokens[NODE_B]))
+    await _assert_rejected(client, r, 401, "pop_invalid")
+    other = SigningKey.generate()
+    forged = dict(body, pop=pop_fields(other, spiffe_id=NODE_A, node_id="node-1"))
+    r = await client.post(url, json=forged, headers=bearer(tokens[NODE_A]))
+    await _assert_rejected(client, r, 401, "pop_invalid")
+
+    # Timestamp outside ±60 s.
+    for skew in (-120, 120):
+        stale = register_body(
+            key, spiffe_id=NODE_A, node_id="node-1", timestamp=int(time.time()) + skew
+        )
+        r = await client.post(url, json=stale, headers=bearer(tokens[NODE_A]))
+        await _assert_rejected(client, r, 401, "clock_skew")
+
+    metrics = (await client.get("/metrics")).text
+    assert _metric_labels(metrics, "x0tta6bl4_registrations_rejected_total") >= 11
+    assert 'x0tta6bl4_pq_svids_issued_total{kind="register"} 0.0' in metrics
+
+
+async def test_pop_replay_is_refused(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    body = register_body(key, spiffe_id=NODE_A, node_id="node-1")
+    first = await client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[NODE_A]))
+    assert first.status_code == 200
+    before = await _nodes(client)
+    again = await client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[NODE_A]))
+    assert (again.status_code, again.json()["error"]) == (401, "pop_replayed")
+    assert await _nodes(client) == before
+
+
+async def test_admin_apis_refuse_non_admins(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+    policy = {"rules": [{"from": "*", "to": "*", "action": "link", "allow": True}]}
+    for token in (tokens[NODE_A], tokens[NODE_B]):
+        r = await client.delete("/api/v1/nodes/node-1", headers=bearer(token))
+        assert (r.status_code, r.json()["error"]) == (403, "admin_required")
+        r = await client.put("/api/v1/policy", json=policy, headers=bearer(token))
+        assert (r.status_code, r.json()["error"]) == (403, "admin_required")
+    r = await client.delete("/api/v1/nodes/node-1", headers=bearer("wrong-admin-token-xxxxxxxx"))
+    assert r.status_code == 401
+    assert [n["node_id"] for n in await _nodes(client)] == ["node-1"]
+    assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"] == 0
+    # Admin by SPIFFE ID and by token.
+    r = await client.put("/api/v1/policy", json=policy, headers=bearer(tokens[ADMIN_ID]))
+    assert r.status_code == 200, r.text
+    r = await client.delete("/api/v1/nodes/node-1", headers=ADMIN)
+    assert r.status_code == 204
+    assert await _nodes(client) == []
+    r = await client.delete("/api/v1/nodes/node-1", headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
+
+
+async def test_reads_need_an_identity(
+    ctl: tuple[Any, httpx.AsyncClient], foreign: Identity
+) -> None:
+    _, client = ctl
+    evil = foreign.token("spiffe://evil.example/ns/mesh/sa/node-a")
+    for path in (
+        "/api/v1/nodes",
+        "/api/v1/nodes/node-1",
+        "/api/v1/topology",
+        "/api/v1/policy",
+        "/api/v1/watch?timeout=0",
+        "/api/v1/bundle",
+    ):
+        r = await client.get(path)
+        assert (r.status_code, r.json()["error"]) == (401, "missing_credentials"), path
+        r = await client.get(path, headers=bearer(evil))
+        assert (r.status_code, r.json()["error"]) == (401, "wrong_trust_domain"), path
+
+
+# --------------------------------------------------------------------------- policy
+
+
+async def test_policy_join_link_and_concurrency(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    r = await client.get("/api/v1/policy", headers=bearer(tokens[NODE_A]))
+    assert r.json()["default"] is True
+    assert r.headers["etag"] == '"0"'
+    policy = {
+        "rules": [
+            {"from": f"spiffe://{TD}/ns/dev/**", "to": "*", "action": "link", "allow": False},
+            {"from": f"spiffe://{TD}/ns/mesh/**", "to": "*", "action": "link", "allow": True},
+        ]
+    }
+    r = await client.put("/api/v1/policy", json=policy, headers={**ADMIN, "If-Match": '"0"'})
+    assert r.status_code == 200, r.text
+    revision = r.json()["revision"]
+    assert revision > 0
+    # A stale If-Match is refused and changes nothing.
+    r = await client.put("/api/v1/policy", json={"rules": []}, headers={**ADMIN, "If-Match": '"0"'})
+    assert (r.status_code, r.json()["error"]) == (412, "revision_mismatch")
+    got = (await client.get("/api/v1/policy", headers=ADMIN)).json()
+    assert got["revision"] == revision
+    assert len(got["rules"]) == 2
+    assert got["default"] is False
+    # The dev identity may not join; mesh identities may.
+    r = await _register(client, key, tokens[NODE_DEV], NODE_DEV, "dev-1")
+    assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
+    assert await _nodes(client) == []
+    r = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+    assert r.status_code == 200
+    # Invalid policies: foreign trust domain, bad pattern, unknown field, wrong type.
+    for bad, reason in (
+        (
+            {
+                "rules": [
+                    {"from": "spiffe://evil.example/x", "to": "*", "action": "link", "allow": True}
+                ]
+            },
+            "invalid_policy",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "from": "spiffe://x0tta6bl4.mesh/a//b",
+                        "to": "*",
+                        "action": "link",
+                        "allow": True,
+                    }
+                ]
+            },
+            "invalid_policy",
+        ),
+        ({"rules": [], "extra": 1}, "unknown_field"),
+        (
+            {"rules": [{"from": "*", "to": "*", "action": "link", "allow": "yes"}]},
+            "invalid_request",
+        ),
+        ({"rules": [{"from": "*", "to": "*", "action": "fly", "allow": True}]}, "invalid_request"),
+    ):
+        r = await client.put("/api/v1/policy", json=bad, headers=ADMIN)
+        assert (r.status_code, r.json()["error"]) == (422, reason), bad
+    r = await client.put("/api/v1/policy", json=policy, headers={**ADMIN, "If-Match": "abc"})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_if_match")
+    assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"] == revision
+
+
+# --------------------------------------------------------------------------- status, topology
+
+
+async def test_status_and_topology(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-a")).status_code == 200
+    assert (await _register(client, key, tokens[NODE_B], NODE_B, "node-b")).status_code == 200
+    report = {"links": [{"peer": "node-b", "up": True, "rtt_ms": 1.5}]}
+    r = await client.put("/api/v1/nodes/node-a/status", json=report, headers=bearer(tokens[NODE_A]))
+    assert r.status_code == 204, r.text
+    # Another node may not report for node-a; unknown nodes are 404.
+    r = await client.put(
+        "/api/v1/nodes/node-a/status", json={"links": []}, headers=bearer(tokens[NODE_B])
+    )
+    assert (r.status_code, r.json()["error"]) == (403, "identity_mismatch")
+    r = await client.put(
+        "/api/v1/nodes/ghost/status", json={"links": []}, headers=bearer(tokens[NODE_B])
+    )
+    assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
+    topo = (await client.get("/api/v1/topology", headers=bearer(tokens[NODE_B]))).json()
+    assert sorted(n["node_id"] for n in topo["nodes"]) == ["node-a", "node-b"]
+    assert topo["links"] == [{"from": "node-a", "to": "node-b", "up": True, "rtt_ms": 1.5}]
+    one = (await client.get("/api/v1/nodes/node-a", headers=bearer(tokens[NODE_B]))).json()
+    assert one["links"] == [{"peer": "node-b", "up": True, "rtt_ms": 1.5}]
+    assert one["pq_svid"].startswith("-----BEGIN CERTIFICATE-----")
+    r = await client.get("/api/v1/nodes/ghost", headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
+
+
+# --------------------------------------------------------------------------- watch
+
+
+async def test_watch_sees_registration(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    start = (await client.get("/api/v1/nodes", headers=ADMIN)).json()["revision"]
+    waiter = asyncio.create_task(
+        client.get(
+            f"/api/v1/watch?from_revision={start}&timeout=30", headers=bearer(tokens[NODE_B])
+        )
+    )
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+    r = await waiter
+    assert r.status_code == 200
+    events = r.json()["events"]
+    assert events[0]["kind"] == "node_put"
+    assert events[0]["node_id"] == "node-1"
+    assert events[0]["node"]["spiffe_id"] == NODE_A
+    assert r.json()["revision"] == events[-1]["revision"] > start
+    # Nothing newer: an empty answer after the timeout.
+    r = await client.get(
+        f"/api/v1/watch?from_revision={r.json()['revision']}&timeout=0.1", headers=ADMIN
+    )
+    assert r.json()["events"] == []
+
+
+async def test_watch_server_sent_events(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+    headers = {**ADMIN, "Accept": "text/event-stream"}
+    async with client.stream(
+        "GET", "/api/v1/watch?from_revision=0&timeout=1", headers=headers
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = (await r.aread()).decode()
+    assert "event: node_put" in text
+    data = next(line for line in text.splitlines() if line.startswith("data: "))
+    assert json.loads(data[6:])["node_id"] == "node-1"
+
+
+# --------------------------------------------------------------------------- bundle, rotation
+
+
+async def test_bundle_and_ca_rotation(
+    tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
+) -> None:
+    state_dir = tmp_path / "ctl"
+    async with controller(state_dir, identity) as (app, client):
+        r = await client.get("/api/v1/bundle", headers=bearer(tokens[NODE_A]))
+        assert r.status_code == 200
+        assert r.json()["trust_domain"] == TD
+        assert len(TrustBundle.from_pem(TD, r.json()["ca_bundle"].encode())) == 1
+        old = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+        rotate_ca_dir(state_dir / "ca", trust_domain=TD)
+        app.state.controller.ca.load()
+        bundle_pem = (await client.get("/api/v1/bundle", headers=ADMIN)).json()["ca_bundle"]
+        bundle = TrustBundle.from_pem(TD, bundle_pem.encode())
+        assert len(bundle) == 2
+        new = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+        from cryptography.hazmat.primitives import serialization
+
+        for issued in (old, new):
+            der = x509.load_pem_x509_certificate(issued["pq_svid"].encode()).public_bytes(
+                serialization.Encoding.DER
+            )
+            assert verify_svid(der, bundle, time.time()).node_id == "node-1"
+        assert old["pq_svid"] != new["pq_svid"]
+        old_issuer = x509.load_pem_x509_certificate(old["pq_svid"].encode()).issuer
+        assert old_issuer == x509.load_pem_x509_certificates(bundle_pem.encode())[1].subject
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "reason"),
+    [
+        (lambda b: b | {"extra": 1}, 422, "unknown_field"),
+        (lambda b: b | {"node_id": 5}, 422, "invalid_request"),
+        (lambda b: b | {"node_id": "bad id!"}, 422, "invalid_request"),
+        (lambda b: b | {"node_id": "x" * 65}, 422, "invalid_request"),
+        (lambda b: b | {"endpoint": "no-port"}, 422, "invalid_request"),
+        (lambda b: b | {"ml_dsa_public_key": "AAAA"}, 422, "invalid_request"),
+        (lambda b: b | {"ml_dsa_public_key": "!!!!"}, 422, "invalid_request"),
+        (lambda b: {k: v for k, v in b.items() if k != "pop"}, 422, "invalid_request"),
+        (
+            lambda b: b | {"pop": b["pop"] | {"nonce": base64.b64encode(b"x" * 8).decode() * 3}},
+            422,
+            "invalid_request",
+        ),
+        (lambda b: b | {"pop": b["pop"] | {"timestamp": "now"}}, 422, "invalid_request"),
+        (lambda b: b | {"pop": b["pop"] | {"signature": "AAAA"}}, 401, "pop_invalid"),
+    ],
+)
+async def test_bad_registration_input(
+    ctl: tuple[Any, httpx.AsyncClient],
+    tokens: dict[str, str],
+    key: SigningKey,
+    mutate: Any,
+    status: int,
+    reason: str,
+) -> None:
+    _, client = ctl
+    body = mutate(register_body(key, spiffe_id=NODE_A, node_id="node-1"))
+    r = await client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[NODE_A]))
+    assert (r.status_code, r.json()["error"]) == (status, reason), r.text
+    assert await _nodes(client) == []
+
+
+async def test_malformed_and_oversized_bodies(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str]
+) -> None:
+    _, client = ctl
+    headers = {**bearer(tokens[NODE_A]), "Content-Type": "application/json"}
+    r = await client.post("/api/v1/nodes/register", content=b"{not json", headers=headers)
+    assert (r.status_code, r.json()["error"]) == (400, "malformed_json")
+    big = b'{"node_id": "' + b"a" * (70 * 1024) + b'"}'
+    r = await client.post("/api/v1/nodes/register", content=big, headers=headers)
+    assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(80):
+            yield b" " * 1024
+
+    r = await client.post("/api/v1/nodes/register", content=chunks(), headers=headers)
+    assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+    r = await client.get("/api/v1/nope", headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    r = await client.patch("/api/v1/nodes", headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed")
+    assert await _nodes(client) == []
+
+
+async def test_cidr_exhaustion_is_409_and_writes_nothing(
+    tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
+) -> None:
+    async with controller(tmp_path / "ctl", identity, overlay_cidr="100.96.0.0/30") as (_, c):
+        for i in range(2):
+            r = await _register(c, key, tokens[NODE_A], NODE_A, f"node-{i}")
+            assert r.status_code == 200
+        r = await _register(c, key, tokens[NODE_A], NODE_A, "node-2")
+        assert (r.status_code, r.json()["error"]) == (409, "cidr_exhausted")
+        ips = {n["overlay_ip"] for n in await _nodes(c)}
+        assert ips == {"100.96.0.1", "100.96.0.2"}
+
+
+async def test_jwt_bundle_rotation_is_picked_up(tmp_path: Path, key: SigningKey) -> None:
+    """A token signed by a JWT key the controller has not seen yet triggers a bundle refresh
+    (the issuer rotated its key), and then validates."""
+    ident_dir = tmp_path / "id"
+    with running_issuer(ident_dir) as first:
+        app = create_app(
+            controller_settings(tmp_path / "ctl", first),
+            jwt_bundle_fetch=first.source.fetch_jwt_bundles,
+        )
+        app.state.controller.bundles.min_interval = 0.0
+        async with app_client(app) as client:
+            assert (
+                await _register(client, key, first.token(NODE_A), NODE_A, "n")
+            ).status_code == 200
+            first.issuer.stop()
+            shutil.rmtree(ident_dir / "state")
+            with running_issuer(ident_dir) as second:
+                token = second.token(NODE_A)
+                r = await _register(client, key, token, NODE_A, "n")
+                assert r.status_code == 200, r.text
+
+
+# --------------------------------------------------------------------------- real process
+
+
+def test_controller_subprocess(tmp_path: Path, identity: Identity, key: SigningKey) -> None:
+    """``x0tta6bl4 controller`` as a process on loopback, configured by flags and env."""
+    port = free_port()
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN)
+    ca_dir = tmp_path / "ca"
+    out = subprocess.run(
+        [*_cli(), "controller", "ca", "init", "--out", str(ca_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "ca.crt" in out.stdout
+    assert (ca_dir / "ca.key").stat().st_mode & 0o077 == 0
+    proc = spawn_controller(
+        [
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--store",
+            f"sqlite:///{tmp_path / 'ctl.db'}",
+            "--ca-cert-file",
+            str(ca_dir / "ca.crt"),
+            "--ca-key-file",
+            str(ca_dir / "ca.key"),
+            "--admin-token-file",
+            str(token_file),
+        ],
+        env={
+            "X0_STATE_DIR": str(tmp_path / "state"),
+            "SPIFFE_ENDPOINT_SOCKET": f"unix://{identity.issuer.socket_path}",
+            "X0_LOG_FORMAT": "json",
+        },
+        log=tmp_path / "controller.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        token = identity.token(NODE_A)
+        r = httpx.post(
+            f"{base}/api/v1/nodes/register",
+            json=register_body(key, spiffe_id=NODE_A, node_id="proc-1"),
+            headers=bearer(token),
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        nodes = httpx.get(f"{base}/api/v1/nodes", headers=bearer(ADMIN_TOKEN)).json()["nodes"]
+        assert [n["node_id"] for n in nodes] == ["proc-1"]
+        assert "x0tta6bl4_mesh_nodes_total 1.0" in httpx.get(f"{base}/metrics").text
+    finally:
+        proc.terminate()
+        # uvicorn re-raises SIGTERM after its graceful shutdown.
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+    log = (tmp_path / "controller.log").read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(entry.get("event") == "controller stopped" for entry in lines)
+    assert any(entry.get("event") == "node registered" for entry in lines)
+    assert token not in log
+    assert ADMIN_TOKEN not in log
+    assert not any("PRIVATE KEY" in line for line in log.splitlines())
+
+
+def _cli() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "x0tta6bl4"]
+
+
+def test_controller_refuses_to_start_without_ca(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*_cli(), "controller", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "no mesh CA configured" in out.stderr
+    out = subprocess.run(
+        [*_cli(), "controller", "--listen", "nope", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "listen" in out.stderr
