@@ -1,0 +1,214 @@
+"""Heartbeat failure detector for one link, sans-IO.
+
+Rules::
+
+    every `interval` (0.1 s) while UP, every `down_interval` (0.5 s) while DOWN:
+        send HEARTBEAT(seq)                         seq: u32, +1 per heartbeat (wraps)
+    peer's HEARTBEAT(seq)      -> echo HEARTBEAT_ACK(seq); counts as a packet received
+    HEARTBEAT_ACK(seq) for one of our last `max_outstanding` heartbeats
+                               -> RTT sample; DOWN -> UP (a full round trip proves both ways)
+    any authenticated packet from the peer (on_packet_received)
+                               -> refreshes liveness while UP (never brings a link UP)
+    UP and nothing received for `dead_after` x `interval` (4 x 0.1 s)
+                               -> DOWN
+
+So a dead peer is declared down at most ``dead_after * interval`` after the last packet it
+sent arrived: 0.4 s by default (plus one network latency), well under a second.
+
+RTT: ``srtt`` is an EWMA (``alpha`` = 1/8, as TCP's RFC 6298) seeded with the first sample;
+``min_rtt`` the smallest sample seen. **Link cost** (the value advertised in link-state adverts)
+is ``max(cost_floor, ceil(srtt / cost_unit))`` with ``cost_unit`` = 100 µs and ``cost_floor``
+= 10 (1 ms: links faster than that are equal, so LAN jitter never re-routes). With hysteresis,
+the advertised cost changes only when the new value differs from the current one by more than
+``hysteresis`` (25 %), so costs do not flap and do not cause a flood of adverts.
+
+Events (:meth:`FailureDetector.next_event`): :class:`LinkUp`, :class:`LinkDown`,
+:class:`RttUpdated` (every sample), :class:`LinkCostChanged` (only past the hysteresis band).
+Not thread-safe: one owner drives it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.lsa import MAX_COST
+
+__all__ = [
+    "FailureDetector",
+    "FailureDetectorConfig",
+    "LinkCostChanged",
+    "LinkDown",
+    "LinkEvent",
+    "LinkUp",
+    "RttUpdated",
+]
+
+_SEQ_MOD = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDetectorConfig:
+    """Timers and cost parameters; the defaults detect a dead peer in 0.4 s."""
+
+    #: Seconds between heartbeats while the link is up.
+    interval: float = 0.1
+    #: Missed intervals (with no packet at all from the peer) before the link is declared down.
+    dead_after: int = 4
+    #: Seconds between heartbeats while the link is down (probing for its return).
+    down_interval: float = 0.5
+    #: EWMA gain of the smoothed RTT.
+    alpha: float = 0.125
+    #: Seconds of smoothed RTT per unit of link cost.
+    cost_unit: float = 1e-4
+    #: The smallest link cost.
+    cost_floor: int = 10
+    #: Relative change of cost needed before the advertised cost moves.
+    hysteresis: float = 0.25
+    #: Heartbeats remembered for matching acks.
+    max_outstanding: int = 16
+
+    def __post_init__(self) -> None:
+        if not (self.interval > 0 and self.down_interval > 0 and self.cost_unit > 0):
+            raise ValueError("interval, down_interval and cost_unit must be positive")
+        if self.dead_after < 1 or self.max_outstanding < 1 or self.cost_floor < 1:
+            raise ValueError("dead_after, max_outstanding and cost_floor must be at least 1")
+        if not (0 < self.alpha <= 1 and self.hysteresis >= 0):
+            raise ValueError("alpha must be in (0, 1] and hysteresis non-negative")
+
+    @property
+    def detection_time(self) -> float:
+        """Seconds of silence after which an up link is declared down."""
+        return self.dead_after * self.interval
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    peer: str
+    rtt: float
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    peer: str
+    #: Seconds since the last packet from the peer.
+    silent_for: float
+
+
+@dataclass(frozen=True, slots=True)
+class RttUpdated:
+    peer: str
+    rtt: float
+    srtt: float
+    min_rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCostChanged:
+    peer: str
+    cost: int
+
+
+LinkEvent = LinkUp | LinkDown | RttUpdated | LinkCostChanged
+
+
+class FailureDetector:
+    """Liveness, RTT and cost of the link to ``peer``. Starts DOWN and probes at once."""
+
+    def __init__(self, peer: str, now: float, config: FailureDetectorConfig | None = None) -> None:
+        self.peer = peer
+        self.config = config or FailureDetectorConfig()
+        self.up = False
+        self.srtt: float | None = None
+        self.min_rtt: float | None = None
+        self.latest_rtt: float | None = None
+        #: Advertised link cost (None until the first RTT sample).
+        self.cost: int | None = None
+        self.last_received: float | None = None
+        self._next_seq = 0
+        self._next_send = now
+        self._outstanding: OrderedDict[int, float] = OrderedDict()
+        self._to_send: list[int] = []
+        self._events: deque[LinkEvent] = deque()
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def get_timer(self) -> float:
+        """The next deadline: a heartbeat to send or the silence limit."""
+        deadline = self._next_send
+        if self.up and self.last_received is not None:
+            deadline = min(deadline, self.last_received + self.config.detection_time)
+        return deadline
+
+    def heartbeats_to_send(self) -> list[int]:
+        """Sequence numbers of HEARTBEAT frames to send now (drained)."""
+        out, self._to_send = self._to_send, []
+        return out
+
+    def next_event(self) -> LinkEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.config
+        if (
+            self.up
+            and self.last_received is not None
+            and now >= self.last_received + cfg.detection_time
+        ):
+            self.up = False
+            self._events.append(LinkDown(self.peer, now - self.last_received))
+            self._next_send = min(self._next_send, now + cfg.down_interval)
+        if now >= self._next_send:
+            seq = self._next_seq
+            self._next_seq = (seq + 1) % _SEQ_MOD
+            self._outstanding[seq] = now
+            while len(self._outstanding) > cfg.max_outstanding:
+                self._outstanding.popitem(last=False)
+            self._to_send.append(seq)
+            step = cfg.interval if self.up else cfg.down_interval
+            # Never fall behind by more than one beat if the driver was late.
+            self._next_send = max(self._next_send + step, now + step / 2)
+
+    def on_packet_received(self, now: float) -> None:
+        """Any authenticated packet from the peer arrived (keeps an UP link alive)."""
+        if self.last_received is None or now > self.last_received:
+            self.last_received = now
+
+    def on_heartbeat(self, seq: int, now: float) -> int:
+        """The peer's HEARTBEAT(seq): returns the seq to echo in HEARTBEAT_ACK."""
+        if not 0 <= seq < _SEQ_MOD:
+            raise LocalProtocolError("heartbeat seq must be a u32")
+        self.on_packet_received(now)
+        return seq
+
+    def on_heartbeat_ack(self, seq: int, now: float) -> bool:
+        """The peer echoed HEARTBEAT_ACK(seq); False when it matches no recent heartbeat."""
+        sent_at = self._outstanding.pop(seq, None)
+        if sent_at is None or now < sent_at:
+            return False
+        self.on_packet_received(now)
+        rtt = now - sent_at
+        self.latest_rtt = rtt
+        cfg = self.config
+        self.srtt = rtt if self.srtt is None else (1 - cfg.alpha) * self.srtt + cfg.alpha * rtt
+        self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
+        self._events.append(RttUpdated(self.peer, rtt, self.srtt, self.min_rtt))
+        candidate = min(
+            MAX_COST, max(cfg.cost_floor, math.ceil(round(self.srtt / cfg.cost_unit, 6)))
+        )
+        if self.cost is None:
+            self.cost = candidate
+        elif abs(candidate - self.cost) > cfg.hysteresis * self.cost:
+            self.cost = candidate
+            if self.up:
+                self._events.append(LinkCostChanged(self.peer, candidate))
+        if not self.up:
+            self.up = True
+            self._events.append(LinkUp(self.peer, rtt, self.cost))
+            self._next_send = min(self._next_send, now + cfg.interval)
+        return True

@@ -1,0 +1,305 @@
+"""The link-state router of one node, sans-IO: adverts in, adverts out, routes, one timer.
+
+Inputs (``now`` is the node's monotonic clock, in seconds)::
+
+    neighbour_up(peer, cost, now)       a link came up (or its cost changed)
+    neighbour_down(peer, now)           a link went down
+    receive_lsa(data, from_peer, now)   an advert arrived on a link -> [(peer, bytes)] to flood
+    handle_timer(now)                   at or after get_timer()
+
+Outputs::
+
+    lsas_to_send()  -> [(peer, bytes)]  own adverts and database syncs for new neighbours
+    next_event()    -> RoutesChanged     after a recomputation that changed the table
+    next_hop(dest), route(dest), routes(), counters, neighbours
+
+Rules:
+
+* **Origination.** The node's own advert lists its up neighbours with their costs. It is
+  re-signed (seq + 1) after a neighbour change, at most once per ``lsa_min_interval`` (50 ms),
+  and refreshed every ``refresh_interval`` (10 s) even when unchanged, so that receivers'
+  ageing (``max_age`` 60 s) never removes a live origin. Each new own advert goes to every up
+  neighbour.
+* **Sequence numbers survive restarts** without persistent state: ``seq`` is
+  ``max(previous seq + 1, wall clock in microseconds)``, so a restarted node starts above
+  anything its previous incarnation sent (as long as it sent fewer than a million adverts a
+  second and the wall clock did not step back). If the clock did step back, the OSPF rule
+  applies: when an advert of our own with a higher seq comes back to us (neighbours sync their
+  database to us when a link comes up), we jump past it and re-originate.
+* **Flooding.** An accepted advert goes to every up neighbour except the one it came from; a
+  duplicate or rejected one goes nowhere. When a link comes up, the whole database (except our
+  own advert, which is re-originated anyway) is sent to the new neighbour.
+* **Debounced SPF.** A topology change schedules a recomputation ``spf_delay`` (30 ms) after
+  the *latest* change, but never later than ``spf_max_delay`` (200 ms) after the *first*
+  change still pending.
+
+Not thread-safe: one owner drives it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.lsa import (
+    FLAG_TRANSIT_OFF,
+    MAX_COST,
+    MAX_NEIGHBOURS,
+    KeyLookup,
+    LinkStateAdvert,
+    encode_signed,
+    encode_unsigned,
+)
+from x0tta6bl4.protocol.lsdb import LinkStateDatabase
+from x0tta6bl4.protocol.spf import Route, compute_routes
+
+__all__ = ["Router", "RouterConfig", "RoutesChanged"]
+
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Routing timers, in seconds."""
+
+    #: Recompute routes this long after the latest topology change ...
+    spf_delay: float = 0.03
+    #: ... but no later than this after the first pending change.
+    spf_max_delay: float = 0.2
+    #: Minimum time between two of our own adverts.
+    lsa_min_interval: float = 0.05
+    #: Re-originate our advert this often even when nothing changed.
+    refresh_interval: float = 10.0
+    #: Remove a foreign advert not refreshed for this long.
+    max_age: float = 60.0
+    #: How often to look for aged adverts.
+    age_check_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        values = (
+            self.spf_delay,
+            self.spf_max_delay,
+            self.lsa_min_interval,
+            self.refresh_interval,
+            self.max_age,
+            self.age_check_interval,
+        )
+        if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
+            raise ValueError("router timers must be non-negative (refresh and ageing positive)")
+        if self.spf_max_delay < self.spf_delay:
+            raise ValueError("spf_max_delay must be at least spf_delay")
+        if self.max_age <= self.refresh_interval:
+            raise ValueError("max_age must exceed refresh_interval")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesChanged:
+    """The routing table changed: destinations added, removed or with a new route."""
+
+    changed: frozenset[str]
+
+
+class Router:
+    """Link-state routing for ``node_id``; ``key_for`` maps node ids to verified public keys."""
+
+    def __init__(
+        self,
+        node_id: str,
+        signing_key: SigningKey,
+        key_for: KeyLookup,
+        now: float,
+        *,
+        wall_offset: float = 0.0,
+        config: RouterConfig | None = None,
+        transit: bool = True,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config or RouterConfig()
+        self._key = signing_key
+        self._own_public = signing_key.key.public_key()
+        self._key_for_foreign = key_for
+        #: ``wall clock = now + wall_offset`` (the driver passes time.time() - time.monotonic()).
+        self._wall_offset = wall_offset
+        self._flags = 0 if transit else FLAG_TRANSIT_OFF
+        self.lsdb = LinkStateDatabase(node_id, self._key_for, max_age=self.config.max_age)
+        self._neighbours: dict[str, int] = {}
+        self._seq = 0
+        self._last_originated = -float("inf")
+        self._originate_at: float | None = None
+        self._spf_at: float | None = None
+        self._spf_first_change: float | None = None
+        self._next_age_check = now + self.config.age_check_interval
+        self._routes: dict[str, Route] = {}
+        self._outbox: list[tuple[str, bytes]] = []
+        self._events: deque[RoutesChanged] = deque()
+        self.counters: dict[str, int] = {"originated": 0, "spf_runs": 0, "lsas_sent": 0}
+        self._originate(now)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    @property
+    def neighbours(self) -> Mapping[str, int]:
+        """Up neighbours and their link costs."""
+        return dict(self._neighbours)
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of our current advert."""
+        return self._seq
+
+    def next_hop(self, dest: str) -> str | None:
+        route = self._routes.get(dest)
+        return route.next_hop if route else None
+
+    def route(self, dest: str) -> Route | None:
+        return self._routes.get(dest)
+
+    def routes(self) -> dict[str, Route]:
+        return dict(self._routes)
+
+    def all_counters(self) -> dict[str, int]:
+        """Router counters plus the database's ``lsa_<reason>`` counters."""
+        out = dict(self.counters)
+        out.update({f"lsa_{k}": v for k, v in self.lsdb.counters.items()})
+        return out
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def get_timer(self) -> float:
+        deadlines = [
+            self._last_originated + self.config.refresh_interval,
+            self._next_age_check,
+        ]
+        if self._originate_at is not None:
+            deadlines.append(self._originate_at)
+        if self._spf_at is not None:
+            deadlines.append(self._spf_at)
+        return min(deadlines)
+
+    def lsas_to_send(self) -> list[tuple[str, bytes]]:
+        """``(peer, advert bytes)`` to send (drained)."""
+        out, self._outbox = self._outbox, []
+        self.counters["lsas_sent"] += len(out)
+        return out
+
+    def next_event(self) -> RoutesChanged | None:
+        return self._events.popleft() if self._events else None
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def neighbour_up(self, peer: str, cost: int, now: float) -> None:
+        """A link to ``peer`` is up with ``cost`` (call again when the cost changes)."""
+        if peer == self.node_id:
+            raise LocalProtocolError("a node cannot be its own neighbour")
+        if not isinstance(cost, int) or not 1 <= cost <= MAX_COST:
+            raise LocalProtocolError("link cost must be an integer in 1..2^32-1")
+        if peer not in self._neighbours and len(self._neighbours) >= MAX_NEIGHBOURS:
+            raise LocalProtocolError(f"at most {MAX_NEIGHBOURS} neighbours")
+        new = peer not in self._neighbours
+        if not new and self._neighbours[peer] == cost:
+            return
+        self._neighbours[peer] = cost
+        if new:
+            # Database sync: the new neighbour learns everything we know.
+            self._outbox.extend(
+                (peer, entry.data) for entry in self.lsdb if entry.lsa.origin != self.node_id
+            )
+        self._schedule_origination(now)
+
+    def neighbour_down(self, peer: str, now: float) -> None:
+        if self._neighbours.pop(peer, None) is not None:
+            self._schedule_origination(now)
+
+    def receive_lsa(
+        self, data: bytes, from_peer: str | None, now: float
+    ) -> list[tuple[str, bytes]]:
+        """Process an advert received from ``from_peer``; return ``(peer, bytes)`` to flood."""
+        result = self.lsdb.install(data, now)
+        if result.reason == "own_newer" and result.lsa is not None:
+            # An advert of a previous incarnation of this node: jump past it.
+            self._seq = max(self._seq, result.lsa.seq)
+            self._schedule_origination(now)
+            return []
+        if not result.flood:
+            return []
+        if result.topology_changed:
+            self._schedule_spf(now)
+        out = [(peer, bytes(data)) for peer in sorted(self._neighbours) if peer != from_peer]
+        self.counters["lsas_sent"] += len(out)
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.config
+        if (self._originate_at is not None and now >= self._originate_at) or (
+            now >= self._last_originated + cfg.refresh_interval
+        ):
+            self._originate(now)
+        if now >= self._next_age_check:
+            self._next_age_check = now + cfg.age_check_interval
+            if self.lsdb.expire(now):
+                self._schedule_spf(now)
+        if self._spf_at is not None and now >= self._spf_at:
+            self._run_spf()
+
+    def recompute(self) -> None:
+        """Run SPF now (normally done by the debounced timer)."""
+        self._run_spf()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _key_for(self, node_id: str) -> mldsa.MLDSA65PublicKey | None:
+        if node_id == self.node_id:
+            return self._own_public
+        return self._key_for_foreign(node_id)
+
+    def _schedule_origination(self, now: float) -> None:
+        at = max(now, self._last_originated + self.config.lsa_min_interval)
+        if self._originate_at is None or at < self._originate_at:
+            self._originate_at = at
+
+    def _schedule_spf(self, now: float) -> None:
+        cfg = self.config
+        if self._spf_first_change is None:
+            self._spf_first_change = now
+        self._spf_at = min(now + cfg.spf_delay, self._spf_first_change + cfg.spf_max_delay)
+
+    def _originate(self, now: float) -> None:
+        wall_us = max(0, int((now + self._wall_offset) * 1_000_000))
+        self._seq = min(_U64_MAX, max(self._seq + 1, wall_us))
+        lsa = LinkStateAdvert(
+            origin=self.node_id,
+            seq=self._seq,
+            issued_at_ms=wall_us // 1000,
+            neighbours=tuple(self._neighbours.items()),
+            flags=self._flags,
+        )
+        data = encode_signed(lsa, self._key)
+        body = encode_unsigned(lsa)
+        self._last_originated = now
+        self._originate_at = None
+        self.counters["originated"] += 1
+        if self.lsdb.install_own(lsa, data, body, now):
+            self._schedule_spf(now)
+        self._outbox.extend((peer, data) for peer in sorted(self._neighbours))
+
+    def _run_spf(self) -> None:
+        self._spf_at = None
+        self._spf_first_change = None
+        self.counters["spf_runs"] += 1
+        new = compute_routes(self.node_id, self.lsdb.adverts())
+        old = self._routes
+        changed = {d for d in new.keys() | old.keys() if new.get(d) != old.get(d)}
+        self._routes = new
+        if changed:
+            self._events.append(RoutesChanged(frozenset(changed)))
+
+    def __repr__(self) -> str:
+        return (
+            f"Router({self.node_id!r}, neighbours={len(self._neighbours)}, "
+            f"lsdb={len(self.lsdb)}, routes={len(self._routes)})"
+        )

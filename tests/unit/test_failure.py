@@ -1,0 +1,189 @@
+"""The heartbeat failure detector, driven by a hand-advanced clock between two detectors."""
+
+from __future__ import annotations
+
+import pytest
+
+from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.failure import (
+    FailureDetector,
+    FailureDetectorConfig,
+    LinkCostChanged,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    RttUpdated,
+)
+
+
+class Pair:
+    """Two detectors (a watches b, b watches a) joined by a link with a one-way delay."""
+
+    def __init__(self, delay: float = 0.001, config: FailureDetectorConfig | None = None) -> None:
+        self.now = 0.0
+        self.delay = delay
+        self.a = FailureDetector("b", 0.0, config)
+        self.b = FailureDetector("a", 0.0, config)
+        self.link_up = True
+        self.in_flight: list[tuple[float, str, str, int]] = []
+        self.events: dict[str, list[LinkEvent]] = {"a": [], "b": []}
+
+    def _collect(self) -> None:
+        for name, fd in (("a", self.a), ("b", self.b)):
+            for seq in fd.heartbeats_to_send():
+                if self.link_up:
+                    other = "b" if name == "a" else "a"
+                    self.in_flight.append((self.now + self.delay, other, "hb", seq))
+            while (event := fd.next_event()) is not None:
+                self.events[name].append(event)
+
+    def run(self, until: float) -> None:
+        while True:
+            self._collect()
+            timers = [self.a.get_timer(), self.b.get_timer()]
+            arrivals = [m[0] for m in self.in_flight]
+            t = min(timers + arrivals)
+            if t > until:
+                break
+            self.now = t
+            for fd in (self.a, self.b):
+                if fd.get_timer() <= t:
+                    fd.handle_timer(t)
+            due = [m for m in self.in_flight if m[0] <= t]
+            self.in_flight = [m for m in self.in_flight if m[0] > t]
+            for _, to, kind, seq in due:
+                fd = self.a if to == "a" else self.b
+                if kind == "hb":
+                    echo = fd.on_heartbeat(seq, t)
+                    if self.link_up:
+                        self.in_flight.append(
+                            (t + self.delay, "b" if to == "a" else "a", "ack", echo)
+                        )
+                else:
+                    fd.on_heartbeat_ack(seq, t)
+        self.now = until
+
+
+def kinds(events: list[LinkEvent], kind: type) -> list[LinkEvent]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_link_comes_up_with_rtt_and_cost() -> None:
+    pair = Pair(delay=0.002)
+    pair.run(0.05)
+    assert pair.a.up
+    assert pair.b.up
+    ups = kinds(pair.events["a"], LinkUp)
+    assert ups == [LinkUp("b", pytest.approx(0.004), 40)]
+    assert pair.a.srtt == pytest.approx(0.004)
+    assert pair.a.min_rtt == pytest.approx(0.004)
+    assert pair.a.cost == 40  # 4 ms / 100 us
+    assert kinds(pair.events["a"], RttUpdated)
+
+
+def test_dead_peer_is_declared_down_within_detection_time() -> None:
+    pair = Pair()
+    pair.run(1.0)
+    assert pair.a.up
+    last = pair.a.last_received
+    assert last is not None
+    pair.link_up = False
+    pair.in_flight.clear()
+    kill_at = pair.now
+    pair.run(3.0)
+    downs = kinds(pair.events["a"], LinkDown)
+    assert len(downs) == 1
+    assert not pair.a.up
+    down = downs[0]
+    assert isinstance(down, LinkDown)
+    assert down.silent_for == pytest.approx(0.4)
+    # Detected 0.4 s after the last packet, i.e. at most 0.4 s after the failure.
+    assert last + 0.4 - kill_at <= 0.4
+
+
+def test_link_comes_back_after_a_successful_exchange() -> None:
+    pair = Pair()
+    pair.run(1.0)
+    pair.link_up = False
+    pair.run(2.0)
+    assert not pair.a.up
+    sent_while_down = len(kinds(pair.events["a"], LinkUp))
+    pair.link_up = True
+    pair.run(3.0)
+    assert pair.a.up
+    assert len(kinds(pair.events["a"], LinkUp)) == sent_while_down + 1
+
+
+def test_packets_keep_the_link_alive_but_never_bring_it_up() -> None:
+    fd = FailureDetector("p", 0.0)
+    assert fd.heartbeats_to_send() == []
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_packet_received(0.01)
+    assert not fd.up  # one-way traffic proves nothing about our direction
+    assert fd.on_heartbeat_ack(seq + 1, 0.01) is False  # unknown seq
+    assert fd.on_heartbeat_ack(seq, 0.01) is True
+    assert fd.up
+    assert fd.on_heartbeat_ack(seq, 0.02) is False  # each ack counts once
+    # Without heartbeat acks, other packets alone keep it up.
+    t = 0.01
+    while t < 2.0:
+        t += 0.05
+        fd.on_packet_received(t)
+        if fd.get_timer() <= t:
+            fd.handle_timer(t)
+    assert fd.up
+    assert fd.get_timer() <= t + 0.1
+    fd.handle_timer(t + 0.4)
+    assert not fd.up
+
+
+def test_cost_hysteresis() -> None:
+    fd = FailureDetector("p", 0.0, FailureDetectorConfig(alpha=1.0))
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, 0.010)  # 10 ms -> cost 100
+    assert fd.cost == 100
+    for rtt in (0.011, 0.012, 0.009, 0.0076):  # within 25 %: no change
+        fd.handle_timer(fd.get_timer())
+        (seq,) = fd.heartbeats_to_send()
+        sent = fd.get_timer() - fd.config.interval
+        fd.on_heartbeat_ack(seq, sent + rtt)
+        assert fd.cost == 100
+    fd.handle_timer(fd.get_timer())
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, fd.get_timer() - fd.config.interval + 0.02)
+    assert fd.cost == 200
+    events = []
+    while (e := fd.next_event()) is not None:
+        events.append(e)
+    assert kinds(events, LinkCostChanged) == [LinkCostChanged("p", 200)]
+
+
+def test_cost_floor_and_validation() -> None:
+    fd = FailureDetector("p", 0.0)
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, 0.0001)
+    assert fd.cost == 10
+    with pytest.raises(LocalProtocolError):
+        fd.on_heartbeat(-1, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        FailureDetectorConfig(interval=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        FailureDetectorConfig(dead_after=0)
+    with pytest.raises(ValueError, match="alpha"):
+        FailureDetectorConfig(alpha=0)
+    assert FailureDetectorConfig(interval=0.05, dead_after=3).detection_time == pytest.approx(0.15)
+
+
+def test_configurable_detection_time() -> None:
+    cfg = FailureDetectorConfig(interval=0.05, dead_after=3)
+    pair = Pair(config=cfg)
+    pair.run(1.0)
+    pair.link_up = False
+    pair.in_flight.clear()
+    pair.run(2.0)
+    (down,) = kinds(pair.events["b"], LinkDown)
+    assert isinstance(down, LinkDown)
+    assert down.silent_for == pytest.approx(0.15)

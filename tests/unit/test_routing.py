@@ -1,0 +1,448 @@
+"""Link-state database, SPF and the router, driven by hand with an explicit clock."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import mldsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from x0tta6bl4.crypto.suite import MLDSA65_SIGNATURE_SIZE, SigningKey
+from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.lsa import (
+    FLAG_TRANSIT_OFF,
+    LinkStateAdvert,
+    decode_signed,
+    encode_signed,
+)
+from x0tta6bl4.protocol.lsdb import INSTALL_REASONS, LinkStateDatabase
+from x0tta6bl4.protocol.router import Router, RouterConfig, RoutesChanged
+from x0tta6bl4.protocol.spf import Route, compute_routes, confirmed_links
+
+EPOCH = 1_750_000_000.0
+
+
+@functools.cache
+def key(name: str) -> SigningKey:
+    return SigningKey.generate()
+
+
+def key_for(node_id: str) -> mldsa.MLDSA65PublicKey | None:
+    if node_id.startswith("unknown"):
+        return None
+    return key(node_id).key.public_key()
+
+
+def signed(origin: str, seq: int, neighbours: dict[str, int], signer: str | None = None) -> bytes:
+    lsa = LinkStateAdvert(origin, seq, 0, tuple(neighbours.items()))
+    return encode_signed(lsa, key(signer or origin))
+
+
+# --- link-state database ----------------------------------------------------------------------
+
+
+def test_lsdb_accepts_newer_and_rejects_duplicates_and_stale() -> None:
+    db = LinkStateDatabase("me", key_for)
+    first = signed("a", 5, {"b": 10})
+    result = db.install(first, now=0.0)
+    assert result.accepted
+    assert result.flood
+    assert result.topology_changed
+    assert db.install(first, now=0.1).reason == "duplicate"
+    # A re-signed copy of the same advert (ML-DSA signatures are randomized) is a duplicate too.
+    assert db.install(signed("a", 5, {"b": 10}), now=0.1).reason == "duplicate"
+    assert db.install(signed("a", 4, {"b": 10}), now=0.2).reason == "stale_seq"
+    assert db.install(signed("a", 5, {"b": 99}), now=0.2).reason == "stale_seq"
+    refresh = db.install(signed("a", 6, {"b": 10}), now=0.3)
+    assert refresh.accepted
+    assert not refresh.topology_changed
+    assert db.install(signed("a", 7, {"b": 11}), now=0.4).topology_changed
+    held = db.get("a")
+    assert held is not None
+    assert held.lsa.seq == 7
+    assert db.counters["accepted"] == 3
+    assert db.counters["duplicate"] == 2
+    assert db.counters["stale_seq"] == 2
+    assert set(db.counters) == {*INSTALL_REASONS, "expired"}
+
+
+def test_lsdb_rejects_forged_altered_unknown_and_malformed() -> None:
+    db = LinkStateDatabase("me", key_for)
+    # Forged: claims to come from "a" but is signed with "mallory"'s key.
+    assert db.install(signed("a", 1, {"b": 1}, signer="mallory"), 0.0).reason == "bad_signature"
+    # Altered: one bit of a neighbour id flipped after signing.
+    good = bytearray(signed("a", 2, {"b": 1}))
+    body = decode_signed(bytes(good))[1]
+    index = body.index(b"\x01b") + 1
+    good[index] ^= 0x01  # "b" -> "c"
+    assert decode_signed(bytes(good))[0].neighbours == (("c", 1),)
+    assert db.install(bytes(good), 0.0).reason == "bad_signature"
+    assert db.install(signed("unknown-x", 1, {}), 0.0).reason == "unknown_origin"
+    assert db.install(b"\x01garbage", 0.0).reason == "malformed"
+    assert len(db) == 0
+    assert db.counters["bad_signature"] == 2
+    assert db.counters["unknown_origin"] == 1
+    assert db.counters["malformed"] == 1
+    # After all that, the genuine advert is still accepted (rejects changed nothing).
+    assert db.install(signed("a", 2, {"b": 1}), 0.0).accepted
+
+
+def test_lsdb_ageing_and_replay_after_expiry() -> None:
+    db = LinkStateDatabase("me", key_for, max_age=60.0)
+    old = signed("a", 1, {"b": 1})
+    assert db.install(old, 0.0).accepted
+    assert db.install(signed("z", 1, {}), 30.0).accepted
+    assert db.next_expiry() == 60.0
+    assert db.expire(59.9) == []
+    assert db.expire(60.0) == ["a"]
+    assert "a" not in db
+    assert "z" in db
+    assert db.counters["expired"] == 1
+    # The dead origin's advert replayed later cannot resurrect it.
+    assert db.install(old, 61.0).reason == "replay"
+    assert "a" not in db
+    # The origin itself, alive again, comes back with a higher seq.
+    assert db.install(signed("a", 2, {"b": 1}), 62.0).accepted
+
+
+def test_lsdb_own_adverts() -> None:
+    db = LinkStateDatabase("me", key_for)
+    lsa = LinkStateAdvert("me", 10, 0, (("a", 1),))
+    data = encode_signed(lsa, key("me"))
+    assert db.install_own(lsa, data, data[:-MLDSA65_SIGNATURE_SIZE], 0.0)
+    assert db.install(data, 0.0).reason == "duplicate"
+    assert db.install(signed("me", 9, {}), 0.0).reason == "stale_seq"
+    assert db.install(signed("me", 11, {}, signer="a"), 0.0).reason == "bad_signature"
+    assert db.install(signed("me", 11, {}), 0.0).reason == "own_newer"
+    held = db.get("me")
+    assert held is not None
+    assert held.lsa.seq == 10  # never installed from the network
+    assert db.expire(1e9) == []  # own advert never ages out
+    with pytest.raises(ValueError, match="own"):
+        db.install_own(LinkStateAdvert("a", 1, 0), b"", b"", 0.0)
+
+
+# --- SPF --------------------------------------------------------------------------------------
+
+
+def adverts_from(
+    edges: dict[tuple[str, str], int], nodes: set[str] | None = None
+) -> dict[str, LinkStateAdvert]:
+    """Adverts for an undirected graph ``{(a, b): cost}`` (both directions, same cost)."""
+    out: dict[str, dict[str, int]] = {n: {} for n in nodes or ()}
+    for (a, b), c in edges.items():
+        out.setdefault(a, {})[b] = c
+        out.setdefault(b, {})[a] = c
+    return {n: LinkStateAdvert(n, 1, 0, tuple(nb.items())) for n, nb in out.items()}
+
+
+def brute_force(
+    source: str, adverts: dict[str, LinkStateAdvert]
+) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Min ``(cost, path)`` over every simple path, honouring confirmation and transit-off."""
+    links = confirmed_links(adverts)
+    best: dict[str, tuple[int, tuple[str, ...]]] = {}
+
+    def walk(node: str, cost: int, path: tuple[str, ...]) -> None:
+        if path:
+            if node not in best or (cost, path) < best[node]:
+                best[node] = (cost, path)
+            if adverts[node].transit_off:
+                return
+        for nxt, c in links[node].items():
+            if nxt != source and nxt not in path:
+                walk(nxt, cost + c, (*path, nxt))
+
+    walk(source, 0, ())
+    return best
+
+
+def test_spf_line_prefers_cheaper_path_and_needs_both_ends() -> None:
+    adverts = adverts_from({("a", "b"): 1, ("b", "c"): 1, ("a", "c"): 5})
+    routes = compute_routes("a", adverts)
+    assert routes["c"] == Route("c", "b", 2, ("b", "c"))
+    assert routes["b"] == Route("b", "b", 1, ("b",))
+    # "c" stops listing "b" (it lost the link): the one-sided claim of "b" is not used.
+    adverts["c"] = LinkStateAdvert("c", 2, 0, (("a", 5),))
+    assert compute_routes("a", adverts)["c"] == Route("c", "c", 5, ("c",))
+    # A node nobody confirms is unreachable, whatever it claims.
+    adverts["x"] = LinkStateAdvert("x", 1, 0, (("a", 1),))
+    assert "x" not in compute_routes("a", adverts)
+    assert compute_routes("missing", adverts) == {}
+
+
+def test_spf_transit_off_node_is_a_destination_only() -> None:
+    adverts = adverts_from({("a", "b"): 1, ("b", "c"): 1, ("a", "d"): 5, ("d", "c"): 5})
+    adverts["b"] = LinkStateAdvert("b", 2, 0, adverts["b"].neighbours, FLAG_TRANSIT_OFF)
+    routes = compute_routes("a", adverts)
+    assert routes["b"].path == ("b",)
+    assert routes["c"].path == ("d", "c")
+
+
+def test_spf_tie_break_is_lexicographic() -> None:
+    adverts = adverts_from({("s", "m2"): 1, ("s", "m1"): 1, ("m1", "t"): 1, ("m2", "t"): 1})
+    assert compute_routes("s", adverts)["t"].path == ("m1", "t")
+
+
+def test_spf_grid_distances() -> None:
+    n = 6
+    edges = {}
+    for i, j in itertools.product(range(n), range(n)):
+        if i + 1 < n:
+            edges[(f"{i},{j}", f"{i + 1},{j}")] = 1
+        if j + 1 < n:
+            edges[(f"{i},{j}", f"{i},{j + 1}")] = 1
+    routes = compute_routes("0,0", adverts_from(edges))
+    assert len(routes) == n * n - 1
+    for dest, route in routes.items():
+        i, j = map(int, dest.split(","))
+        assert route.cost == i + j
+        assert len(route.path) == i + j
+
+
+@st.composite
+def random_graphs(draw: st.DrawFn) -> dict[str, LinkStateAdvert]:
+    n = draw(st.integers(2, 7))
+    nodes = [f"n{i}" for i in range(n)]
+    listed: dict[str, dict[str, int]] = {v: {} for v in nodes}
+    for a, b in itertools.combinations(nodes, 2):
+        kind = draw(st.sampled_from(["none", "both", "both", "a_only"]))
+        if kind == "both":
+            listed[a][b] = draw(st.integers(1, 5))
+            listed[b][a] = draw(st.integers(1, 5))
+        elif kind == "a_only":
+            listed[a][b] = draw(st.integers(1, 5))
+    flags = {v: draw(st.sampled_from([0, 0, 0, FLAG_TRANSIT_OFF])) for v in nodes}
+    return {v: LinkStateAdvert(v, 1, 0, tuple(listed[v].items()), flags[v]) for v in nodes}
+
+
+@settings(max_examples=300, deadline=None)
+@given(random_graphs())
+def test_spf_matches_brute_force(adverts: dict[str, LinkStateAdvert]) -> None:
+    for source in adverts:
+        routes = compute_routes(source, adverts)
+        expected = brute_force(source, adverts)
+        assert {d: (r.cost, r.path) for d, r in routes.items()} == expected
+        for dest, route in routes.items():
+            assert route.next_hop == route.path[0]
+            assert route.path[-1] == dest
+
+
+def test_spf_scales_to_a_thousand_nodes() -> None:
+    rng = random.Random(5)
+    n = 1000
+    edges = {(f"n{i:04d}", f"n{(i + 1) % n:04d}"): rng.randint(1, 50) for i in range(n)}
+    for _ in range(3 * n):
+        a, b = rng.sample(range(n), 2)
+        edges[(f"n{a:04d}", f"n{b:04d}")] = rng.randint(1, 50)
+    routes = compute_routes("n0000", adverts_from(edges))
+    assert len(routes) == n - 1
+
+
+# --- router -----------------------------------------------------------------------------------
+
+
+def make_router(node_id: str, now: float = 0.0, **config: float) -> Router:
+    return Router(
+        node_id,
+        key(node_id),
+        key_for,
+        now,
+        wall_offset=EPOCH,
+        config=RouterConfig(**config),
+    )
+
+
+def advance(router: Router, until: float) -> None:
+    """Fire every timer of ``router`` due up to ``until``, in order."""
+    while router.get_timer() <= until:
+        router.handle_timer(router.get_timer())
+
+
+def transfer(routers: dict[str, Router], sends: list[tuple[str, str, bytes]], now: float) -> int:
+    """Deliver ``(src, dst, data)`` until quiet; returns how many adverts moved."""
+    moved = 0
+    queue = list(sends)
+    while queue:
+        src, dst, data = queue.pop(0)
+        moved += 1
+        for peer, out in routers[dst].receive_lsa(data, src, now):
+            queue.append((dst, peer, out))
+    return moved
+
+
+def flush(routers: dict[str, Router], now: float) -> int:
+    sends = [(n, peer, data) for n, r in routers.items() for peer, data in r.lsas_to_send()]
+    return transfer(routers, sends, now)
+
+
+def tick(routers: dict[str, Router], now: float) -> None:
+    for r in routers.values():
+        if r.get_timer() <= now:
+            r.handle_timer(now)
+    while flush(routers, now):
+        pass
+
+
+def test_router_line_converges_and_floods_once_per_link() -> None:
+    names = ["a", "b", "c", "d"]
+    routers = {n: make_router(n) for n in names}
+    for x, y in itertools.pairwise(names):
+        routers[x].neighbour_up(y, 10, 0.0)
+        routers[y].neighbour_up(x, 10, 0.0)
+    t = 0.0
+    for _ in range(20):
+        t += 0.01
+        tick(routers, t)
+    assert routers["a"].route("d") == Route("d", "b", 30, ("b", "c", "d"))
+    assert routers["d"].next_hop("a") == "c"
+    assert routers["b"].next_hop("zzz") is None
+    counters = routers["c"].all_counters()
+    assert counters["lsa_accepted"] >= 3
+    assert counters["lsa_bad_signature"] == 0
+    event = routers["a"].next_event()
+    assert isinstance(event, RoutesChanged)
+    # Link b-c goes down: both ends re-originate and a/d lose each other.
+    routers["b"].neighbour_down("c", t)
+    routers["c"].neighbour_down("b", t)
+    for _ in range(20):
+        t += 0.01
+        tick(routers, t)
+    assert routers["a"].next_hop("d") is None
+    assert routers["a"].next_hop("b") == "b"
+
+
+def test_router_debounces_spf() -> None:
+    a, b = make_router("a"), make_router("b")
+    a.neighbour_up("b", 5, 0.0)
+    b.neighbour_up("a", 5, 0.0)
+    advance(b, 0.05)
+    (peer, advert) = b.lsas_to_send()[-1]
+    assert peer == "a"
+    advance(a, 1.4)  # originates a's advert listing b (and runs the age check at 1.0)
+    a.lsas_to_send()
+    assert a.receive_lsa(advert, "b", 1.5) == []  # nowhere else to flood
+    assert a.next_hop("b") is None  # not before the debounce
+    assert a.get_timer() == pytest.approx(1.53)
+    a.handle_timer(1.52)
+    assert a.next_hop("b") is None
+    a.handle_timer(1.53)
+    assert a.next_hop("b") == "b"
+    # A stream of changes 20 ms apart: SPF waits, but no longer than 200 ms after the first.
+    adverts = [signed("b", b.seq + 1 + i, {"a": 6 + i}) for i in range(14)]
+    t0 = 2.0
+    runs = a.counters["spf_runs"]
+    for i, advert in enumerate(adverts):
+        t = t0 + 0.02 * i
+        advance(a, t + 1e-9)
+        expected_runs = runs + (1 if t >= t0 + 0.2 - 1e-9 else 0)
+        assert a.counters["spf_runs"] == expected_runs, i
+        a.receive_lsa(advert, "b", t)
+    route = a.route("b")
+    assert route is not None
+    assert route.cost == 5  # a's own cost to b; b's advert costs are b -> a
+    advance(a, 3.0)
+    assert a.counters["spf_runs"] == runs + 2
+
+
+def test_router_floods_to_all_links_but_the_incoming_one() -> None:
+    r = make_router("hub")
+    for peer in ("p1", "p2", "p3"):
+        r.neighbour_up(peer, 1, 0.0)
+    advert = signed("far", 1, {"p1": 1})
+    out = r.receive_lsa(advert, "p1", 0.0)
+    assert sorted(peer for peer, _ in out) == ["p2", "p3"]
+    assert all(data == advert for _, data in out)
+    assert r.receive_lsa(advert, "p2", 0.0) == []  # duplicate: not re-flooded
+    forged = signed("far", 2, {"p1": 1}, signer="p1")
+    assert r.receive_lsa(forged, "p1", 0.0) == []
+    assert r.all_counters()["lsa_bad_signature"] == 1
+    # A new neighbour gets the database (the far advert) at once.
+    r.lsas_to_send()
+    r.neighbour_up("p4", 1, 0.0)
+    assert ("p4", advert) in r.lsas_to_send()
+
+
+def test_relay_cannot_alter_another_nodes_advert() -> None:
+    names = ["a", "relay", "c"]
+    routers = {n: make_router(n) for n in names}
+    for x, y in itertools.pairwise(names):
+        routers[x].neighbour_up(y, 10, 0.0)
+        routers[y].neighbour_up(x, 10, 0.0)
+    for t in (0.05, 0.1, 0.2):
+        tick(routers, t)
+    genuine = routers["relay"].lsdb.get("a")
+    assert genuine is not None
+    lsa, body, _ = decode_signed(genuine.data)
+    # 1. Re-sign a's advert, cheaper and with a made-up link, with the relay's own key.
+    fake = LinkStateAdvert("a", lsa.seq + 1, 0, (("c", 1), ("relay", 1)))
+    assert routers["c"].receive_lsa(encode_signed(fake, key("relay")), "relay", 0.3) == []
+    # 2. Keep a's signature but change a cost byte.
+    altered = bytearray(genuine.data)
+    altered[len(body) - 1] ^= 0x04
+    assert routers["c"].receive_lsa(bytes(altered), "relay", 0.3) == []
+    # 3. Replay a's older advert.
+    assert routers["c"].receive_lsa(genuine.data, "relay", 0.3) == []
+    counters = routers["c"].all_counters()
+    assert counters["lsa_bad_signature"] == 1
+    # Same seq as the genuine advert it holds: rejected before any signature check.
+    assert counters["lsa_stale_seq"] == 1
+    assert counters["lsa_duplicate"] >= 1
+    # A node that never saw the genuine advert rejects the altered one on its signature.
+    fresh = LinkStateDatabase("c", key_for)
+    assert fresh.install(bytes(altered), 0.3).reason == "bad_signature"
+    held = routers["c"].lsdb.get("a")
+    assert held is not None
+    assert held.lsa == lsa
+    tick(routers, 0.5)
+    assert routers["c"].route("a") == Route("a", "relay", 20, ("relay", "a"))
+
+
+def test_restarted_router_jumps_past_its_previous_incarnation() -> None:
+    old = make_router("a", now=100.0)
+    high = old.seq
+    assert high >= int((100.0 + EPOCH) * 1e6)
+    # The new incarnation's wall clock went backwards by an hour.
+    new = Router("a", key("a"), key_for, 0.0, wall_offset=EPOCH - 3600)
+    assert new.seq < high
+    previous = old.lsdb.get("a")
+    assert previous is not None
+    assert new.receive_lsa(previous.data, "b", 0.0) == []
+    assert new.all_counters()["lsa_own_newer"] == 1
+    advance(new, 0.05)
+    assert new.seq > high
+
+
+def test_router_refreshes_and_ages() -> None:
+    a = make_router("a", refresh_interval=10.0, max_age=30.0)
+    a.neighbour_up("b", 1, 0.0)
+    advance(a, 0.05)
+    seq = a.seq
+    assert a.get_timer() <= 10.0 + 0.05
+    advance(a, 10.06)
+    assert a.seq > seq
+    assert a.receive_lsa(signed("b", 1, {"a": 1}), "b", 10.0) == []
+    advance(a, 10.2)
+    assert a.next_hop("b") == "b"
+    # b never refreshes: its advert ages out and the route goes.
+    advance(a, 41.0)
+    assert "b" not in a.lsdb
+    assert a.next_hop("b") is None
+    assert a.all_counters()["lsa_expired"] == 1
+
+
+def test_router_rejects_api_misuse() -> None:
+    r = make_router("a")
+    with pytest.raises(LocalProtocolError):
+        r.neighbour_up("a", 1, 0.0)
+    with pytest.raises(LocalProtocolError):
+        r.neighbour_up("b", 0, 0.0)
+    with pytest.raises(ValueError, match="max_age"):
+        RouterConfig(refresh_interval=10, max_age=5)
+    with pytest.raises(ValueError, match="spf_max_delay"):
+        RouterConfig(spf_delay=1, spf_max_delay=0.5)
+    assert "neighbours=0" in repr(r)
