@@ -512,3 +512,43 @@ def test_fuzz_open_with_a_valid_index(counter: int, body: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         b.open(data, 1.0)
     assert info.value.reason in {"decrypt_failed", "expired"}
+
+
+# --- benchmark --------------------------------------------------------------------------------
+
+
+def test_bench_session_reports_every_key() -> None:
+    from x0tta6bl4.bench.session import format_table, run
+
+    result = run(packets=30, rounds=2)
+    for key in ("packets_per_second", "bare_packets_per_second", "packets", "rounds"):
+        assert isinstance(result[key], int), key
+        assert result[key] > 0, key
+    assert result["packets"] == 60
+    for key in ("ratio", "ratio_median_of_rounds", "session_us_per_packet"):
+        assert isinstance(result[key], float), key
+        assert result[key] > 0, key
+    choice = result["aead_choice"]
+    assert choice["chosen"] == "AES-256-GCM"
+    assert isinstance(choice["chacha20_poly1305_packets_per_second"], int)
+    assert isinstance(choice["aes_over_chacha"], float)
+    assert "ratio (session ÷ bare)" in format_table(result)
+    with pytest.raises(ValueError, match="packet_size"):
+        run(packets=1, rounds=1, packet_size=5000)
+
+
+def test_bench_session_command_json() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from x0tta6bl4.cli import app
+
+    out = CliRunner().invoke(app, ["bench", "session", "--json", "--packets", "20"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["packets"] == 20 * data["rounds"]
+    assert {"packets_per_second", "ratio", "bare_packets_per_second", "aead_choice"} <= set(data)
+    table = CliRunner().invoke(app, ["bench", "session", "--packets", "20"])
+    assert table.exit_code == 0
+    assert "pkt/s" in table.output

@@ -7,6 +7,8 @@ same process and reports a ratio next to the absolute figures.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -15,3 +17,24 @@ app = typer.Typer(
 )
 
 __all__ = ["app"]
+
+
+@app.command("session")
+def session(
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
+    ] = False,
+    packets: Annotated[
+        int,
+        typer.Option(
+            "--packets", envvar="X0_BENCH_PACKETS", min=1, help="Packets per round and side."
+        ),
+    ] = 20_000,
+) -> None:
+    """Seal+open 1400-byte packets through the transport session vs the bare AEAD."""
+    import json
+
+    from x0tta6bl4.bench.session import format_table, run
+
+    result = run(packets=packets)
+    typer.echo(json.dumps(result) if as_json else format_table(result))

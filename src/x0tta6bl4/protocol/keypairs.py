@@ -42,6 +42,7 @@ class Keypair:
     """
 
     __slots__ = (
+        "accept_counter",
         "created_at",
         "expires_at",
         "handshake_hash",
@@ -77,6 +78,8 @@ class Keypair:
         self.send_counter = 0
         #: Counters of packets received under this keypair.
         self.replay = ReplayFilter()
+        #: ``replay.validate_counter``, bound once (the receive hot path calls it per packet).
+        self.accept_counter = self.replay.validate_counter
         #: ``type ‖ receiver_index``: the first 5 bytes of every packet we send.
         self.header_prefix = _TYPE_AND_INDEX.pack(MessageType.TRANSPORT, keys.remote_index)
 

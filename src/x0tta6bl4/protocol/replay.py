@@ -24,9 +24,7 @@ from x0tta6bl4.protocol.constants import REPLAY_RING_BLOCKS, REPLAY_WINDOW_SIZE
 
 __all__ = ["WINDOW_SIZE", "ReplayFilter"]
 
-_BLOCK_BIT_LOG = 6  # 64-bit blocks
-_BLOCK_BITS = 1 << _BLOCK_BIT_LOG
-_BIT_MASK = _BLOCK_BITS - 1
+_BLOCK_BITS = 64
 _RING_BLOCKS = REPLAY_RING_BLOCKS
 _BLOCK_MASK = _RING_BLOCKS - 1
 if _RING_BLOCKS & _BLOCK_MASK:  # pragma: no cover - a constants mistake, caught at import
@@ -60,25 +58,27 @@ class ReplayFilter:
         Returns False (and changes nothing) for a counter at or above ``limit``, more than
         :data:`WINDOW_SIZE` behind the highest counter seen, or seen before.
         """
-        if counter >= limit or counter < 0:
+        # Hot path: literals instead of module constants (6 = log2 of 64-bit blocks,
+        # 63 = bit mask, _BLOCK_MASK = ring mask) save global lookups on every packet.
+        if not 0 <= counter < limit:
             return False
         ring = self._ring
-        index_block = counter >> _BLOCK_BIT_LOG
         last = self._last
         if counter > last:
             # Move the window forward. Blocks it enters are cleared (at most the whole ring);
             # bits above ``last`` in last's own block were never set, so ``counter`` is new.
-            current = last >> _BLOCK_BIT_LOG
+            index_block = counter >> 6
+            current = last >> 6
             if index_block != current:
                 for i in range(current + 1, current + min(index_block - current, _RING_BLOCKS) + 1):
                     ring[i & _BLOCK_MASK] = 0
             self._last = counter
-            ring[index_block & _BLOCK_MASK] |= 1 << (counter & _BIT_MASK)
+            ring[index_block & _BLOCK_MASK] |= 1 << (counter & 63)
             return True
         if last - counter > WINDOW_SIZE:
             return False
-        index_block &= _BLOCK_MASK
-        bit = 1 << (counter & _BIT_MASK)
+        index_block = (counter >> 6) & _BLOCK_MASK
+        bit = 1 << (counter & 63)
         old = ring[index_block]
         if old & bit:
             return False

@@ -114,10 +114,9 @@ class OpenResult(NamedTuple):
 class SessionStats:
     """Counters of one session (the node exports them as metrics)."""
 
+    #: Datagrams sealed / opened (the driver counts bytes on its socket).
     packets_sent: int = 0
-    bytes_sent: int = 0
     packets_received: int = 0
-    bytes_received: int = 0
     keypairs_installed: int = 0
     keypairs_promoted: int = 0
     keypairs_expired: int = 0
@@ -235,12 +234,9 @@ class Session:
             raise self._refuse_seal(kp, len(plaintext), now)
         kp.send_counter = counter + 1
         header = _HEADER.pack(_TRANSPORT, kp.remote_index, counter)
-        datagram = header + kp.send_aead.encrypt(_NONCE.pack(counter), plaintext, header)
-        stats = self.stats
-        stats.packets_sent += 1
-        stats.bytes_sent += len(datagram)
+        self.stats.packets_sent += 1
         self._keepalive_due = None
-        return datagram
+        return header + kp.send_aead.encrypt(_NONCE.pack(counter), plaintext, header)
 
     def open(self, datagram: bytes, now: float) -> OpenResult:
         """Authenticate and decrypt one transport datagram.
@@ -248,20 +244,16 @@ class Session:
         Raises :class:`RemoteProtocolError` (``reason`` in :class:`DropReason`) for anything
         that must be dropped; then only :attr:`stats` changes.
         """
+        # The hot path (a packet under `current`) is kept short: every line costs about as
+        # much as 2 % of the AEAD work on a 1400-byte packet (see `x0tta6bl4 bench session`).
         size = len(datagram)
-        if size < MIN_TRANSPORT_DATAGRAM_SIZE or size > self._max_datagram_size:
+        if not MIN_TRANSPORT_DATAGRAM_SIZE <= size <= self._max_datagram_size:
             raise self._drop(DropReason.BAD_LENGTH, f"transport datagram of {size} bytes")
         msg_type, index, counter = _HEADER.unpack_from(datagram)
-        if msg_type != _TRANSPORT:
-            raise self._drop(DropReason.BAD_TYPE, f"message type {msg_type} is not transport")
         keypairs = self._keypairs
         kp = keypairs.current
-        if kp is None or kp.local_index != index:
-            kp = keypairs.lookup(index)
-            if kp is None:
-                raise self._drop(DropReason.UNKNOWN_INDEX, f"no keypair with index {index}")
-        if now >= kp.expires_at or counter >= self._reject_after_messages:
-            raise self._drop(DropReason.EXPIRED, f"keypair {index} expired or worn out")
+        if msg_type != _TRANSPORT or kp is None or kp.local_index != index or now >= kp.expires_at:
+            kp = self._find_keypair(msg_type, index, now)
         try:
             # Slicing copies 1.4 KB, which is cheaper than a memoryview through the AEAD binding.
             plaintext = kp.recv_aead.decrypt(
@@ -273,21 +265,20 @@ class Session:
             raise self._drop(
                 DropReason.DECRYPT_FAILED, "transport packet failed authentication"
             ) from None
-        if not kp.replay.validate_counter(counter, self._reject_after_messages):
+        # Only now, with the tag verified, may the counter move the replay window.
+        if not kp.accept_counter(counter, self._reject_after_messages):
+            if counter >= self._reject_after_messages:
+                raise self._drop(DropReason.EXPIRED, f"counter {counter} is past the limit")
             raise self._drop(DropReason.REPLAY, f"counter {counter} replayed or too old")
-        stats = self.stats
-        stats.packets_received += 1
-        stats.bytes_received += size
+        self.stats.packets_received += 1
+        if plaintext and self._keepalive_due is None:
+            self._keepalive_due = now + self._keepalive_timeout
         if kp is keypairs.next:
             keypairs.promote_next()
             self._rekey_signalled = False
-            stats.keypairs_promoted += 1
-            promoted = True
-        else:
-            promoted = False
-        if plaintext and self._keepalive_due is None:
-            self._keepalive_due = now + self._keepalive_timeout
-        return _new_tuple(OpenResult, (plaintext, promoted))
+            self.stats.keypairs_promoted += 1
+            return _new_tuple(OpenResult, (plaintext, True))
+        return _new_tuple(OpenResult, (plaintext, False))
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -341,6 +332,17 @@ class Session:
         if not kp.is_initiator:
             delay += self._responder_rekey_delay
         return kp.created_at + delay
+
+    def _find_keypair(self, msg_type: int, index: int, now: float) -> Keypair:
+        """The slow path of :meth:`open`: a packet not for a live ``current`` keypair."""
+        if msg_type != _TRANSPORT:
+            raise self._drop(DropReason.BAD_TYPE, f"message type {msg_type} is not transport")
+        kp = self._keypairs.lookup(index)
+        if kp is None:
+            raise self._drop(DropReason.UNKNOWN_INDEX, f"no keypair with index {index}")
+        if now >= kp.expires_at:
+            raise self._drop(DropReason.EXPIRED, f"keypair {index} has expired")
+        return kp
 
     def _refuse_seal(self, kp: Keypair, size: int, now: float) -> LocalProtocolError:
         if kp.send_counter >= self._reject_after_messages:
