@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from tests.pqfixtures import NOW, NodeCredential, make_bundle, make_ca, make_node_credential
 from x0tta6bl4.crypto.pqsvid import MeshCA, PeerIdentity, verify_svid
+from x0tta6bl4.crypto.suite import SignatureContext, SigningKey
 from x0tta6bl4.protocol.constants import MessageType
 from x0tta6bl4.protocol.events import (
     Event,
@@ -38,9 +39,11 @@ __all__ = [
     "ADDR",
     "KEEPALIVE",
     "Clock",
+    "CountingSigningKey",
     "HandshakeLink",
     "Network",
     "config_for",
+    "counting_config_for",
     "node",
 ]
 
@@ -302,3 +305,32 @@ class HandshakeLink:
             for e in [*self.initiator_events, *self.responder_events]
             if isinstance(e, HandshakeFailed)
         ]
+
+
+class CountingSigningKey(SigningKey):
+    """A real ML-DSA-65 signing key that counts the signatures it makes."""
+
+    __slots__ = ("signatures",)
+
+    def __init__(self, inner: SigningKey) -> None:
+        super().__init__(inner.key)
+        self.signatures = 0
+
+    def sign(self, context: SignatureContext, data: bytes) -> bytes:
+        self.signatures += 1
+        return super().sign(context, data)
+
+
+def counting_config_for(
+    cred: NodeCredential, **overrides: float
+) -> tuple[HandshakeConfig, CountingSigningKey]:
+    """Like :func:`config_for`, with a :class:`CountingSigningKey`."""
+    base = config_for(cred, **overrides)
+    key = CountingSigningKey(cred.key)
+    config = HandshakeConfig(
+        credential=Credential(cert_der=cred.cert_der, signing_key=key),
+        verify_peer=base.verify_peer,
+        authorize=base.authorize,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return config, key

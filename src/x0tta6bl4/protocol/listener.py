@@ -4,6 +4,8 @@
 address. It
 
 1. routes a retransmitted INIT to the responder already answering it (which re-sends RESP);
+   an INIT from the same address and index that differs from the one answered is a new
+   INIT (the first may have been corrupted in flight) and gets its own responder;
 2. when **under load** (``in_progress >= under_load_threshold``, or ``force_under_load``),
    answers an INIT fragment that does not echo a valid cookie with a stateless COOKIE_REPLY:
    nothing is reassembled, decapsulated, signed or stored for it
@@ -134,11 +136,16 @@ class HandshakeListener:
         if fragment.total_length != INIT_MESSAGE_SIZE:
             raise RemoteProtocolError("bad_length", "INIT has the wrong length")
         existing = self._responders.get((addr, fragment.sender_index))
-        if existing is not None and existing.matches_init(fragment):
+        matched = existing is not None and existing.matches_init(fragment)
+        if matched:
+            assert existing is not None
             self.stats["init_retransmissions"] += 1
             existing.receive_datagram(data, now)
-            return existing
-        if self.under_load and not self._jar.check(
+            if addr not in self._pending:
+                return existing
+            # Another INIT from this address is being reassembled (the one we answered may
+            # have been corrupted in flight): this fragment may be part of it too.
+        elif self.under_load and not self._jar.check(
             fragment.cookie, addr, fragment.sender_index, now
         ):
             cookie = self._jar.make(addr, fragment.sender_index, now)
@@ -147,8 +154,8 @@ class HandshakeListener:
             self.stats["cookie_replies"] += 1
             return None
         message = self._reassemble(fragment, addr, now)
-        if message is None:
-            return None
+        if message is None or (existing is not None and message == existing.init_message):
+            return existing if matched else None
         init = InitMessage.parse(message)
         if init.sender_index != fragment.sender_index:
             raise RemoteProtocolError("index_mismatch", "INIT index differs from its fragments")
