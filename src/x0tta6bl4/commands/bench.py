@@ -38,3 +38,27 @@ def session(
 
     result = run(packets=packets)
     typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command("handshake")
+def handshake(
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
+    ] = False,
+    iterations: Annotated[
+        int,
+        typer.Option(
+            "--iterations",
+            envvar="X0_BENCH_ITERATIONS",
+            min=1,
+            help="Full handshakes to run (each followed by its primitives alone).",
+        ),
+    ] = 200,
+) -> None:
+    """Full in-memory handshakes vs the same primitive operations alone (CPU time)."""
+    import json
+
+    from x0tta6bl4.bench.handshake import format_table, run
+
+    result = run(iterations=iterations)
+    typer.echo(json.dumps(result) if as_json else format_table(result))
