@@ -249,7 +249,8 @@ def decode_frames(data: bytes) -> list[Frame]:
     Raises :class:`RemoteProtocolError` (reason ``bad_frame`` or ``unknown_frame``) and
     returns nothing if any part of ``data`` is invalid.
     """
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        data = bytes(memoryview(data))  # bytearray/memoryview; never bytes(int) zero-filling
     frames: list[Frame] = []
     pos = 0
     end = len(data)
