@@ -66,12 +66,12 @@ def establish(now: float = 0.0, **limits: float) -> tuple[Session, Session]:
     initiator, responder = Session(**limits), Session(**limits)  # type: ignore[arg-type]
     ikeys, rkeys = paired_keys()
     initiator.install(ikeys, now)  # sent FINISH: waits in `next`
-    assert not initiator.can_send
+    assert initiator.can_send is False
     responder.install(rkeys, now)  # got FINISH: current, must send at once
     assert responder.needs_keepalive(now)
     result = initiator.open(responder.seal(b"", now), now)
     assert result == OpenResult(b"", keypair_promoted=True)
-    assert initiator.can_send
+    assert initiator.keypairs.current is not None  # can_send
     assert not responder.needs_keepalive(now)
     return initiator, responder
 
@@ -88,6 +88,8 @@ def reason_of(session: Session, datagram: bytes, now: float) -> str:
 
 def test_round_trip_both_directions() -> None:
     a, b = establish()
+    assert a.can_send
+    assert b.can_send
     for i in range(50):
         payload = os.urandom(i * 20)
         assert b.open(a.seal(payload, 1.0), 1.0) == OpenResult(payload, False)
@@ -430,8 +432,8 @@ def test_rekeys_during_bidirectional_traffic_lose_nothing(seed: int) -> None:
             promotions += _deliver(peers[packet.dst], packet, now)
     assert promotions == 3
     for name, peer in peers.items():
-        other = peers["b" if name == "a" else "a"]
-        assert sorted(peer.received) == list(range(1, other.next_seq + 1)), name
+        sender = peers["b" if name == "a" else "a"]
+        assert sorted(peer.received) == list(range(1, sender.next_seq + 1)), name
         assert peer.session.stats.dropped == {}, name
     # Reordering across the switches did deliver packets under the previous keypair.
     assert peers["a"].late_under_previous + peers["b"].late_under_previous > 0

@@ -243,7 +243,7 @@ def _decode_body(kind: int, body: bytes) -> Frame | None:
     raise RemoteProtocolError("unknown_frame", f"unknown frame type 0x{kind:02x}")
 
 
-def decode_frames(data: bytes) -> list[Frame]:
+def decode_frames(data: bytes | bytearray | memoryview) -> list[Frame]:
     """Parse a plaintext into frames; ignorable unknown frames are skipped.
 
     Raises :class:`RemoteProtocolError` (reason ``bad_frame`` or ``unknown_frame``) and
