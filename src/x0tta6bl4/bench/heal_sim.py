@@ -190,10 +190,12 @@ class MeshSimulation:
             return
         self._push(self.now + self.latency[frozenset((src, dst))], "msg", dst, src, payload)
 
-    def _service(self, node: _Node) -> None:
-        """Move outputs of a node's machines to the network and re-arm its one timer."""
+    def _service(self, node: _Node, only: str | None = None) -> None:
+        """Move outputs of a node's machines (all detectors, or ``only`` the one of that peer)
+        to the network and re-arm its one timer."""
         router = node.router
-        for peer, fd in node.detectors.items():
+        detectors = node.detectors.items() if only is None else [(only, node.detectors[only])]
+        for peer, fd in detectors:
             while (event := fd.next_event()) is not None:
                 if isinstance(event, LinkUp):
                     router.neighbour_up(peer, event.cost, self.now)
@@ -241,7 +243,7 @@ class MeshSimulation:
             fd.on_packet_received(self.now)
             for peer, data in node.router.receive_lsa(value, src, self.now):
                 self._send(dst, peer, ("lsa", data))
-        self._service(node)
+        self._service(node, only=src)
 
     def run_until(self, t: float) -> None:
         """Process every event up to simulated time ``t``."""

@@ -121,6 +121,7 @@ class FailureDetector:
     def __init__(self, peer: str, now: float, config: FailureDetectorConfig | None = None) -> None:
         self.peer = peer
         self.config = config or FailureDetectorConfig()
+        self._detection_time = self.config.detection_time
         self.up = False
         self.srtt: float | None = None
         self.min_rtt: float | None = None
@@ -138,10 +139,9 @@ class FailureDetector:
 
     def get_timer(self) -> float:
         """The next deadline: a heartbeat to send or the silence limit."""
-        deadline = self._next_send
         if self.up and self.last_received is not None:
-            deadline = min(deadline, self.last_received + self.config.detection_time)
-        return deadline
+            return min(self._next_send, self.last_received + self._detection_time)
+        return self._next_send
 
     def heartbeats_to_send(self) -> list[int]:
         """Sequence numbers of HEARTBEAT frames to send now (drained)."""

@@ -34,7 +34,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from x0tta6bl4.protocol.errors import RemoteProtocolError
-from x0tta6bl4.protocol.lsa import KeyLookup, LinkStateAdvert, decode_signed, verify_signed
+from x0tta6bl4.protocol.lsa import (
+    MAX_NODE_ID_BYTES,
+    KeyLookup,
+    LinkStateAdvert,
+    decode_signed,
+    verify_signed,
+)
 
 __all__ = [
     "DEFAULT_MAX_AGE",
@@ -151,6 +157,15 @@ class LinkStateDatabase:
         return result
 
     def _install(self, data: bytes, now: float) -> InstallResult:
+        # Fast path for flooding echoes: byte-identical to the advert held for its origin.
+        if len(data) > 3 and 1 <= data[2] <= MAX_NODE_ID_BYTES:
+            try:
+                origin = bytes(data[3 : 3 + data[2]]).decode("utf-8")
+            except UnicodeDecodeError:
+                origin = ""
+            held = self._entries.get(origin)
+            if held is not None and held.data == data:
+                return InstallResult("duplicate", held.lsa)
         try:
             lsa, body, signature = decode_signed(data)
         except RemoteProtocolError:
