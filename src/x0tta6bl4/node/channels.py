@@ -1,0 +1,393 @@
+"""Authenticated channels to named peers: PQ handshakes plus transport sessions (sans-IO).
+
+:class:`Channels` is the piece the node uses twice: once for **links** (datagrams go straight
+to a UDP address) and once for **end-to-end sessions** (datagrams ride inside ROUTED frames and
+the "address" is the destination node id). It owns, for every peer node id, one
+:class:`~x0tta6bl4.protocol.session.Session`, at most one initiator handshake in flight, and the
+index tables that route handshake fragments and transport packets to the right machine; a
+:class:`~x0tta6bl4.protocol.listener.HandshakeListener` answers INITs (cookie defence included).
+
+Inputs: :meth:`Channels.receive` (a datagram from an address), :meth:`Channels.connect`
+(start a handshake), :meth:`Channels.send` (seal a plaintext), :meth:`Channels.handle_timer`.
+Outputs: :meth:`Channels.datagrams_to_send` (``(bytes, addr)``), :meth:`Channels.next_event`
+(:class:`ChannelUp`, :class:`ChannelData`, :class:`HandshakeDone`), :meth:`Channels.get_timer`.
+
+Rules:
+
+* A handshake's peer is known only once it authenticates (FINISH/RESP carry the certificate);
+  the completed keys go to the channel of the authenticated node id, whose address becomes the
+  one the handshake came from (a restarted peer may use a new port).
+* **Collisions.** When both ends initiate at once, the handshake started by the smaller node id
+  wins: a node with an initiator in flight drops INITs from that peer's address if its own id is
+  smaller, and a node that completes a responder handshake aborts its own pending initiator.
+* After a responder installs keys it sends a keepalive at once (the initiator promotes its keys
+  on the first packet under them and then confirms its handshake).
+* ``needs_rekey`` (120 s) starts a new initiator handshake; the previous keypair keeps
+  decrypting until it expires, so no packet is lost across a rekey.
+
+Not thread-safe: one owner drives it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from x0tta6bl4.crypto.pqsvid import PeerIdentity
+from x0tta6bl4.protocol.constants import MessageType
+from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.events import FinishRetransmitted, HandshakeCompleted, HandshakeFailed
+from x0tta6bl4.protocol.handshake import (
+    HandshakeConfig,
+    HandshakeState,
+    InitiatorHandshake,
+    ResponderHandshake,
+)
+from x0tta6bl4.protocol.listener import HandshakeListener
+from x0tta6bl4.protocol.session import Session
+
+__all__ = ["Channel", "ChannelData", "ChannelEvent", "ChannelUp", "Channels", "HandshakeDone"]
+
+A = TypeVar("A")
+_U32 = struct.Struct("!I")
+_INIT, _RESP, _FINISH, _TRANSPORT, _COOKIE = (
+    int(MessageType.HANDSHAKE_INIT),
+    int(MessageType.HANDSHAKE_RESP),
+    int(MessageType.HANDSHAKE_FINISH),
+    int(MessageType.TRANSPORT),
+    int(MessageType.COOKIE_REPLY),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelUp:
+    """A handshake with ``node_id`` completed and its keys were installed."""
+
+    node_id: str
+    identity: PeerIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelData:
+    """An authentic transport packet from ``node_id`` (``plaintext`` may be empty)."""
+
+    node_id: str
+    plaintext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeDone:
+    """A handshake ended: ``ok`` (keys installed) or failed with ``reason``."""
+
+    ok: bool
+    reason: str
+
+
+ChannelEvent = ChannelUp | ChannelData | HandshakeDone
+
+_Handshake = InitiatorHandshake | ResponderHandshake
+
+
+class Channel(Generic[A]):
+    """The state kept for one peer: address, session, initiator in flight, identity."""
+
+    __slots__ = ("addr", "identity", "initiator", "last_received", "node_id", "session")
+
+    def __init__(self, node_id: str, addr: A, session: Session) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        self.session = session
+        self.initiator: InitiatorHandshake | None = None
+        self.identity: PeerIdentity | None = None
+        self.last_received: float | None = None
+
+    @property
+    def handshaking(self) -> bool:
+        """True while an initiator handshake of ours is waiting for RESP."""
+        return self.initiator is not None and self.initiator.state is HandshakeState.WAIT_RESP
+
+
+class Channels(Generic[A]):
+    """Handshakes and sessions with every peer of one kind (links or end-to-end)."""
+
+    def __init__(
+        self,
+        self_id: str,
+        config: HandshakeConfig,
+        now: float,
+        *,
+        session_factory: Callable[[], Session],
+        addr_key: Callable[[A], bytes],
+    ) -> None:
+        self.self_id = self_id
+        self._config = config
+        self._session_factory = session_factory
+        self._addr_key = addr_key
+        self._listener = HandshakeListener(config, now)
+        self._channels: dict[str, Channel[A]] = {}
+        self._by_addr: dict[bytes, Channel[A]] = {}
+        self._addr_of: dict[bytes, A] = {}
+        self._handshakes: dict[int, tuple[_Handshake, A]] = {}
+        self._transport: dict[int, Channel[A]] = {}
+        self._outbox: list[tuple[bytes, A]] = []
+        self._events: deque[ChannelEvent] = deque()
+        #: Datagrams dropped, by reason.
+        self.dropped: Counter[str] = Counter()
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def get(self, node_id: str) -> Channel[A] | None:
+        return self._channels.get(node_id)
+
+    def __iter__(self) -> Iterator[Channel[A]]:
+        return iter(list(self._channels.values()))
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def can_send(self, node_id: str) -> bool:
+        channel = self._channels.get(node_id)
+        return channel is not None and channel.session.can_send
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def set_config(self, config: HandshakeConfig, now: float) -> None:
+        """Use a new credential/verifier for handshakes started from now on."""
+        self._config = config
+        self._listener = HandshakeListener(config, now)
+
+    def set_addr(self, node_id: str, addr: A) -> None:
+        channel = self._channels.get(node_id)
+        if channel is not None:
+            self._move(channel, addr)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def connect(self, node_id: str, addr: A, now: float) -> bool:
+        """Start a handshake with ``node_id`` at ``addr`` unless one is in flight."""
+        channel = self._channel(node_id, addr)
+        if channel.initiator is not None and not channel.initiator.done:
+            return False
+        initiator = InitiatorHandshake(self._config, now, expected_node_id=node_id)
+        channel.initiator = initiator
+        self._handshakes[initiator.local_index] = (initiator, channel.addr)
+        self._drain(initiator, channel.addr, now)
+        return True
+
+    def forget(self, node_id: str) -> None:
+        """Drop every state kept for ``node_id``."""
+        channel = self._channels.pop(node_id, None)
+        if channel is None:
+            return
+        key = self._addr_key(channel.addr)
+        if self._by_addr.get(key) is channel:
+            del self._by_addr[key]
+        if channel.initiator is not None:
+            self._handshakes.pop(channel.initiator.local_index, None)
+        for index in [i for i, c in self._transport.items() if c is channel]:
+            del self._transport[index]
+
+    def send(self, node_id: str, plaintext: bytes, now: float) -> bool:
+        """Seal ``plaintext`` to ``node_id``; False (nothing sent) without usable keys."""
+        channel = self._channels.get(node_id)
+        if channel is None or not channel.session.can_send:
+            return False
+        try:
+            datagram = channel.session.seal(plaintext, now)
+        except LocalProtocolError:
+            return False
+        self._outbox.append((datagram, channel.addr))
+        if channel.session.needs_rekey(now):
+            self._rekey(channel, now)
+        return True
+
+    def receive(self, data: bytes, addr: A, now: float) -> None:
+        """Process one datagram from ``addr``. Never raises for bad input."""
+        if not data:
+            self.dropped["empty"] += 1
+            return
+        kind = data[0]
+        if kind == _TRANSPORT:
+            self._receive_transport(data, now)
+        elif kind == _INIT:
+            self._receive_init(data, addr, now)
+        elif kind in (_RESP, _FINISH):
+            self._receive_handshake(data, 5, addr, now)
+        elif kind == _COOKIE:
+            self._receive_handshake(data, 1, addr, now)
+        else:
+            self.dropped["bad_type"] += 1
+
+    def handle_timer(self, now: float) -> None:
+        self._listener.handle_timer(now)
+        for index, (handshake, addr) in list(self._handshakes.items()):
+            deadline = handshake.get_timer()
+            if deadline is not None and now >= deadline:
+                handshake.handle_timer(now)
+            self._drain(handshake, addr, now)
+            if handshake.done:
+                self._handshakes.pop(index, None)
+        for channel in list(self._channels.values()):
+            session = channel.session
+            deadline = session.get_timer()
+            if deadline is not None and now >= deadline:
+                session.handle_timer(now)
+                for index in [
+                    i
+                    for i, c in self._transport.items()
+                    if c is channel and session.keypairs.lookup(i) is None
+                ]:
+                    del self._transport[index]
+            if session.needs_keepalive(now):
+                self.send(channel.node_id, b"", now)
+            if session.needs_rekey(now):
+                self._rekey(channel, now)
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        deadlines = [self._listener.get_timer()]
+        deadlines.extend(h.get_timer() for h, _ in self._handshakes.values())
+        for channel in self._channels.values():
+            deadlines.append(channel.session.get_timer())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, A]]:
+        out, self._outbox = self._outbox, []
+        for datagram, key in self._listener.datagrams_to_send():
+            addr = self._addr_of.get(key)
+            if addr is not None:
+                out.append((datagram, addr))
+        return out
+
+    def next_event(self) -> ChannelEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _channel(self, node_id: str, addr: A) -> Channel[A]:
+        channel = self._channels.get(node_id)
+        if channel is None:
+            channel = Channel(node_id, addr, self._session_factory())
+            self._channels[node_id] = channel
+            key = self._addr_key(addr)
+            self._by_addr[key] = channel
+            self._addr_of[key] = addr
+        elif channel.addr != addr:
+            self._move(channel, addr)
+        return channel
+
+    def _move(self, channel: Channel[A], addr: A) -> None:
+        old = self._addr_key(channel.addr)
+        if self._by_addr.get(old) is channel:
+            del self._by_addr[old]
+        channel.addr = addr
+        key = self._addr_key(addr)
+        self._by_addr[key] = channel
+        self._addr_of[key] = addr
+
+    def _rekey(self, channel: Channel[A], now: float) -> None:
+        if channel.initiator is None or channel.initiator.done:
+            self.connect(channel.node_id, channel.addr, now)
+
+    def _receive_transport(self, data: bytes, now: float) -> None:
+        if len(data) < 5:
+            self.dropped["bad_length"] += 1
+            return
+        channel = self._transport.get(_U32.unpack_from(data, 1)[0])
+        if channel is None:
+            self.dropped["unknown_index"] += 1
+            return
+        try:
+            result = channel.session.open(data, now)
+        except RemoteProtocolError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        channel.last_received = now
+        initiator = channel.initiator
+        if (
+            result.keypair_promoted
+            and initiator is not None
+            and initiator.state is HandshakeState.WAIT_CONFIRM
+        ):
+            initiator.confirm(now)
+        self._events.append(ChannelData(channel.node_id, result.plaintext))
+
+    def _receive_init(self, data: bytes, addr: A, now: float) -> None:
+        key = self._addr_key(addr)
+        self._addr_of.setdefault(key, addr)
+        channel = self._by_addr.get(key)
+        if channel is not None and channel.handshaking and self.self_id < channel.node_id:
+            self.dropped["init_collision"] += 1
+            return
+        responder = self._listener.receive_datagram(data, key, now)
+        for reason, count in self._listener.dropped.items():
+            self.dropped[f"handshake_{reason}"] += count
+        self._listener.dropped.clear()
+        if responder is None:
+            return
+        self._handshakes[responder.local_index] = (responder, addr)
+        self._drain(responder, addr, now)
+
+    def _receive_handshake(self, data: bytes, offset: int, addr: A, now: float) -> None:
+        if len(data) < offset + 4:
+            self.dropped["bad_length"] += 1
+            return
+        entry = self._handshakes.get(_U32.unpack_from(data, offset)[0])
+        if entry is None:
+            self.dropped["unknown_index"] += 1
+            return
+        handshake, _ = entry
+        before = sum(handshake.dropped.values())
+        handshake.receive_datagram(data, now)
+        if sum(handshake.dropped.values()) > before:
+            self.dropped["handshake_rejected"] += 1
+        self._handshakes[handshake.local_index] = (handshake, addr)
+        self._drain(handshake, addr, now)
+
+    def _drain(self, handshake: _Handshake, addr: A, now: float) -> None:
+        for datagram in handshake.datagrams_to_send():
+            self._outbox.append((datagram, addr))
+        while (event := handshake.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self._completed(handshake, event, addr, now)
+            elif isinstance(event, HandshakeFailed):
+                self._events.append(HandshakeDone(False, event.reason))
+            elif isinstance(event, FinishRetransmitted):
+                channel = self._transport.get(event.local_index)
+                if channel is not None:
+                    self.send(channel.node_id, b"", now)
+        if handshake.done:
+            self._handshakes.pop(handshake.local_index, None)
+
+    def _completed(
+        self, handshake: _Handshake, event: HandshakeCompleted, addr: A, now: float
+    ) -> None:
+        node_id = event.peer.node_id
+        if node_id == self.self_id:
+            self._events.append(HandshakeDone(False, "self"))
+            return
+        channel = self._channel(node_id, addr)
+        if isinstance(handshake, ResponderHandshake):
+            pending = channel.initiator
+            if pending is not None and pending.state is HandshakeState.WAIT_RESP:
+                pending.abort()
+                while pending.next_event() is not None:
+                    pass
+                self._handshakes.pop(pending.local_index, None)
+        elif channel.initiator is not handshake:
+            channel.initiator = handshake
+        channel.identity = event.peer
+        try:
+            channel.session.install(event.keys, now)
+        except LocalProtocolError:
+            self._events.append(HandshakeDone(False, "duplicate_keys"))
+            return
+        self._transport[event.keys.local_index] = channel
+        self._events.append(HandshakeDone(True, "ok"))
+        self._events.append(ChannelUp(node_id, event.peer))
+        if channel.session.needs_keepalive(now):
+            self.send(node_id, b"", now)

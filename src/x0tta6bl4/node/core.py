@@ -1,0 +1,689 @@
+"""The data plane of one mesh node, sans-IO: links, failure detection, routing, forwarding.
+
+:class:`NodeCore` glues the protocol machines together and never touches a socket or a
+clock (``now`` is the caller's monotonic time; ``wall_offset`` turns it into wall time for
+certificate checks and advert sequence numbers):
+
+* **links** (:class:`~x0tta6bl4.node.channels.Channels` over UDP addresses): PQ handshakes
+  with neighbours chosen by :func:`~x0tta6bl4.protocol.neighbours.select_neighbours`, one
+  :class:`~x0tta6bl4.protocol.failure.FailureDetector` per link (heartbeats, RTT, up/down);
+* **routing**: a :class:`~x0tta6bl4.protocol.router.Router` fed with link up/down/cost and the
+  signed adverts that arrive in LINK_STATE_ADVERT frames; an advert from an origin whose key we
+  do not know yet waits (latest per origin) until the key arrives with the membership or a
+  handshake, then is processed;
+* **forwarding**: ROUTED frames go to the next hop with TTL − 1; frames for us go to
+* **end-to-end sessions** (a second :class:`Channels` whose "address" is the destination
+  node id): the same handshake and transport run inside ROUTED frames, so relays carry
+  ciphertext they cannot read. Application datagrams (APP_DATA frames) travel only inside
+  them; mesh ping is the channel :data:`~x0tta6bl4.node.model.PING_CHANNEL`.
+
+Inputs: :meth:`receive_datagram`, :meth:`handle_timer`, :meth:`set_members`,
+:meth:`set_policy`, :meth:`set_identity`, :meth:`send_app`, :meth:`ping`.
+Outputs: :meth:`datagrams_to_send`, :meth:`next_app`, :meth:`get_timer`, :meth:`status`,
+counters (:attr:`dropped`, :attr:`counters`). Not thread-safe: one owner drives it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from x0tta6bl4.crypto.errors import CryptoError
+from x0tta6bl4.crypto.pqsvid import PeerIdentity, verify_svid
+from x0tta6bl4.node.channels import ChannelData, Channels, ChannelUp, HandshakeDone
+from x0tta6bl4.node.model import (
+    PING_CHANNEL,
+    Addr,
+    AppMessage,
+    CoreConfig,
+    Member,
+    NodeIdentity,
+)
+from x0tta6bl4.node.peers import Link
+from x0tta6bl4.protocol.constants import MAX_TRANSPORT_DATAGRAM_SIZE, MAX_UDP_PAYLOAD_SIZE
+from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.failure import (
+    FailureDetector,
+    FailureDetectorConfig,
+    LinkCostChanged,
+    LinkDown,
+    LinkUp,
+)
+from x0tta6bl4.protocol.frames import (
+    FRAME_HEADER_SIZE,
+    MAX_NODE_ID_SIZE,
+    AppData,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    LinkStateAdvert,
+    Routed,
+    decode_frames,
+    encode_frames,
+)
+from x0tta6bl4.protocol.handshake import Credential, HandshakeConfig
+from x0tta6bl4.protocol.lsa import decode_signed
+from x0tta6bl4.protocol.neighbours import Candidate, accept_inbound, select_neighbours
+from x0tta6bl4.protocol.router import Router
+from x0tta6bl4.protocol.session import MIN_TRANSPORT_DATAGRAM_SIZE, Session
+
+__all__ = ["E2E_MAX_DATAGRAM", "MAX_APP_PAYLOAD", "NodeCore", "PolicyCheck"]
+
+#: An end-to-end datagram inside a ROUTED frame inside a link packet still fits one
+#: 1472-byte UDP payload (two 64-byte node ids, frame headers, the link's header and tag).
+E2E_MAX_DATAGRAM = (
+    MAX_TRANSPORT_DATAGRAM_SIZE
+    - MIN_TRANSPORT_DATAGRAM_SIZE
+    - FRAME_HEADER_SIZE
+    - (4 + 2 * MAX_NODE_ID_SIZE)
+)
+#: The largest application payload of one datagram.
+MAX_APP_PAYLOAD = E2E_MAX_DATAGRAM - MIN_TRANSPORT_DATAGRAM_SIZE - FRAME_HEADER_SIZE - 2
+
+#: ``check(a_spiffe_id, b_spiffe_id)`` — the mesh policy's ``may_link`` or ``may_talk``.
+PolicyCheck = Callable[[str, str], bool]
+
+_COALESCE = 1400
+_PENDING_PER_DEST = 64
+_PING = struct.Struct("!BIQ")
+
+
+def _addr_key(addr: Addr) -> bytes:
+    return f"{addr[0]}|{addr[1]}".encode()
+
+
+def _allow(a: str, b: str) -> bool:
+    return True
+
+
+class NodeCore:
+    """One node's links, routes and end-to-end sessions (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        now: float,
+        *,
+        wall_offset: float = 0.0,
+        config: CoreConfig | None = None,
+        may_link: PolicyCheck | None = None,
+        may_talk: PolicyCheck | None = None,
+    ) -> None:
+        self.config = config or CoreConfig()
+        self.identity = identity
+        self.node_id = identity.node_id
+        self._wall_offset = wall_offset
+        self._may_link = may_link or _allow
+        self._may_talk = may_talk or _allow
+        self._members: dict[str, Member] = {}
+        self._keys: dict[str, mldsa.MLDSA65PublicKey] = {}
+        self._fd_config = FailureDetectorConfig(
+            interval=self.config.heartbeat_interval, dead_after=self.config.dead_after
+        )
+        cfg = self.config
+        self.links: Channels[Addr] = Channels(
+            self.node_id,
+            self._handshake_config(self._authorize_link),
+            now,
+            session_factory=lambda: Session(
+                rekey_after_time=cfg.rekey_after_time,
+                reject_after_time=cfg.reject_after_time,
+                max_datagram_size=MAX_UDP_PAYLOAD_SIZE,
+            ),
+            addr_key=_addr_key,
+        )
+        self.e2e: Channels[str] = Channels(
+            self.node_id,
+            self._handshake_config(self._authorize_talk),
+            now,
+            session_factory=lambda: Session(
+                rekey_after_time=cfg.rekey_after_time,
+                reject_after_time=cfg.reject_after_time,
+                max_datagram_size=E2E_MAX_DATAGRAM,
+            ),
+            addr_key=lambda node_id: node_id.encode(),
+        )
+        self.router = Router(
+            self.node_id,
+            identity.signing_key,
+            self._keys.get,
+            now,
+            wall_offset=wall_offset,
+            config=cfg.router,
+            transit=cfg.transit,
+        )
+        self._link: dict[str, Link] = {}
+        self._pending_lsa: dict[str, tuple[bytes, str]] = {}
+        self._pending_app: dict[str, deque[bytes]] = {}
+        self._inbox: deque[AppMessage] = deque()
+        self._pongs: deque[tuple[str, int, float]] = deque()
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._select_at = now
+        #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``).
+        self.dropped: Counter[str] = Counter()
+        #: ``handshakes_ok``, ``handshakes_failed``, ``link_down_events``, ``forwarded``, ...
+        self.counters: Counter[str] = Counter()
+        #: Diagnostic tap: called with every ROUTED frame this node relays for others.
+        self.on_transit: Callable[[Routed], None] | None = None
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def _handshake_config(self, authorize: Callable[[PeerIdentity], bool]) -> HandshakeConfig:
+        identity = self.identity
+        return HandshakeConfig(
+            credential=Credential(identity.cert_der, identity.signing_key),
+            verify_peer=self._verify_peer,
+            authorize=authorize,
+        )
+
+    def _verify_peer(self, cert_der: bytes) -> PeerIdentity:
+        return verify_svid(cert_der, self.identity.bundle, self._wall(self._now))
+
+    def _wall(self, now: float) -> float:
+        return now + self._wall_offset
+
+    def set_identity(self, identity: NodeIdentity, now: float) -> None:
+        """A renewed PQ SVID (or CA bundle): new handshakes use it; every link rekeys now."""
+        if identity.node_id != self.node_id:
+            raise LocalProtocolError("a node cannot change its node id")
+        self.identity = identity
+        self._now = now
+        self.links.set_config(self._handshake_config(self._authorize_link), now)
+        self.e2e.set_config(self._handshake_config(self._authorize_talk), now)
+        for channel in self.links:
+            if channel.session.can_send:
+                self.links.connect(channel.node_id, channel.addr, now)
+        self._process(now)
+
+    def set_policy(
+        self, may_link: PolicyCheck | None, may_talk: PolicyCheck | None, now: float
+    ) -> None:
+        """Apply a new mesh policy; links it forbids are closed."""
+        self._may_link = may_link or _allow
+        self._may_talk = may_talk or _allow
+        for node_id in list(self._link):
+            member = self._members.get(node_id)
+            if member is not None and not self._link_allowed(member.node_id, member.spiffe_id):
+                self._close_link(node_id, now)
+        self._select_at = now
+        self._process(now)
+
+    def set_members(self, members: Iterable[Member], now: float) -> None:
+        """The membership changed (from the controller); learn keys, re-select neighbours."""
+        self._now = now
+        new = {m.node_id: m for m in members if m.node_id != self.node_id}
+        for node_id in set(self._members) - set(new):
+            self._close_link(node_id, now)
+            self.e2e.forget(node_id)
+        for member in new.values():
+            old = self._members.get(member.node_id)
+            if member.cert_der is not None and (old is None or old.cert_der != member.cert_der):
+                try:
+                    identity = verify_svid(member.cert_der, self.identity.bundle, self._wall(now))
+                except CryptoError:
+                    self.dropped["member_cert_rejected"] += 1
+                else:
+                    if identity.node_id == member.node_id:
+                        self._learn(identity, now)
+            if old is not None and old.endpoint != member.endpoint:
+                self.links.set_addr(member.node_id, member.endpoint)
+        self._members = new
+        self._select_at = now
+        self._process(now)
+
+    @property
+    def members(self) -> dict[str, Member]:
+        return dict(self._members)
+
+    # --- data-plane inputs --------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """One UDP datagram from ``addr``. Never raises for bad input (drops and counts)."""
+        self._now = now
+        self.links.receive(data, addr, now)
+        self._process(now)
+
+    def send_app(self, dest: str, channel: int, payload: bytes, now: float) -> None:
+        """Send an application datagram to node ``dest`` over an end-to-end session.
+
+        Raises :class:`ValueError` for an unknown destination, a channel outside 0..65534 or
+        a payload larger than :data:`MAX_APP_PAYLOAD`.
+        """
+        if not 0 <= channel < PING_CHANNEL:
+            raise ValueError(f"channel must be 0..{PING_CHANNEL - 1}")
+        self._send_e2e(dest, channel, payload, now)
+
+    def ping(self, dest: str, seq: int, now: float) -> None:
+        """Send a mesh echo request to ``dest``; the reply shows up in :meth:`next_pong`."""
+        payload = _PING.pack(0, seq & 0xFFFFFFFF, int(self._wall(now) * 1e6))
+        self._send_e2e(dest, PING_CHANNEL, payload, now)
+
+    def _send_e2e(self, dest: str, channel: int, payload: bytes, now: float) -> None:
+        if len(payload) > MAX_APP_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_APP_PAYLOAD}")
+        if dest == self.node_id:
+            raise ValueError("cannot send to ourselves")
+        if dest not in self._members and self.router.route(dest) is None:
+            raise ValueError(f"unknown destination node {dest!r}")
+        self._now = now
+        plaintext = encode_frames([AppData(channel, payload)])
+        if not self.e2e.send(dest, plaintext, now):
+            queue = self._pending_app.setdefault(dest, deque(maxlen=_PENDING_PER_DEST))
+            queue.append(plaintext)
+            channel_state = self.e2e.get(dest)
+            if (
+                channel_state is None
+                or channel_state.initiator is None
+                or (channel_state.initiator.done)
+            ):
+                self.e2e.connect(dest, dest, now)
+        self._process(now)
+
+    def send_frame(self, peer: str, frame: Frame, now: float) -> None:
+        """Send one raw inner frame on the link to ``peer`` (diagnostics and fault tests)."""
+        self._now = now
+        self._queue(peer, frame)
+        self._process(now)
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        self.links.handle_timer(now)
+        self.e2e.handle_timer(now)
+        for link in list(self._link.values()):
+            fd = link.fd
+            if fd is not None and now >= fd.get_timer():
+                fd.handle_timer(now)
+        if now >= self.router.get_timer():
+            self.router.handle_timer(now)
+        if now >= self._select_at:
+            self._select(now)
+        self._maintain(now)
+        self._process(now)
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def get_timer(self) -> float:
+        deadlines = [self.router.get_timer(), self._select_at]
+        for source in (self.links.get_timer(), self.e2e.get_timer()):
+            if source is not None:
+                deadlines.append(source)
+        for link in self._link.values():
+            if link.fd is not None:
+                deadlines.append(link.fd.get_timer())
+            if link.attempt_due is not None:
+                deadlines.append(link.attempt_due)
+        return min(deadlines)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_app(self) -> AppMessage | None:
+        """The next application datagram that arrived, or None."""
+        return self._inbox.popleft() if self._inbox else None
+
+    def next_pong(self) -> tuple[str, int, float] | None:
+        """``(src, seq, rtt seconds)`` of the next echo reply, or None."""
+        return self._pongs.popleft() if self._pongs else None
+
+    def link_state(self, peer: str) -> str:
+        link = self._link.get(peer)
+        if link is None:
+            return "none"
+        return link.state(self.links.get(peer))
+
+    def up_links(self) -> list[str]:
+        return sorted(n for n, link in self._link.items() if link.up)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: links, routes, end-to-end sessions, counters."""
+        links = []
+        for node_id, link in sorted(self._link.items()):
+            channel = self.links.get(node_id)
+            fd = link.fd
+            links.append(
+                {
+                    "peer": node_id,
+                    "state": link.state(channel),
+                    "endpoint": None if channel is None else f"{channel.addr[0]}:{channel.addr[1]}",
+                    "rtt_ms": None if fd is None or fd.srtt is None else round(fd.srtt * 1e3, 3),
+                    "cost": None if fd is None else fd.cost,
+                    "selected": link.wanted,
+                }
+            )
+        routes = [
+            {"dest": r.dest, "next_hop": r.next_hop, "cost": r.cost, "path": list(r.path)}
+            for r in sorted(self.router.routes().values(), key=lambda r: r.dest)
+        ]
+        sessions = [
+            {"peer": c.node_id, "established": c.session.can_send}
+            for c in sorted(self.e2e, key=lambda c: c.node_id)
+        ]
+        return {
+            "node_id": self.node_id,
+            "spiffe_id": self.identity.spiffe_id,
+            "overlay_ip": self.identity.overlay_ip,
+            "pq_svid_not_after": self.identity.not_after,
+            "members": len(self._members),
+            "links": links,
+            "routes": routes,
+            "sessions": sessions,
+            "lsa_seq": self.router.seq,
+            "dropped": dict(self.dropped),
+            "counters": dict(self.counters) | self.router.all_counters(),
+        }
+
+    # --- internals: authorization and keys ----------------------------------------------------
+
+    def _link_allowed(self, node_id: str, spiffe_id: str) -> bool:
+        link_filter = self.config.link_filter
+        if link_filter is not None and not link_filter(self.node_id, node_id):
+            return False
+        return self._may_link(self.identity.spiffe_id, spiffe_id)
+
+    def _known_identity(self, peer: PeerIdentity) -> bool:
+        member = self._members.get(peer.node_id)
+        return member is None or member.spiffe_id == peer.spiffe_id
+
+    def _authorize_link(self, peer: PeerIdentity) -> bool:
+        if peer.node_id == self.node_id or not self._known_identity(peer):
+            return False
+        if not self._link_allowed(peer.node_id, peer.spiffe_id):
+            return False
+        degree = sum(1 for link in self._link.values() if link.up)
+        return peer.node_id in self._link or accept_inbound(
+            self.node_id, peer.node_id, self._members, degree, config=self.config.selection
+        )
+
+    def _authorize_talk(self, peer: PeerIdentity) -> bool:
+        if peer.node_id == self.node_id or not self._known_identity(peer):
+            return False
+        mine = self.identity.spiffe_id
+        return self._may_talk(mine, peer.spiffe_id) or self._may_talk(peer.spiffe_id, mine)
+
+    def _learn(self, identity: PeerIdentity, now: float) -> None:
+        known = self._keys.get(identity.node_id)
+        if known is not None and known.public_bytes_raw() == identity.public_key_bytes:
+            return
+        self._keys[identity.node_id] = identity.public_key
+        pending = self._pending_lsa.pop(identity.node_id, None)
+        if pending is not None:
+            self._receive_lsa(pending[0], pending[1], now)
+
+    # --- internals: neighbours ----------------------------------------------------------------
+
+    def _select(self, now: float) -> None:
+        self._select_at = now + 5.0
+        candidates = []
+        for node_id, member in self._members.items():
+            link = self._link.get(node_id)
+            if link is not None and link.ever_up and not link.up:
+                continue  # declared dead: let the selection close the ring around it
+            if not self._link_allowed(node_id, member.spiffe_id):
+                continue
+            rtt = None if link is None or link.fd is None else link.fd.srtt
+            candidates.append(Candidate(node_id, rtt))
+        chosen = select_neighbours(self.node_id, candidates, config=self.config.selection)
+        for node_id in chosen:
+            link = self._link.get(node_id)
+            if link is None:
+                delay = 0.0 if self.node_id < node_id else self.config.initiate_delay
+                link = Link(node_id, now + delay, self.config.retry_initial)
+                self._link[node_id] = link
+            link.wanted = True
+        for node_id, link in self._link.items():
+            if node_id not in chosen:
+                link.wanted = False
+
+    def _maintain(self, now: float) -> None:
+        """Start handshakes on wanted links that have no working keys or are down."""
+        for node_id, link in self._link.items():
+            if link.up:
+                continue
+            channel = self.links.get(node_id)
+            member = self._members.get(node_id)
+            if not link.wanted and not (link.ever_up and member is not None):
+                link.attempt_due = None
+                continue
+            if channel is not None and channel.initiator and not channel.initiator.done:
+                link.attempt_due = None
+                continue
+            if link.attempt_due is None:
+                link.attempt_due = now + link.backoff
+            if now < link.attempt_due:
+                continue
+            addr = member.endpoint if member is not None else None
+            if addr is None and channel is not None:
+                addr = channel.addr
+            if addr is None:
+                continue
+            self.links.connect(node_id, addr, now)
+            link.attempt_due = now + link.backoff
+            link.backoff = min(link.backoff * 2, self.config.retry_max)
+
+    def _close_link(self, node_id: str, now: float) -> None:
+        link = self._link.pop(node_id, None)
+        if link is not None and link.up:
+            self.router.neighbour_down(node_id, now)
+        self.links.forget(node_id)
+
+    def _ensure_link(self, node_id: str, now: float) -> Link:
+        link = self._link.get(node_id)
+        if link is None:
+            link = Link(node_id, now + self.config.retry_initial, self.config.retry_initial)
+            link.wanted = False
+            self._link[node_id] = link
+        elif not link.up:
+            link.attempt_due = now + self.config.retry_initial
+        if link.fd is None:
+            link.fd = FailureDetector(node_id, now, self._fd_config)
+        return link
+
+    # --- internals: event processing ----------------------------------------------------------
+
+    def _process(self, now: float) -> None:
+        for _ in range(8):
+            progressed = self._drain_links(now) | self._drain_e2e(now) | self._drain_router(now)
+            progressed |= self._drain_failure(now)
+            if not progressed:
+                break
+        self._flush(now)
+
+    def _drain_links(self, now: float) -> bool:
+        progressed = False
+        while (event := self.links.next_event()) is not None:
+            progressed = True
+            if isinstance(event, ChannelData):
+                self._link_data(event.node_id, event.plaintext, now)
+            elif isinstance(event, ChannelUp):
+                self._learn(event.identity, now)
+                self._ensure_link(event.node_id, now)
+            elif isinstance(event, HandshakeDone):
+                self.counters["handshakes_ok" if event.ok else "handshakes_failed"] += 1
+        for reason, count in self.links.dropped.items():
+            self.dropped[reason] += count
+        self.links.dropped.clear()
+        return progressed
+
+    def _drain_e2e(self, now: float) -> bool:
+        progressed = False
+        for datagram, dest in self.e2e.datagrams_to_send():
+            self._forward(Routed(self.node_id, dest, self.config.ttl, 0, datagram), None, now)
+        while (event := self.e2e.next_event()) is not None:
+            progressed = True
+            if isinstance(event, ChannelData):
+                self._e2e_data(event.node_id, event.plaintext, now)
+            elif isinstance(event, ChannelUp):
+                self._learn(event.identity, now)
+            elif isinstance(event, HandshakeDone):
+                key = "e2e_handshakes_ok" if event.ok else "e2e_handshakes_failed"
+                self.counters[key] += 1
+        for dest in [d for d in self._pending_app if self.e2e.can_send(d)]:
+            for plaintext in self._pending_app.pop(dest):
+                self.e2e.send(dest, plaintext, now)
+            progressed = True
+        for reason, count in self.e2e.dropped.items():
+            self.dropped[f"e2e_{reason}"] += count
+        self.e2e.dropped.clear()
+        for datagram, dest in self.e2e.datagrams_to_send():
+            progressed = True
+            self._forward(Routed(self.node_id, dest, self.config.ttl, 0, datagram), None, now)
+        return progressed
+
+    def _drain_router(self, now: float) -> bool:
+        progressed = False
+        for peer, data in self.router.lsas_to_send():
+            progressed = True
+            self._queue(peer, LinkStateAdvert(data))
+        while self.router.next_event() is not None:
+            progressed = True
+            self.counters["route_changes"] += 1
+        return progressed
+
+    def _drain_failure(self, now: float) -> bool:
+        progressed = False
+        for node_id, link in self._link.items():
+            fd = link.fd
+            if fd is None:
+                continue
+            beats = fd.heartbeats_to_send()
+            if not self.links.can_send(node_id):
+                continue
+            for seq in beats:
+                stamp = int(self._wall(now) * 1e6) & 0xFFFFFFFFFFFFFFFF
+                self._queue(node_id, Heartbeat(seq, stamp))
+            while (event := fd.next_event()) is not None:
+                progressed = True
+                if isinstance(event, LinkUp):
+                    link.ever_up = True
+                    link.backoff = self.config.retry_initial
+                    link.attempt_due = None
+                    self.router.neighbour_up(node_id, event.cost, now)
+                    self._select_at = now
+                elif isinstance(event, LinkDown):
+                    self.counters["link_down_events"] += 1
+                    link.down_since = now
+                    link.attempt_due = now
+                    self.router.neighbour_down(node_id, now)
+                    self._select_at = now
+                elif isinstance(event, LinkCostChanged):
+                    self.router.neighbour_up(node_id, event.cost, now)
+        return progressed
+
+    def _link_data(self, node_id: str, plaintext: bytes, now: float) -> None:
+        link = self._ensure_link(node_id, now)
+        fd = link.fd
+        assert fd is not None
+        fd.on_packet_received(now)
+        if not plaintext:
+            return
+        try:
+            frames = decode_frames(plaintext)
+        except RemoteProtocolError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        for frame in frames:
+            if isinstance(frame, Routed):
+                self._forward(frame, node_id, now)
+            elif isinstance(frame, Heartbeat):
+                seq = fd.on_heartbeat(frame.seq, now)
+                self._queue(node_id, HeartbeatAck(seq, frame.timestamp_us))
+            elif isinstance(frame, HeartbeatAck):
+                fd.on_heartbeat_ack(frame.seq, now)
+            elif isinstance(frame, LinkStateAdvert):
+                self._receive_lsa(frame.body, node_id, now)
+            elif isinstance(frame, AppData):
+                self.dropped["unexpected_frame"] += 1
+
+    def _receive_lsa(self, data: bytes, from_peer: str, now: float) -> None:
+        try:
+            lsa, _, _ = decode_signed(data)
+        except RemoteProtocolError:
+            lsa = None
+        if lsa is not None and lsa.origin != self.node_id and lsa.origin not in self._keys:
+            if len(self._pending_lsa) < 4096 or lsa.origin in self._pending_lsa:
+                self._pending_lsa[lsa.origin] = (bytes(data), from_peer)
+            self.counters["lsa_waiting_for_key"] += 1
+            return
+        for peer, out in self.router.receive_lsa(data, from_peer, now):
+            self._queue(peer, LinkStateAdvert(out))
+
+    def _forward(self, frame: Routed, from_peer: str | None, now: float) -> None:
+        if frame.dst == self.node_id:
+            if from_peer is not None:
+                self.e2e.receive(frame.payload, frame.src, now)
+            return
+        ttl = frame.ttl if from_peer is None else frame.ttl - 1
+        if ttl <= 0:
+            self.dropped["ttl_expired"] += 1
+            return
+        hop = self.router.next_hop(frame.dst)
+        if hop is None or hop == from_peer:
+            self.dropped["no_route"] += 1
+            return
+        if from_peer is not None:
+            self.counters["forwarded"] += 1
+            if self.on_transit is not None:
+                self.on_transit(frame)
+        self._queue(hop, Routed(frame.src, frame.dst, ttl, frame.flags, frame.payload))
+
+    def _e2e_data(self, src: str, plaintext: bytes, now: float) -> None:
+        if not plaintext:
+            return
+        try:
+            frames = decode_frames(plaintext)
+        except RemoteProtocolError as exc:
+            self.dropped[f"e2e_{exc.reason}"] += 1
+            return
+        for frame in frames:
+            if not isinstance(frame, AppData):
+                self.dropped["e2e_unexpected_frame"] += 1
+            elif frame.channel == PING_CHANNEL:
+                self._on_ping(src, frame.payload, now)
+            else:
+                self._inbox.append(AppMessage(src, frame.channel, frame.payload))
+
+    def _on_ping(self, src: str, payload: bytes, now: float) -> None:
+        if len(payload) != _PING.size:
+            self.dropped["bad_ping"] += 1
+            return
+        kind, seq, stamp = _PING.unpack(payload)
+        if kind == 0:
+            reply = encode_frames([AppData(PING_CHANNEL, _PING.pack(1, seq, stamp))])
+            self.e2e.send(src, reply, now)
+        elif kind == 1:
+            self._pongs.append((src, seq, max(0.0, self._wall(now) - stamp / 1e6)))
+
+    def _queue(self, node_id: str, frame: Frame) -> None:
+        link = self._link.get(node_id)
+        if link is None:
+            self.dropped["no_link"] += 1
+            return
+        link.frames.append(encode_frames([frame]))
+
+    def _flush(self, now: float) -> None:
+        for node_id, link in self._link.items():
+            frames = link.frames
+            if not frames:
+                continue
+            link.frames = []
+            if not self.links.can_send(node_id):
+                self.dropped["no_link"] += len(frames)
+                continue
+            batch: list[bytes] = []
+            size = 0
+            for encoded in frames:
+                if batch and size + len(encoded) > _COALESCE:
+                    self.links.send(node_id, b"".join(batch), now)
+                    batch, size = [], 0
+                batch.append(encoded)
+                size += len(encoded)
+            if batch:
+                self.links.send(node_id, b"".join(batch), now)
+        self._outbox.extend(self.links.datagrams_to_send())
+
+    _now: float = 0.0
