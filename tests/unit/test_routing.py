@@ -144,7 +144,12 @@ def brute_force(
     source: str, adverts: dict[str, LinkStateAdvert]
 ) -> dict[str, tuple[int, tuple[str, ...]]]:
     """Min ``(cost, path)`` over every simple path, honouring confirmation and transit-off."""
-    links = confirmed_links(adverts)
+    listed = {o: dict(a.neighbours) for o, a in adverts.items()}
+    links = {
+        u: {v: c for v, c in out.items() if v in listed and u in listed[v]}
+        for u, out in listed.items()
+    }
+    assert links == confirmed_links(adverts)
     best: dict[str, tuple[int, tuple[str, ...]]] = {}
 
     def walk(node: str, cost: int, path: tuple[str, ...]) -> None:
@@ -433,6 +438,22 @@ def test_router_refreshes_and_ages() -> None:
     assert "b" not in a.lsdb
     assert a.next_hop("b") is None
     assert a.all_counters()["lsa_expired"] == 1
+
+
+def test_router_forgets_a_departed_member() -> None:
+    a = make_router("a")
+    a.neighbour_up("b", 1, 0.0)
+    advance(a, 0.1)
+    assert a.receive_lsa(signed("b", 1, {"a": 1, "c": 1}), "b", 0.1) == []
+    assert a.receive_lsa(signed("c", 1, {"b": 1}), "b", 0.1) == []
+    advance(a, 0.5)
+    assert a.next_hop("c") == "b"
+    assert a.forget("c", 0.5)
+    assert not a.forget("c", 0.5)
+    assert not a.forget("a", 0.5)
+    advance(a, 0.6)
+    assert a.next_hop("c") is None
+    assert a.next_hop("b") == "b"
 
 
 def test_router_rejects_api_misuse() -> None:

@@ -90,7 +90,14 @@ class MeshSimulation:
         keys: dict[str, SigningKey] | None = None,
         detector_config: FailureDetectorConfig | None = None,
         router_config: RouterConfig | None = None,
+        loss: float = 0.0,
+        seed: int = 0,
     ) -> None:
+        if not 0.0 <= loss < 1.0:
+            raise ValueError("loss is a probability in [0, 1)")
+        #: Probability that any one message is lost in transit (seeded, reproducible).
+        self.loss = loss
+        self._rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
         self.now = 0.0
         self.latency: dict[frozenset[str], float] = {}
         for a, b, latency in links:
@@ -185,7 +192,7 @@ class MeshSimulation:
         heapq.heappush(self._heap, (at, next(self._counter), kind, dst, src, payload))
 
     def _send(self, src: str, dst: str, payload: object) -> None:
-        if not self.link_works(src, dst):
+        if not self.link_works(src, dst) or (self.loss and self._rng.random() < self.loss):
             self.stats.dropped += 1
             return
         self._push(self.now + self.latency[frozenset((src, dst))], "msg", dst, src, payload)

@@ -4,6 +4,7 @@ Inputs (``now`` is the node's monotonic clock, in seconds)::
 
     neighbour_up(peer, cost, now)       a link came up (or its cost changed)
     neighbour_down(peer, now)           a link went down
+    forget(origin, now)                 a node left the membership: drop its advert
     receive_lsa(data, from_peer, now)   an advert arrived on a link -> [(peer, bytes)] to flood
     handle_timer(now)                   at or after get_timer()
 
@@ -232,6 +233,18 @@ class Router:
         out = [(peer, bytes(data)) for peer in sorted(self._neighbours) if peer != from_peer]
         self.counters["lsas_sent"] += len(out)
         return out
+
+    def forget(self, origin: str, now: float) -> bool:
+        """Drop ``origin``'s advert at once (it left the membership or its SVID was revoked).
+
+        Its next adverts are refused as long as ``key_for`` no longer knows it; without this
+        call its last advert would stay until it ages out (its neighbours' adverts already
+        stop listing it, so no route crosses it either way).
+        """
+        if origin == self.node_id or not self.lsdb.remove(origin):
+            return False
+        self._schedule_spf(now)
+        return True
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
