@@ -219,18 +219,32 @@ class EtcdCluster:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Terminate every member (SIGTERM, then SIGKILL after 10 s)."""
-        for member in self.members:
-            if member.running and member.process is not None:
+        """Stop every member cleanly: SIGTERM (SIGKILL after 10 s), the raft leader first.
+
+        A stopping leader hands leadership to a live follower; stopping the followers at the
+        same time would make it wait for that hand-over to time out.
+        """
+        leaders = [m for m in self.members if self._is_leader(m)]
+        order = leaders + [m for m in self.members if m not in leaders]
+        for member in order:
+            if member.process is None:
+                continue
+            if member.running:
                 member.process.send_signal(signal.SIGTERM)
-        for member in self.members:
-            if member.process is not None:
-                try:
-                    member.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    member.process.kill()
-                    member.process.wait()
-                member.process = None
+            try:
+                member.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                member.process.wait()
+            member.process = None
+
+    @staticmethod
+    def _is_leader(member: EtcdMember) -> bool:
+        status = member.status()
+        if status is None:
+            return False
+        header = status.get("header")
+        return isinstance(header, dict) and status.get("leader") == header.get("member_id")
 
     # -- chaos ---------------------------------------------------------------------
 
@@ -248,11 +262,7 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             for member in self.members:
-                status = member.status()
-                if status is None:
-                    continue
-                header = status.get("header")
-                if isinstance(header, dict) and status.get("leader") == header.get("member_id"):
+                if self._is_leader(member):
                     return member
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no etcd leader elected within {timeout} s")

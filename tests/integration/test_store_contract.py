@@ -49,6 +49,7 @@ from x0tta6bl4.controller.store import (
     EtcdUrl,
     InvalidStoreUrlError,
     NotFoundError,
+    RevisionCompactedError,
     SchemaError,
     SqliteUrl,
     Store,
@@ -509,6 +510,43 @@ async def test_etcd_unreachable_raises_store_unavailable(tmp_path: Path) -> None
         await store.open()
     assert await store.ping() is False
     await store.close()
+
+
+@pytest.mark.etcd
+async def test_etcd_watch_continues_across_a_leader_kill(tmp_path: Path) -> None:
+    if etcd_binary() is None:
+        pytest.skip(ETCD_MISSING_REASON)
+    with EtcdCluster(tmp_path / "etcd", size=3) as cluster:
+        leader = cluster.leader()
+        # The watcher talks to the leader first, so the kill cuts its stream.
+        first = cluster.members.index(leader)
+        order = cluster.endpoints[first:] + cluster.endpoints[:first]
+        prefix = f"/x0-test-{uuid.uuid4().hex}/"
+        async with (
+            EtcdStore(order, prefix=prefix, timeout=2.0) as watching,
+            EtcdStore(order[::-1], prefix=prefix, timeout=2.0) as writing,
+        ):
+            start = await watching.revision()
+            watcher = asyncio.create_task(_collect(watching, start, 2))
+            await asyncio.sleep(0)
+            await writing.register_node(reg("before"), NET)
+            cluster.kill(leader)
+            await writing.register_node(reg("after"), NET)
+            events = await asyncio.wait_for(watcher, WAIT)
+            assert [e.node_id for e in events] == ["before", "after"]
+            assert watching.failovers >= 1
+
+
+async def test_sqlite_watch_reports_compacted_history(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "c.db", event_retention=10) as store:
+        for index in range(130):
+            await store.register_node(reg(f"n{index}"), NET)
+        with pytest.raises(RevisionCompactedError, match="snapshot"):
+            await anext(aiter(store.watch(0)))
+        snap = await store.snapshot()
+        await store.delete_node("n0")
+        (event,) = await asyncio.wait_for(_collect(store, snap.revision, 1), WAIT)
+        assert (event.kind, event.node_id) == (EventKind.NODE_DELETED, "n0")
 
 
 # --------------------------------------------------------------------------- store URLs
