@@ -1,0 +1,164 @@
+"""``x0tta6bl4 check --local``: the checks that apply to a mesh without Kubernetes.
+
+Against ``x0tta6bl4 up``'s state directory (controller and node URLs from its ``mesh.json``)
+or a bare controller URL (then only the controller checks run; the node checks are skipped
+because the node list of the controller API needs credentials). ``--post`` (the default)
+runs the health checks below, ``--connectivity`` the connectivity checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from x0tta6bl4.check.checks_connectivity import connectivity_categories
+from x0tta6bl4.check.checks_post import metric_value, pq_svid_problem, spiffe_problem
+from x0tta6bl4.check.mesh import LocalMesh, MeshAccess, MeshError, load_local
+from x0tta6bl4.check.model import (
+    Category,
+    Check,
+    CheckFailedError,
+    CheckSkippedError,
+    Severity,
+)
+
+__all__ = ["local_categories", "run_local"]
+
+
+async def check_controller_health(mesh: MeshAccess) -> str:
+    """The controller answers /health."""
+    try:
+        await mesh.controller_get("/health")
+    except MeshError as exc:
+        raise CheckFailedError(str(exc)) from None
+    return "ok"
+
+
+async def check_controller_ready(mesh: MeshAccess) -> str:
+    """The controller answers /ready (its store is reachable)."""
+    try:
+        await mesh.controller_get("/ready")
+    except MeshError as exc:
+        raise CheckFailedError(str(exc)) from None
+    return "ok"
+
+
+async def _known_nodes(mesh: MeshAccess) -> list[Any]:
+    nodes = await mesh.nodes()
+    if not nodes:
+        raise CheckSkippedError("node URLs unknown (give the state directory of `x0tta6bl4 up`)")
+    return nodes
+
+
+async def check_nodes_ready(mesh: MeshAccess) -> str:
+    """Every node answers /ready (registered and linked)."""
+    nodes = await _known_nodes(mesh)
+    bad = []
+    for node in nodes:
+        try:
+            await mesh.node_get(node, "/ready")
+        except MeshError as exc:
+            bad.append(f"{node.node_id}: {exc}")
+    if bad:
+        raise CheckFailedError(f"{len(bad)} of {len(nodes)} nodes not ready: " + "; ".join(bad))
+    return f"{len(nodes)} nodes"
+
+
+async def check_nodes_metric(mesh: MeshAccess) -> str:
+    """x0tta6bl4_mesh_nodes_total equals the number of nodes of the mesh."""
+    try:
+        text, _ = await mesh.controller_get("/metrics")
+        value = metric_value(text, "x0tta6bl4_mesh_nodes_total")
+    except MeshError as exc:
+        raise CheckFailedError(str(exc)) from None
+    except (KeyError, ValueError):
+        raise CheckFailedError(
+            "the controller does not export x0tta6bl4_mesh_nodes_total"
+        ) from None
+    nodes = await mesh.nodes()
+    if not nodes:
+        return f"{value:g} registered (node list unknown)"
+    if value != len(nodes):
+        raise CheckFailedError(
+            f"x0tta6bl4_mesh_nodes_total is {value:g}, but the mesh has {len(nodes)} nodes"
+        )
+    return f"{value:g} nodes"
+
+
+async def _judge_nodes(
+    mesh: MeshAccess, judge: Callable[[str, dict[str, Any], float], str | None]
+) -> str:
+    nodes = await _known_nodes(mesh)
+    problems = []
+    now = mesh.now()
+    for node in nodes:
+        try:
+            text, _ = await mesh.node_get(node, "/v1/status")
+            data = json.loads(text)
+        except MeshError as exc:
+            problems.append(f"{node.node_id}: {exc}")
+            continue
+        except ValueError:
+            problems.append(f"{node.node_id}: /v1/status is not JSON")
+            continue
+        problem = judge(node.node_id, data if isinstance(data, dict) else {}, now)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise CheckFailedError("; ".join(problems))
+    return f"{len(nodes)} nodes"
+
+
+async def check_pq_svids(mesh: MeshAccess) -> str:
+    """Every node holds a valid PQ SVID, renewed on time."""
+    return await _judge_nodes(mesh, pq_svid_problem)
+
+
+async def check_spiffe_svids(mesh: MeshAccess) -> str:
+    """Every node's SPIFFE SVID is accepted by the controller."""
+    return await _judge_nodes(mesh, spiffe_problem)
+
+
+def local_categories() -> list[Category[MeshAccess]]:
+    """The health categories of ``--local``."""
+    return [
+        Category(
+            "x0tta6bl4-control-plane",
+            [
+                Check(
+                    "controller-health",
+                    "controller answers /health",
+                    check_controller_health,
+                    Severity.FATAL,
+                ),
+                Check("controller-ready", "controller API is ready", check_controller_ready),
+                Check(
+                    "mesh-nodes-metric",
+                    "x0tta6bl4_mesh_nodes_total equals the number of mesh nodes",
+                    check_nodes_metric,
+                ),
+            ],
+        ),
+        Category(
+            "x0tta6bl4-data-plane",
+            [
+                Check("nodes-ready", "every mesh node is ready", check_nodes_ready),
+                Check("pq-svids", "PQ SVIDs are valid and renewed", check_pq_svids),
+                Check("spire-svids", "SPIFFE SVIDs are valid and rotating", check_spiffe_svids),
+            ],
+        ),
+    ]
+
+
+async def run_local(target: str, mode: str, out: TextIO, output: str, wait: float) -> int:
+    """Run the local checks for ``mode`` ("post" or "connectivity") on ``target``."""
+    from x0tta6bl4.check.app import run_categories
+
+    mesh: LocalMesh = load_local(target)
+    try:
+        categories = local_categories() if mode == "post" else connectivity_categories()
+        report = await run_categories(categories, mesh, out, output=output, wait=wait)
+    finally:
+        await mesh.close()
+    return report.exit_code()

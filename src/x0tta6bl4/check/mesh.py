@@ -1,0 +1,178 @@
+"""HTTP access to a running mesh, the same whether local or in a cluster.
+
+:class:`MeshAccess` is what the connectivity and local checks run over: GET a path on the
+controller, list the mesh nodes, GET a path on a node. :class:`LocalMesh` talks HTTP
+directly (``x0tta6bl4 up`` or a controller URL); :class:`ClusterMesh` goes through a
+:class:`~x0tta6bl4.check.cluster.ClusterContext` (service and pod proxies, or direct in the
+cluster). Both time each request with a monotonic clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from x0tta6bl4.check.cluster import ClusterContext
+from x0tta6bl4.check.kube import KubeError, Obj
+
+__all__ = [
+    "CONTROLLER_PORT",
+    "NODE_HTTP_PORT",
+    "ClusterMesh",
+    "LocalMesh",
+    "MeshAccess",
+    "MeshError",
+    "MeshNode",
+    "load_local",
+]
+
+CONTROLLER_PORT = 8080
+NODE_HTTP_PORT = 7811
+STATE_FILE = "mesh.json"
+
+
+class MeshError(Exception):
+    """A request to the controller or a node failed (no answer, or not HTTP 200)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshNode:
+    """A mesh node: its ID and where its HTTP server is (a URL, or a pod for ClusterMesh)."""
+
+    node_id: str
+    url: str = ""
+    pod: Obj | None = None
+
+
+class MeshAccess(Protocol):
+    """What the mesh-level checks need."""
+
+    measurements: dict[str, Any]
+
+    async def controller_get(self, path: str) -> tuple[str, float]:
+        """GET ``path`` on the controller: (body, seconds)."""
+        ...
+
+    async def nodes(self) -> list[MeshNode]:
+        """The mesh nodes to check (empty when unknown)."""
+        ...
+
+    async def node_get(
+        self, node: MeshNode, path: str, query: Mapping[str, str] | None = None
+    ) -> tuple[str, float]:
+        """GET ``path`` on ``node``: (body, seconds)."""
+        ...
+
+    def now(self) -> float:
+        """Wall-clock time (seconds since the epoch) for certificate validity."""
+        ...
+
+
+@dataclass
+class LocalMesh:
+    """A mesh reached over plain HTTP: a controller URL and, when known, node URLs."""
+
+    controller_url: str
+    node_urls: dict[str, str] | None = None
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return time.time()
+
+    async def _get(self, url: str, query: Mapping[str, str] | None) -> tuple[str, float]:
+        start = time.perf_counter()
+        try:
+            response = await self.http.get(url, params=dict(query or {}))
+        except httpx.HTTPError as exc:
+            raise MeshError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        elapsed = time.perf_counter() - start
+        if response.status_code != 200:
+            raise MeshError(f"GET {url}: HTTP {response.status_code}")
+        return response.text, elapsed
+
+    async def controller_get(self, path: str) -> tuple[str, float]:
+        return await self._get(self.controller_url.rstrip("/") + path, None)
+
+    async def nodes(self) -> list[MeshNode]:
+        return [MeshNode(n, u) for n, u in sorted((self.node_urls or {}).items())]
+
+    async def node_get(
+        self, node: MeshNode, path: str, query: Mapping[str, str] | None = None
+    ) -> tuple[str, float]:
+        return await self._get(node.url.rstrip("/") + path, query)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self.http.aclose()
+
+
+def load_local(target: str) -> LocalMesh:
+    """A :class:`LocalMesh` for ``--local``: a controller URL, or the state directory of
+    ``x0tta6bl4 up`` holding ``mesh.json`` (``{"controller": URL, "nodes": {ID: URL}}``)."""
+    if target.startswith(("http://", "https://")):
+        return LocalMesh(target)
+    path = Path(target) / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(
+            f"--local {target}: no {STATE_FILE} (is it the state directory of `x0tta6bl4 up`?)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--local {target}: cannot read {STATE_FILE}: {exc}") from None
+    controller = data.get("controller") if isinstance(data, dict) else None
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(controller, str) or not controller.startswith(("http://", "https://")):
+        raise ValueError(f"--local {target}: {STATE_FILE} has no controller URL")
+    if not isinstance(nodes, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in nodes.items()
+    ):
+        raise ValueError(f"--local {target}: {STATE_FILE} nodes must map node IDs to URLs")
+    return LocalMesh(controller, dict(nodes))
+
+
+@dataclass
+class ClusterMesh:
+    """The mesh of an installed release, through a ClusterContext."""
+
+    cluster: ClusterContext
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return self.cluster.now()
+
+    async def controller_get(self, path: str) -> tuple[str, float]:
+        start = time.perf_counter()
+        try:
+            text = await self.cluster.service_text("x0tta6bl4-api", CONTROLLER_PORT, path)
+        except KubeError as exc:
+            raise MeshError(str(exc)) from None
+        return text, time.perf_counter() - start
+
+    async def nodes(self) -> list[MeshNode]:
+        pods = await self.cluster.kube.items(
+            self.cluster.ns_path("v1", "pods"), {"labelSelector": "app=x0tta6bl4-mesh"}
+        )
+        return [
+            MeshNode(str((p.get("spec") or {}).get("nodeName") or ""), pod=p)
+            for p in pods
+            if (p.get("spec") or {}).get("nodeName")
+        ]
+
+    async def node_get(
+        self, node: MeshNode, path: str, query: Mapping[str, str] | None = None
+    ) -> tuple[str, float]:
+        assert node.pod is not None
+        start = time.perf_counter()
+        try:
+            text = await self.cluster.pod_text(node.pod, NODE_HTTP_PORT, path, query)
+        except KubeError as exc:
+            raise MeshError(str(exc)) from None
+        return text, time.perf_counter() - start
