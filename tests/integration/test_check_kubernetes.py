@@ -1,0 +1,329 @@
+"""``x0tta6bl4 check`` against a Kubernetes API server **test double**.
+
+No Kubernetes cluster can run on the development machines (no container runtime, no
+kubelet), so these tests run the real checks, the real ``kubernetes_asyncio`` client and a
+real kubeconfig against :mod:`tests.integration.kube_api_double`: a local HTTP server that
+answers the API calls the checks make, serving the chart's own rendered manifests
+(``helm template`` with ``values-staging.yaml``) plus realistic status. Each failing case
+breaks one thing and asserts that the right check fails, with its docs/checks.md hint, and
+that the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.chart_helpers import CHART_DIR, by_kind_name, find_tool, render
+from tests.integration.kube_api_double import (
+    NAMESPACE,
+    ClusterState,
+    KubeApiDouble,
+    build_state,
+    write_kubeconfig,
+)
+from x0tta6bl4.check.app import CheckRequest, run_request
+from x0tta6bl4.check.checks_pre import RBAC_NEEDS
+from x0tta6bl4.check.model import HINT_BASE, Status
+from x0tta6bl4.check.report_table import MARKS
+
+pytestmark = [
+    pytest.mark.helm,
+    pytest.mark.skipif(
+        find_tool("helm") is None,
+        reason="helm missing (the double serves the chart's render): run scripts/install-tools.sh",
+    ),
+]
+
+STAGING_VALUES = CHART_DIR / "values-staging.yaml"
+
+
+class Cluster:
+    """A running double, its state and a kubeconfig for it."""
+
+    def __init__(self, double: KubeApiDouble, kubeconfig: Path) -> None:
+        self.double = double
+        self.state: ClusterState = double.state
+        self.kubeconfig = kubeconfig
+
+    async def run(self, mode: str, output: str = "json", **kw: Any) -> tuple[int, str]:
+        out = io.StringIO()
+        request = CheckRequest(
+            mode=mode,
+            kubeconfig=self.kubeconfig,
+            namespace=NAMESPACE,
+            output=output,
+            values=[STAGING_VALUES],
+            **kw,
+        )
+        code = await run_request(request, out)
+        return code, out.getvalue()
+
+    async def json(self, mode: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        code, text = await self.run(mode, "json", **kw)
+        return code, json.loads(text)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with KubeApiDouble(build_state()) as double:
+        yield Cluster(double, write_kubeconfig(tmp_path / "kubeconfig", double.url))
+
+
+def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for cat in report["categories"] for c in cat["checks"]}
+
+
+def failed(report: dict[str, Any]) -> set[str]:
+    return {k for k, c in checks(report).items() if c["result"] == "error"}
+
+
+def assert_fails(code: int, report: dict[str, Any], anchor: str, text: str) -> None:
+    assert code == 1
+    assert report["success"] is False
+    check = checks(report)[anchor]
+    assert check["result"] == "error", check
+    assert text in check["error"], check["error"]
+    assert check["hint"] == HINT_BASE + anchor
+
+
+# --------------------------------------------------------------------------- passing
+
+
+async def test_pre_all_pass(cluster: Cluster) -> None:
+    code, report = await cluster.json("pre")
+    assert failed(report) == set(), report
+    assert code == 0
+    assert report["success"] is True
+    found = checks(report)
+    assert found["k8s-storageclass"]["detail"] == "fast-ssd"
+    # Every check passed (nothing skipped with the guide's values: SPIFFE and monitoring on).
+    assert {c["result"] for c in found.values()} == {"success"}
+
+
+async def test_post_all_pass(cluster: Cluster) -> None:
+    code, report = await cluster.json("post")
+    assert failed(report) == set(), report
+    assert code == 0
+    found = checks(report)
+    assert {c["result"] for c in found.values()} == {"success"}, found
+    assert found["mesh-nodes-metric"]["detail"] == "3 nodes"
+    assert found["mesh-coverage"]["detail"] == "3 of 3 nodes"  # the tainted control plane is not
+
+
+async def test_post_reads_only_what_the_check_clusterrole_grants(cluster: Cluster) -> None:
+    """Every API read of --post (proxies aside, which --in-cluster replaces by direct HTTP)
+    is allowed by the chart's ClusterRole x0tta6bl4-check."""
+    await cluster.json("post")
+    role = by_kind_name(render(["values-staging.yaml"]))["ClusterRole", "x0tta6bl4-check"]
+    allowed = {
+        (group, resource)
+        for rule in role["rules"]
+        if {"get", "list"} <= set(rule["verbs"])
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    used = set()
+    for method, path in cluster.state.requests:
+        if "/proxy/" in path or path in ("/version", "/apis"):
+            continue
+        assert method == "GET", path
+        parts = path.strip("/").split("/")
+        group = "" if parts[0] == "api" else parts[1]
+        rest = parts[2:] if parts[0] == "api" else parts[3:]
+        if rest[0] == "namespaces" and len(rest) > 2:
+            rest = rest[2:]
+        used.add((group, rest[0]))
+    assert used
+    assert used <= allowed, used - allowed
+
+
+# --------------------------------------------------------------------------- failing
+
+
+async def test_pod_not_ready(cluster: Cluster) -> None:
+    name = cluster.state.break_pod("x0tta6bl4-controller", 1)
+    code, report = await cluster.json("post")
+    assert_fails(code, report, "pods-ready", f"{name} on node-b (controller: CrashLoopBackOff)")
+    assert_fails(code, report, "controller-rollout", "3 updated, 2 ready")
+
+
+async def test_pvc_pending(cluster: Cluster) -> None:
+    pvc = cluster.state.get("v1", "persistentvolumeclaims", "data-x0tta6bl4-etcd-2", NAMESPACE)
+    pvc["status"] = {"phase": "Pending"}
+    code, report = await cluster.json("post")
+    assert_fails(
+        code, report, "pvcs-bound", "data-x0tta6bl4-etcd-2 Pending (StorageClass fast-ssd)"
+    )
+    assert failed(report) == {"pvcs-bound"}
+
+
+async def test_metrics_api_missing(cluster: Cluster) -> None:
+    del cluster.state.groups["metrics.k8s.io"]
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "k8s-metrics-api", "install metrics-server")
+    assert failed(report) == {"k8s-metrics-api"}
+
+
+async def test_rbac_denied(cluster: Cluster) -> None:
+    cluster.state.denied = {("rbac.authorization.k8s.io", "clusterroles"), ("apps", "daemonsets")}
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "k8s-rbac", "daemonsets.apps in x0tta6bl4-staging")
+    assert "clusterroles.rbac.authorization.k8s.io" in checks(report)["k8s-rbac"]["error"]
+    assert failed(report) == {"k8s-rbac"}
+
+
+async def test_too_few_mesh_pods(cluster: Cluster) -> None:
+    cluster.state.remove_mesh_pod("node-c")
+    code, report = await cluster.json("post")
+    assert_fails(code, report, "mesh-coverage", "no ready mesh pod on: node-c")
+    assert failed(report) == {"mesh-coverage"}
+
+
+async def test_mesh_nodes_metric_disagrees(cluster: Cluster) -> None:
+    cluster.state.registered_nodes = 2
+    code, report = await cluster.json("post")
+    assert_fails(code, report, "mesh-nodes-metric", "is 2, but there are 3 mesh pods")
+
+
+async def test_kubernetes_too_old(cluster: Cluster) -> None:
+    cluster.state.version = "v1.27.9"
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "k8s-version", "older than 1.28")
+    assert checks(report)["k8s-version"]["attempts"] == 1  # never retried
+
+
+async def test_spire_server_missing(cluster: Cluster) -> None:
+    cluster.state.delete("apps/v1", "statefulsets", "spire-server", "spire")
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "spire-server", "no StatefulSet spire-server in namespace spire")
+    assert failed(report) == {"spire-server"}
+
+
+async def test_storage_class_missing(cluster: Cluster) -> None:
+    cluster.state.delete("storage.k8s.io/v1", "storageclasses", "fast-ssd")
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "k8s-storageclass", "StorageClass 'fast-ssd'")
+
+
+async def test_api_unreachable_is_fatal(tmp_path: Path) -> None:
+    async with KubeApiDouble(build_state()) as double:
+        url = double.url
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)  # nothing listens there now
+    out = io.StringIO()
+    code = await run_request(CheckRequest(mode="post", kubeconfig=kubeconfig, output="json"), out)
+    report = json.loads(out.getvalue())
+    assert code == 1
+    assert report["stopped_by"] == "k8s-api"
+    assert [c["id"] for cat in report["categories"] for c in cat["checks"]] == ["k8s-api"]
+
+
+async def test_wrong_token_is_reported(cluster: Cluster, tmp_path: Path) -> None:
+    bad = write_kubeconfig(tmp_path / "bad", cluster.double.url, token="not-the-token")
+    out = io.StringIO()
+    code = await run_request(CheckRequest(mode="pre", kubeconfig=bad, output="json"), out)
+    report = json.loads(out.getvalue())
+    assert code == 1
+    assert "HTTP 401" in checks(report)["k8s-api"]["error"]
+    assert "not-the-token" not in out.getvalue()
+
+
+# --------------------------------------------------------------------------- --wait
+
+
+async def test_wait_retries_until_ready(cluster: Cluster) -> None:
+    cluster.state.break_pod("x0tta6bl4-mesh", 0, reason="ContainerCreating")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, cluster.state.fix_pod, "x0tta6bl4-mesh", 0)
+    code, report = await cluster.json("post", wait=60.0, interval=0.1)
+    assert failed(report) == set(), report
+    assert code == 0
+    assert checks(report)["pods-ready"]["attempts"] > 1
+
+
+async def test_without_wait_the_same_state_fails(cluster: Cluster) -> None:
+    cluster.state.break_pod("x0tta6bl4-mesh", 0, reason="ContainerCreating")
+    code, report = await cluster.json("post")
+    assert_fails(code, report, "pods-ready", "ContainerCreating")
+    assert checks(report)["pods-ready"]["attempts"] == 1
+
+
+# --------------------------------------------------------------------------- formats
+
+
+async def test_junit_parses(cluster: Cluster) -> None:
+    cluster.state.remove_mesh_pod("node-b")
+    code, text = await cluster.run("post", "junit")
+    assert code == 1
+    root = ET.fromstring(text.split("\n", 1)[1])
+    assert root.tag == "testsuites"
+    assert int(root.get("failures", "0")) == 1
+    failures = root.findall(".//testcase[failure]")
+    assert [f.get("id") for f in failures] == ["mesh-coverage"]
+    failure = failures[0].find("failure")
+    assert failure is not None
+    assert HINT_BASE + "mesh-coverage" in (failure.text or "")
+    assert {s.get("name") for s in root.findall("testsuite")} >= {
+        "kubernetes-api",
+        "x0tta6bl4-control-plane",
+        "x0tta6bl4-data-plane",
+        "spire",
+    }
+
+
+async def test_table_shows_marks(cluster: Cluster) -> None:
+    del cluster.state.groups["metrics.k8s.io"]
+    code, text = await cluster.run("pre", "table")
+    assert code == 1
+    assert f"{MARKS[Status.SUCCESS]} can reach the Kubernetes API" in text
+    assert f"{MARKS[Status.ERROR]} metrics API is available for the HPA" in text
+    assert f"see {HINT_BASE}k8s-metrics-api for hints" in text
+    assert text.rstrip().endswith(f"Status check results are {MARKS[Status.ERROR]}")
+    assert "\x1b[" not in text  # no colour codes when not a terminal
+
+
+async def test_cli_exit_code_and_env(cluster: Cluster) -> None:
+    """The real command line in a subprocess, flags given as X0_ environment variables."""
+    env = dict(os.environ)
+    env.update(
+        X0_KUBECONFIG=str(cluster.kubeconfig),
+        X0_NAMESPACE=NAMESPACE,
+        X0_OUTPUT="json",
+        X0_VALUES=str(STAGING_VALUES),
+    )
+    cluster.state.version = "v1.26.0"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "x0tta6bl4", "check", "--pre",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode == 1, stderr.decode()
+    report = json.loads(stdout)
+    assert failed(report) == {"k8s-version"}
+
+
+def test_rbac_needs_cover_every_kind_the_chart_renders() -> None:
+    """The pre-install RBAC check asks for every (group, resource) the staging render holds."""
+    from x0tta6bl4.check.checks_pre import _RBAC_PROMETHEUS, _RBAC_SPIFFE
+
+    asked = {(g, r) for g, r, _ in (*RBAC_NEEDS, *_RBAC_SPIFFE, *_RBAC_PROMETHEUS)}
+    plural = {
+        "NetworkPolicy": "networkpolicies",
+        "PodDisruptionBudget": "poddisruptionbudgets",
+        "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+        "ClusterSPIFFEID": "clusterspiffeids",
+    }
+    for obj in render(["values-staging.yaml"]):
+        group = obj["apiVersion"].rpartition("/")[0]
+        kind = obj["kind"]
+        resource = plural.get(kind, kind.lower() + "s")
+        assert (group, resource) in asked, (group, resource)
