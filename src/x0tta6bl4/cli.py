@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from x0tta6bl4.commands import bench as bench_cmd
+from x0tta6bl4.commands import check as check_cmd
 from x0tta6bl4.commands import controller as controller_cmd
 from x0tta6bl4.commands import identity as identity_cmd
 from x0tta6bl4.commands import version as version_cmd
@@ -33,6 +34,7 @@ app.command("version", help="Print the version of x0tta6bl4 and of its cryptogra
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(identity_cmd.app, name="identity")
+app.command("check", help="Check a cluster or a local mesh.")(check_cmd.check)
 
 
 def main() -> None:
