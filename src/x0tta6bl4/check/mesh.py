@@ -82,14 +82,19 @@ class LocalMesh:
     node_urls: dict[str, str] | None = None
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
     measurements: dict[str, Any] = field(default_factory=dict)
+    controller_http: httpx.AsyncClient | None = None
+    """A separate client for the controller (e.g. an in-process ASGI transport); default
+    ``http``."""
 
     def now(self) -> float:
         return time.time()
 
-    async def _get(self, url: str, query: Mapping[str, str] | None) -> tuple[str, float]:
+    async def _get(
+        self, url: str, query: Mapping[str, str] | None, client: httpx.AsyncClient | None = None
+    ) -> tuple[str, float]:
         start = time.perf_counter()
         try:
-            response = await self.http.get(url, params=dict(query or {}))
+            response = await (client or self.http).get(url, params=dict(query or {}))
         except httpx.HTTPError as exc:
             raise MeshError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         elapsed = time.perf_counter() - start
@@ -98,7 +103,7 @@ class LocalMesh:
         return response.text, elapsed
 
     async def controller_get(self, path: str) -> tuple[str, float]:
-        return await self._get(self.controller_url.rstrip("/") + path, None)
+        return await self._get(self.controller_url.rstrip("/") + path, None, self.controller_http)
 
     async def nodes(self) -> list[MeshNode]:
         return [MeshNode(n, u) for n, u in sorted((self.node_urls or {}).items())]
