@@ -13,6 +13,8 @@ from x0tta6bl4.commands import bench as bench_cmd
 from x0tta6bl4.commands import check as check_cmd
 from x0tta6bl4.commands import controller as controller_cmd
 from x0tta6bl4.commands import identity as identity_cmd
+from x0tta6bl4.commands import node as node_cmd
+from x0tta6bl4.commands import ping as ping_cmd
 from x0tta6bl4.commands import version as version_cmd
 
 app = typer.Typer(
@@ -34,6 +36,8 @@ app.command("version", help="Print the version of x0tta6bl4 and of its cryptogra
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(identity_cmd.app, name="identity")
+app.command("node", help="Run the mesh node agent.")(node_cmd.node)
+app.command("ping", help="Ping a mesh node through the local node.")(ping_cmd.ping)
 app.command("check", help="Check a cluster or a local mesh.")(check_cmd.check)
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.localmesh import LocalMesh
 from x0tta6bl4.node.model import CoreConfig, LinkFilter
 from x0tta6bl4.protocol.frames import LinkStateAdvert, Routed
@@ -133,8 +134,12 @@ async def test_forged_and_replayed_adverts_are_rejected_and_counted(mesh: LocalM
     # Forged: claims to come from node-001 but is signed by the rogue's (or a random) key.
     forged = Lsa(origin="node-001", seq=2**62, issued_at_ms=0, neighbours=(("node-002", 1),))
     for key in (rogue.core.identity.signing_key, SigningKey.generate()):
-        data = encode_signed(forged, key)
-        rogue.call(lambda c, now, d=data: c.send_frame("node-000", LinkStateAdvert(d), now))
+        frame = LinkStateAdvert(encode_signed(forged, key))
+
+        def inject(core: NodeCore, now: float, frame: LinkStateAdvert = frame) -> None:
+            core.send_frame("node-000", frame, now)
+
+        rogue.call(inject)
     # Replayed: node-001's current advert, then an older one after it re-originates.
     entry = victim.router.lsdb.get("node-001")
     assert entry is not None

@@ -94,7 +94,15 @@ _Handshake = InitiatorHandshake | ResponderHandshake
 class Channel(Generic[A]):
     """The state kept for one peer: address, session, initiator in flight, identity."""
 
-    __slots__ = ("addr", "identity", "initiator", "last_received", "node_id", "session")
+    __slots__ = (
+        "addr",
+        "identity",
+        "initiator",
+        "last_received",
+        "node_id",
+        "session",
+        "unanswered_since",
+    )
 
     def __init__(self, node_id: str, addr: A, session: Session) -> None:
         self.node_id = node_id
@@ -103,6 +111,8 @@ class Channel(Generic[A]):
         self.initiator: InitiatorHandshake | None = None
         self.identity: PeerIdentity | None = None
         self.last_received: float | None = None
+        #: When we first sent data that nothing from the peer has followed yet.
+        self.unanswered_since: float | None = None
 
     @property
     def handshaking(self) -> bool:
@@ -121,8 +131,12 @@ class Channels(Generic[A]):
         *,
         session_factory: Callable[[], Session],
         addr_key: Callable[[A], bytes],
+        stale_after: float | None = None,
     ) -> None:
         self.self_id = self_id
+        #: Re-handshake when data sent this long ago got no packet back (the peer may have
+        #: restarted and lost its keys); None disables it (links have failure detectors).
+        self.stale_after = stale_after
         self._config = config
         self._session_factory = session_factory
         self._addr_key = addr_key
@@ -200,6 +214,8 @@ class Channels(Generic[A]):
         except LocalProtocolError:
             return False
         self._outbox.append((datagram, channel.addr))
+        if plaintext and channel.unanswered_since is None:
+            channel.unanswered_since = now
         if channel.session.needs_rekey(now):
             self._rekey(channel, now)
         return True
@@ -243,8 +259,15 @@ class Channels(Generic[A]):
                     del self._transport[index]
             if session.needs_keepalive(now):
                 self.send(channel.node_id, b"", now)
-            if session.needs_rekey(now):
+            if session.needs_rekey(now) or self._stale(channel, now):
                 self._rekey(channel, now)
+
+    def _stale(self, channel: Channel[A], now: float) -> bool:
+        since = channel.unanswered_since
+        if self.stale_after is None or since is None or now < since + self.stale_after:
+            return False
+        channel.unanswered_since = None
+        return True
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -253,6 +276,8 @@ class Channels(Generic[A]):
         deadlines.extend(h.get_timer() for h, _ in self._handshakes.values())
         for channel in self._channels.values():
             deadlines.append(channel.session.get_timer())
+            if self.stale_after is not None and channel.unanswered_since is not None:
+                deadlines.append(channel.unanswered_since + self.stale_after)
         return min((d for d in deadlines if d is not None), default=None)
 
     def datagrams_to_send(self) -> list[tuple[bytes, A]]:
@@ -307,6 +332,7 @@ class Channels(Generic[A]):
             self.dropped[exc.reason] += 1
             return
         channel.last_received = now
+        channel.unanswered_since = None
         initiator = channel.initiator
         if (
             result.keypair_promoted

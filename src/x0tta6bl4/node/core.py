@@ -146,6 +146,7 @@ class NodeCore:
                 max_datagram_size=E2E_MAX_DATAGRAM,
             ),
             addr_key=lambda node_id: node_id.encode(),
+            stale_after=1.0,
         )
         self.router = Router(
             self.node_id,
@@ -157,6 +158,7 @@ class NodeCore:
             transit=cfg.transit,
         )
         self._link: dict[str, Link] = {}
+        self._link_serial: dict[str, int] = {}
         self._pending_lsa: dict[str, tuple[bytes, str]] = {}
         self._pending_app: dict[str, deque[bytes]] = {}
         self._inbox: deque[AppMessage] = deque()
@@ -336,6 +338,10 @@ class NodeCore:
             return "none"
         return link.state(self.links.get(peer))
 
+    def link_peers(self) -> list[str]:
+        """Every peer with a link entry (any state)."""
+        return sorted(self._link)
+
     def up_links(self) -> list[str]:
         return sorted(n for n, link in self._link.items() if link.up)
 
@@ -502,6 +508,13 @@ class NodeCore:
             elif isinstance(event, ChannelUp):
                 self._learn(event.identity, now)
                 self._ensure_link(event.node_id, now)
+                previous = self._link_serial.get(event.node_id)
+                self._link_serial[event.node_id] = event.identity.serial
+                e2e = self.e2e.get(event.node_id)
+                if previous not in (None, event.identity.serial) and e2e is not None:
+                    # A new PQ SVID: the peer re-registered (restarted) and lost its
+                    # end-to-end keys; drop ours so the next datagram starts a handshake.
+                    self.e2e.forget(event.node_id)
             elif isinstance(event, HandshakeDone):
                 self.counters["handshakes_ok" if event.ok else "handshakes_failed"] += 1
         for reason, count in self.links.dropped.items():

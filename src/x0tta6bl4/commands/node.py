@@ -1,0 +1,113 @@
+"""``x0tta6bl4 node``: run the mesh node agent (flags: docs/runtime-contract.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["node"]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"x0tta6bl4 node: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def node(  # noqa: PLR0917 - one parameter per flag
+    controller: Annotated[
+        str, typer.Option("--controller", envvar="X0_CONTROLLER", help="controller base URL")
+    ] = "http://x0tta6bl4-api:8080",
+    listen_udp: Annotated[
+        str, typer.Option("--listen-udp", envvar="X0_LISTEN_UDP", help="mesh UDP HOST:PORT")
+    ] = "0.0.0.0:7810",
+    http: Annotated[
+        str, typer.Option("--http", envvar="X0_HTTP", help="node HTTP server HOST:PORT")
+    ] = "0.0.0.0:7811",
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            envvar="X0_ADVERTISE",
+            help="HOST:PORT where peers reach this node (default: X0_POD_IP + UDP port)",
+        ),
+    ] = None,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            "--node-id", envvar="X0_NODE_ID", help="node ID (default: X0_NODE_NAME or hostname)"
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", envvar="X0_STATE_DIR", help="node key directory")
+    ] = Path("/var/lib/x0tta6bl4"),
+    spiffe_socket: Annotated[
+        str | None,
+        typer.Option(
+            "--spiffe-socket",
+            envvar=["SPIFFE_ENDPOINT_SOCKET", "X0_SPIFFE_SOCKET"],
+            help="SPIFFE Workload API socket (default: /run/spire/agent-sockets/spire-agent.sock)",
+        ),
+    ] = None,
+    trust_domain: Annotated[
+        str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain")
+    ] = "x0tta6bl4.mesh",
+    tun: Annotated[
+        bool, typer.Option("--tun", envvar="X0_TUN", help="create the overlay TUN interface")
+    ] = False,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option("--heartbeat-interval", envvar="X0_HEARTBEAT_INTERVAL", help="seconds"),
+    ] = 0.1,
+    dead_after: Annotated[
+        int,
+        typer.Option(
+            "--dead-after", envvar="X0_DEAD_AFTER", help="missed heartbeats before link down"
+        ),
+    ] = 4,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", envvar="X0_LOG_FORMAT", help="json or console"),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="X0_LOG_LEVEL", help="log level")
+    ] = "info",
+) -> None:
+    """Run a mesh node: register, link to neighbours, route, serve /health /ready /metrics."""
+    from x0tta6bl4.logging import configure_logging
+    from x0tta6bl4.node.agent import NodeAgent
+    from x0tta6bl4.node.config import NodeSettings, parse_hostport
+
+    try:
+        configure_logging(log_format, log_level)
+        settings = NodeSettings(
+            controller=controller,
+            listen_udp=parse_hostport(listen_udp, "--listen-udp"),
+            http=parse_hostport(http, "--http"),
+            advertise=None if advertise is None else parse_hostport(advertise, "--advertise"),
+            node_id=node_id,
+            state_dir=state_dir,
+            spiffe_socket=spiffe_socket,
+            trust_domain=trust_domain,
+            tun=tun,
+            heartbeat_interval=heartbeat_interval,
+            dead_after=dead_after,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await NodeAgent(settings).run(stop)
+
+    try:
+        asyncio.run(main())
+    except (OSError, PermissionError) as exc:
+        _fail(str(exc))

@@ -1,0 +1,82 @@
+"""Settings of ``x0tta6bl4 node`` (flags and ``X0_…`` variables: docs/runtime-contract.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["NodeSettings", "parse_hostport"]
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → ``(host, port)``; ValueError names ``what``."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{what} must be HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{what} port must be 0..65535, got {port}")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Validated settings of one node agent."""
+
+    controller: str = "http://x0tta6bl4-api:8080"
+    listen_udp: tuple[str, int] = ("0.0.0.0", 7810)  # noqa: S104 - a DaemonSet serves the node
+    http: tuple[str, int] = ("0.0.0.0", 7811)  # noqa: S104
+    advertise: tuple[str, int] | None = None
+    node_id: str | None = None
+    state_dir: Path = Path("/var/lib/x0tta6bl4")
+    spiffe_socket: str | None = None
+    trust_domain: str = "x0tta6bl4.mesh"
+    tun: bool = False
+    heartbeat_interval: float = 0.1
+    dead_after: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.controller.startswith(("http://", "https://")):
+            raise ValueError(f"--controller must be an http(s) URL, got {self.controller!r}")
+        if not 0.005 <= self.heartbeat_interval <= 60:
+            raise ValueError("--heartbeat-interval must be within 0.005..60 seconds")
+        if self.tun:
+            raise ValueError("--tun: TUN mode is not implemented yet (see docs/node.md)")
+        if not 1 <= self.dead_after <= 100:
+            raise ValueError("--dead-after must be within 1..100")
+
+    def resolved_node_id(self) -> str:
+        """--node-id, else X0_NODE_NAME (the Kubernetes node), else the hostname."""
+        return self.node_id or os.environ.get("X0_NODE_NAME") or socket.gethostname()
+
+    def resolved_advertise(self, bound_port: int) -> str:
+        """Where peers reach us: --advertise, else X0_POD_IP, else the bound or a local IP."""
+        if self.advertise is not None:
+            host, port = self.advertise
+        else:
+            host = os.environ.get("X0_POD_IP") or self.listen_udp[0]
+            port = bound_port
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104
+                host = _local_ip()
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                return f"[{host}]:{port}"
+        except ValueError:
+            pass
+        return f"{host}:{port}"
+
+
+def _local_ip() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"

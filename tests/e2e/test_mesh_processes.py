@@ -1,0 +1,188 @@
+"""Real processes: an embedded SPIFFE issuer, a controller subprocess and ``x0tta6bl4 node``
+subprocesses on loopback; mesh ping through the CLI; the mesh keeps forwarding with the
+controller stopped; a node restarts with the same key and rejoins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.controller_support import (
+    NODE_A,
+    Identity,
+    free_port,
+    running_issuer,
+    spawn_controller,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+NODES = ("n1", "n2", "n3")
+
+
+class Mesh:
+    def __init__(self, tmp: Path, identity: Identity) -> None:
+        self.tmp = tmp
+        self.identity = identity
+        self.controller_port = free_port()
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.http: dict[str, int] = {n: free_port() for n in NODES}
+        self.udp: dict[str, int] = {n: free_port() for n in NODES}
+        self.env = {
+            **os.environ,
+            "SPIFFE_ENDPOINT_SOCKET": f"unix://{identity.issuer.socket_path}",
+            "X0_LOG_FORMAT": "json",
+        }
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.controller_port}"
+
+    def start_controller(self) -> None:
+        self.controller = spawn_controller(
+            [
+                "--listen",
+                f"127.0.0.1:{self.controller_port}",
+                "--store",
+                f"sqlite:///{self.tmp / 'ctl.db'}",
+                "--local-ca",
+                "--state-dir",
+                str(self.tmp / "ctl"),
+            ],
+            env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{self.identity.issuer.socket_path}"},
+            log=self.tmp / "controller.log",
+        )
+        wait_ready(self.base, self.controller)
+
+    def stop_controller(self) -> None:
+        assert self.controller is not None
+        self.controller.terminate()
+        self.controller.wait(20)
+
+    def start_node(self, name: str) -> None:
+        udp = f"127.0.0.1:{self.udp[name]}"
+        args = [
+            sys.executable, "-m", "x0tta6bl4", "node",
+            "--controller", self.base,
+            "--listen-udp", udp,
+            "--advertise", udp,
+            "--http", f"127.0.0.1:{self.http[name]}",
+            "--node-id", name,
+            "--state-dir", str(self.tmp / name),
+        ]  # fmt: skip
+        with open(self.tmp / f"{name}.log", "ab") as log:
+            self.nodes[name] = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+
+    def stop_node(self, name: str) -> None:
+        proc = self.nodes.pop(name)
+        proc.terminate()
+        proc.wait(20)
+
+    def get(self, name: str, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.http[name]}{path}", timeout=5)
+
+    def wait(self, predicate: object, timeout: float = 60.0) -> None:
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.nodes.items():
+                assert proc.poll() is None, (
+                    f"{name} exited: {(self.tmp / f'{name}.log').read_text()}"
+                )
+            try:
+                if predicate():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        logs = {n: (self.tmp / f"{n}.log").read_text()[-2000:] for n in self.nodes}
+        raise AssertionError(f"condition not met in {timeout} s; logs: {logs}")
+
+    def all_routes(self) -> bool:
+        for name in self.nodes:
+            status = self.get(name, "/v1/status").json()
+            dests = {r["dest"] for r in status.get("routes", [])}
+            if dests != set(self.nodes) - {name}:
+                return False
+        return True
+
+    def ping(self, src: str, target: str) -> dict[str, object]:
+        out = subprocess.run(
+            [
+                sys.executable, "-m", "x0tta6bl4", "ping", target,
+                "--node", f"http://127.0.0.1:{self.http[src]}", "--count", "2", "--json",
+            ],
+            capture_output=True, env=self.env, timeout=60, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr.decode() + out.stdout.decode()
+        data: dict[str, object] = json.loads(out.stdout)
+        return data
+
+    def close(self) -> None:
+        for name in list(self.nodes):
+            self.stop_node(name)
+        if self.controller is not None and self.controller.poll() is None:
+            self.stop_controller()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    with running_issuer(tmp_path / "id", ids=(NODE_A,)) as identity:
+        m = Mesh(tmp_path, identity)
+        try:
+            m.start_controller()
+            for name in NODES:
+                m.start_node(name)
+            m.wait(lambda: all(m.get(n, "/ready").status_code == 200 for n in NODES))
+            m.wait(m.all_routes)
+            yield m
+        finally:
+            m.close()
+
+
+def test_process_mesh_ping_metrics_controller_outage_and_restart(mesh: Mesh) -> None:
+    result = mesh.ping("n1", "n3")
+    assert result["received"] == 2
+    status = mesh.get("n2", "/v1/status").json()
+    assert status["registered"] is True
+    assert status["pq_svid_not_after"] > time.time()
+    overlay = status["overlay_ip"]
+    assert mesh.ping("n1", overlay)["node_id"] == "n2"
+    metrics = mesh.get("n1", "/metrics").text
+    for name in (
+        'x0tta6bl4_node_links{state="up"} 2.0',
+        "x0tta6bl4_node_link_down_events_total",
+        'x0tta6bl4_node_handshakes_total{result="ok"}',
+        "x0tta6bl4_node_pq_svid_expiry_timestamp_seconds",
+        "x0tta6bl4_node_route_count 2.0",
+    ):
+        assert name in metrics
+
+    # Every controller down: links, routes and forwarding keep working.
+    mesh.stop_controller()
+    mesh.wait(lambda: mesh.get("n1", "/v1/status").json()["controller_reachable"] is False)
+    assert mesh.ping("n1", "n3")["received"] == 2
+    assert mesh.get("n1", "/ready").status_code == 200
+
+    # A node restarts with the same key (state dir) and rejoins; the controller returns.
+    key_before = (mesh.tmp / "n3" / "node-key.pem").read_bytes()
+    mesh.stop_node("n3")
+    mesh.start_controller()
+    mesh.start_node("n3")
+    mesh.wait(lambda: mesh.get("n3", "/ready").status_code == 200)
+    mesh.wait(mesh.all_routes)
+    assert (mesh.tmp / "n3" / "node-key.pem").read_bytes() == key_before
+    assert mesh.ping("n1", "n3")["received"] == 2
+    mesh.wait(lambda: mesh.get("n1", "/v1/status").json()["controller_reachable"] is True)
