@@ -15,6 +15,7 @@ from x0tta6bl4.commands import controller as controller_cmd
 from x0tta6bl4.commands import identity as identity_cmd
 from x0tta6bl4.commands import node as node_cmd
 from x0tta6bl4.commands import ping as ping_cmd
+from x0tta6bl4.commands import up as up_cmd
 from x0tta6bl4.commands import version as version_cmd
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ app.add_typer(identity_cmd.app, name="identity")
 app.command("node", help="Run the mesh node agent.")(node_cmd.node)
 app.command("ping", help="Ping a mesh node through the local node.")(ping_cmd.ping)
 app.command("check", help="Check a cluster or a local mesh.")(check_cmd.check)
+app.command("up", help="Run the whole mesh on this machine, live.")(up_cmd.up)
 
 
 def main() -> None:

@@ -1,0 +1,146 @@
+"""``x0tta6bl4 up``: the whole mesh on this machine — issuer, controller(s), nodes — in one command.
+
+Exit status: 0 when the mesh was healthy at the end (every node ready, every ordered pair
+answered a mesh ping, nothing left running), 1 when it was not, 2 for bad input or a missing
+prerequisite (nothing is started then), 130 when interrupted while starting.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["up"]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"x0tta6bl4 up: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def up(  # noqa: PLR0917 - one parameter per flag
+    nodes: Annotated[
+        int, typer.Option("--nodes", "-n", envvar="X0_NODES", help="mesh nodes to start")
+    ] = 10,
+    controllers: Annotated[
+        int,
+        typer.Option(
+            "--controllers", envvar="X0_CONTROLLERS", help="controller replicas (>1 needs etcd)"
+        ),
+    ] = 1,
+    store: Annotated[
+        str,
+        typer.Option("--store", envvar="X0_UP_STORE", help="controller store: sqlite or etcd"),
+    ] = "sqlite",
+    tun: Annotated[
+        bool,
+        typer.Option("--tun", envvar="X0_TUN", help="overlay TUN interfaces (root, /dev/net/tun)"),
+    ] = False,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--for",
+            envvar="X0_FOR",
+            help="run this many seconds, then check health, print a summary and stop",
+        ),
+    ] = None,
+    chaos: Annotated[
+        bool,
+        typer.Option("--chaos", envvar="X0_CHAOS", help="kill and restart random nodes"),
+    ] = False,
+    chaos_interval: Annotated[
+        float,
+        typer.Option("--chaos-interval", envvar="X0_CHAOS_INTERVAL", help="seconds between kills"),
+    ] = 5.0,
+    json_output: Annotated[
+        bool, typer.Option("--json", envvar="X0_JSON", help="print the summary as JSON on stdout")
+    ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            envvar="X0_STATE_DIR",
+            help="keep state (keys, CA, store, logs) here and reuse it next time "
+            "(default: a temporary directory removed at exit)",
+        ),
+    ] = None,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            envvar="X0_PORT",
+            help="controller HTTP port (further controllers: the next ports); 0 = any free port",
+        ),
+    ] = 0,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            "--ready-timeout", envvar="X0_READY_TIMEOUT", help="seconds to wait for readiness"
+        ),
+    ] = 120.0,
+) -> None:
+    """Start a local staging mesh (embedded SPIFFE issuer, controller, N mesh nodes as
+    separate processes), show it live, and stop it cleanly on Ctrl-C or after --for."""
+    import asyncio
+
+    from rich.console import Console
+
+    from x0tta6bl4.local.config import UpConfig
+    from x0tta6bl4.local.errors import LocalStagingError, StartupError
+    from x0tta6bl4.local.run import run_up
+    from x0tta6bl4.local.stack import StopRequested
+
+    if store not in ("sqlite", "etcd"):
+        _fail(f"--store must be sqlite or etcd, not {store!r}")
+    config = UpConfig(
+        nodes=nodes,
+        controllers=controllers,
+        store="etcd" if store == "etcd" else "sqlite",
+        tun=tun,
+        duration=duration,
+        chaos=chaos,
+        chaos_interval=chaos_interval,
+        state_dir=state_dir,
+        port=port,
+        ready_timeout=ready_timeout,
+    )
+    try:
+        config.check()
+    except LocalStagingError as err:
+        _fail(str(err))
+    console = Console(stderr=json_output)
+    live = console.is_terminal and not json_output
+    try:
+        summary = asyncio.run(run_up(config, console, live=live))
+    except StartupError as err:
+        _fail(str(err), 1)
+        return
+    except LocalStagingError as err:
+        _fail(str(err))
+        return
+    except (StopRequested, KeyboardInterrupt, asyncio.CancelledError):
+        typer.echo("x0tta6bl4 up: interrupted; everything was stopped", err=True)
+        raise typer.Exit(130) from None
+    if json_output:
+        sys.stdout.write(json.dumps(summary.to_json(), indent=2) + "\n")
+    else:
+        verdict = "[green]healthy[/]" if summary.healthy else "[red]NOT healthy[/]"
+        console.print(
+            f"{verdict}: {summary.ready}/{summary.nodes} nodes ready, "
+            f"{summary.reachable_pairs}/{summary.total_pairs} pairs reachable by mesh ping",
+            highlight=False,
+        )
+        for event in summary.heal_events:
+            console.print(
+                f"  heal {event.node}: detected {event.mttd_ms} ms, repaired {event.mttr_ms} ms,"
+                f" rejoined {event.rejoin_ms} ms",
+                highlight=False,
+            )
+        if summary.unreachable:
+            shown = ", ".join(f"{a}→{b}" for a, b in summary.unreachable[:10])
+            console.print(f"  unreachable: {shown}", highlight=False)
+    raise typer.Exit(0 if summary.healthy else 1)

@@ -1,0 +1,124 @@
+"""A local etcd cluster for ``up --store etcd``: members from Debian's ``etcd`` binary.
+
+:class:`EtcdPlan` chooses names, ports and data directories and builds the command line of
+each member (``--initial-cluster-state=new`` on a fresh data directory, ``existing`` when a
+kept ``--state-dir`` already holds one, so a rerun finds its data again). The members run under
+the :class:`~x0tta6bl4.local.supervisor.Supervisor` like every other component; readiness is
+etcd's own ``/health`` on the client port. Stopping is the supervisor's SIGTERM, which etcd
+handles cleanly. A missing binary is a :class:`~x0tta6bl4.local.errors.PrerequisiteError`
+that says how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from x0tta6bl4.local.errors import PrerequisiteError
+from x0tta6bl4.local.ports import PortAllocator
+from x0tta6bl4.local.supervisor import ProcessSpec
+
+__all__ = ["ETCD_INSTALL_HINT", "EtcdMember", "EtcdPlan", "find_etcd"]
+
+ETCD_INSTALL_HINT = (
+    "--store etcd needs the etcd server binary, which is not installed: run "
+    "`apt-get install etcd-server` (or `make system`), or use --store sqlite"
+)
+
+
+def find_etcd() -> str:
+    """Path of the ``etcd`` binary; :class:`PrerequisiteError` with the install hint if none."""
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.access("/usr/bin/etcd", os.X_OK):
+        return "/usr/bin/etcd"
+    raise PrerequisiteError(ETCD_INSTALL_HINT)
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    """One member: name, loopback ports, data directory."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+
+class EtcdPlan:
+    """The members of a local cluster of ``size`` under ``base`` and their process specs."""
+
+    def __init__(self, base: Path, logs: Path, ports: PortAllocator, size: int = 3) -> None:
+        if size < 1:
+            raise ValueError("an etcd cluster needs at least one member")
+        self.binary = find_etcd()
+        self.logs = logs
+        self.members = [
+            EtcdMember(
+                name=f"etcd-{index}",
+                client_port=ports.free("tcp"),
+                peer_port=ports.free("tcp"),
+                data_dir=base / f"m{index}",
+            )
+            for index in range(size)
+        ]
+        # A kept state dir: the members' data says who is in the cluster (ports may differ
+        # from the last run, so it is simplest and safe to start the cluster anew).
+        for member in self.members:
+            if member.data_dir.exists():
+                shutil.rmtree(member.data_dir)
+
+    @property
+    def store_url(self) -> str:
+        """The controllers' ``--store`` URL naming every member."""
+        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+
+    def env(self) -> dict[str, str]:
+        """Environment for the members (etcd 3.4 refuses non-amd64 unless told)."""
+        env: dict[str, str] = {}
+        machine = platform.machine().lower()
+        if machine not in ("x86_64", "amd64"):
+            env["ETCD_UNSUPPORTED_ARCH"] = {"aarch64": "arm64"}.get(machine, machine)
+        return env
+
+    def specs(self, token: str) -> list[ProcessSpec]:
+        """One process spec per member (``token`` names this cluster)."""
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        return [
+            ProcessSpec(
+                name=member.name,
+                kind="etcd",
+                log=self.logs / f"{member.name}.log",
+                env=self.env(),
+                argv=[
+                    self.binary,
+                    f"--name={member.name}",
+                    f"--data-dir={member.data_dir}",
+                    f"--listen-client-urls={member.client_url}",
+                    f"--advertise-client-urls={member.client_url}",
+                    f"--listen-peer-urls={member.peer_url}",
+                    f"--initial-advertise-peer-urls={member.peer_url}",
+                    f"--initial-cluster={initial}",
+                    "--initial-cluster-state=new",
+                    f"--initial-cluster-token={token}",
+                    "--heartbeat-interval=50",
+                    "--election-timeout=500",
+                    "--logger=zap",
+                    "--log-outputs=stderr",
+                    "--log-level=warn",
+                ],
+            )
+            for member in self.members
+        ]

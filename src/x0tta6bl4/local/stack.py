@@ -1,0 +1,410 @@
+"""The local staging mesh: issuer, etcd (optional), controllers and nodes as OS processes.
+
+:class:`Staging` starts the components in dependency order, waits for each one's own
+readiness signal, and stops everything again::
+
+    identity issuer  (x0tta6bl4 identity serve)  ready: its Workload API socket accepts
+    etcd × 3         (--store etcd)              ready: /health on each client port
+    controller × M   (x0tta6bl4 controller)      ready: GET /ready = 200
+    node × N         (x0tta6bl4 node)            ready: GET /ready = 200 (registered, linked)
+
+Every local process runs as the same uid, so the issuer has one entry (this uid →
+``spiffe://<td>/ns/local/sa/x0tta6bl4-app``): all nodes share that SPIFFE ID and are told apart
+by node ID, as in the cluster (docs/runtime-contract.md, "Identities"). One mesh CA (created
+under the state directory on first use, reused later) signs for every controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from x0tta6bl4.local.config import UpConfig
+from x0tta6bl4.local.errors import StartupError
+from x0tta6bl4.local.etcd import EtcdPlan
+from x0tta6bl4.local.observe import NodeView, fetch_nodes, routed_pairs
+from x0tta6bl4.local.ports import PortAllocator
+from x0tta6bl4.local.statedir import StateDir
+from x0tta6bl4.local.supervisor import Managed, ProcessSpec, Supervisor, x0_command
+
+__all__ = ["STOP_ORDER", "NodeHandle", "Staging", "StartProgress", "StopRequested"]
+
+#: Kinds in the order they are stopped (the reverse of starting).
+STOP_ORDER = ("node", "controller", "etcd", "issuer")
+#: SIGTERM grace per kind before SIGKILL. A controller waits for open long-poll watches when
+#: it shuts down; by then every node is gone and its store is either disposable or etcd.
+STOP_GRACE = {"node": 5.0, "controller": 2.0, "etcd": 8.0, "issuer": 5.0}
+_POLL = 0.1
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """Ctrl-C / SIGTERM arrived while starting."""
+
+
+class StartProgress(Protocol):
+    """Where start-up reports its progress (a rich progress bar, or plain lines)."""
+
+    def phase(self, name: str, total: int) -> None:
+        """A phase with ``total`` steps begins."""
+
+    def advance(self, name: str, label: str) -> None:
+        """One step of phase ``name`` is done."""
+
+
+@dataclass(frozen=True)
+class NodeHandle:
+    """Where one node listens."""
+
+    node_id: str
+    udp_port: int
+    http_port: int
+    controller_url: str
+    state_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class Staging:
+    """One local mesh (see the module docstring). Use :meth:`start`, then :meth:`close`."""
+
+    def __init__(self, config: UpConfig, stop: asyncio.Event) -> None:
+        config.check()
+        self.config = config
+        self.stop_event = stop
+        self.supervisor = Supervisor(
+            {k: v for k, v in os.environ.items() if not k.startswith(("X0_", "SPIFFE_"))}
+        )
+        self.ports = PortAllocator(config.host)
+        self.state: StateDir | None = None
+        self.controller_urls: list[str] = []
+        self.nodes: dict[str, NodeHandle] = {}
+        self.spiffe_socket: Path | None = None
+        self.etcd: EtcdPlan | None = None
+        self.started_at = time.monotonic()
+        self.startup_s = 0.0
+        # Fail on a taken port before creating anything.
+        self._controller_ports = [
+            self.ports.take(config.port + i if config.port else 0, "tcp", f"controller-{i}")
+            for i in range(config.controllers)
+        ]
+
+    # ----------------------------------------------------------------- names and urls
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{self.config.trust_domain}/ns/local/sa/x0tta6bl4-app"
+
+    @property
+    def controller_url(self) -> str:
+        return self.controller_urls[0] if self.controller_urls else ""
+
+    @property
+    def ui_url(self) -> str:
+        return f"{self.controller_url}/ui" if self.controller_url else ""
+
+    @property
+    def node_urls(self) -> dict[str, str]:
+        return {name: handle.url for name, handle in self.nodes.items()}
+
+    def node_ids(self) -> list[str]:
+        width = max(2, len(str(self.config.nodes)))
+        return [f"node-{i:0{width}d}" for i in range(1, self.config.nodes + 1)]
+
+    # ----------------------------------------------------------------- start
+
+    async def start(self, progress: StartProgress) -> None:
+        """Start every component and wait until all are ready and every pair is routed."""
+        self.state = StateDir(self.config.state_dir)
+        async with httpx.AsyncClient() as client:
+            await self._start_issuer(progress)
+            store_url = None
+            if self.config.store == "etcd":
+                store_url = await self._start_etcd(progress, client)
+            self._ensure_mesh_ca()
+            await self._start_controllers(progress, client, store_url)
+            await self._start_nodes(progress, client)
+            await self._wait_routed(progress, client)
+        self.startup_s = time.monotonic() - self.started_at
+
+    def _spec(self, name: str, kind: str, argv: list[str]) -> ProcessSpec:
+        assert self.state is not None
+        return ProcessSpec(name=name, kind=kind, argv=argv, log=self.state.log(name))
+
+    async def _start_issuer(self, progress: StartProgress) -> None:
+        assert self.state is not None
+        progress.phase("identity issuer", 1)
+        self.spiffe_socket = self.state.socket("workload.sock")
+        managed = self.supervisor.start(
+            self._spec(
+                "issuer",
+                "issuer",
+                x0_command(
+                    "identity",
+                    "serve",
+                    "--socket",
+                    str(self.spiffe_socket),
+                    "--trust-domain",
+                    self.config.trust_domain,
+                    "--entry",
+                    f"{os.getuid()}={self.spiffe_id}",
+                    "--state-dir",
+                    str(self.state.root),
+                ),
+            )
+        )
+        socket_path = self.spiffe_socket
+
+        async def accepting() -> bool:
+            if not socket_path.exists():
+                return False
+            try:
+                _, writer = await asyncio.open_unix_connection(str(socket_path))
+            except OSError:
+                return False
+            writer.close()
+            await writer.wait_closed()
+            return True
+
+        await self._wait({"issuer": accepting}, {"issuer": managed}, progress, "identity issuer")
+
+    async def _start_etcd(self, progress: StartProgress, client: httpx.AsyncClient) -> str:
+        assert self.state is not None
+        plan = EtcdPlan(self.state.sub("etcd"), self.state.sub("logs"), self.ports, size=3)
+        self.etcd = plan
+        progress.phase("etcd", len(plan.members))
+        token = f"x0up-{os.getpid()}-{time.time_ns()}"
+        started = {spec.name: self.supervisor.start(spec) for spec in plan.specs(token)}
+
+        def healthy(url: str) -> Callable[[], Awaitable[bool]]:
+            async def probe() -> bool:
+                try:
+                    answer = await client.get(f"{url}/health", timeout=2.0)
+                    return bool(answer.status_code == 200 and answer.json().get("health") == "true")
+                except (httpx.HTTPError, ValueError):
+                    return False
+
+            return probe
+
+        await self._wait(
+            {m.name: healthy(m.client_url) for m in plan.members}, started, progress, "etcd"
+        )
+        return plan.store_url
+
+    def _ensure_mesh_ca(self) -> None:
+        from x0tta6bl4.controller.ca import init_ca_dir
+
+        assert self.state is not None
+        ca_dir = self.state.sub("mesh-ca")
+        if not (ca_dir / "ca.crt").exists() or not (ca_dir / "ca.key").exists():
+            init_ca_dir(ca_dir, trust_domain=self.config.trust_domain)
+
+    async def _start_controllers(
+        self, progress: StartProgress, client: httpx.AsyncClient, store_url: str | None
+    ) -> None:
+        assert self.state is not None
+        assert self.spiffe_socket is not None
+        progress.phase("controllers", self.config.controllers)
+        ca_dir = self.state.sub("mesh-ca")
+        started: dict[str, Managed] = {}
+        probes: dict[str, Callable[[], Awaitable[bool]]] = {}
+        for index, port in enumerate(self._controller_ports):
+            name = f"controller-{index}"
+            state_dir = self.state.sub(name)
+            url = f"http://{self.config.host}:{port}"
+            self.controller_urls.append(url)
+            store = store_url or f"sqlite:///{state_dir / 'controller.db'}"
+            started[name] = self.supervisor.start(
+                self._spec(
+                    name,
+                    "controller",
+                    x0_command(
+                        "controller",
+                        "--listen",
+                        f"{self.config.host}:{port}",
+                        "--store",
+                        store,
+                        "--state-dir",
+                        str(state_dir),
+                        "--trust-domain",
+                        self.config.trust_domain,
+                        "--spiffe-socket",
+                        str(self.spiffe_socket),
+                        "--ca-cert-file",
+                        str(ca_dir / "ca.crt"),
+                        "--ca-key-file",
+                        str(ca_dir / "ca.key"),
+                        "--log-format",
+                        "json",
+                    ),
+                )
+            )
+            probes[name] = self._http_ready(client, url)
+        await self._wait(probes, started, progress, "controllers")
+
+    def _node_spec(self, handle: NodeHandle) -> ProcessSpec:
+        assert self.spiffe_socket is not None
+        host = self.config.host
+        argv = x0_command(
+            "node",
+            "--controller",
+            handle.controller_url,
+            "--listen-udp",
+            f"{host}:{handle.udp_port}",
+            "--advertise",
+            f"{host}:{handle.udp_port}",
+            "--http",
+            f"{host}:{handle.http_port}",
+            "--node-id",
+            handle.node_id,
+            "--state-dir",
+            str(handle.state_dir),
+            "--spiffe-socket",
+            str(self.spiffe_socket),
+            "--trust-domain",
+            self.config.trust_domain,
+            "--heartbeat-interval",
+            f"{self.config.heartbeat_interval:g}",
+            "--dead-after",
+            str(self.config.dead_after),
+            "--log-format",
+            "json",
+        )
+        if self.config.tun:
+            argv.append("--tun")
+        return self._spec(handle.node_id, "node", argv)
+
+    async def _start_nodes(self, progress: StartProgress, client: httpx.AsyncClient) -> None:
+        assert self.state is not None
+        progress.phase("nodes", self.config.nodes)
+        started: dict[str, Managed] = {}
+        probes: dict[str, Callable[[], Awaitable[bool]]] = {}
+        for index, node_id in enumerate(self.node_ids()):
+            handle = NodeHandle(
+                node_id=node_id,
+                udp_port=self.ports.free("udp"),
+                http_port=self.ports.free("tcp"),
+                controller_url=self.controller_urls[index % len(self.controller_urls)],
+                state_dir=self.state.sub("nodes", node_id),
+            )
+            self.nodes[node_id] = handle
+            started[node_id] = self.supervisor.start(self._node_spec(handle))
+            probes[node_id] = self._http_ready(client, handle.url)
+        await self._wait(probes, started, progress, "nodes")
+
+    async def _wait_routed(self, progress: StartProgress, client: httpx.AsyncClient) -> None:
+        names = list(self.nodes)
+        total = len(names) * (len(names) - 1)
+        progress.phase("routes", total)
+        done = 0
+        deadline = time.monotonic() + self.config.ready_timeout
+        while True:
+            self._check_stop()
+            views = await fetch_nodes(client, self.node_urls)
+            routed, _ = routed_pairs(views, names)
+            for _ in range(done, routed):
+                progress.advance("routes", "pair routed")
+            done = max(done, routed)
+            if routed == total:
+                return
+            self._check_exited({n: self.supervisor.processes[n] for n in names})
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    f"only {routed} of {total} node pairs had a route after "
+                    f"{self.config.ready_timeout:g} s; logs: {self._logs_dir()}"
+                )
+            await asyncio.sleep(0.2)
+
+    # ----------------------------------------------------------------- waiting
+
+    @staticmethod
+    def _http_ready(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[bool]]:
+        async def probe() -> bool:
+            try:
+                answer = await client.get(f"{url}/ready", timeout=2.0)
+            except httpx.HTTPError:
+                return False
+            return answer.status_code == 200
+
+        return probe
+
+    def _logs_dir(self) -> str:
+        return str(self.state.root / "logs") if self.state is not None else "?"
+
+    def _check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise StopRequested
+
+    def _check_exited(self, processes: Mapping[str, Managed]) -> None:
+        for name, managed in processes.items():
+            if not managed.running:
+                raise StartupError(
+                    f"{name} exited with status {managed.returncode} while starting; "
+                    f"its log ({managed.spec.log}) ends with:\n{managed.log_tail()}"
+                )
+
+    async def _wait(
+        self,
+        probes: Mapping[str, Callable[[], Awaitable[bool]]],
+        processes: Mapping[str, Managed],
+        progress: StartProgress,
+        phase: str,
+    ) -> None:
+        pending = dict(probes)
+        deadline = time.monotonic() + self.config.ready_timeout
+        while pending:
+            self._check_stop()
+            names = list(pending)
+            results = await asyncio.gather(*(pending[n]() for n in names))
+            for name, ok in zip(names, results, strict=True):
+                if ok:
+                    del pending[name]
+                    progress.advance(phase, name)
+            if not pending:
+                return
+            self._check_exited({n: processes[n] for n in pending})
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    f"not ready after {self.config.ready_timeout:g} s: "
+                    f"{', '.join(sorted(pending))}; logs: {self._logs_dir()}"
+                )
+            await asyncio.sleep(_POLL)
+
+    # ----------------------------------------------------------------- running
+
+    async def observe(self, client: httpx.AsyncClient) -> dict[str, NodeView]:
+        """Every node's view of itself (``/ready`` + ``/v1/status``)."""
+        return await fetch_nodes(client, self.node_urls)
+
+    def kill_node(self, node_id: str) -> None:
+        """SIGKILL a node's process group (chaos)."""
+        self.supervisor.kill(node_id)
+
+    def restart_node(self, node_id: str) -> None:
+        """Start a killed node again: same identity, same ports."""
+        self.supervisor.restart(node_id)
+
+    # ----------------------------------------------------------------- stop
+
+    def close(self) -> tuple[list[int], list[str]]:
+        """Stop everything; remove sockets and (unless kept) state.
+
+        Returns (pids that survived, paths left in the runtime directory) — both normally
+        empty; the caller reports them.
+        """
+        survivors = self.supervisor.stop_all(STOP_ORDER, timeouts=STOP_GRACE)
+        leftovers: list[str] = []
+        if self.state is not None:
+            runtime = self.state.runtime
+            if runtime.exists():
+                leftovers = sorted(str(p) for p in runtime.iterdir())
+            self.state.cleanup()
+        return survivors, leftovers
