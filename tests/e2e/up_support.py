@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,3 +77,55 @@ def assert_clean(run: UpRun) -> None:
     assert left == [], f"processes left behind: {left}"
     leftovers = sorted(str(p) for p in run.tmpdir.rglob("*"))
     assert leftovers == [], f"files left in TMPDIR: {leftovers}"
+
+
+class RunningUp:
+    """``x0tta6bl4 up ARGS`` in the background; :meth:`wait_for_line` follows its stderr."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.marker = secrets.token_hex(8)
+        self.tmpdir = tmp_path / "tmp"
+        self.tmpdir.mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("X0_", "SPIFFE_"))} | {
+            MARKER_VAR: self.marker,
+            "TMPDIR": str(self.tmpdir),
+            "COLUMNS": "120",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "x0tta6bl4", "up", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, needle: str, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} never appeared; stderr:\n{''.join(self.lines)}")
+
+    def interrupt(self, timeout: float = 60.0) -> UpRun:
+        """Ctrl-C (SIGINT) and wait for the exit."""
+        self.proc.send_signal(signal.SIGINT)
+        stdout, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=5)
+        return UpRun(self.proc.returncode, stdout, "".join(self.lines), self.marker, self.tmpdir)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -32,6 +32,7 @@ from spiffe import JwtBundleSet
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from x0tta6bl4 import __version__
+from x0tta6bl4.controller import ui
 from x0tta6bl4.controller.api import routes_mesh, routes_nodes
 from x0tta6bl4.controller.api.errors import ApiError, error_body
 from x0tta6bl4.controller.api.schemas import HealthResponse, ReadyResponse
@@ -430,4 +431,5 @@ def create_app(
     _install_system_routes(app, state)
     app.include_router(routes_nodes.router)
     app.include_router(routes_mesh.router)
+    app.include_router(ui.router)  # read-only topology page (controller/ui.py)
     return app
