@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +40,9 @@ from x0tta6bl4.node.control import Admission, ControlClient, ControllerError
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.model import AppMessage, CoreConfig, Member, NodeIdentity
 from x0tta6bl4.node.udp import MeshEndpoint
+
+if TYPE_CHECKING:
+    from x0tta6bl4.node.tun import TunBridge
 
 __all__ = ["JWT_AUDIENCE", "NodeAgent", "load_or_create_key"]
 
@@ -92,6 +95,8 @@ class NodeAgent:
         self._source: Any = None
         self._member_cache: dict[tuple[str, float], bytes] = {}
         self.revision = 0
+        #: TUN mode (``--tun``): the overlay interface wired to the data plane.
+        self.tun: TunBridge | None = None
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -123,6 +128,8 @@ class NodeAgent:
         }
         if core is not None:
             base.update(core.status())
+        if self.tun is not None:
+            base["tun"] = self.tun.status()
         return base
 
     def resolve(self, target: str) -> str:
@@ -166,6 +173,9 @@ class NodeAgent:
         return self.endpoint
 
     def _on_app(self, message: AppMessage) -> None:
+        if self.tun is not None and message.channel == self.tun.channel:
+            self.tun.deliver(message)
+            return
         with contextlib.suppress(asyncio.QueueFull):
             self.app_inbox.put_nowait(message)
 
@@ -213,6 +223,8 @@ class NodeAgent:
         self.controller_ok = True
         if self.endpoint is not None:
             self.endpoint.call(lambda core, now: core.set_identity(identity, now))
+        if self.tun is not None and self.endpoint is not None:
+            await self.tun.set_address(admission.overlay_ip)
         _log.info(
             "node.registered" if not renew else "node.renewed",
             node_id=self.node_id,
@@ -244,6 +256,14 @@ class NodeAgent:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind((host, port))
         self._advertise = self.settings.resolved_advertise(sock.getsockname()[1])
+        if self.settings.tun:
+            from x0tta6bl4.node.tun import TunBridge
+
+            try:
+                self.tun = TunBridge.open()  # fail fast: before registering
+            except OSError:
+                sock.close()
+                raise
         self._client = ControlClient(self.settings.controller, self._tokens)
         server_task: asyncio.Task[None] | None = None
         if http:
@@ -264,6 +284,8 @@ class NodeAgent:
                 sock=sock,
             )
             self.endpoint = protocol
+            if self.tun is not None and identity.overlay_ip is not None:
+                await self.tun.start(protocol, identity.overlay_ip)
             tasks = [
                 asyncio.create_task(self._watch_loop(stop)),
                 asyncio.create_task(self._status_loop(stop)),
@@ -276,6 +298,8 @@ class NodeAgent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self.tun is not None:
+                self.tun.close()
             if self.endpoint is not None:
                 self.endpoint.close()
             else:
@@ -330,6 +354,8 @@ class NodeAgent:
             core.set_members(members, now)
 
         mesh.call(apply)
+        if self.tun is not None:
+            await self.tun.set_members(members)
         self.revision = max(self.revision, int(listing.get("revision", 0)))
         self.controller_ok = True
 

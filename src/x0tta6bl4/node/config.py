@@ -47,8 +47,6 @@ class NodeSettings:
             raise ValueError(f"--controller must be an http(s) URL, got {self.controller!r}")
         if not 0.005 <= self.heartbeat_interval <= 60:
             raise ValueError("--heartbeat-interval must be within 0.005..60 seconds")
-        if self.tun:
-            raise ValueError("--tun: TUN mode is not implemented yet (see docs/node.md)")
         if not 1 <= self.dead_after <= 100:
             raise ValueError("--dead-after must be within 1..100")
 
