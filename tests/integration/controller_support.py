@@ -191,3 +191,36 @@ def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 30
             last = repr(err)
         time.sleep(0.05)
     raise AssertionError(f"controller not ready after {timeout} s: {last}")
+
+
+class ServerThread:
+    """An ASGI app on a real uvicorn server in a background thread (its own event loop)."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = port if port is not None else free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)

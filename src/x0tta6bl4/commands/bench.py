@@ -62,3 +62,30 @@ def handshake(
 
     result = run(iterations=iterations)
     typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command("api")
+def api(
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
+    ] = False,
+    duration: Annotated[
+        float,
+        typer.Option(
+            "--duration",
+            envvar="X0_BENCH_DURATION",
+            min=0.5,
+            help="Seconds of /health load per server (split into rounds).",
+        ),
+    ] = 6.0,
+    nodes: Annotated[
+        int, typer.Option("--nodes", envvar="X0_BENCH_NODES", min=1, help="Nodes registered.")
+    ] = 1000,
+) -> None:
+    """Controller /health vs a bare ASGI app on the same stack; GET of all nodes."""
+    import json
+
+    from x0tta6bl4.bench.api import format_table, run
+
+    result = run(nodes=nodes, duration=duration)
+    typer.echo(json.dumps(result) if as_json else format_table(result))

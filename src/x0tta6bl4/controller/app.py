@@ -2,12 +2,13 @@
 
 Layers, outermost first:
 
-1. :class:`_Edge` (plain ASGI): answers ``GET /health`` itself (liveness probes must stay
-   cheap whatever the framework costs), rejects bodies above ``max_body_bytes`` with 413
-   (by ``Content-Length`` and while streaming), and records the request metrics
+1. :class:`ControllerApp` answers ``GET /health`` itself before any framework machinery
+   (liveness probes must stay cheap whatever the framework costs);
+2. :class:`_Edge` (plain ASGI middleware) rejects bodies above ``max_body_bytes`` with 413
+   (by ``Content-Length`` and while streaming) and records the request metrics
    (``x0tta6bl4_api_requests_total{method,route,status}`` with the route *template*, and the
    duration histogram);
-2. FastAPI: routing, request validation against the schemas that also generate
+3. FastAPI: routing, request validation against the schemas that also generate
    ``/openapi.json``, and the JSON error answers ``{"error": ..., "detail": ...}``.
 
 The lifespan opens the store, loads the mesh CA, starts the JWT bundle refresher and the
@@ -34,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from x0tta6bl4 import __version__
 from x0tta6bl4.controller import ui
 from x0tta6bl4.controller.api import routes_mesh, routes_nodes
+from x0tta6bl4.controller.api.deps import State
 from x0tta6bl4.controller.api.errors import ApiError, error_body
 from x0tta6bl4.controller.api.schemas import HealthResponse, ReadyResponse
 from x0tta6bl4.controller.auth import Authenticator, read_admin_token
@@ -49,12 +51,21 @@ from x0tta6bl4.controller.store.errors import StoreError, StoreUnavailableError
 from x0tta6bl4.controller.store.url import open_store
 from x0tta6bl4.logging import get_logger
 
-__all__ = ["EXPIRY_LEADER_NAME", "create_app"]
+__all__ = ["EXPIRY_LEADER_NAME", "ControllerApp", "create_app", "openapi_document"]
 
 _log = get_logger(__name__)
 
 EXPIRY_LEADER_NAME = "node-expiry"
 _HEALTH_BODY = b'{"status":"ok"}'
+_HEALTH_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_HEALTH_BODY)).encode()),
+    ],
+}
+_HEALTH_BODY_MESSAGE = {"type": "http.response.body", "body": _HEALTH_BODY}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -71,8 +82,41 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request bodies are limited to {limit} bytes")
 
 
+class ControllerApp(FastAPI):
+    """The FastAPI app, answering ``GET /health`` before any framework machinery.
+
+    Liveness probes are the most frequent request and must stay cheap whatever the framework
+    costs; the answer and its metrics are the same as every other route's.
+    """
+
+    _health_count: Any = None
+    _health_time: Any = None
+
+    def bind_health_metrics(self, metrics: ControllerMetrics) -> None:
+        """Count ``/health`` in ``metrics`` (children bound once)."""
+        self._health_count = metrics.api_requests.labels(
+            method="GET", route="/health", status="200"
+        )
+        self._health_time = metrics.api_duration.labels(method="GET", route="/health")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self._health_count is not None
+            and scope["type"] == "http"
+            and scope["path"] == "/health"
+            and scope["method"] == "GET"
+        ):
+            start = time.perf_counter()
+            await send(_HEALTH_START)
+            await send(_HEALTH_BODY_MESSAGE)
+            self._health_count.inc()
+            self._health_time.observe(time.perf_counter() - start)
+            return
+        await super().__call__(scope, receive, send)
+
+
 class _Edge:
-    """Health shortcut, body-size limit and request metrics around the FastAPI app."""
+    """Body-size limit and request metrics around the FastAPI routes."""
 
     def __init__(self, app: ASGIApp, metrics: ControllerMetrics, max_body: int) -> None:
         self.app = app
@@ -85,10 +129,6 @@ class _Edge:
             return
         method: str = scope["method"]
         start = time.perf_counter()
-        if scope["path"] == "/health" and method in ("GET", "HEAD"):
-            await _send_bytes(send, 200, _HEALTH_BODY if method == "GET" else b"")
-            self._observe(method, "/health", 200, start)
-            return
         status_box = [500]
 
         async def send_wrapper(message: Message) -> None:
@@ -224,7 +264,7 @@ def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
 # --------------------------------------------------------------------------- system routes
 
 
-def _install_system_routes(app: FastAPI, state: ControllerState) -> None:
+def _install_system_routes(app: FastAPI) -> None:
     @app.get("/health", response_model=HealthResponse, tags=["system"], summary="Liveness")
     async def health() -> dict[str, str]:
         """Always 200 while the process serves requests (answered by the edge layer)."""
@@ -237,7 +277,7 @@ def _install_system_routes(app: FastAPI, state: ControllerState) -> None:
         tags=["system"],
         summary="Readiness: store reachable and mesh CA loaded",
     )
-    async def ready() -> Response:
+    async def ready(state: State) -> Response:
         """200 when the store answers a ping and the mesh CA is loaded, else 503."""
         reasons: list[str] = []
         store_ok = state.store_open and await state.store.ping()
@@ -265,7 +305,7 @@ def _install_system_routes(app: FastAPI, state: ControllerState) -> None:
         response_class=Response,
         responses={200: {"content": {"text/plain": {}}}},
     )
-    async def metrics() -> Response:
+    async def metrics(state: State) -> Response:
         """Prometheus text exposition (see docs/metrics.md)."""
         await _refresh_gauges(state)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -330,7 +370,7 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     expiry: bool = True,
-) -> FastAPI:
+) -> ControllerApp:
     """Build the controller app for ``settings``.
 
     ``jwt_bundle_fetch`` returns the JWT bundles (default: fetched from the Workload API at
@@ -414,7 +454,16 @@ def create_app(
             await the_store.close()
             _log.info("controller stopped")
 
-    app = FastAPI(
+    app = _build_api(lifespan)
+    app.bind_health_metrics(metrics)
+    app.state.controller = state
+    app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
+    _install_error_handlers(app, metrics)
+    return app
+
+
+def _build_api(lifespan: Any = None) -> ControllerApp:
+    app = ControllerApp(
         title="x0tta6bl4 controller",
         version=__version__,
         description=(
@@ -425,11 +474,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.controller = state
-    app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
-    _install_error_handlers(app, metrics)
-    _install_system_routes(app, state)
+    _install_system_routes(app)
     app.include_router(routes_nodes.router)
     app.include_router(routes_mesh.router)
     app.include_router(ui.router)  # read-only topology page (controller/ui.py)
     return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document every controller serves at ``/openapi.json`` (no app needed)."""
+    document: dict[str, Any] = _build_api().openapi()
+    return document
