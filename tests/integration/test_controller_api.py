@@ -517,6 +517,21 @@ async def test_watch_server_sent_events(
     assert json.loads(data[6:])["node_id"] == "node-1"
 
 
+async def test_sse_keeps_the_watch_across_keepalives(
+    tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
+) -> None:
+    async with controller(tmp_path / "ctl", identity, sse_keepalive_seconds=0.02) as (_, client):
+        headers = {**ADMIN, "Accept": "text/event-stream"}
+        stream = asyncio.create_task(
+            client.get("/api/v1/watch?from_revision=0&timeout=1.5", headers=headers)
+        )
+        await asyncio.sleep(0.3)
+        assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+        text = (await stream).text
+    assert text.index(": keep-alive") < text.index("event: node_put")
+    assert text.count("event: node_put") == 1
+
+
 # --------------------------------------------------------------------------- bundle, rotation
 
 

@@ -83,6 +83,7 @@ class ControllerSettings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     clock_skew_seconds: int = Field(default=60, ge=1, le=3600)
     watch_max_timeout: float = Field(default=60.0, gt=0, le=600)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
 
     @field_validator("listen")
     @classmethod

@@ -35,7 +35,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 410, 412, 413, 422, 503)
 }
 _WATCH_BATCH = 0.02  # seconds to collect events that arrive right after the first one
-_SSE_KEEPALIVE = 15.0
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -130,22 +129,43 @@ def event_json(event: StoreEvent) -> dict[str, Any]:
     }
 
 
-async def _next(events: AsyncIterator[StoreEvent], timeout: float) -> StoreEvent | None:
-    try:
-        return await asyncio.wait_for(anext(events), timeout)
-    except TimeoutError:
-        return None
+class _Pump:
+    """Pulls a store watch without cancelling it on a timeout (a cancelled ``__anext__`` would
+    close the generator): the pending pull survives until it yields."""
+
+    def __init__(self, events: AsyncIterator[StoreEvent]) -> None:
+        self._events = events
+        self._pending: asyncio.Future[StoreEvent] | None = None
+
+    async def next(self, timeout: float) -> StoreEvent | None:
+        """The next event, or None if none arrives within ``timeout`` seconds."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._events))
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+        if not done:
+            return None
+        pending, self._pending = self._pending, None
+        return pending.result()
+
+    async def close(self) -> None:
+        """Stop the pending pull and close the watch."""
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pending
+        with contextlib.suppress(Exception):
+            await self._events.aclose()  # type: ignore[attr-defined]
 
 
 async def _long_poll(state: ControllerState, from_revision: int, timeout: float) -> Response:
-    events = state.store.watch(from_revision)
+    pump = _Pump(state.store.watch(from_revision))
     collected: list[dict[str, Any]] = []
     try:
-        first = await _next(events, timeout)
+        first = await pump.next(timeout)
         if first is not None:
             collected.append(event_json(first))
             while len(collected) < 1000:
-                more = await _next(events, _WATCH_BATCH)
+                more = await pump.next(_WATCH_BATCH)
                 if more is None:
                     break
                 collected.append(event_json(more))
@@ -156,8 +176,7 @@ async def _long_poll(state: ControllerState, from_revision: int, timeout: float)
             f"{err}; list the nodes again and watch from the revision it returns",
         ) from None
     finally:
-        with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+        await pump.close()
     revision = collected[-1]["revision"] if collected else from_revision
     return _json({"revision": revision, "events": collected})
 
@@ -165,7 +184,7 @@ async def _long_poll(state: ControllerState, from_revision: int, timeout: float)
 async def _sse(
     state: ControllerState, request: Request, from_revision: int, timeout: float
 ) -> AsyncIterator[bytes]:
-    events = state.store.watch(from_revision)
+    pump = _Pump(state.store.watch(from_revision))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
@@ -173,7 +192,7 @@ async def _sse(
             if await request.is_disconnected():
                 return
             try:
-                event = await _next(events, min(remaining, _SSE_KEEPALIVE))
+                event = await pump.next(min(remaining, state.settings.sse_keepalive_seconds))
             except RevisionCompactedError as err:
                 data = json.dumps({"error": "revision_compacted", "detail": str(err)})
                 yield f"event: error\ndata: {data}\n\n".encode()
@@ -184,8 +203,7 @@ async def _sse(
             data = json.dumps(event_json(event), separators=(",", ":"))
             yield f"id: {event.revision}\nevent: {event.kind.value}\ndata: {data}\n\n".encode()
     finally:
-        with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+        await pump.close()
 
 
 @router.get(
