@@ -7,6 +7,8 @@ stubs or our :class:`WorkloadSource`. Rotation waits poll with a generous deadli
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -22,12 +24,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import SpiffeId, TrustDomain, WorkloadApiClient, X509BundleSet
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.workloadapi.errors import FetchX509SvidError, ValidateJwtSvidError
 
+from tests.integration.controller_support import (
+    bearer,
+    free_port,
+    register_body,
+    spawn_controller,
+    wait_ready,
+)
+from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
+from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.identity import (
     Backoff,
     IdentityError,
@@ -732,3 +746,281 @@ def test_cli_rejects_bad_entries_without_serving(workdir: Path) -> None:
     assert "Traceback" not in err
     assert not path.exists()
     assert not (workdir / "s").exists()
+
+
+# -- with a real controller and real mesh nodes ---------------------------------------------
+# Issue 3: "once the controller and node exist": registration with a real SVID succeeds and
+# with a foreign one fails; an SVID rotation leaves established mesh links up.
+
+CONTROLLER_AUDIENCE = "x0tta6bl4-controller"
+FOREIGN_TD = "foreign.example"
+MESH_NODES = ("n1", "n2", "n3")
+
+
+@contextlib.contextmanager
+def running_controller(workdir: Path, issuer: EmbeddedIssuer) -> Iterator[str]:
+    """``x0tta6bl4 controller`` (SQLite, local CA) on loopback using ``issuer``'s JWT bundles."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = workdir / "controller.log"
+    proc = spawn_controller(
+        [
+            "--listen", f"127.0.0.1:{port}",
+            "--store", f"sqlite:///{workdir / 'controller.db'}",
+            "--local-ca",
+            "--state-dir", str(workdir / "controller"),
+            "--trust-domain", TD,
+        ],
+        env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{issuer.socket_path}", "X0_LOG_FORMAT": "json"},
+        log=log,
+    )  # fmt: skip
+    try:
+        try:
+            wait_ready(base, proc, timeout=90)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{log.read_text(errors='replace')[-3000:]}") from None
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def node_token(issuer: EmbeddedIssuer, trust_domain: str = TD) -> str:
+    """A JWT-SVID for the controller audience, fetched from ``issuer`` over its Unix socket."""
+    source = WorkloadSource(issuer.socket_path, trust_domain=trust_domain, backoff=FAST)
+    token: str = source.fetch_jwt_svid(CONTROLLER_AUDIENCE).token
+    return token
+
+
+def test_registration_with_a_real_jwt_svid_succeeds_at_a_real_controller(
+    make_issuer: IssuerFactory, workdir: Path
+) -> None:
+    issuer = make_issuer(entries=[Entry(os.geteuid(), NODE_ID)])
+    key = SigningKey.generate()
+    with running_controller(workdir, issuer) as base:
+        response = httpx.post(
+            f"{base}/api/v1/nodes/register",
+            json=register_body(key, spiffe_id=str(NODE_ID), node_id="real-node"),
+            headers=bearer(node_token(issuer)),
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        admission = response.json()
+        assert admission["spiffe_id"] == str(NODE_ID)
+        # The PQ SVID chains to the returned CA bundle and certifies our key and node ID.
+        bundle = TrustBundle.from_pem(admission["trust_domain"], admission["ca_bundle"].encode())
+        cert = x509.load_pem_x509_certificate(admission["pq_svid"].encode())
+        verified = verify_svid(cert.public_bytes(serialization.Encoding.DER), bundle, time.time())
+        assert verified.public_key_bytes == key.public_bytes
+        assert verified.node_id == "real-node"
+        assert verified.spiffe_id == str(NODE_ID)
+        stored = httpx.get(
+            f"{base}/api/v1/nodes/real-node", headers=bearer(node_token(issuer)), timeout=30
+        )
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["spiffe_id"] == str(NODE_ID)
+    assert stored.json()["ml_dsa_public_key"] == base64.b64encode(key.public_bytes).decode()
+
+
+@pytest.mark.parametrize(
+    "foreign_td",
+    [
+        pytest.param(FOREIGN_TD, id="foreign-trust-domain"),
+        pytest.param(TD, id="same-trust-domain-other-issuer"),
+    ],
+)
+def test_registration_with_a_foreign_svid_is_refused_and_nothing_is_stored(
+    make_issuer: IssuerFactory, workdir: Path, foreign_td: str
+) -> None:
+    issuer = make_issuer(entries=[Entry(os.geteuid(), NODE_ID)])
+    foreign_id = workload_id(foreign_td, "x0tta6bl4", "x0tta6bl4-node")
+    foreign = make_issuer(
+        entries=[Entry(os.geteuid(), foreign_id)],
+        trust_domain=foreign_td,
+        name="foreign",
+        state="foreign-state",
+    )
+    key = SigningKey.generate()
+    with running_controller(workdir, issuer) as base:
+        before = httpx.get(
+            f"{base}/api/v1/nodes", headers=bearer(node_token(issuer)), timeout=30
+        ).json()
+        token = node_token(foreign, foreign_td)
+        response = httpx.post(
+            f"{base}/api/v1/nodes/register",
+            json=register_body(key, spiffe_id=str(foreign_id), node_id="intruder"),
+            headers=bearer(token),
+            timeout=30,
+        )
+        assert response.status_code in (401, 403), response.text
+        assert token not in response.text
+        after = httpx.get(
+            f"{base}/api/v1/nodes", headers=bearer(node_token(issuer)), timeout=30
+        ).json()
+        missing = httpx.get(
+            f"{base}/api/v1/nodes/intruder", headers=bearer(node_token(issuer)), timeout=30
+        )
+    assert after == before
+    assert "intruder" not in {n["node_id"] for n in after["nodes"]}
+    assert missing.status_code == 404
+    assert token not in (workdir / "controller.log").read_text(errors="replace")
+
+
+class NodeProcesses:
+    """``x0tta6bl4 node`` subprocesses on loopback, logging to files."""
+
+    def __init__(self, workdir: Path, base: str, issuer: EmbeddedIssuer) -> None:
+        self.workdir = workdir
+        self.base = base
+        self.env = {
+            **os.environ,
+            "SPIFFE_ENDPOINT_SOCKET": f"unix://{issuer.socket_path}",
+            "X0_LOG_FORMAT": "json",
+        }
+        self.http = {name: free_port() for name in MESH_NODES}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        udp = f"127.0.0.1:{free_port()}"
+        args = [
+            sys.executable, "-m", "x0tta6bl4", "node",
+            "--controller", self.base,
+            "--listen-udp", udp,
+            "--advertise", udp,
+            "--http", f"127.0.0.1:{self.http[name]}",
+            "--node-id", name,
+            "--state-dir", str(self.workdir / name),
+            # 3 s of silence before a link is declared down (default 0.4 s): a CPU-starved
+            # test machine must not pass for a link the rotation dropped.
+            "--heartbeat-interval", "0.1",
+            "--dead-after", "30",
+        ]  # fmt: skip
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+
+    def status(self, name: str) -> dict[str, object]:
+        body: dict[str, object] = httpx.get(
+            f"http://127.0.0.1:{self.http[name]}/v1/status", timeout=10
+        ).json()
+        return body
+
+    def wait(self, predicate: Callable[[], bool], what: str, deadline: float = 90.0) -> None:
+        def check() -> bool:
+            for name, proc in self.procs.items():
+                assert proc.poll() is None, (self.workdir / f"{name}.log").read_text()[-3000:]
+            try:
+                return predicate()
+            except httpx.HTTPError:
+                return False
+
+        wait_until(check, what, deadline)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _links(status: dict[str, object]) -> dict[str, str]:
+    links = status.get("links", [])
+    assert isinstance(links, list)
+    return {str(link["peer"]): str(link["state"]) for link in links}
+
+
+def _link_downs(nodes: NodeProcesses, name: str) -> float:
+    """The node's ``x0tta6bl4_node_link_down_events_total`` from its /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{nodes.http[name]}/metrics", timeout=10).text
+    for line in text.splitlines():
+        metric, _, value = line.partition(" ")
+        if metric == "x0tta6bl4_node_link_down_events_total":
+            return float(value)
+    raise AssertionError(f"{name} exports no x0tta6bl4_node_link_down_events_total")
+
+
+def test_svid_rotation_leaves_established_mesh_links_up(
+    make_issuer: IssuerFactory, workdir: Path
+) -> None:
+    # X.509-SVIDs live 5 s and rotate at half-life; JWT-SVIDs live min(ttl, 300 s) = 5 s, so
+    # the nodes' control-plane calls run on ever new SVIDs while the test watches the links.
+    issuer = make_issuer(entries=[Entry(os.geteuid(), NODE_ID)], svid_ttl=5.0)
+    with running_controller(workdir, issuer) as base:
+        nodes = NodeProcesses(workdir, base, issuer)
+        try:
+            for name in MESH_NODES:
+                nodes.start(name)
+
+            def linked() -> bool:
+                for name in MESH_NODES:
+                    status = nodes.status(name)
+                    others = set(MESH_NODES) - {name}
+                    routes = status.get("routes", [])
+                    assert isinstance(routes, list)
+                    if {p for p, s in _links(status).items() if s == "up"} != others:
+                        return False
+                    if {str(r["dest"]) for r in routes} != others:
+                        return False
+                return True
+
+            nodes.wait(linked, "three nodes fully linked")
+            downs = {name: _link_downs(nodes, name) for name in MESH_NODES}
+
+            updates: list[SvidUpdate] = []
+            source = WorkloadSource(issuer.socket_path, trust_domain=TD, backoff=FAST)
+            source.on_rotate(updates.append)
+            samples = 0
+            with source:
+                first = source.current
+                assert first is not None
+                first_serial = first.default_svid.leaf.serial_number
+
+                def rotated_and_refetched() -> bool:
+                    # Every sample while we wait: every link of every node is still up.
+                    nonlocal samples
+                    for name in MESH_NODES:
+                        links = _links(nodes.status(name))
+                        assert set(links.values()) == {"up"}, (name, links)
+                        samples += 1
+                    serials = {u.svid.leaf.serial_number for u in updates}
+                    if len(serials - {first_serial}) < 2:
+                        return False
+                    # Each node authenticated to the controller (PUT .../status every 5 s,
+                    # with a JWT-SVID fetched for that call) after the first rotation.
+                    listing = httpx.get(
+                        f"{base}/api/v1/nodes", headers=bearer(node_token(issuer)), timeout=10
+                    ).json()
+                    seen = {n["node_id"]: float(n["last_seen"]) for n in listing["nodes"]}
+                    return all(seen.get(name, 0.0) > rotated_at for name in MESH_NODES)
+
+                wait_until(lambda: len(updates) >= 2, "the first SVID rotation", 60)
+                rotated_at = time.time()
+                nodes.wait(rotated_and_refetched, "a second rotation and node re-authentication")
+                served = source.fetch_x509_svid().leaf.serial_number
+            assert served != first_serial
+            assert samples >= 3 * len(MESH_NODES)
+
+            for name in MESH_NODES:
+                after = nodes.status(name)
+                assert _link_downs(nodes, name) == downs[name], name
+                assert set(_links(after).values()) == {"up"}
+                assert after["registered"] is True
+                assert after["controller_reachable"] is True
+            for src, dst in (("n1", "n3"), ("n3", "n2"), ("n2", "n1")):
+                answer = httpx.get(
+                    f"http://127.0.0.1:{nodes.http[src]}/v1/ping",
+                    params={"target": dst, "count": "3", "timeout": "5"},
+                    timeout=60,
+                ).json()
+                assert answer["received"] == 3, answer
+        finally:
+            nodes.close()
