@@ -660,6 +660,37 @@ async def test_jwt_bundle_rotation_is_picked_up(tmp_path: Path, key: SigningKey)
                 assert r.status_code == 200, r.text
 
 
+async def test_silent_nodes_expire_under_the_leader(
+    tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
+) -> None:
+    async with controller(tmp_path / "ctl", identity, node_ttl=0.5) as (_, client):
+        answer = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+        r = await client.get(
+            f"/api/v1/watch?from_revision={answer['revision']}&timeout=30", headers=ADMIN
+        )
+        events = r.json()["events"]
+        assert [(e["kind"], e["node_id"]) for e in events] == [("node_deleted", "node-1")]
+        assert await _nodes(client) == []
+        metrics = (await client.get("/metrics")).text
+        assert _metric(metrics, "x0tta6bl4_nodes_expired_total") == 1.0
+        assert _metric(metrics, "x0tta6bl4_controller_leader") == 1.0
+        # The address is free again: a new node may take it.
+        again = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+        assert again.status_code == 200
+
+
+@pytest.mark.slow
+def test_bench_api_reports_every_key() -> None:
+    from x0tta6bl4.bench.api import run
+
+    result = run(nodes=20, duration=0.5, connections=2, nodes_requests=10, rounds=1)
+    for name in ("health_rps", "health_p99_ms", "nodes_p99_ms", "bare_rps", "ratio"):
+        assert result[name] > 0, name
+    assert result["nodes"] == 20
+    assert result["ratio"] == pytest.approx(result["health_rps"] / result["bare_rps"], rel=0.01)
+    assert result["nodes_body_bytes"] > 20 * 200
+
+
 # --------------------------------------------------------------------------- real process
 
 
