@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import json
 import os
 import secrets
@@ -300,7 +301,7 @@ def test_http_download_survives_relay_kill(lab: Lab, tmp_path: Path) -> None:
                     return False
             return True
 
-        lab.wait(converged, "TUN up and full routes on every node")
+        lab.wait(converged, "TUN up and full routes on every node", timeout=90)
         # The underlay is not a full mesh: A and D never link, B and C neither.
         for x, y in (("a", "d"), ("b", "c")):
             links = {link["peer"] for link in lab.status(x)["links"] if link["state"] == "up"}
@@ -383,7 +384,7 @@ def test_http_download_survives_relay_kill(lab: Lab, tmp_path: Path) -> None:
         # The longest pause in the byte stream around the kill (the TCP receive buffer can
         # hide part of the outage; this is what the application saw).
         stamps = [killed_at] + [t for t, line in lines if t > killed_at]
-        stall = max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+        stall = max(b - a for a, b in itertools.pairwise(stamps))
         first = next(float(line.split()[1]) for _, line in lines if line.startswith("progress"))
         print(
             f"\nTUN download {FILE_SIZE / 1e6:.1f} MB in {float(seconds):.2f} s "

@@ -90,7 +90,8 @@ def parse_ipv4(packet: bytes) -> IPv4Header:
     header_length = ihl * 4
     if header_length < _IPV4_MIN_HEADER or header_length > len(packet):
         raise PacketError("tun_bad_header", f"IPv4 header length {header_length} is invalid")
-    total_length, flags_offset = struct.unpack_from("!HH", packet, 2)
+    (total_length,) = struct.unpack_from("!H", packet, 2)
+    (flags_offset,) = struct.unpack_from("!H", packet, 6)
     if total_length < header_length or total_length > len(packet):
         raise PacketError(
             "tun_bad_length", f"IPv4 total length {total_length} does not match {len(packet)}"
