@@ -357,9 +357,13 @@ async def _expire_forever(state: ControllerState) -> None:
 
 
 def _default_fetch(settings: ControllerSettings) -> Callable[[], JwtBundleSet]:
-    from x0tta6bl4.identity.workload_source import WorkloadSource
+    from x0tta6bl4.identity.workload_source import Backoff, WorkloadSource
 
-    source = WorkloadSource(settings.spiffe_socket)
+    # Few in-call retries: JwtBundleCache retries on its own schedule, and a blocked worker
+    # thread would delay shutdown.
+    source = WorkloadSource(
+        settings.spiffe_socket, trust_domain=settings.trust_domain, backoff=Backoff(attempts=2)
+    )
     return source.fetch_jwt_bundles
 
 
