@@ -89,3 +89,66 @@ def api(
 
     result = run(nodes=nodes, duration=duration)
     typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command("heal")
+def heal(
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
+    ] = False,
+    nodes: Annotated[
+        int, typer.Option("--nodes", envvar="X0_BENCH_NODES", min=3, help="Mesh size.")
+    ] = 100,
+    events: Annotated[
+        int,
+        typer.Option(
+            "--events", envvar="X0_BENCH_EVENTS", min=0, help="Nodes to kill, one at a time."
+        ),
+    ] = 10,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            envvar="X0_BENCH_WORKERS",
+            min=1,
+            help="Processes to spread the nodes over (default: CPU count, 1 per 10 nodes).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", envvar="X0_BENCH_SEED", help="Seed of the victim choice.")
+    ] = 1,
+) -> None:
+    """Real nodes on loopback UDP: convergence, then MTTD/MTTR per killed node."""
+    import json
+
+    from x0tta6bl4.bench.heal import format_table, run
+
+    try:
+        result = run(nodes, events=events, workers=workers, seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@app.command("dataplane")
+def dataplane(
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
+    ] = False,
+    duration: Annotated[
+        float,
+        typer.Option(
+            "--duration", envvar="X0_BENCH_DURATION", min=0.1, help="Seconds of rate runs per path."
+        ),
+    ] = 6.0,
+    window: Annotated[
+        int, typer.Option("--window", envvar="X0_BENCH_WINDOW", min=1, help="Echoes in flight.")
+    ] = 16,
+) -> None:
+    """Mesh echo over 1/2/3-hop paths vs raw UDP echo on the same kind of sockets."""
+    import json
+
+    from x0tta6bl4.bench.dataplane import format_table, run
+
+    result = run(duration=duration, window=window)
+    typer.echo(json.dumps(result) if as_json else format_table(result))

@@ -1,0 +1,358 @@
+"""The sans-IO :class:`NodeCore` on an in-memory network with a hand-advanced clock.
+
+No sockets and no real time: :class:`Net` moves the datagrams each core wants to send to the
+core that owns the destination address (``transfer``) and advances a simulated clock from
+timer to timer (``advance``). Dead nodes and cut links drop datagrams, so failure detection,
+routing around a dead relay, rekeying and end-to-end sessions run in milliseconds of CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from x0tta6bl4.crypto.pqsvid import MeshCA
+from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.node.core import MAX_APP_PAYLOAD, NodeCore
+from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.node.model import PING_CHANNEL, Addr, AppMessage, CoreConfig, LinkFilter, Member
+from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.frames import LinkStateAdvert, Routed
+from x0tta6bl4.protocol.lsa import LinkStateAdvert as Lsa
+from x0tta6bl4.protocol.lsa import encode_signed
+
+START = 100.0
+
+
+def _edges(*pairs: tuple[int, int]) -> LinkFilter:
+    allowed = {frozenset(p) for p in pairs}
+
+    def allow(a: str, b: str) -> bool:
+        return frozenset((int(a[-3:]), int(b[-3:]))) in allowed
+
+    return allow
+
+
+class Net:
+    """N cores, an in-memory wire and a simulated clock."""
+
+    def __init__(self, n: int, *, config: CoreConfig | None = None) -> None:
+        self.ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+        self.now = START
+        self.offset = time.time() - START
+        self.ids = [f"node-{i:03d}" for i in range(n)]
+        self.addr: dict[str, Addr] = {n: (f"10.0.0.{i + 1}", 7810) for i, n in enumerate(self.ids)}
+        self.owner = {a: n for n, a in self.addr.items()}
+        self.config = config or CoreConfig()
+        self.cores = {
+            n: NodeCore(
+                issue_identity(self.ca, n), START, wall_offset=self.offset, config=self.config
+            )
+            for n in self.ids
+        }
+        self.dead: set[str] = set()
+        self.cut: set[frozenset[str]] = set()
+        self.wire: list[tuple[str, bytes, Addr]] = []
+        self.delivered = 0
+        self.lost = 0
+
+    def members(self) -> list[Member]:
+        return [
+            Member(n, c.identity.spiffe_id, self.addr[n], cert_der=c.identity.cert_der)
+            for n, c in self.cores.items()
+        ]
+
+    def live(self) -> list[NodeCore]:
+        return [c for n, c in self.cores.items() if n not in self.dead]
+
+    def announce(self) -> None:
+        members = self.members()
+        for core in self.live():
+            core.set_members(members, self.now)
+        self.transfer()
+
+    def collect(self) -> None:
+        for core in self.live():
+            for data, addr in core.datagrams_to_send():
+                self.wire.append((core.node_id, data, addr))
+
+    def transfer(self) -> None:
+        """Deliver everything on the wire, and what the receivers send in turn."""
+        self.collect()
+        while self.wire:
+            src, data, addr = self.wire.pop(0)
+            dst = self.owner.get(addr)
+            if (
+                dst is None
+                or dst in self.dead
+                or src in self.dead
+                or frozenset((src, dst)) in self.cut
+            ):
+                self.lost += 1
+                continue
+            self.delivered += 1
+            self.cores[dst].receive_datagram(data, self.addr[src], self.now)
+            self.collect()
+
+    def advance(self, seconds: float) -> None:
+        """Run every timer due in the next ``seconds`` of simulated time, in order."""
+        end = self.now + seconds
+        while True:
+            due = min(c.get_timer() for c in self.live())
+            if due > end:
+                self.now = end
+                return
+            self.now = max(self.now, due)
+            for core in self.live():
+                if core.get_timer() <= self.now:
+                    core.handle_timer(self.now)
+            self.transfer()
+
+    def converged(self) -> bool:
+        live = [c.node_id for c in self.live()]
+        return all(
+            other == c.node_id or c.router.route(other) is not None
+            for c in self.live()
+            for other in live
+        )
+
+    def run_until(self, predicate: object, limit: float = 20.0, step: float = 0.05) -> float:
+        """Advance in ``step`` slices until ``predicate()`` holds; the simulated time taken."""
+        assert callable(predicate)
+        start = self.now
+        while not predicate():
+            if self.now - start > limit:
+                raise AssertionError(f"condition not reached within {limit} simulated seconds")
+            self.advance(step)
+        return self.now - start
+
+
+def _line(n: int, config: CoreConfig | None = None) -> Net:
+    edges = _edges(*((i, i + 1) for i in range(n - 1)))
+    net = Net(n, config=dataclasses.replace(config or CoreConfig(), link_filter=edges))
+    net.announce()
+    net.run_until(net.converged)
+    return net
+
+
+def test_two_nodes_link_up_and_route_to_each_other() -> None:
+    net = Net(2)
+    net.announce()
+    net.run_until(net.converged)
+    a, b = net.cores.values()
+    assert a.link_state("node-001") == b.link_state("node-000") == "up"
+    assert a.up_links() == ["node-001"]
+    route = a.router.route("node-001")
+    assert route is not None
+    assert route.path == ("node-001",)
+    assert a.counters["handshakes_ok"] + b.counters["handshakes_ok"] >= 2
+    status = a.status()
+    assert [link["state"] for link in status["links"]] == ["up"]
+    assert status["routes"][0]["dest"] == "node-001"
+
+
+def test_heartbeats_keep_a_quiet_link_up() -> None:
+    net = Net(2)
+    net.announce()
+    net.run_until(net.converged)
+    a = net.cores["node-000"]
+    before = net.delivered
+    net.advance(5.0)
+    assert a.link_state("node-001") == "up"
+    assert a.counters["link_down_events"] == 0
+    # Heartbeats and acks flowed both ways, about 2 x 2 per interval.
+    assert net.delivered - before >= 5.0 / net.config.heartbeat_interval * 2
+
+
+def test_link_declared_down_after_missed_heartbeats_and_up_again() -> None:
+    net = Net(2)
+    net.announce()
+    net.run_until(net.converged)
+    a = net.cores["node-000"]
+    net.cut.add(frozenset(net.ids))
+    limit = net.config.heartbeat_interval * net.config.dead_after
+    net.advance(limit * 0.5)
+    assert a.link_state("node-001") == "up", "declared down before dead_after intervals"
+    taken = net.run_until(lambda: a.link_state("node-001") == "down", step=0.01)
+    # Silence started at most one interval before the cut; detection waits dead_after of them.
+    assert limit * 0.5 <= limit * 0.5 + taken <= limit + net.config.heartbeat_interval + 0.02
+    assert a.counters["link_down_events"] == 1
+    net.advance(net.config.router.spf_max_delay + 0.05)
+    assert a.router.route("node-001") is None  # our advert no longer lists the link
+    net.cut.clear()
+    net.run_until(lambda: a.link_state("node-001") == "up")
+    net.run_until(net.converged)
+
+
+def test_dead_relay_is_routed_around() -> None:
+    # Diamond 0-1-3, 0-2-3: node-000 reaches node-003 through a relay.
+    edges = _edges((0, 1), (1, 3), (0, 2), (2, 3))
+    net = Net(4, config=CoreConfig(link_filter=edges))
+    net.announce()
+    net.run_until(net.converged)
+    src = net.cores["node-000"]
+    first = src.router.route("node-003")
+    assert first is not None
+    relay = first.path[0]
+    net.dead.add(relay)
+
+    def rerouted() -> bool:
+        route = src.router.route("node-003")
+        return route is not None and relay not in route.path
+
+    net.run_until(rerouted, step=0.01)
+    route = src.router.route("node-003")
+    assert route is not None
+    assert route.path[-1] == "node-003"
+    assert len(route.path) == 2
+
+
+def test_end_to_end_session_through_a_relay_hides_the_payload() -> None:
+    net = _line(3)
+    a, relay, c = net.cores.values()
+    seen: list[Routed] = []
+    relay.on_transit = seen.append
+    secret = b"relay must not read this " * 4
+    a.send_app("node-002", 7, secret, net.now)
+    net.transfer()
+    net.run_until(lambda: bool(c.e2e.can_send("node-000")) and a.e2e.can_send("node-002"))
+    net.transfer()
+    message = c.next_app()
+    assert message == AppMessage("node-000", 7, secret)
+    assert relay.counters["forwarded"] >= 3  # handshake both ways plus data
+    assert seen
+    assert all(frame.dst in {"node-000", "node-002"} for frame in seen)
+    assert not any(secret[:16] in frame.payload for frame in seen)
+    assert relay.next_app() is None
+    # A reply travels back over the same session, and mesh ping works.
+    c.send_app("node-000", 8, b"pong", net.now)
+    net.transfer()
+    assert a.next_app() == AppMessage("node-002", 8, b"pong")
+    a.ping("node-002", 42, net.now)
+    net.transfer()
+    pong = a.next_pong()
+    assert pong is not None
+    assert pong[:2] == ("node-002", 42)
+
+
+def test_rekey_replaces_link_and_end_to_end_keys_without_loss() -> None:
+    config = CoreConfig(rekey_after_time=2.0, reject_after_time=60.0)
+    net = _line(3, config)
+    a, _, c = net.cores.values()
+    handshakes = sum(core.counters["handshakes_ok"] for core in net.cores.values())
+    received: list[bytes] = []
+    for i in range(60):  # 6 simulated seconds: several rekeys of every session
+        a.send_app("node-002", 1, i.to_bytes(2, "big"), net.now)
+        net.advance(0.1)
+        while (message := c.next_app()) is not None:
+            received.append(message.payload)
+    net.transfer()
+    while (message := c.next_app()) is not None:
+        received.append(message.payload)
+    assert received == [i.to_bytes(2, "big") for i in range(60)]
+    assert sum(core.counters["handshakes_ok"] for core in net.cores.values()) > handshakes
+    assert a.counters["e2e_handshakes_ok"] >= 2
+    assert a.counters["link_down_events"] == 0
+
+
+def test_renewed_identity_rekeys_every_link() -> None:
+    net = _line(2)
+    a = net.cores["node-000"]
+    before = a.counters["handshakes_ok"]
+    renewed = issue_identity(net.ca, "node-000", key=a.identity.signing_key)
+    a.set_identity(renewed, net.now)
+    net.transfer()
+    net.advance(0.5)
+    assert a.counters["handshakes_ok"] > before
+    assert a.link_state("node-001") == "up"
+    with pytest.raises(LocalProtocolError, match="node id"):
+        a.set_identity(issue_identity(net.ca, "node-009"), net.now)
+
+
+def test_garbage_datagrams_are_dropped_and_counted() -> None:
+    net = _line(2)
+    a = net.cores["node-000"]
+    stranger: Addr = ("10.9.9.9", 4000)
+    junk = [b"", b"\xff" * 40, b"\x04\x00", b"\x04" + bytes(60), b"\x01" + bytes(10)]
+    for data in junk:
+        a.receive_datagram(data, stranger, net.now)
+    assert a.datagrams_to_send() == []
+    dropped = a.status()["dropped"]
+    assert dropped["empty"] == 1
+    assert dropped["bad_type"] == 1
+    assert dropped["bad_length"] == 1
+    assert dropped["unknown_index"] == 1
+    assert sum(dropped.values()) >= len(junk)
+    net.advance(1.0)
+    assert a.link_state("node-001") == "up"
+
+
+def test_send_app_rejects_bad_input_and_changes_nothing() -> None:
+    net = _line(2)
+    a = net.cores["node-000"]
+    for dest, channel, payload, match in [
+        ("nobody", 1, b"x", "unknown destination"),
+        ("node-001", PING_CHANNEL, b"x", "channel"),
+        ("node-001", -1, b"x", "channel"),
+        ("node-001", 1, bytes(MAX_APP_PAYLOAD + 1), "exceeds"),
+        ("node-000", 1, b"x", "ourselves"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            a.send_app(dest, channel, payload, net.now)
+    assert a.datagrams_to_send() == []
+    assert len(a.e2e) == 0
+
+
+def test_forged_replayed_and_early_adverts() -> None:
+    net = _line(3)
+    a, b, c = net.cores.values()
+    counters = a.router.all_counters()
+    # node-001 (b) forges an advert for node-002 with its own key and with a random key.
+    forged = Lsa(origin="node-002", seq=2**62, issued_at_ms=0, neighbours=(("node-000", 1),))
+    for key in (b.identity.signing_key, SigningKey.generate()):
+        b.send_frame("node-000", LinkStateAdvert(encode_signed(forged, key)), net.now)
+        net.transfer()
+    after = a.router.all_counters()
+    assert after["lsa_bad_signature"] == counters["lsa_bad_signature"] + 2
+    route = a.router.route("node-002")
+    assert route is not None
+    assert route.path == ("node-001", "node-002")
+    # A replay of an older genuine advert of node-002 is stale.
+    old = Lsa(origin="node-002", seq=1, issued_at_ms=0, neighbours=(("node-001", 10),))
+    b.send_frame("node-000", LinkStateAdvert(encode_signed(old, c.identity.signing_key)), net.now)
+    net.transfer()
+    assert a.router.all_counters()["lsa_stale_seq"] > after["lsa_stale_seq"]
+    # Garbage in an advert frame is malformed, not a crash.
+    b.send_frame("node-000", LinkStateAdvert(b"\x01\x00\x05abc"), net.now)
+    net.transfer()
+    assert a.router.all_counters()["lsa_malformed"] > after["lsa_malformed"]
+
+
+def test_advert_from_an_unknown_origin_waits_for_its_key() -> None:
+    net = Net(3, config=CoreConfig(link_filter=_edges((0, 1), (1, 2))))
+    a, b, c = net.cores.values()
+    everyone = net.members()
+    # node-000 knows node-001 only (no certificate for node-002 yet).
+    partial = [m for m in everyone if m.node_id != "node-002"]
+    a.set_members(partial, net.now)
+    b.set_members(everyone, net.now)
+    c.set_members(everyone, net.now)
+    net.transfer()
+    net.run_until(lambda: a.counters["lsa_waiting_for_key"] > 0)
+    assert a.router.route("node-002") is None
+    a.set_members(everyone, net.now)
+    net.transfer()
+    net.run_until(net.converged)
+    route = a.router.route("node-002")
+    assert route is not None
+    assert route.path == ("node-001", "node-002")
+
+
+def test_departed_member_link_is_closed() -> None:
+    net = _line(2)
+    a = net.cores["node-000"]
+    a.set_members([m for m in net.members() if m.node_id != "node-001"], net.now)
+    assert a.link_state("node-001") == "none"
+    assert a.link_peers() == []
