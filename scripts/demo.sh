@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# The main job until `x0tta6bl4 up` exists: show the post-quantum protocol core working.
+# The main job: the whole mesh on this machine, live (docs/up.md).
+# Flags come from the environment: X0_NODES, X0_CHAOS=1, X0_FOR, X0_STATE_DIR, ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-X=.venv/bin/x0tta6bl4
-$X version
-$X bench handshake
-$X bench session
+exec .venv/bin/x0tta6bl4 up "$@"

@@ -114,6 +114,7 @@ def test_port_in_use_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None
         (["--nodes", "0"], "--nodes must be 1..200"),
         (["--store", "mysql"], "--store must be sqlite or etcd"),
         (["--for", "-1"], "--for must be a positive number of seconds"),
+        (["--heartbeat-interval", "0"], "--heartbeat-interval must be 0.01..10 seconds"),
     ],
 )
 def test_bad_flags_are_refused_before_anything_starts(

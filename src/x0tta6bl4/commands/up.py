@@ -76,6 +76,22 @@ def up(  # noqa: PLR0917 - one parameter per flag
             help="controller HTTP port (further controllers: the next ports); 0 = any free port",
         ),
     ] = 0,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="X0_HEARTBEAT_INTERVAL",
+            help="nodes' heartbeat period, seconds (passed to every node)",
+        ),
+    ] = 0.1,
+    dead_after: Annotated[
+        int,
+        typer.Option(
+            "--dead-after",
+            envvar="X0_DEAD_AFTER",
+            help="missed heartbeats before a link is declared down (passed to every node)",
+        ),
+    ] = 4,
     ready_timeout: Annotated[
         float,
         typer.Option(
@@ -107,6 +123,8 @@ def up(  # noqa: PLR0917 - one parameter per flag
         state_dir=state_dir,
         port=port,
         ready_timeout=ready_timeout,
+        heartbeat_interval=heartbeat_interval,
+        dead_after=dead_after,
     )
     try:
         config.check()

@@ -55,6 +55,10 @@ class UpConfig:
             raise LocalStagingError("--chaos-interval must be positive")
         if not 0 <= self.port <= 65535:
             raise LocalStagingError(f"--port must be 0..65535, not {self.port}")
+        if not 0.01 <= self.heartbeat_interval <= 10:
+            raise LocalStagingError("--heartbeat-interval must be 0.01..10 seconds")
+        if not 1 <= self.dead_after <= 100:
+            raise LocalStagingError("--dead-after must be 1..100")
         if self.ready_timeout <= 0:
             raise LocalStagingError("--ready-timeout must be positive")
         if self.tun:

@@ -176,24 +176,35 @@ async def ping_pairs(
     client: httpx.AsyncClient,
     urls: Mapping[str, str],
     *,
-    timeout: float = 2.0,
-    attempts: int = 3,
-    concurrency: int = 8,
+    timeout: float = 5.0,
+    deadline: float = 60.0,
+    concurrency: int = 4,
 ) -> PairCheck:
-    """Mesh-ping every ordered pair of ``urls`` (node id → base URL); a pair counts as
-    reachable if one of ``attempts`` pings comes back."""
+    """Mesh-ping every ordered pair of ``urls`` (node id → base URL).
+
+    Pairs that do not answer are pinged again in further rounds until ``deadline`` seconds
+    have passed (a first ping also sets up the pair's end-to-end session, which on a loaded
+    machine can take longer than one ping's ``timeout``); a pair counts as reachable once one
+    ping comes back.
+    """
     gate = asyncio.Semaphore(concurrency)
     rtts: dict[tuple[str, str], float] = {}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
 
     async def one(a: str, b: str) -> None:
-        for _ in range(attempts):
-            async with gate:
-                rtt = await _ping_once(client, urls[a], b, timeout)
-            if rtt is not None:
-                rtts[(a, b)] = rtt
+        async with gate:
+            if loop.time() > end:
                 return
+            rtt = await _ping_once(client, urls[a], b, timeout)
+        if rtt is not None:
+            rtts[(a, b)] = rtt
 
     pairs = list(itertools.permutations(urls, 2))
-    await asyncio.gather(*(one(a, b) for a, b in pairs))
+    while True:
+        pending = [pair for pair in pairs if pair not in rtts]
+        if not pending or loop.time() > end:
+            break
+        await asyncio.gather(*(one(a, b) for a, b in pending))
     failed = tuple(pair for pair in pairs if pair not in rtts)
     return PairCheck(reachable=len(rtts), total=len(pairs), failed=failed, rtt_ms=rtts)
