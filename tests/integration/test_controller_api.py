@@ -231,6 +231,43 @@ async def test_renew(
     assert [n["node_id"] for n in await _nodes(client)] == ["node-1"]
 
 
+async def test_two_identities_racing_for_new_node_ids_one_wins(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    """Both identities register the same fresh node IDs at once: both usually pass the early
+    ownership check, and the store's atomic check decides — one 200, one 403 per node ID."""
+    _, client = ctl
+    node_ids = [f"race-{i}" for i in range(8)]
+    requests = [
+        (node_id, sid, register_body(key, spiffe_id=sid, node_id=node_id))
+        for node_id in node_ids
+        for sid in (NODE_A, NODE_B)
+    ]
+    answers = await asyncio.gather(
+        *(
+            client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[sid]))
+            for _, sid, body in requests
+        )
+    )
+    winners: dict[str, str] = {}
+    for (node_id, sid, _), answer in zip(requests, answers, strict=True):
+        if answer.status_code == 200:
+            assert node_id not in winners, f"{node_id} was granted to both identities"
+            assert answer.json()["spiffe_id"] == sid
+            winners[node_id] = sid
+        else:
+            assert (answer.status_code, answer.json()["error"]) == (403, "identity_mismatch")
+    assert sorted(winners) == node_ids
+    stored = {n["node_id"]: n["spiffe_id"] for n in await _nodes(client)}
+    assert stored == winners
+    metrics = (await client.get("/metrics")).text
+    rejected = 'x0tta6bl4_registrations_rejected_total{reason="identity_mismatch"}'
+    assert _metric_labels(metrics, rejected) == len(node_ids)
+    assert _metric_labels(metrics, 'x0tta6bl4_pq_svids_issued_total{kind="register"}') == len(
+        node_ids
+    )
+
+
 # --------------------------------------------------------------------------- auth failures
 
 

@@ -49,6 +49,7 @@ from x0tta6bl4.controller.store import (
     EtcdUrl,
     InvalidStoreUrlError,
     NotFoundError,
+    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     SqliteUrl,
@@ -72,10 +73,15 @@ def key_for(node_id: str) -> bytes:
     return (seed * (ML_DSA_65_PUBLIC_KEY_SIZE // len(seed) + 1))[:ML_DSA_65_PUBLIC_KEY_SIZE]
 
 
-def reg(node_id: str, now: float = 1000.0, endpoint: str = "10.0.0.1:7810") -> NodeRegistration:
+def reg(
+    node_id: str,
+    now: float = 1000.0,
+    endpoint: str = "10.0.0.1:7810",
+    spiffe_id: str | None = None,
+) -> NodeRegistration:
     return NodeRegistration(
         node_id=node_id,
-        spiffe_id=f"spiffe://x0tta6bl4.mesh/ns/mesh/sa/{node_id}",
+        spiffe_id=spiffe_id or f"spiffe://x0tta6bl4.mesh/ns/mesh/sa/{node_id}",
         endpoint=endpoint,
         pq_svid_pem=PEM,
         pq_svid_not_after=now + 3600,
@@ -249,6 +255,180 @@ async def test_concurrent_registrations_from_two_replicas_never_share_an_address
     stored = await first.list_nodes()
     assert sorted(r.node_id for r in stored) == sorted(r.node_id for r in granted)
     assert await second.verify() == []
+
+
+OWNER_A = "spiffe://x0tta6bl4.mesh/ns/mesh/sa/owner-a"
+OWNER_B = "spiffe://x0tta6bl4.mesh/ns/mesh/sa/owner-b"
+
+
+async def test_a_node_id_belongs_to_its_first_spiffe_id(store: Store) -> None:
+    first = await store.register_node(reg("alpha", spiffe_id=OWNER_A), NET)
+    before_revision = await store.revision()
+    with pytest.raises(OwnershipError, match="alpha") as refused:
+        await store.register_node(reg("alpha", now=2000.0, spiffe_id=OWNER_B), NET)
+    assert refused.value.node_id == "alpha"
+    assert OWNER_A not in str(refused.value)  # the owner is not disclosed
+    # Nothing was written: same record, same revision.
+    assert await store.get_node("alpha") == first
+    assert await store.revision() == before_revision
+    # The owner still re-registers (idempotent upsert, same address).
+    again = await store.register_node(reg("alpha", now=3000.0, spiffe_id=OWNER_A), NET)
+    assert (again.overlay_ip, again.spiffe_id, again.last_seen) == (
+        first.overlay_ip,
+        OWNER_A,
+        3000.0,
+    )
+    # Once the node is gone, the node ID is free for anyone.
+    assert await store.delete_node("alpha") is True
+    taken = await store.register_node(reg("alpha", now=4000.0, spiffe_id=OWNER_B), NET)
+    assert taken.spiffe_id == OWNER_B
+    assert await store.verify() == []
+
+
+RACE_NODES = 24
+RACE_TASKS_PER_OWNER = 2
+
+
+async def test_two_spiffe_ids_racing_for_new_node_ids_exactly_one_wins(
+    backend: Backend,
+) -> None:
+    """Two replicas, two owners, several tasks per owner, all on the same fresh node IDs at
+    once: per node ID every task of one owner succeeds, every task of the other is refused."""
+    replicas = [await backend.open() for _ in range(2)]
+    node_ids = [f"race-{i}" for i in range(RACE_NODES)]
+    calls: list[tuple[str, str]] = []
+    coroutines = []
+    for node_id in node_ids:
+        for task in range(RACE_TASKS_PER_OWNER):
+            for index, owner in enumerate((OWNER_A, OWNER_B)):
+                # Each owner writes through both replicas, interleaved with the other owner.
+                replica = replicas[(index + task) % 2]
+                calls.append((node_id, owner))
+                coroutines.append(replica.register_node(reg(node_id, spiffe_id=owner), NET))
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    unexpected = [r for r in results if not isinstance(r, NodeRecord | OwnershipError)]
+    assert unexpected == []
+    stored = {record.node_id: record for record in await replicas[0].list_nodes()}
+    assert sorted(stored) == sorted(node_ids)
+    winners: dict[str, set[str]] = {}
+    for (node_id, owner), result in zip(calls, results, strict=True):
+        if isinstance(result, NodeRecord):
+            assert result.spiffe_id == owner
+            assert result.overlay_ip == stored[node_id].overlay_ip
+            winners.setdefault(node_id, set()).add(owner)
+        else:
+            assert isinstance(result, OwnershipError)
+            assert result.node_id == node_id
+            assert stored[node_id].spiffe_id != owner
+    for node_id in node_ids:
+        assert winners.get(node_id) == {stored[node_id].spiffe_id}, node_id
+    # Every task of the winning owner got the node, every task of the other was refused.
+    granted = sum(isinstance(result, NodeRecord) for result in results)
+    assert granted == RACE_NODES * RACE_TASKS_PER_OWNER
+    for replica in replicas:
+        assert await replica.verify() == []
+    # The losers stay refused afterwards; the winners re-register idempotently.
+    for node_id, record in stored.items():
+        loser = OWNER_B if record.spiffe_id == OWNER_A else OWNER_A
+        with pytest.raises(OwnershipError):
+            await replicas[1].register_node(reg(node_id, now=2000.0, spiffe_id=loser), NET)
+        again = await replicas[1].register_node(
+            reg(node_id, now=2000.0, spiffe_id=record.spiffe_id), NET
+        )
+        assert again.overlay_ip == record.overlay_ip
+
+
+def _race_worker_command(kind: str, location: str, prefix: str, owner: str) -> list[str]:
+    module = "tests.integration.test_store_contract"
+    return [sys.executable, "-m", module, "race-worker", kind, location, prefix, owner]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def test_two_owner_processes_racing_for_new_node_ids(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same race between two processes (one per owner), as two controller replicas on
+    two machines would run it: SQLite's file lock / etcd's txn decide, nothing in-process."""
+    if kind == "sqlite":
+        location, prefix = str(tmp_path / "race.db"), "-"
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd_single")
+        location = cluster.url(cluster.members)
+        prefix = f"/x0-race-{uuid.uuid4().hex}/"
+    workers = [
+        subprocess.Popen(
+            _race_worker_command(kind, location, prefix, owner),
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for owner in (OWNER_A, OWNER_B)
+    ]
+    outputs: list[dict[str, Any]] = []
+    try:
+        for worker in workers:  # both are connected and waiting: release them together
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        for worker in workers:
+            out, _ = worker.communicate(timeout=120)
+            assert worker.returncode == 0
+            outputs.append(json.loads(out))
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    won_a, won_b = (set(output["won"]) for output in outputs)
+    refused_a, refused_b = (set(output["refused"]) for output in outputs)
+    every = {f"race-{i}" for i in range(RACE_NODES)}
+    assert won_a | won_b == every
+    assert won_a & won_b == set()
+    assert (refused_a, refused_b) == (won_b, won_a)
+
+    async def check() -> tuple[dict[str, str], list[str]]:
+        if kind == "sqlite":
+            opened: Store = SqliteStore(location)
+        else:
+            parsed = parse_store_url(location, state_dir=tmp_path)
+            assert isinstance(parsed, EtcdUrl)
+            opened = EtcdStore(parsed.endpoints, prefix=prefix)
+        async with opened as store:
+            owners = {n.node_id: n.spiffe_id for n in await store.list_nodes()}
+            return owners, await store.verify()
+
+    owners, problems = asyncio.run(check())
+    assert problems == []
+    assert owners == {**dict.fromkeys(won_a, OWNER_A), **dict.fromkeys(won_b, OWNER_B)}
+
+
+async def _race_worker(kind: str, location: str, prefix: str, owner: str) -> None:
+    if kind == "sqlite":
+        store: Store = SqliteStore(location)
+    else:
+        parsed = parse_store_url(location, state_dir="/nonexistent")
+        assert isinstance(parsed, EtcdUrl)
+        store = EtcdStore(parsed.endpoints, prefix=prefix)
+    async with store:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        node_ids = [f"race-{i}" for i in range(RACE_NODES)]
+        results = await asyncio.gather(
+            *(store.register_node(reg(n, spiffe_id=owner), NET) for n in node_ids),
+            return_exceptions=True,
+        )
+    won, refused = [], []
+    for node_id, result in zip(node_ids, results, strict=True):
+        if isinstance(result, NodeRecord):
+            won.append(node_id)
+        elif isinstance(result, OwnershipError):
+            refused.append(node_id)
+        else:
+            raise result
+    print(json.dumps({"won": won, "refused": refused}), flush=True)
 
 
 # --------------------------------------------------------------------------- policy
@@ -890,6 +1070,8 @@ if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     if command == "sqlite-writer":
         asyncio.run(_sqlite_writer(arguments[0]))
+    elif command == "race-worker":
+        asyncio.run(_race_worker(*arguments))
     elif command == "ha-worker":
         asyncio.run(_ha_worker(arguments[0], arguments[1], int(arguments[2])))
     else:

@@ -5,12 +5,15 @@ The order is fixed so that a refused request costs little and changes nothing:
 1. the caller is already authenticated (JWT-SVID) by the route;
 2. cheap checks: base64 fields, nonce length, timestamp within the clock-skew window;
 3. the policy: may this SPIFFE ID join;
-4. the node ID must not belong to another SPIFFE ID (and, on renewal, must exist);
+4. the node ID must not belong to another SPIFFE ID (and, on renewal, must exist) — a cheap
+   early refusal; the store checks ownership again, atomically with the write, in step 7;
 5. the ML-DSA-65 proof of possession over (spiffe_id, node_id, nonce, timestamp);
 6. the nonce is recorded in the store's replay guard (shared by every replica) — a second
    use is refused;
 7. only then: the mesh CA signs the PQ SVID and the store allocates the overlay address and
-   writes the record in one atomic step (nothing is written if the CIDR is full).
+   writes the record in one atomic step (nothing is written if the CIDR is full, or if the
+   node ID was claimed by another SPIFFE ID since step 4: of two SPIFFE IDs racing for one
+   new node ID exactly one wins, the other gets ``403 identity_mismatch``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from x0tta6bl4.controller.models import (
 )
 from x0tta6bl4.controller.policy import PolicyEngine, default_policy
 from x0tta6bl4.controller.store.base import Store
-from x0tta6bl4.controller.store.errors import CidrExhaustedError
+from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import verify_proof_of_possession
 from x0tta6bl4.logging import get_logger
@@ -105,6 +108,11 @@ class Registrar:
         # Counted in x0tta6bl4_registrations_rejected_total by the app's error handler.
         return ApiError(status, reason, detail)
 
+    def _identity_mismatch(self, node_id: str) -> ApiError:
+        return self._reject(
+            403, "identity_mismatch", f"node {node_id!r} is registered to another SPIFFE ID"
+        )
+
     def _signer(self) -> LoadedCa:
         loaded = self._ca.current()
         if loaded is None:
@@ -152,11 +160,7 @@ class Registrar:
             )
         existing = await self._store.get_node(node_id)
         if existing is not None and existing.spiffe_id != spiffe_id:
-            raise self._reject(
-                403,
-                "identity_mismatch",
-                f"node {node_id!r} is registered to another SPIFFE ID",
-            )
+            raise self._identity_mismatch(node_id)
         if renew and existing is None:
             raise self._reject(404, "node_not_found", f"node {node_id!r} is not registered")
         try:
@@ -210,6 +214,9 @@ class Registrar:
                 "cidr_exhausted",
                 f"no free overlay address left in {self._network}",
             ) from None
+        except OwnershipError:
+            # Another SPIFFE ID claimed the node ID after step 4; the store refused atomically.
+            raise self._identity_mismatch(node_id) from None
         self._metrics.pq_svids_issued.labels(kind="renew" if renew else "register").inc()
         revision = await self._store.revision()
         _log.info(

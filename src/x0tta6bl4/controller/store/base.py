@@ -9,6 +9,10 @@ Guarantees (see ``docs/store.md``):
 - ``register_node`` is an atomic upsert by ``node_id``: the node keeps its overlay address on
   re-registration (while it lies inside the given network) and no address is ever held by
   two nodes, whatever the number of concurrent writers.
+- A node ID belongs to the SPIFFE ID that first registered it until the node is deleted or
+  expires: ``register_node`` with another SPIFFE ID raises
+  :class:`~.errors.OwnershipError`, checked in the same transaction as the write (of several
+  SPIFFE IDs racing for a new node ID exactly one wins).
 - Every change of a node or the policy gets a revision, strictly increasing; ``watch`` yields
   the changes after a revision in order, pushed as they happen.
 - A write that fails with :class:`StoreUnavailableError` may or may not have been applied;
@@ -154,7 +158,8 @@ class Store(abc.ABC):
 
         A known node keeps its address (if it lies in ``cidr``) and its ``registered_at``;
         its status is reset. Raises :class:`CidrExhaustedError` (writing nothing) when no
-        address is free.
+        address is free, and :class:`~.errors.OwnershipError` (writing nothing) when the node ID is
+        registered to another SPIFFE ID — decided atomically with the write.
         """
 
     @abc.abstractmethod

@@ -6,6 +6,7 @@
     ├── StoreUnavailableError   the backend could not be reached or did not answer; retryable
     ├── CidrExhaustedError      no free overlay address left; nothing was written
     ├── ConflictError           an optimistic-concurrency check failed (expected revision)
+    ├── OwnershipError          the node ID is registered to another SPIFFE ID; nothing written
     ├── NotFoundError           the node (or other object) does not exist
     ├── RevisionCompactedError  a watch asked for history the store no longer keeps
     ├── SchemaError             the database was written by a newer, incompatible version
@@ -13,8 +14,8 @@
 
 A ``StoreUnavailableError`` raised by a write means the outcome is unknown: the write may or
 may not have been applied. Every write of the store interface is safe to retry (registration
-is an upsert, deletes are idempotent), except ``put_policy`` with an expected revision, whose
-retry may report a :class:`ConflictError` for its own earlier success.
+is an upsert by its owner, deletes are idempotent), except ``put_policy`` with an expected
+revision, whose retry may report a :class:`ConflictError` for its own earlier success.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "ConflictError",
     "InvalidStoreUrlError",
     "NotFoundError",
+    "OwnershipError",
     "RevisionCompactedError",
     "SchemaError",
     "StoreError",
@@ -49,6 +51,18 @@ class ConflictError(StoreError):
     def __init__(self, message: str, *, current_revision: int) -> None:
         super().__init__(message)
         self.current_revision = current_revision
+
+
+class OwnershipError(StoreError):
+    """``register_node`` for a node ID that is registered to another SPIFFE ID.
+
+    Checked inside the write's own transaction, so of several SPIFFE IDs racing for one new
+    node ID exactly one wins and the others get this error; nothing was written.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node {node_id!r} is registered to another SPIFFE ID")
+        self.node_id = node_id
 
 
 class NotFoundError(StoreError):

@@ -65,6 +65,7 @@ from x0tta6bl4.controller.store.errors import (
     CidrExhaustedError,
     ConflictError,
     NotFoundError,
+    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     StoreError,
@@ -419,6 +420,11 @@ class EtcdStore(Store):
             for _ in range(_CAS_ATTEMPTS):
                 current = await self._get(node_key)
                 existing = None if current is None else self._decode_node(current)
+                # Every txn below compares mod_revision(nodes/<id>) with ``current``: the owner
+                # checked here is the owner at commit. A concurrent write fails the compare and
+                # the loop re-reads (same owner: retry; another owner: refused here).
+                if existing is not None and existing.spiffe_id != registration.spiffe_id:
+                    raise OwnershipError(node_id)
                 if existing is not None and ipam.is_usable(network, existing.overlay_ip):
                     address = existing.overlay_ip
                     compare = [

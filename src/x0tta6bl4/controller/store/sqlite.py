@@ -56,6 +56,7 @@ from x0tta6bl4.controller.store.errors import (
     CidrExhaustedError,
     ConflictError,
     NotFoundError,
+    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     StoreError,
@@ -282,6 +283,9 @@ class SqliteStore(Store):
                 "SELECT record FROM nodes WHERE node_id = ?", (registration.node_id,)
             ).fetchone()
             existing = None if row is None else _decode_node(row[0])
+            # Under BEGIN IMMEDIATE: no other writer can slip in between check and write.
+            if existing is not None and existing.spiffe_id != registration.spiffe_id:
+                raise OwnershipError(registration.node_id)
             if existing is not None and ipam.is_usable(network, existing.overlay_ip):
                 address = existing.overlay_ip
             else:
