@@ -477,6 +477,38 @@ async def test_policy_join_link_and_concurrency(
     assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"] == revision
 
 
+async def test_policy_join_rules_decide_who_registers(
+    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+) -> None:
+    _, client = ctl
+    policy = {
+        "rules": [
+            {"from": NODE_B, "to": "*", "action": "join", "allow": False},
+            {"from": f"spiffe://{TD}/ns/mesh/**", "to": "*", "action": "join", "allow": True},
+            {"from": "*", "to": "*", "action": "link", "allow": True},
+        ]
+    }
+    r = await client.put("/api/v1/policy", json=policy, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["rules"] == policy["rules"]
+    assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["rules"] == policy["rules"]
+    # The link rule lets everyone link, but the join rules decide who registers.
+    r = await _register(client, key, tokens[NODE_DEV], NODE_DEV, "dev-1")  # no join rule: deny
+    assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
+    r = await _register(client, key, tokens[NODE_B], NODE_B, "node-b")  # denied first
+    assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
+    r = await _register(client, key, tokens[NODE_A], NODE_A, "node-a")
+    assert r.status_code == 200, r.text
+    assert [n["node_id"] for n in await _nodes(client)] == ["node-a"]
+    # A join rule names no peer: any "to" but "*" is refused and changes nothing.
+    revision = (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"]
+    bad = {"rules": [{"from": "*", "to": NODE_A, "action": "join", "allow": True}]}
+    r = await client.put("/api/v1/policy", json=bad, headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_policy")
+    assert "'to' must be '*'" in r.json()["detail"]
+    assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"] == revision
+
+
 # --------------------------------------------------------------------------- status, topology
 
 

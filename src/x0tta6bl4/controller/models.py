@@ -12,8 +12,8 @@ JSON shapes::
                  "pq_svid_pem", "pq_svid_not_after": epoch-seconds,
                  "ml_dsa_public_key": base64, "registered_at", "last_seen",
                  "status": {"links": [{"peer": node_id, "up": bool, "rtt_ms": float|null}]}}
-    Policy      {"rules": [{"from": pattern, "to": pattern, "action": "link"|"talk",
-                            "allow": bool}]}
+    Policy      {"rules": [{"from": pattern, "to": pattern, "action": "join"|"link"|"talk",
+                            "allow": bool}]}          (a join rule's "to" is always "*")
 
 Timestamps are wall-clock seconds since the epoch (``time.time()``), as floats.
 """
@@ -35,6 +35,7 @@ __all__ = [
     "MAX_LINKS",
     "MAX_POLICY_RULES",
     "ML_DSA_65_PUBLIC_KEY_SIZE",
+    "POLICY_ACTIONS",
     "EventKind",
     "LinkStatus",
     "ModelError",
@@ -55,7 +56,10 @@ __all__ = [
 Revision: TypeAlias = int
 """A store revision: monotonically increasing (not necessarily dense); 0 means "nothing"."""
 
-PolicyAction: TypeAlias = Literal["link", "talk"]
+PolicyAction: TypeAlias = Literal["join", "link", "talk"]
+"""``join``: may register as a mesh node; ``link``: may build a link; ``talk``: may send to."""
+
+POLICY_ACTIONS: tuple[PolicyAction, ...] = ("join", "link", "talk")
 
 ML_DSA_65_PUBLIC_KEY_SIZE = 1952
 """Size in bytes of an ML-DSA-65 public key (FIPS 204)."""
@@ -376,7 +380,8 @@ class NodeRecord:
 
 @dataclass(frozen=True, slots=True)
 class PolicyRule:
-    """Whether SPIFFE IDs matching ``source`` may ``action`` (link or talk) to ``to``.
+    """Whether SPIFFE IDs matching ``source`` may ``action`` (link or talk) to ``to``, or
+    (``join``) may register as mesh nodes at all — a join rule's ``to`` must be ``*``.
 
     In JSON the source is spelled ``from``. Patterns are ``*`` or SPIFFE IDs in which ``*``
     is a wildcard; what matching means is the policy engine's business, not the store's.
@@ -390,8 +395,15 @@ class PolicyRule:
     def __post_init__(self) -> None:
         _check_pattern(self.source, "rule from")
         _check_pattern(self.to, "rule to")
-        if self.action not in ("link", "talk"):
-            raise ModelError(f"rule action must be 'link' or 'talk'; got {self.action!r:.40}")
+        if self.action not in POLICY_ACTIONS:
+            raise ModelError(
+                f"rule action must be 'join', 'link' or 'talk'; got {self.action!r:.40}"
+            )
+        if self.action == "join" and self.to != "*":
+            raise ModelError(
+                "a join rule's 'to' must be '*' (joining the mesh is not towards a peer); "
+                f"got {self.to!r:.80}"
+            )
         _check_bool(self.allow, "rule allow")
 
     def to_json(self) -> dict[str, Any]:

@@ -4,6 +4,8 @@ The policy document is :class:`~x0tta6bl4.controller.models.Policy` (held in the
 served by ``GET/PUT /api/v1/policy``), an ordered list of rules::
 
     {"rules": [
+      {"from": "spiffe://x0tta6bl4.mesh/ns/*/sa/x0tta6bl4-app", "to": "*",
+       "action": "join", "allow": true},
       {"from": "spiffe://x0tta6bl4.mesh/ns/dev/**", "to": "*", "action": "link", "allow": false},
       {"from": "spiffe://x0tta6bl4.mesh/ns/*/sa/x0tta6bl4-app", "to": "*",
        "action": "link", "allow": true},
@@ -21,9 +23,19 @@ matches the answer is *deny* (zero trust).
 - ``link`` rules are symmetric: a rule for ``from``/``to`` also covers ``to``/``from`` (a link
   is one mutually authenticated channel).
 - ``talk`` rules are directional: ``from`` may send application traffic to ``to``.
-- **join** (may a SPIFFE ID register as a mesh node at all) is derived from the link rules: an
-  identity may join if it may link with somebody, i.e. the first link rule naming it on either
-  side allows, and it is not banned first by a rule that denies it linking with ``*``.
+- ``join`` rules say whether ``from`` may register as a mesh node at all; their ``to`` is
+  always ``*`` (the model refuses anything else).
+
+**join**, exactly:
+
+1. If the policy holds at least one ``join`` rule, the join rules alone decide: the first
+   join rule whose ``from`` matches the identity decides; none matching denies. Link rules
+   play no part in joining then (and join rules never play a part in linking or talking: an
+   identity that may join but link with nobody registers and builds no links).
+2. A policy without any ``join`` rule (every policy written before the action existed)
+   derives joining from the link rules, as before: an identity may join if it may link with
+   somebody, i.e. the first link rule naming it on either side allows, and it is not banned
+   first by a rule that denies it linking with ``*``.
 
 A store that never had a policy written (revision 0) holds an empty document; the controller
 then applies :func:`default_policy`: everything inside the trust domain may join, link and
@@ -86,14 +98,13 @@ def _compile(pattern: str, where: str, trust_domain: str) -> SpiffeIdPattern | N
 class PolicyEngine:
     """A compiled :class:`Policy` for one trust domain. Immutable; safe to share."""
 
-    __slots__ = ("_link", "_policy", "_talk", "_trust_domain")
+    __slots__ = ("_join", "_link", "_policy", "_talk", "_trust_domain")
 
     def __init__(self, policy: Policy, trust_domain: str) -> None:
         """Compile ``policy``; raise :class:`InvalidPolicyError` naming the first bad rule."""
         self._trust_domain = parse_trust_domain(trust_domain).name
         self._policy = policy
-        link: list[_CompiledRule] = []
-        talk: list[_CompiledRule] = []
+        by_action: dict[str, list[_CompiledRule]] = {"join": [], "link": [], "talk": []}
         for index, rule in enumerate(policy.rules):
             compiled = _CompiledRule(
                 source=_compile(rule.source, f"rules[{index}].from", self._trust_domain),
@@ -101,9 +112,10 @@ class PolicyEngine:
                 action=rule.action,
                 allow=rule.allow,
             )
-            (link if rule.action == "link" else talk).append(compiled)
-        self._link = tuple(link)
-        self._talk = tuple(talk)
+            by_action[rule.action].append(compiled)
+        self._join = tuple(by_action["join"])
+        self._link = tuple(by_action["link"])
+        self._talk = tuple(by_action["talk"])
 
     @property
     def policy(self) -> Policy:
@@ -116,10 +128,20 @@ class PolicyEngine:
         except IdentityError:
             return None
 
+    @property
+    def has_join_rules(self) -> bool:
+        """Whether ``join`` rules decide :meth:`may_join` (else it derives from link rules)."""
+        return bool(self._join)
+
     def may_join(self, spiffe_id: SpiffeId | str) -> bool:
         """Whether ``spiffe_id`` may register as a mesh node (see the module docstring)."""
         sid = self._id(spiffe_id)
         if sid is None:
+            return False
+        if self._join:
+            for rule in self._join:
+                if rule.source_matches(sid):
+                    return rule.allow
             return False
         for rule in self._link:
             if rule.source_matches(sid) or rule.to_matches(sid):

@@ -185,7 +185,7 @@ class PolicyRuleBody(_Request):
 
     source: str = Field(alias="from", min_length=1, max_length=2048, examples=["*"])
     to: str = Field(min_length=1, max_length=2048, examples=["*"])
-    action: Literal["link", "talk"]
+    action: Literal["join", "link", "talk"]
     allow: bool
 
 
