@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.up_support import assert_clean, run_up
+from tests.e2e.up_support import RunningUp, assert_clean, run_up
 
 pytestmark = pytest.mark.slow
 
@@ -123,4 +123,16 @@ def test_bad_flags_are_refused_before_anything_starts(
     run = run_up(tmp_path, *args)
     assert run.returncode == 2, _explain(run)
     assert message in run.stderr
+    assert_clean(run)
+
+
+def test_ctrl_c_while_starting_stops_everything(tmp_path: Path) -> None:
+    running = RunningUp(tmp_path, "--nodes", "3", "--for", "60", "--json")
+    try:
+        running.wait_for_line("starting nodes")
+        run = running.interrupt()
+    finally:
+        running.kill()
+    assert run.returncode == 130, run.stderr[-3000:]
+    assert "interrupted; everything was stopped" in run.stderr
     assert_clean(run)

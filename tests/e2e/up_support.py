@@ -121,7 +121,9 @@ class RunningUp:
     def interrupt(self, timeout: float = 60.0) -> UpRun:
         """Ctrl-C (SIGINT) and wait for the exit."""
         self.proc.send_signal(signal.SIGINT)
-        stdout, _ = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout.read()  # the reader thread owns stderr
         self._reader.join(timeout=5)
         return UpRun(self.proc.returncode, stdout, "".join(self.lines), self.marker, self.tmpdir)
 
@@ -129,3 +131,7 @@ class RunningUp:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(timeout=5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
