@@ -91,6 +91,15 @@ async def test_killing_the_relay_reroutes(mesh: LocalMesh) -> None:
     # The far side of the relay may notice first and its advert reroute us before our own
     # detector fires; our detector must still declare the dead link down.
     assert await mesh.wait_for(lambda: src.counters["link_down_events"] >= 1, TIMEOUT)
+    # Routes may be asymmetric (costs are measured per direction): the reply path must avoid
+    # the dead relay too before a single ping can come back.
+    dst = mesh.nodes["node-003"].endpoint.core
+
+    def replies_rerouted() -> bool:
+        route = dst.router.route("node-000")
+        return route is not None and relay not in route.path
+
+    assert await mesh.wait_for(replies_rerouted, TIMEOUT)
     assert await mesh.ping("node-000", "node-003") >= 0
 
 

@@ -54,7 +54,9 @@ class Net:
         }
         self.dead: set[str] = set()
         self.cut: set[frozenset[str]] = set()
-        self.wire: list[tuple[str, bytes, Addr]] = []
+        self.wire: list[tuple[float, str, bytes, Addr]] = []
+        #: One-way delay of every datagram (0: delivered within the same instant).
+        self.latency = 0.0
         self.delivered = 0
         self.lost = 0
 
@@ -76,13 +78,15 @@ class Net:
     def collect(self) -> None:
         for core in self.live():
             for data, addr in core.datagrams_to_send():
-                self.wire.append((core.node_id, data, addr))
+                self.wire.append((self.now + self.latency, core.node_id, data, addr))
 
     def transfer(self) -> None:
-        """Deliver everything on the wire, and what the receivers send in turn."""
+        """Deliver everything due on the wire, and what the receivers send in turn."""
         self.collect()
-        while self.wire:
-            src, data, addr = self.wire.pop(0)
+        while self.wire and min(w[0] for w in self.wire) <= self.now:
+            item = min(self.wire, key=lambda w: w[0])
+            self.wire.remove(item)
+            _, src, data, addr = item
             dst = self.owner.get(addr)
             if (
                 dst is None
@@ -97,10 +101,12 @@ class Net:
             self.collect()
 
     def advance(self, seconds: float) -> None:
-        """Run every timer due in the next ``seconds`` of simulated time, in order."""
+        """Run every timer and delivery due in the next ``seconds`` of simulated time."""
         end = self.now + seconds
         while True:
             due = min(c.get_timer() for c in self.live())
+            if self.wire:
+                due = min(due, *(w[0] for w in self.wire))
             if due > end:
                 self.now = end
                 return
@@ -356,3 +362,35 @@ def test_departed_member_link_is_closed() -> None:
     a.set_members([m for m in net.members() if m.node_id != "node-001"], net.now)
     assert a.link_state("node-001") == "none"
     assert a.link_peers() == []
+
+
+def test_link_cost_changes_reach_the_router_batched() -> None:
+    config = CoreConfig(cost_update_interval=5.0)
+    net = Net(2, config=config)
+    net.announce()
+    net.run_until(net.converged)
+    a = net.cores["node-000"]
+
+    def cost() -> int:
+        route = a.router.route("node-001")
+        assert route is not None
+        return route.cost
+
+    assert cost() == 10  # the floor: instant delivery
+    net.latency = 0.005  # RTT 10 ms: cost 100 once the smoothed RTT follows
+    net.run_until(lambda: cost() >= 50, limit=10.0, step=0.1)
+    first = net.now
+    originated = a.router.all_counters()["originated"]
+    net.latency = 0.05  # RTT 100 ms: the detector reports new costs at once ...
+    net.advance(3.0)
+    assert cost() < 500  # ... but the router hears of them only 5 s after the last update
+    net.run_until(lambda: cost() >= 500, limit=10.0, step=0.1)
+    assert net.now - first >= config.cost_update_interval - 0.2  # observed in 0.1 s steps
+    # One batched advert per interval, not one per cost step.
+    assert a.router.all_counters()["originated"] - originated <= 2
+    assert a.link_state("node-001") == "up"
+
+
+def test_cost_update_interval_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="cost_update_interval"):
+        CoreConfig(cost_update_interval=-1.0)

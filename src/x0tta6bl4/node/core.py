@@ -66,7 +66,7 @@ from x0tta6bl4.protocol.frames import (
     encode_frames,
 )
 from x0tta6bl4.protocol.handshake import Credential, HandshakeConfig
-from x0tta6bl4.protocol.lsa import decode_signed
+from x0tta6bl4.protocol.lsa import MAX_NODE_ID_BYTES
 from x0tta6bl4.protocol.neighbours import Candidate, accept_inbound, select_neighbours
 from x0tta6bl4.protocol.router import Router
 from x0tta6bl4.protocol.session import MIN_TRANSPORT_DATAGRAM_SIZE, Session
@@ -98,6 +98,16 @@ def _addr_key(addr: Addr) -> bytes:
 
 def _allow(a: str, b: str) -> bool:
     return True
+
+
+def _lsa_origin(data: bytes) -> str | None:
+    """The origin field of a link-state advert without parsing the rest; None if unreadable."""
+    if len(data) < 4 or not 1 <= data[2] <= MAX_NODE_ID_BYTES or len(data) < 3 + data[2]:
+        return None
+    try:
+        return bytes(data[3 : 3 + data[2]]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class NodeCore:
@@ -165,6 +175,9 @@ class NodeCore:
         self._pongs: deque[tuple[str, int, float]] = deque()
         self._outbox: list[tuple[bytes, Addr]] = []
         self._select_at = now
+        self._pending_cost: dict[str, int] = {}
+        self._cost_due: float | None = None
+        self._cost_sent = float("-inf")
         #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``).
         self.dropped: Counter[str] = Counter()
         #: ``handshakes_ok``, ``handshakes_failed``, ``link_down_events``, ``forwarded``, ...
@@ -303,6 +316,8 @@ class NodeCore:
             self.router.handle_timer(now)
         if now >= self._select_at:
             self._select(now)
+        if self._cost_due is not None and now >= self._cost_due:
+            self._apply_costs(now)
         self._maintain(now)
         self._process(now)
 
@@ -310,6 +325,8 @@ class NodeCore:
 
     def get_timer(self) -> float:
         deadlines = [self.router.get_timer(), self._select_at]
+        if self._cost_due is not None:
+            deadlines.append(self._cost_due)
         for source in (self.links.get_timer(), self.e2e.get_timer()):
             if source is not None:
                 deadlines.append(source)
@@ -572,6 +589,7 @@ class NodeCore:
             while (event := fd.next_event()) is not None:
                 progressed = True
                 if isinstance(event, LinkUp):
+                    self._pending_cost.pop(node_id, None)
                     link.ever_up = True
                     link.backoff = self.config.retry_initial
                     link.attempt_due = None
@@ -579,13 +597,27 @@ class NodeCore:
                     self._select_at = now
                 elif isinstance(event, LinkDown):
                     self.counters["link_down_events"] += 1
+                    self._pending_cost.pop(node_id, None)
                     link.down_since = now
                     link.attempt_due = now
                     self.router.neighbour_down(node_id, now)
                     self._select_at = now
                 elif isinstance(event, LinkCostChanged):
-                    self.router.neighbour_up(node_id, event.cost, now)
+                    self._pending_cost[node_id] = event.cost
+                    if self._cost_due is None:
+                        interval = self.config.cost_update_interval
+                        self._cost_due = max(now, self._cost_sent + interval)
         return progressed
+
+    def _apply_costs(self, now: float) -> None:
+        """Hand the batched link cost changes to the router (one advert for all of them)."""
+        self._cost_due = None
+        self._cost_sent = now
+        for node_id, cost in self._pending_cost.items():
+            link = self._link.get(node_id)
+            if link is not None and link.up:
+                self.router.neighbour_up(node_id, cost, now)
+        self._pending_cost.clear()
 
     def _link_data(self, node_id: str, plaintext: bytes, now: float) -> None:
         link = self._ensure_link(node_id, now)
@@ -613,13 +645,12 @@ class NodeCore:
                 self.dropped["unexpected_frame"] += 1
 
     def _receive_lsa(self, data: bytes, from_peer: str, now: float) -> None:
-        try:
-            lsa, _, _ = decode_signed(data)
-        except RemoteProtocolError:
-            lsa = None
-        if lsa is not None and lsa.origin != self.node_id and lsa.origin not in self._keys:
-            if len(self._pending_lsa) < 4096 or lsa.origin in self._pending_lsa:
-                self._pending_lsa[lsa.origin] = (bytes(data), from_peer)
+        # Only the origin is read here: a full parse of every flooded copy would cost more
+        # than the router's byte-comparison of duplicates (most copies are duplicates).
+        origin = _lsa_origin(data)
+        if origin is not None and origin != self.node_id and origin not in self._keys:
+            if len(self._pending_lsa) < 4096 or origin in self._pending_lsa:
+                self._pending_lsa[origin] = (bytes(data), from_peer)
             self.counters["lsa_waiting_for_key"] += 1
             return
         for peer, out in self.router.receive_lsa(data, from_peer, now):

@@ -88,6 +88,10 @@ class CoreConfig:
     link_filter: LinkFilter | None = None
     #: Whether other nodes may route through us.
     transit: bool = True
+    #: Link cost changes (RTT moving past the failure detector's hysteresis) reach the router,
+    #: batched, at most once per this many seconds; each one re-signs and floods our advert.
+    #: Link up/down is never delayed. 0 passes every change on at once.
+    cost_update_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0 or self.dead_after < 1:
@@ -96,3 +100,5 @@ class CoreConfig:
             raise ValueError("ttl must be 1..255")
         if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
             raise ValueError("need 0 < retry_initial <= retry_max")
+        if self.cost_update_interval < 0:
+            raise ValueError("cost_update_interval must not be negative")
