@@ -76,6 +76,8 @@ class _Watch:
     #: ``node -> [(time, {dest: next_hop}), ...]``: a snapshot each time its routes change.
     history: dict[str, list[tuple[float, dict[str, str]]]] = field(default_factory=dict)
     changes_seen: dict[str, int] = field(default_factory=dict)
+    #: How many snapshots of each node the coordinator already has.
+    sent: dict[str, int] = field(default_factory=dict)
 
 
 class _Worker:
@@ -193,11 +195,13 @@ class _Worker:
             self.endpoints[node_id].close()
             return at
         if kind == "collect":
+            # Only what is new since the last collect: the coordinator accumulates.
             watching = self.watch
             if watching is None:
                 return ({}, {})
-            history = {n: list(h) for n, h in watching.history.items()}
-            return (dict(watching.detections), history)
+            history = {n: h[watching.sent.get(n, 0) :] for n, h in watching.history.items()}
+            watching.sent = {n: len(h) for n, h in watching.history.items()}
+            return (dict(watching.detections), {n: h for n, h in history.items() if h})
         if kind == "unwatch":
             self.watch = None
             return None
@@ -421,10 +425,10 @@ def _event(
     repaired = False
     while time.monotonic() < deadline:
         time.sleep(_POLL)
-        detections, history = {}, {}
         for part_detections, part_history in pool.ask_all("collect"):
             detections.update(part_detections)
-            history.update(part_history)
+            for node, snapshots in part_history.items():
+                history.setdefault(node, []).extend(snapshots)
         if pairs is None:
             before = {n: h[0][1] for n, h in history.items() if h}
             pairs = _through(before, [*alive, victim], dead - {victim}).get(victim, [])

@@ -176,6 +176,8 @@ class NodeCore:
         self._outbox: list[tuple[bytes, Addr]] = []
         self._select_at = now
         self._pending_cost: dict[str, int] = {}
+        #: Links whose failure detector may have heartbeats or events to drain.
+        self._fd_dirty: set[str] = set()
         self._cost_due: float | None = None
         self._cost_sent = float("-inf")
         #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``).
@@ -312,6 +314,7 @@ class NodeCore:
             fd = link.fd
             if fd is not None and now >= fd.get_timer():
                 fd.handle_timer(now)
+                self._fd_dirty.add(link.node_id)
         if now >= self.router.get_timer():
             self.router.handle_timer(now)
         if now >= self._select_at:
@@ -504,6 +507,7 @@ class NodeCore:
             link.attempt_due = now + self.config.retry_initial
         if link.fd is None:
             link.fd = FailureDetector(node_id, now, self._fd_config)
+            self._fd_dirty.add(node_id)
         return link
 
     # --- internals: event processing ----------------------------------------------------------
@@ -575,13 +579,17 @@ class NodeCore:
         return progressed
 
     def _drain_failure(self, now: float) -> bool:
+        # Only detectors that were fed or fired since the last pass can have output.
         progressed = False
-        for node_id, link in self._link.items():
-            fd = link.fd
-            if fd is None:
+        dirty, self._fd_dirty = self._fd_dirty, set()
+        for node_id in dirty:
+            link = self._link.get(node_id)
+            fd = None if link is None else link.fd
+            if link is None or fd is None:
                 continue
             beats = fd.heartbeats_to_send()
             if not self.links.can_send(node_id):
+                self._fd_dirty.add(node_id)  # its events wait for the link's keys
                 continue
             for seq in beats:
                 stamp = int(self._wall(now) * 1e6) & 0xFFFFFFFFFFFFFFFF
@@ -624,6 +632,7 @@ class NodeCore:
         fd = link.fd
         assert fd is not None
         fd.on_packet_received(now)
+        self._fd_dirty.add(node_id)
         if not plaintext:
             return
         try:

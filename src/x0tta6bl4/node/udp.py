@@ -26,6 +26,9 @@ _T = TypeVar("_T")
 
 #: Socket buffers: bursts of adverts and handshakes must not overflow the kernel queue.
 _SOCKET_BUFFER = 4 * 1024 * 1024
+#: A deadline that appears after a datagram may wait this long for an already armed timer
+#: (heartbeats run every 100 ms, SPF waits 30 ms: a few ms more change nothing).
+_TIMER_SLACK = 0.005
 
 
 class MeshEndpoint(asyncio.DatagramProtocol):
@@ -141,8 +144,17 @@ class MeshEndpoint(asyncio.DatagramProtocol):
                 self._on_pong(*pong)
         if self._on_output is not None:
             self._on_output()
+        armed = self._timer_at
+        if (
+            armed is not None
+            and self._timer is not None
+            and armed - self._loop.time() <= _TIMER_SLACK
+        ):
+            # The armed timer fires within the slack anyway and re-computes the deadline
+            # then; computing it now (a scan of every link and session) would cost more.
+            return
         at = core.get_timer()
-        if self._timer_at is not None and self._timer_at <= at and self._timer is not None:
+        if armed is not None and armed <= at and self._timer is not None:
             return
         if self._timer is not None:
             self._timer.cancel()
