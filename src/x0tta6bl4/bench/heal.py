@@ -41,6 +41,7 @@ import multiprocessing
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -178,6 +179,13 @@ class _Worker:
             return {n: _table(self.endpoints[n]) for n in self.alive}
         if kind == "links":
             return sum(len(self.endpoints[n].core.up_links()) for n in self.alive)
+        if kind == "counters":
+            total: Counter[str] = Counter()
+            for node_id in self.alive:
+                core = self.endpoints[node_id].core
+                total.update(core.counters)
+                total.update(core.router.all_counters())
+            return dict(total)
         if kind == "watch":
             victim = args[0]
             detectors = {n for n in self.alive if self.endpoints[n].core.link_state(victim) == "up"}
