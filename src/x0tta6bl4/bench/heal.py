@@ -29,6 +29,10 @@ Victims stay dead (the mesh shrinks by ``events`` nodes); before each event the 
 waits for convergence among the survivors plus ``settle`` seconds, so that neighbour
 re-selection around the previous victim has finished.
 
+``steady_link_downs`` counts links declared down during the ``settle`` seconds after
+convergence, before any kill: links that died only because the host was too busy to answer
+heartbeats in time (0 on a healthy run; the failure mode of too many nodes per core).
+
 ``converge_s`` is from the moment the membership is handed out (sockets bound, keys made) to
 full convergence: every link handshake, the first adverts, flooding and SPF on every node.
 """
@@ -362,8 +366,9 @@ def _repaired_at(
     pairs: list[tuple[str, str]],
     dead: set[str],
     kill_at: float,
-) -> float | None:
-    """The earliest time at which every pair walks to its destination over live nodes."""
+) -> tuple[float, str] | None:
+    """When every pair first walks to its destination over live nodes, and whose route
+    change completed that."""
     state: Tables = {}
     changes: list[tuple[float, str, dict[str, str]]] = []
     for node, snapshots in history.items():
@@ -375,14 +380,14 @@ def _repaired_at(
     changes.sort(key=lambda change: change[0])
     broken = {p for p in pairs if _path(state, p[0], p[1], dead) is None}
     if not broken:
-        return kill_at
+        return kill_at, ""
     for at, node, table in changes:
         state[node] = table
         broken = {p for p in broken if _path(state, p[0], p[1], dead) is None}
         if not broken:
             # A later change may break a pair again; the final state decides below.
             if all(_path(state, s, d, dead) is not None for s, d in pairs):
-                return at
+                return at, node
             broken = {p for p in pairs if _path(state, p[0], p[1], dead) is None}
     return None
 
@@ -393,6 +398,10 @@ def _percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
     return round(ordered[index], 1)
+
+
+def _total(pool: _Pool, counter: str) -> int:
+    return sum(int(part.get(counter, 0)) for part in pool.ask_all("counters"))
 
 
 def _wait_converged(pool: _Pool, names: list[str], timeout: float) -> bool:
@@ -447,8 +456,8 @@ def _event(
     pool.ask_all("unwatch")
     pairs = pairs or []
     mttd = (min(detections.values()) - kill_at) * 1e3 if detections else None
-    repair_at = _repaired_at(history, pairs, dead, kill_at) if repaired else None
-    mttr = None if repair_at is None else (repair_at - kill_at) * 1e3
+    repair = _repaired_at(history, pairs, dead, kill_at) if repaired else None
+    mttr = None if repair is None else (repair[0] - kill_at) * 1e3
     # Verify with the warmed pairs that did cross the victim, topped up with other affected
     # pairs (their end-to-end handshake then runs over the new path too).
     affected = set(pairs)
@@ -465,6 +474,8 @@ def _event(
         "detectors": detectors,
         "mttd_ms": None if mttd is None else round(mttd, 1),
         "mttr_ms": None if mttr is None else round(mttr, 1),
+        "first_detector": min(detections, key=detections.__getitem__) if detections else None,
+        "repaired_by": None if repair is None else repair[1],
         "pings_sent": len(sample),
         "pings_ok": pings_ok,
         "ping_rtt_ms": [None if r is None else round(r * 1e3, 2) for r in rtts],
@@ -477,7 +488,7 @@ def run(
     events: int = 10,
     workers: int | None = None,
     seed: int = 1,
-    settle: float = 1.0,
+    settle: float = 2.0,
     ping_sample: int = 4,
     converge_timeout: float = 120.0,
     repair_timeout: float = 15.0,
@@ -506,13 +517,17 @@ def run(
         converged = _wait_converged(pool, ids, converge_timeout)
         converge_s = time.monotonic() - started if converged else None
         links = sum(pool.ask_all("links")) // 2
+        downs_at_converge = _total(pool, "link_down_events")
+        time.sleep(settle)
+        steady_downs = _total(pool, "link_down_events") - downs_at_converge
         rng = random.Random(seed)  # noqa: S311 - victim choice, not cryptography
         alive, dead = list(ids), set[str]()
         details: list[dict[str, Any]] = []
-        for _ in range(events if converged else 0):
+        for index in range(events if converged else 0):
             if not _wait_converged(pool, alive, converge_timeout):
                 break
-            time.sleep(settle)
+            if index:
+                time.sleep(settle)
             details.append(
                 _event(
                     pool,
@@ -547,6 +562,8 @@ def run(
         "mttr_p99_ms": _percentile(mttr, 0.99),
         "events": len(ok),
         "failed_events": len(details) - len(ok) + (events - len(details)),
+        "steady_link_downs": steady_downs,
+        "steady_window_s": settle,
         "heartbeat_interval_s": config.heartbeat_interval,
         "dead_after": config.dead_after,
         "loadavg_1m_before": round(load_before, 2),
@@ -565,6 +582,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"mode: {result['mode']}",
         f"nodes {result['nodes']}, links {result['links']}, events {result['events']} "
+        f"spurious link downs {result['steady_link_downs']} in {result['steady_window_s']} s, "
         f"(failed {result['failed_events']}), load {result['loadavg_1m_before']} -> "
         f"{result['loadavg_1m_after']}",
     ]

@@ -92,7 +92,7 @@ def api(
 
 
 @app.command("heal")
-def heal(
+def heal(  # noqa: PLR0917 - one parameter per flag
     as_json: Annotated[
         bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
     ] = False,
@@ -117,14 +117,34 @@ def heal(
     seed: Annotated[
         int, typer.Option("--seed", envvar="X0_BENCH_SEED", help="Seed of the victim choice.")
     ] = 1,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="X0_HEARTBEAT_INTERVAL",
+            min=0.001,
+            help="Seconds between heartbeats on every link (the node's default).",
+        ),
+    ] = 0.1,
+    dead_after: Annotated[
+        int,
+        typer.Option(
+            "--dead-after",
+            envvar="X0_DEAD_AFTER",
+            min=1,
+            help="Silent heartbeat intervals before a link is declared down.",
+        ),
+    ] = 4,
 ) -> None:
     """Real nodes on loopback UDP: convergence, then MTTD/MTTR per killed node."""
     import json
 
     from x0tta6bl4.bench.heal import format_table, run
+    from x0tta6bl4.node.model import CoreConfig
 
+    config = CoreConfig(heartbeat_interval=heartbeat_interval, dead_after=dead_after)
     try:
-        result = run(nodes, events=events, workers=workers, seed=seed)
+        result = run(nodes, events=events, workers=workers, seed=seed, config=config)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(json.dumps(result) if as_json else format_table(result))
