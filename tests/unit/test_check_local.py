@@ -1,6 +1,6 @@
 """``--local`` and ``--connectivity`` checks against a real controller app (in process, its
 lifespan running, the embedded SPIFFE issuer behind it). Nodes come with ``x0tta6bl4 up``,
-whose state-directory integration is not tested here (see docs/checks.md)."""
+whose state-directory integration is tested in tests/e2e/test_check_local.py."""
 
 from __future__ import annotations
 
@@ -89,7 +89,11 @@ def test_load_local(tmp_path: Path) -> None:
     (tmp_path / "mesh.json").write_text('{"controller": "ftp://x", "nodes": {}}')
     with pytest.raises(ValueError, match="no controller URL"):
         load_local(str(tmp_path))
+    # A descriptor and lock of an up that is gone (pid 1 is not x0tta6bl4): refused.
+    (tmp_path / ".lock").write_text("1\n")
     (tmp_path / "mesh.json").write_text(
-        '{"controller": "http://127.0.0.1:1", "nodes": {"a": "http://127.0.0.1:2"}}'
+        '{"up_pid": 1, "controller": "http://127.0.0.1:1", "nodes": {"a": "http://127.0.0.1:2"}}'
     )
-    assert load_local(str(tmp_path)).node_urls == {"a": "http://127.0.0.1:2"}
+    with pytest.raises(ValueError, match=r"up \(pid 1\) that wrote .* is no longer running"):
+        load_local(str(tmp_path))
+    # The live case is tests/unit/test_local_descriptor.py and tests/e2e/test_check_local.py.

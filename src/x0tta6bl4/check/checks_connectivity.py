@@ -8,19 +8,22 @@
 - ``controller-latency``: p95 of :data:`API_SAMPLES` requests to the controller's ``/ready``
   against the guide's 100 ms target (a warning; through the API server's proxy the proxy hop
   is included).
-- ``relay-loss``: stopping a relay needs control over the nodes' processes, which only a
-  local mesh started by ``x0tta6bl4 up`` would give; elsewhere it is skipped with that reason.
+- ``relay-loss``: finds the relays from the nodes' routes and is skipped with the reason: no
+  relay (every route direct, as in ``x0tta6bl4 up``'s full mesh), or the relay and how to stop
+  it — the check never stops a mesh node it cannot restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from x0tta6bl4.check.cluster import ClusterContext
-from x0tta6bl4.check.mesh import ClusterMesh, MeshAccess, MeshError
+from x0tta6bl4.check.mesh import ClusterMesh, MeshAccess, MeshError, MeshNode
 from x0tta6bl4.check.model import (
     Category,
     Check,
@@ -32,11 +35,13 @@ from x0tta6bl4.check.model import (
 __all__ = [
     "API_P95_TARGET_MS",
     "API_SAMPLES",
+    "PING_CONCURRENCY",
     "PING_COUNT",
     "PING_P95_TARGET_MS",
     "cluster_connectivity_categories",
     "connectivity_categories",
     "p95",
+    "relays_of",
 ]
 
 PING_P95_TARGET_MS = 10.0
@@ -44,6 +49,8 @@ PING_P95_TARGET_MS = 10.0
 API_P95_TARGET_MS = 100.0
 """The guide's "API response <100ms"."""
 PING_COUNT = 5
+PING_CONCURRENCY = 4
+"""Mesh pings in flight at once (each is a request to the source node's ``/v1/ping``)."""
 API_SAMPLES = 40
 
 
@@ -56,36 +63,54 @@ def p95(values: Sequence[float]) -> float:
     return ordered[rank - 1]
 
 
+async def _ping_pair(
+    mesh: MeshAccess, src: MeshNode, dst: MeshNode
+) -> tuple[list[float], str | None]:
+    """(RTTs in ms, problem) of one ``src → dst`` mesh ping."""
+    where = f"{src.node_id} → {dst.node_id}"
+    try:
+        text, _ = await mesh.node_get(
+            src, "/v1/ping", {"target": dst.node_id, "count": str(PING_COUNT), "timeout": "2"}
+        )
+        answer: Any = json.loads(text)
+        samples = [float(r["rtt_ms"]) for r in answer["results"] if r.get("rtt_ms") is not None]
+    except MeshError as exc:
+        return [], f"{where}: {exc}"
+    except (ValueError, KeyError, TypeError):
+        return [], f"{where}: malformed /v1/ping answer"
+    return samples, None if samples else f"{where}: no reply"
+
+
 async def check_mesh_ping(mesh: MeshAccess) -> str:
-    """Every ordered pair of nodes answers a mesh ping."""
+    """Every ordered pair of nodes answers a mesh ping.
+
+    Nodes whose HTTP API does not answer are reported once (not once per pair: pinging a
+    dead node would wait out every ping's timeout); the pairs of the others are pinged,
+    :data:`PING_CONCURRENCY` at a time.
+    """
     nodes = await mesh.nodes()
     if len(nodes) < 2:
         raise CheckSkippedError(f"{len(nodes)} mesh node(s) known; pings need two")
-    rtts: list[float] = []
     problems: list[str] = []
-    for src in nodes:
-        for dst in nodes:
-            if src.node_id == dst.node_id:
-                continue
-            try:
-                text, _ = await mesh.node_get(
-                    src,
-                    "/v1/ping",
-                    {"target": dst.node_id, "count": str(PING_COUNT), "timeout": "2"},
-                )
-                answer: Any = json.loads(text)
-                samples = [
-                    float(r["rtt_ms"]) for r in answer["results"] if r.get("rtt_ms") is not None
-                ]
-            except MeshError as exc:
-                problems.append(f"{src.node_id} → {dst.node_id}: {exc}")
-                continue
-            except (ValueError, KeyError, TypeError):
-                problems.append(f"{src.node_id} → {dst.node_id}: malformed /v1/ping answer")
-                continue
-            if not samples:
-                problems.append(f"{src.node_id} → {dst.node_id}: no reply")
-            rtts += samples
+    alive: list[MeshNode] = []
+    for node in nodes:
+        try:
+            await mesh.node_get(node, "/health")
+        except MeshError as exc:
+            problems.append(f"{node.node_id}: does not answer, no pair with it can work ({exc})")
+        else:
+            alive.append(node)
+    gate = asyncio.Semaphore(PING_CONCURRENCY)
+
+    async def one(src: MeshNode, dst: MeshNode) -> tuple[list[float], str | None]:
+        async with gate:
+            return await _ping_pair(mesh, src, dst)
+
+    answers = await asyncio.gather(
+        *(one(src, dst) for src in alive for dst in alive if src.node_id != dst.node_id)
+    )
+    rtts = [rtt for samples, _ in answers for rtt in samples]
+    problems += [problem for _, problem in answers if problem]
     mesh.measurements["ping_rtts_ms"] = rtts
     if problems:
         raise CheckFailedError("; ".join(problems))
@@ -123,11 +148,48 @@ async def check_controller_latency(mesh: MeshAccess) -> str:
     return f"p95 {value:.1f} ms over {len(samples)} requests"
 
 
+def relays_of(statuses: Mapping[str, Any]) -> Counter[str]:
+    """How many routes each node relays, from the nodes' ``/v1/status`` documents (a relay
+    is any hop of a route's ``path`` other than its destination)."""
+    relayed: Counter[str] = Counter()
+    for status in statuses.values():
+        routes = status.get("routes") if isinstance(status, dict) else None
+        for route in routes if isinstance(routes, list) else []:
+            if not isinstance(route, dict) or not isinstance(route.get("path"), list):
+                continue
+            dest = route.get("dest")
+            relayed.update(str(hop) for hop in route["path"] if hop != dest)
+    return relayed
+
+
 async def check_relay_loss(mesh: MeshAccess) -> str:
-    """Route around a stopped relay (needs a mesh whose node processes the check controls)."""
+    """Route around a stopped relay. Never stops anything itself: it finds the relays from
+    the nodes' routes and says how to run the drill (see docs/checks.md#relay-loss)."""
+    nodes = await mesh.nodes()
+    if len(nodes) < 3:
+        raise CheckSkippedError(
+            f"{len(nodes)} mesh node(s) known; a relay needs three "
+            "(or the node list is not known for this target)"
+        )
+    statuses: dict[str, Any] = {}
+    for node in nodes:
+        try:
+            text, _ = await mesh.node_get(node, "/v1/status")
+            statuses[node.node_id] = json.loads(text)
+        except (MeshError, ValueError):
+            continue  # mesh-ping reports unreachable nodes
+    relayed = relays_of(statuses)
+    if not relayed:
+        raise CheckSkippedError(
+            f"every route of the {len(statuses)} nodes is direct: no node relays traffic, so "
+            "there is no relay to lose (`x0tta6bl4 up --chaos` kills nodes and measures "
+            "re-routing)"
+        )
+    relay, count = relayed.most_common(1)[0]
     raise CheckSkippedError(
-        "the drill stops a relay node, which needs control of the node processes "
-        "(a local mesh from `x0tta6bl4 up`); not available for this target"
+        f"{relay} relays {count} route(s); the drill would stop it, and `check` does not stop "
+        "mesh nodes it cannot restart: stop it yourself (delete its pod, or SIGKILL its pid "
+        "from mesh.json) and run --connectivity again"
     )
 
 

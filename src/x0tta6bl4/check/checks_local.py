@@ -1,14 +1,19 @@
 """``x0tta6bl4 check --local``: the checks that apply to a mesh without Kubernetes.
 
-Against ``x0tta6bl4 up``'s state directory (controller and node URLs from its ``mesh.json``)
-or a bare controller URL (then only the controller checks run; the node checks are skipped
-because the node list of the controller API needs credentials). ``--post`` (the default)
-runs the health checks below, ``--connectivity`` the connectivity checks.
+Against a running ``x0tta6bl4 up``'s state directory (controller and node URLs from its
+``mesh.json``, :mod:`x0tta6bl4.local.descriptor`) or a bare controller URL. With a URL the
+nodes are found through the controller's public ``/ui/topology.json`` (``nodes-reporting``),
+but the controller does not know the nodes' HTTP addresses, so the checks that talk to the
+nodes themselves are skipped with that reason. ``--post`` (the default) runs the health
+checks below, ``--connectivity`` the connectivity checks. With ``--wait`` the descriptor of
+an ``up`` that is still starting is waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -22,8 +27,9 @@ from x0tta6bl4.check.model import (
     CheckSkippedError,
     Severity,
 )
+from x0tta6bl4.local.descriptor import UpNotRunningError
 
-__all__ = ["local_categories", "run_local"]
+__all__ = ["NO_NODE_URLS", "local_categories", "run_local"]
 
 
 async def check_controller_health(mesh: MeshAccess) -> str:
@@ -44,11 +50,42 @@ async def check_controller_ready(mesh: MeshAccess) -> str:
     return "ok"
 
 
+NO_NODE_URLS = (
+    "the controller's API does not give the nodes' HTTP addresses; run it with the state "
+    "directory of `x0tta6bl4 up` (the `check` line up prints) to check the nodes themselves"
+)
+
+
 async def _known_nodes(mesh: MeshAccess) -> list[Any]:
     nodes = await mesh.nodes()
     if not nodes:
-        raise CheckSkippedError("node URLs unknown (give the state directory of `x0tta6bl4 up`)")
+        raise CheckSkippedError(NO_NODE_URLS)
     return nodes
+
+
+async def check_nodes_reporting(mesh: MeshAccess) -> str:
+    """Every node registered with the controller reports its status (the controller's public
+    ``/ui/topology.json``: ``state`` is ``up`` within 15 s of a report); when the node list
+    is known (the state directory), every node of it is registered."""
+    try:
+        text, _ = await mesh.controller_get("/ui/topology.json")
+        registered = {str(n["node_id"]): str(n["state"]) for n in json.loads(text)["nodes"]}
+    except MeshError as exc:
+        raise CheckFailedError(str(exc)) from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckFailedError("the controller's /ui/topology.json is malformed") from None
+    problems = [f"{node}: {state}" for node, state in sorted(registered.items()) if state != "up"]
+    expected = {node.node_id for node in await mesh.nodes()}
+    missing = sorted(expected - set(registered))
+    if missing:
+        problems.append("not registered: " + ", ".join(missing))
+    if problems:
+        raise CheckFailedError(
+            f"{len(registered)} nodes registered; not reporting: " + "; ".join(problems)
+        )
+    if not registered:
+        raise CheckSkippedError("no node is registered with the controller")
+    return f"{len(registered)} nodes reporting"
 
 
 async def check_nodes_ready(mesh: MeshAccess) -> str:
@@ -143,6 +180,11 @@ def local_categories() -> list[Category[MeshAccess]]:
         Category(
             "x0tta6bl4-data-plane",
             [
+                Check(
+                    "nodes-reporting",
+                    "every registered node reports to the controller",
+                    check_nodes_reporting,
+                ),
                 Check("nodes-ready", "every mesh node is ready", check_nodes_ready),
                 Check("pq-svids", "PQ SVIDs are valid and renewed", check_pq_svids),
                 Check("spire-svids", "SPIFFE SVIDs are valid and rotating", check_spiffe_svids),
@@ -151,11 +193,23 @@ def local_categories() -> list[Category[MeshAccess]]:
     ]
 
 
+async def _load_waiting(target: str, wait: float, interval: float = 0.5) -> LocalMesh:
+    """:func:`load_local`, retried while ``up`` is still starting and ``wait`` allows."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return load_local(target)
+        except UpNotRunningError as exc:
+            if not exc.starting or time.monotonic() + interval > deadline:
+                raise
+        await asyncio.sleep(interval)
+
+
 async def run_local(target: str, mode: str, out: TextIO, output: str, wait: float) -> int:
     """Run the local checks for ``mode`` ("post" or "connectivity") on ``target``."""
     from x0tta6bl4.check.app import run_categories
 
-    mesh: LocalMesh = load_local(target)
+    mesh = await _load_waiting(target, wait)
     try:
         categories = local_categories() if mode == "post" else connectivity_categories()
         report = await run_categories(categories, mesh, out, output=output, wait=wait)

@@ -9,7 +9,6 @@ cluster). Both time each request with a monotonic clock.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import httpx
 
 from x0tta6bl4.check.cluster import ClusterContext
 from x0tta6bl4.check.kube import KubeError, Obj
+from x0tta6bl4.local.descriptor import MeshDescriptor, read_descriptor
 
 __all__ = [
     "CONTROLLER_PORT",
@@ -34,7 +34,6 @@ __all__ = [
 
 CONTROLLER_PORT = 8080
 NODE_HTTP_PORT = 7811
-STATE_FILE = "mesh.json"
 
 
 class MeshError(Exception):
@@ -85,6 +84,8 @@ class LocalMesh:
     controller_http: httpx.AsyncClient | None = None
     """A separate client for the controller (e.g. an in-process ASGI transport); default
     ``http``."""
+    descriptor: MeshDescriptor | None = None
+    """The ``up`` descriptor when the target was a state directory (node pids, up's pid)."""
 
     def now(self) -> float:
         return time.time()
@@ -119,28 +120,16 @@ class LocalMesh:
 
 
 def load_local(target: str) -> LocalMesh:
-    """A :class:`LocalMesh` for ``--local``: a controller URL, or the state directory of
-    ``x0tta6bl4 up`` holding ``mesh.json`` (``{"controller": URL, "nodes": {ID: URL}}``)."""
+    """A :class:`LocalMesh` for ``--local``: a controller URL, or the state directory of a
+    running ``x0tta6bl4 up`` (its ``mesh.json``, :mod:`x0tta6bl4.local.descriptor`).
+
+    Raises :class:`~x0tta6bl4.local.descriptor.DescriptorError` (a ValueError) with a specific
+    message when the directory has no descriptor or its ``up`` is not running.
+    """
     if target.startswith(("http://", "https://")):
         return LocalMesh(target)
-    path = Path(target) / STATE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(
-            f"--local {target}: no {STATE_FILE} (is it the state directory of `x0tta6bl4 up`?)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--local {target}: cannot read {STATE_FILE}: {exc}") from None
-    controller = data.get("controller") if isinstance(data, dict) else None
-    nodes = data.get("nodes") if isinstance(data, dict) else None
-    if not isinstance(controller, str) or not controller.startswith(("http://", "https://")):
-        raise ValueError(f"--local {target}: {STATE_FILE} has no controller URL")
-    if not isinstance(nodes, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in nodes.items()
-    ):
-        raise ValueError(f"--local {target}: {STATE_FILE} nodes must map node IDs to URLs")
-    return LocalMesh(controller, dict(nodes))
+    descriptor = read_descriptor(Path(target).expanduser())
+    return LocalMesh(descriptor.controller, dict(descriptor.nodes), descriptor=descriptor)
 
 
 @dataclass

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import time
+from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from x0tta6bl4.local.chaos import ChaosScheduler
 from x0tta6bl4.local.config import UpConfig
@@ -24,11 +27,16 @@ from x0tta6bl4.local.stack import Staging
 from x0tta6bl4.local.summary import HealEvent, Summary
 from x0tta6bl4.local.view import LineProgress, RichProgress, render_mesh
 
-__all__ = ["run_up"]
+__all__ = ["check_command", "run_up"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _REFRESH = 0.5
 _PLAIN_STATUS_EVERY = 5.0
+
+
+def check_command(state_root: Path) -> str:
+    """The ``x0tta6bl4 check`` command line that checks the mesh running on ``state_root``."""
+    return f"x0tta6bl4 check --local {shlex.quote(str(state_root))}"
 
 
 def _install_signals(stop: asyncio.Event) -> None:
@@ -81,8 +89,10 @@ async def run_up(config: UpConfig, console: Console, *, live: bool) -> Summary:
             f"  controller  {staging.controller_url}\n"
             f"  topology UI {staging.ui_url}\n"
             f"  state       {staging.state.root}"
-            + ("" if staging.state.keep else " (temporary, removed at exit)"),
+            + ("" if staging.state.keep else " (temporary, removed at exit)")
+            + f"\n  check       {escape(check_command(staging.state.root))}",
             highlight=False,
+            soft_wrap=True,  # the command must stay on one line, to be copied
         )
         async with httpx.AsyncClient() as client:
             views = await _run_phase(staging, client, console, live=live, events=events)

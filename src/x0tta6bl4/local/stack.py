@@ -27,6 +27,7 @@ from typing import Protocol
 import httpx
 
 from x0tta6bl4.local.config import UpConfig
+from x0tta6bl4.local.descriptor import MeshDescriptor, remove_descriptor, write_descriptor
 from x0tta6bl4.local.errors import StartupError
 from x0tta6bl4.local.etcd import EtcdPlan
 from x0tta6bl4.local.observe import NodeView, fetch_nodes, routed_pairs
@@ -90,6 +91,7 @@ class Staging:
         self.spiffe_socket: Path | None = None
         self.etcd: EtcdPlan | None = None
         self.started_at = time.monotonic()
+        self.started_wall = time.time()
         self.startup_s = 0.0
         # Fail on a taken port before creating anything.
         self._controller_ports = [
@@ -124,6 +126,7 @@ class Staging:
     async def start(self, progress: StartProgress) -> None:
         """Start every component and wait until all are ready and every pair is routed."""
         self.state = StateDir(self.config.state_dir)
+        remove_descriptor(self.state.root)  # left by an up that was SIGKILLed
         async with httpx.AsyncClient() as client:
             await self._start_issuer(progress)
             store_url = None
@@ -134,6 +137,26 @@ class Staging:
             await self._start_nodes(progress, client)
             await self._wait_routed(progress, client)
         self.startup_s = time.monotonic() - self.started_at
+        self.write_descriptor()
+
+    def descriptor(self) -> MeshDescriptor:
+        """Where this mesh can be reached (``STATE_DIR/mesh.json``, docs/up.md)."""
+        pids = {n: self.supervisor.processes[n].pid for n in self.nodes}
+        return MeshDescriptor(
+            up_pid=os.getpid(),
+            controller=self.controller_url,
+            controllers=tuple(self.controller_urls),
+            ui=self.ui_url,
+            store=self.config.store,
+            nodes=self.node_urls,
+            node_pids={n: pid for n, pid in pids.items() if pid is not None},
+            started_at=self.started_wall,
+        )
+
+    def write_descriptor(self) -> None:
+        """Write (or rewrite, after a node restart) ``STATE_DIR/mesh.json``."""
+        if self.state is not None:
+            write_descriptor(self.state.root, self.descriptor())
 
     def _spec(self, name: str, kind: str, argv: list[str]) -> ProcessSpec:
         assert self.state is not None
@@ -391,6 +414,7 @@ class Staging:
     def restart_node(self, node_id: str) -> None:
         """Start a killed node again: same identity, same ports."""
         self.supervisor.restart(node_id)
+        self.write_descriptor()  # its pid changed
 
     # ----------------------------------------------------------------- stop
 
@@ -400,6 +424,8 @@ class Staging:
         Returns (pids that survived, paths left in the runtime directory) — both normally
         empty; the caller reports them.
         """
+        if self.state is not None:
+            remove_descriptor(self.state.root)  # before stopping: nothing to reach any more
         survivors = self.supervisor.stop_all(STOP_ORDER, timeouts=STOP_GRACE)
         leftovers: list[str] = []
         if self.state is not None:

@@ -1,0 +1,117 @@
+"""``STATE_DIR/mesh.json``, the runtime descriptor of ``x0tta6bl4 up``: round trip, validation,
+and the running / starting / stopped / killed cases, with real processes standing in for
+``up`` (a sleeping Python whose command line names x0tta6bl4, as ``up``'s does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from x0tta6bl4.local.descriptor import (
+    DescriptorError,
+    MeshDescriptor,
+    UpNotRunningError,
+    pid_alive,
+    read_descriptor,
+    remove_descriptor,
+    write_descriptor,
+)
+
+
+@pytest.fixture
+def fake_up() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "x0tta6bl4", "up"]
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def descriptor(pid: int) -> MeshDescriptor:
+    return MeshDescriptor(
+        up_pid=pid,
+        controller="http://127.0.0.1:41023",
+        controllers=("http://127.0.0.1:41023",),
+        ui="http://127.0.0.1:41023/ui",
+        store="sqlite",
+        nodes={"node-02": "http://127.0.0.1:40002", "node-01": "http://127.0.0.1:40001"},
+        node_pids={"node-01": 11, "node-02": 12},
+        started_at=1795670396.1,
+    )
+
+
+def test_running_up_round_trips(tmp_path: Path, fake_up: subprocess.Popen[bytes]) -> None:
+    (tmp_path / ".lock").write_text(f"{fake_up.pid}\n")
+    path = write_descriptor(tmp_path, descriptor(fake_up.pid))
+    assert path == tmp_path / "mesh.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    assert list(data["nodes"]) == ["node-01", "node-02"]
+    assert read_descriptor(tmp_path) == descriptor(fake_up.pid)
+
+
+def test_starting_up_is_reported_as_starting(
+    tmp_path: Path, fake_up: subprocess.Popen[bytes]
+) -> None:
+    (tmp_path / ".lock").write_text(f"{fake_up.pid}\n")
+    with pytest.raises(UpNotRunningError, match="is still starting") as err:
+        read_descriptor(tmp_path)
+    assert err.value.starting
+
+
+def test_stopped_and_killed_up_are_refused(
+    tmp_path: Path, fake_up: subprocess.Popen[bytes]
+) -> None:
+    (tmp_path / ".lock").write_text(f"{fake_up.pid}\n")
+    write_descriptor(tmp_path, descriptor(fake_up.pid))
+    fake_up.kill()
+    fake_up.wait()
+    assert not pid_alive(fake_up.pid)
+    with pytest.raises(UpNotRunningError, match="no longer running") as err:
+        read_descriptor(tmp_path)
+    assert not err.value.starting
+    remove_descriptor(tmp_path)
+    remove_descriptor(tmp_path)  # twice: no error
+    (tmp_path / ".lock").write_text("")  # what a stopped up leaves
+    with pytest.raises(UpNotRunningError, match="x0tta6bl4 up is not running on"):
+        read_descriptor(tmp_path)
+
+
+def test_not_a_state_directory(tmp_path: Path) -> None:
+    with pytest.raises(DescriptorError, match=r"has no mesh\.json"):
+        read_descriptor(tmp_path)
+    with pytest.raises(DescriptorError, match="is not a directory"):
+        read_descriptor(tmp_path / "missing")
+    (tmp_path / "mesh.json").write_text("{")
+    with pytest.raises(DescriptorError, match="is not JSON"):
+        read_descriptor(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"controller": 5}, "no controller URL"),
+        ({"nodes": {"a": "ftp://x"}}, "nodes must map node IDs"),
+        ({"up_pid": True}, "up_pid must be a positive integer"),
+        ({"up_pid": -3}, "up_pid must be a positive integer"),
+        ({"node_pids": {"a": "7"}}, "node_pids must map node IDs to pids"),
+        ({"controllers": "http://x"}, "controllers must be a list"),
+    ],
+)
+def test_malformed_fields_are_named(change: dict[str, object], message: str) -> None:
+    data = descriptor(os.getpid()).to_json() | change
+    with pytest.raises(DescriptorError, match=message):
+        MeshDescriptor.from_json(data)
+    with pytest.raises(DescriptorError, match="must hold a JSON object"):
+        MeshDescriptor.from_json([data])
