@@ -4,6 +4,7 @@ and the running / starting / stopped / killed cases, with real processes standin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -115,3 +116,30 @@ def test_malformed_fields_are_named(change: dict[str, object], message: str) -> 
         MeshDescriptor.from_json(data)
     with pytest.raises(DescriptorError, match="must hold a JSON object"):
         MeshDescriptor.from_json([data])
+
+
+async def test_check_waits_for_a_starting_up_only_with_wait(
+    tmp_path: Path, fake_up: subprocess.Popen[bytes]
+) -> None:
+    from x0tta6bl4.check.checks_local import load_waiting
+
+    (tmp_path / ".lock").write_text(f"{fake_up.pid}\n")
+    with pytest.raises(UpNotRunningError, match="still starting"):
+        await load_waiting(str(tmp_path), 0.0)
+
+    async def finish_starting() -> None:
+        await asyncio.sleep(0.3)
+        write_descriptor(tmp_path, descriptor(fake_up.pid))
+
+    writer = asyncio.create_task(finish_starting())
+    mesh = await load_waiting(str(tmp_path), 60.0, interval=0.05)
+    await writer
+    try:
+        assert mesh.descriptor == descriptor(fake_up.pid)
+        assert mesh.node_urls == dict(descriptor(fake_up.pid).nodes)
+    finally:
+        await mesh.close()
+    fake_up.kill()
+    fake_up.wait()
+    with pytest.raises(UpNotRunningError, match="no longer running"):
+        await load_waiting(str(tmp_path), 60.0)  # not starting: no waiting

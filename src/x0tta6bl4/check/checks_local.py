@@ -29,7 +29,7 @@ from x0tta6bl4.check.model import (
 )
 from x0tta6bl4.local.descriptor import UpNotRunningError
 
-__all__ = ["NO_NODE_URLS", "local_categories", "run_local"]
+__all__ = ["NO_NODE_URLS", "load_waiting", "local_categories", "run_local"]
 
 
 async def check_controller_health(mesh: MeshAccess) -> str:
@@ -193,7 +193,7 @@ def local_categories() -> list[Category[MeshAccess]]:
     ]
 
 
-async def _load_waiting(target: str, wait: float, interval: float = 0.5) -> LocalMesh:
+async def load_waiting(target: str, wait: float, interval: float = 0.5) -> LocalMesh:
     """:func:`load_local`, retried while ``up`` is still starting and ``wait`` allows."""
     deadline = time.monotonic() + wait
     while True:
@@ -209,7 +209,7 @@ async def run_local(target: str, mode: str, out: TextIO, output: str, wait: floa
     """Run the local checks for ``mode`` ("post" or "connectivity") on ``target``."""
     from x0tta6bl4.check.app import run_categories
 
-    mesh = await _load_waiting(target, wait)
+    mesh = await load_waiting(target, wait)
     try:
         categories = local_categories() if mode == "post" else connectivity_categories()
         report = await run_categories(categories, mesh, out, output=output, wait=wait)
