@@ -35,6 +35,11 @@ heartbeats in time (0 on a healthy run; the failure mode of too many nodes per c
 
 ``converge_s`` is from the moment the membership is handed out (sockets bound, keys made) to
 full convergence: every link handshake, the first adverts, flooding and SPF on every node.
+With ``join_batch`` the membership grows by that many nodes at a time (each step waits for
+convergence), as nodes joining a cluster over time would; ``converge_s`` then covers every
+step. It spreads the start-up work (every link's PQ handshake, every node's first advert
+verified by every other) that real nodes do on their own CPUs, but that here lands on the
+few cores of one host at once.
 """
 
 from __future__ import annotations
@@ -168,7 +173,8 @@ class _Worker:
     def _handle(self, kind: str, args: tuple[Any, ...]) -> Any:
         if kind == "members":
             members = [Member(n, s, ("127.0.0.1", p), cert_der=c) for n, s, p, c in args[0]]
-            for node_id in self.alive:
+            joined = {m.node_id for m in members}
+            for node_id in self.alive & joined:
                 self.endpoints[node_id].call(lambda core, now: core.set_members(members, now))
             return None
         if kind == "converged":
@@ -286,6 +292,7 @@ class _Pool:
             if kind != "ready":  # pragma: no cover - protocol invariant
                 raise RuntimeError(f"worker answered {kind!r} instead of ready")
             self.rows.extend(rows)
+        self.rows.sort()
 
     def _recv(self, conn: Connection) -> Any:
         if not conn.poll(_REPLY_TIMEOUT):
@@ -492,6 +499,7 @@ def run(
     ping_sample: int = 4,
     converge_timeout: float = 120.0,
     repair_timeout: float = 15.0,
+    join_batch: int | None = None,
     config: CoreConfig | None = None,
 ) -> dict[str, Any]:
     """Start ``nodes`` real nodes in ``workers`` processes, converge, kill ``events`` of them."""
@@ -502,6 +510,8 @@ def run(
     workers = workers if workers is not None else min(os.cpu_count() or 1, max(1, nodes // 10))
     if not 1 <= workers <= nodes:
         raise ValueError("workers must be 1..nodes")
+    if join_batch is not None and join_batch < 1:
+        raise ValueError("join_batch must be at least 1")
     if settle < 0 or ping_sample < 0 or converge_timeout <= 0 or repair_timeout <= 0:
         raise ValueError("settle and ping_sample must be >= 0, timeouts positive")
     config = config or CoreConfig()
@@ -513,8 +523,15 @@ def run(
     pool = _Pool(slices, config)
     try:
         started = time.monotonic()
-        pool.ask_all("members", pool.rows)
-        converged = _wait_converged(pool, ids, converge_timeout)
+        step = join_batch or nodes
+        converged = True
+        for end in range(step, nodes + step, step):
+            # Members learn of each other (and link up) batch by batch.
+            joined = pool.rows[: min(end, nodes)]
+            pool.ask_all("members", joined)
+            converged = _wait_converged(pool, [r[0] for r in joined], converge_timeout)
+            if not converged:
+                break
         converge_s = time.monotonic() - started if converged else None
         links = sum(pool.ask_all("links")) // 2
         downs_at_converge = _total(pool, "link_down_events")
@@ -553,6 +570,7 @@ def run(
         "mode": f"in-process nodes, real UDP sockets on loopback, {workers} worker processes",
         "nodes": nodes,
         "workers": workers,
+        "join": "all at once" if join_batch in (None, nodes) else f"{join_batch} nodes per step",
         "links": links,
         "converged": converged,
         "converge_s": None if converge_s is None else round(converge_s, 2),
@@ -572,7 +590,9 @@ def run(
         "details": details,
     }
     result["meets_targets"] = all(
-        result[key] is not None and result[key] <= limit for key, limit in TARGETS.items()
+        result[key] is not None
+        and (result[key] < limit if key == "converge_s" else result[key] <= limit)
+        for key, limit in TARGETS.items()
     )
     return result
 

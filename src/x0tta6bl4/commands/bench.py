@@ -135,6 +135,15 @@ def heal(  # noqa: PLR0917 - one parameter per flag
             help="Silent heartbeat intervals before a link is declared down.",
         ),
     ] = 4,
+    join_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--join-batch",
+            envvar="X0_BENCH_JOIN_BATCH",
+            min=1,
+            help="Grow the membership by this many nodes at a time (default: all at once).",
+        ),
+    ] = None,
 ) -> None:
     """Real nodes on loopback UDP: convergence, then MTTD/MTTR per killed node."""
     import json
@@ -144,7 +153,9 @@ def heal(  # noqa: PLR0917 - one parameter per flag
 
     config = CoreConfig(heartbeat_interval=heartbeat_interval, dead_after=dead_after)
     try:
-        result = run(nodes, events=events, workers=workers, seed=seed, config=config)
+        result = run(
+            nodes, events=events, workers=workers, seed=seed, join_batch=join_batch, config=config
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(json.dumps(result) if as_json else format_table(result))
