@@ -584,6 +584,7 @@ def run(
         "steady_window_s": settle,
         "heartbeat_interval_s": config.heartbeat_interval,
         "dead_after": config.dead_after,
+        "cost_update_interval_s": config.cost_update_interval,
         "loadavg_1m_before": round(load_before, 2),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "targets": dict(TARGETS),

@@ -135,6 +135,15 @@ def heal(  # noqa: PLR0917 - one parameter per flag
             help="Silent heartbeat intervals before a link is declared down.",
         ),
     ] = 4,
+    cost_update_interval: Annotated[
+        float,
+        typer.Option(
+            "--cost-update-interval",
+            envvar="X0_BENCH_COST_UPDATE_INTERVAL",
+            min=0.0,
+            help="Seconds between batched link-cost updates to the router (node default 5).",
+        ),
+    ] = 5.0,
     join_batch: Annotated[
         int | None,
         typer.Option(
@@ -151,7 +160,11 @@ def heal(  # noqa: PLR0917 - one parameter per flag
     from x0tta6bl4.bench.heal import format_table, run
     from x0tta6bl4.node.model import CoreConfig
 
-    config = CoreConfig(heartbeat_interval=heartbeat_interval, dead_after=dead_after)
+    config = CoreConfig(
+        heartbeat_interval=heartbeat_interval,
+        dead_after=dead_after,
+        cost_update_interval=cost_update_interval,
+    )
     try:
         result = run(
             nodes, events=events, workers=workers, seed=seed, join_batch=join_batch, config=config
