@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from x0tta6bl4.commands._options import LogFormatOption, SpiffeSocketOption
+
 __all__ = ["app"]
 
 app = typer.Typer(
@@ -59,14 +61,7 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         str | None,
         typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain"),
     ] = None,
-    spiffe_socket: Annotated[
-        str | None,
-        typer.Option(
-            "--spiffe-socket",
-            envvar=["SPIFFE_ENDPOINT_SOCKET", "X0_SPIFFE_SOCKET"],
-            help="SPIFFE Workload API socket (default: /run/spire/agent-sockets/spire-agent.sock)",
-        ),
-    ] = None,
+    spiffe_socket: SpiffeSocketOption = None,
     ca_cert_file: Annotated[
         Path | None,
         typer.Option("--ca-cert-file", envvar="X0_CA_CERT_FILE", help="mesh CA certificate(s)"),
@@ -107,10 +102,7 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         float | None,
         typer.Option("--node-ttl", envvar="X0_NODE_TTL", help="expire nodes silent this long"),
     ] = None,
-    log_format: Annotated[
-        str | None,
-        typer.Option("--log-format", envvar="X0_LOG_FORMAT", help="json or console"),
-    ] = None,
+    log_format: LogFormatOption = None,
     log_level: Annotated[
         str | None,
         typer.Option("--log-level", envvar="X0_LOG_LEVEL", help="log level (default: info)"),

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from x0tta6bl4.commands._options import LogFormatOption, SpiffeSocketOption
+
 __all__ = ["node"]
 
 
@@ -44,14 +46,7 @@ def node(  # noqa: PLR0917 - one parameter per flag
     state_dir: Annotated[
         Path, typer.Option("--state-dir", envvar="X0_STATE_DIR", help="node key directory")
     ] = Path("/var/lib/x0tta6bl4"),
-    spiffe_socket: Annotated[
-        str | None,
-        typer.Option(
-            "--spiffe-socket",
-            envvar=["SPIFFE_ENDPOINT_SOCKET", "X0_SPIFFE_SOCKET"],
-            help="SPIFFE Workload API socket (default: /run/spire/agent-sockets/spire-agent.sock)",
-        ),
-    ] = None,
+    spiffe_socket: SpiffeSocketOption = None,
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain")
     ] = "x0tta6bl4.mesh",
@@ -68,10 +63,7 @@ def node(  # noqa: PLR0917 - one parameter per flag
             "--dead-after", envvar="X0_DEAD_AFTER", help="missed heartbeats before link down"
         ),
     ] = 4,
-    log_format: Annotated[
-        str | None,
-        typer.Option("--log-format", envvar="X0_LOG_FORMAT", help="json or console"),
-    ] = None,
+    log_format: LogFormatOption = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="X0_LOG_LEVEL", help="log level")
     ] = "info",
