@@ -8,8 +8,10 @@
 
 The binary comes from Debian's ``etcd-server`` package (``scripts/setup-system.sh``);
 :func:`etcd_binary` returns None when it is missing so tests can skip with that reason.
-Elections are tuned fast (heartbeat 50 ms, election timeout 500 ms) to keep failover tests
-short. Each member logs to ``<data-dir>.log``; a start failure reports the log's tail.
+The binary lookup, the environment and each member's command line are those of ``up``
+(:mod:`x0tta6bl4.local.etcd`), whose fast elections (heartbeat 50 ms, election timeout
+500 ms) keep failover tests short. Each member logs to ``<data-dir>.log``; a start failure
+reports the log's tail.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,20 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from x0tta6bl4.local.etcd import etcd_binary, etcd_env, member_argv
+
 __all__ = ["ETCD_MISSING_REASON", "EtcdCluster", "EtcdMember", "etcd_binary"]
 
 ETCD_MISSING_REASON = (
     "the etcd binary is not installed (Debian package etcd-server; run scripts/setup-system.sh)"
 )
 _START_TIMEOUT = 30.0
-
-
-def etcd_binary() -> str | None:
-    """Path of the etcd server binary, or None."""
-    found = shutil.which("etcd")
-    if found:
-        return found
-    return "/usr/bin/etcd" if os.access("/usr/bin/etcd", os.X_OK) else None
 
 
 def _free_ports(count: int) -> list[int]:
@@ -145,10 +139,7 @@ class EtcdCluster:
 
     def _env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD")}
-        machine = platform.machine().lower()
-        if machine not in ("x86_64", "amd64"):
-            env["ETCD_UNSUPPORTED_ARCH"] = {"aarch64": "arm64"}.get(machine, machine)
-        return env
+        return {**env, **etcd_env()}
 
     def start(self) -> None:
         """Start every member and wait until all are healthy."""
@@ -166,23 +157,15 @@ class EtcdCluster:
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
-            member.args = [
+            member.args = member_argv(
                 self.binary,
-                f"--name={member.name}",
-                f"--data-dir={member.data_dir}",
-                f"--listen-client-urls={member.client_url}",
-                f"--advertise-client-urls={member.client_url}",
-                f"--listen-peer-urls={member.peer_url}",
-                f"--initial-advertise-peer-urls={member.peer_url}",
-                f"--initial-cluster={initial}",
-                "--initial-cluster-state=new",
-                f"--initial-cluster-token={token}",
-                "--heartbeat-interval=50",
-                "--election-timeout=500",
-                "--logger=zap",
-                "--log-outputs=stderr",
-                "--log-level=warn",
-            ]
+                name=member.name,
+                data_dir=member.data_dir,
+                client_url=member.client_url,
+                peer_url=member.peer_url,
+                initial_cluster=initial,
+                token=token,
+            )
             self._spawn(member)
         try:
             self.wait_healthy()

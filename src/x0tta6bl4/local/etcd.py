@@ -21,7 +21,15 @@ from x0tta6bl4.local.errors import PrerequisiteError
 from x0tta6bl4.local.ports import PortAllocator
 from x0tta6bl4.local.supervisor import ProcessSpec
 
-__all__ = ["ETCD_INSTALL_HINT", "EtcdMember", "EtcdPlan", "find_etcd"]
+__all__ = [
+    "ETCD_INSTALL_HINT",
+    "EtcdMember",
+    "EtcdPlan",
+    "etcd_binary",
+    "etcd_env",
+    "find_etcd",
+    "member_argv",
+]
 
 ETCD_INSTALL_HINT = (
     "--store etcd needs the etcd server binary, which is not installed: run "
@@ -29,14 +37,64 @@ ETCD_INSTALL_HINT = (
 )
 
 
-def find_etcd() -> str:
-    """Path of the ``etcd`` binary; :class:`PrerequisiteError` with the install hint if none."""
+def etcd_binary() -> str | None:
+    """Path of the ``etcd`` binary (on ``PATH`` or ``/usr/bin/etcd``), or None."""
     found = shutil.which("etcd")
     if found:
         return found
-    if os.access("/usr/bin/etcd", os.X_OK):
-        return "/usr/bin/etcd"
-    raise PrerequisiteError(ETCD_INSTALL_HINT)
+    return "/usr/bin/etcd" if os.access("/usr/bin/etcd", os.X_OK) else None
+
+
+def find_etcd() -> str:
+    """Path of the ``etcd`` binary; :class:`PrerequisiteError` with the install hint if none."""
+    found = etcd_binary()
+    if found is None:
+        raise PrerequisiteError(ETCD_INSTALL_HINT)
+    return found
+
+
+def etcd_env() -> dict[str, str]:
+    """Extra environment for etcd members (etcd 3.4 refuses non-amd64 unless told)."""
+    env: dict[str, str] = {}
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        env["ETCD_UNSUPPORTED_ARCH"] = {"aarch64": "arm64"}.get(machine, machine)
+    return env
+
+
+def member_argv(
+    binary: str,
+    *,
+    name: str,
+    data_dir: Path,
+    client_url: str,
+    peer_url: str,
+    initial_cluster: str,
+    token: str,
+) -> list[str]:
+    """The command line of one loopback member of a new cluster.
+
+    ``initial_cluster`` is ``NAME=PEER_URL,…`` for every member; ``token`` names the
+    cluster. Elections are tuned fast (heartbeat 50 ms, election timeout 500 ms); the log
+    (zap, warnings and worse) goes to stderr.
+    """
+    return [
+        binary,
+        f"--name={name}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={initial_cluster}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token={token}",
+        "--heartbeat-interval=50",
+        "--election-timeout=500",
+        "--logger=zap",
+        "--log-outputs=stderr",
+        "--log-level=warn",
+    ]
 
 
 @dataclass(frozen=True)
@@ -86,12 +144,8 @@ class EtcdPlan:
         return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
 
     def env(self) -> dict[str, str]:
-        """Environment for the members (etcd 3.4 refuses non-amd64 unless told)."""
-        env: dict[str, str] = {}
-        machine = platform.machine().lower()
-        if machine not in ("x86_64", "amd64"):
-            env["ETCD_UNSUPPORTED_ARCH"] = {"aarch64": "arm64"}.get(machine, machine)
-        return env
+        """Environment for the members (see :func:`etcd_env`)."""
+        return etcd_env()
 
     def specs(self, token: str) -> list[ProcessSpec]:
         """One process spec per member (``token`` names this cluster)."""
@@ -102,23 +156,15 @@ class EtcdPlan:
                 kind="etcd",
                 log=self.logs / f"{member.name}.log",
                 env=self.env(),
-                argv=[
+                argv=member_argv(
                     self.binary,
-                    f"--name={member.name}",
-                    f"--data-dir={member.data_dir}",
-                    f"--listen-client-urls={member.client_url}",
-                    f"--advertise-client-urls={member.client_url}",
-                    f"--listen-peer-urls={member.peer_url}",
-                    f"--initial-advertise-peer-urls={member.peer_url}",
-                    f"--initial-cluster={initial}",
-                    "--initial-cluster-state=new",
-                    f"--initial-cluster-token={token}",
-                    "--heartbeat-interval=50",
-                    "--election-timeout=500",
-                    "--logger=zap",
-                    "--log-outputs=stderr",
-                    "--log-level=warn",
-                ],
+                    name=member.name,
+                    data_dir=member.data_dir,
+                    client_url=member.client_url,
+                    peer_url=member.peer_url,
+                    initial_cluster=initial,
+                    token=token,
+                ),
             )
             for member in self.members
         ]
