@@ -28,11 +28,11 @@ import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 from typing import Self
 
-from x0tta6bl4.controller.ipam import check_network
+from x0tta6bl4.controller import ipam
 from x0tta6bl4.controller.models import (
     NodeRecord,
     NodeRegistration,
@@ -43,7 +43,12 @@ from x0tta6bl4.controller.models import (
     StoredPolicy,
     StoreEvent,
 )
-from x0tta6bl4.controller.store.errors import StoreError, StoreUnavailableError
+from x0tta6bl4.controller.store.errors import (
+    CidrExhaustedError,
+    OwnershipError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 __all__ = [
     "MAX_BLOB_SIZE",
@@ -54,6 +59,9 @@ __all__ = [
     "check_cidr",
     "check_leader_args",
     "check_nonce",
+    "check_registration",
+    "cidr_exhausted",
+    "kept_address",
 ]
 
 MAX_BLOB_SIZE = 1024 * 1024
@@ -108,8 +116,40 @@ def check_cidr(cidr: object) -> IPv4Network:
     """Validate the overlay network handed to ``register_node``."""
     if not isinstance(cidr, IPv4Network):
         raise TypeError("cidr must be an ipaddress.IPv4Network (see ipam.parse_overlay_cidr)")
-    check_network(cidr)
+    ipam.check_network(cidr)
     return cidr
+
+
+def check_registration(registration: object) -> NodeRegistration:
+    """Validate the registration handed to ``register_node``."""
+    if not isinstance(registration, NodeRegistration):
+        raise TypeError("registration must be a NodeRegistration")
+    return registration
+
+
+def kept_address(
+    registration: NodeRegistration, existing: NodeRecord | None, network: IPv4Network
+) -> IPv4Address | None:
+    """The overlay address a re-registering node keeps; None when one must be allocated.
+
+    ``existing`` is the stored record of ``registration.node_id`` (None: a new node). Raises
+    :class:`~.errors.OwnershipError` when that record belongs to another SPIFFE ID; the
+    backend must read ``existing`` in the same transaction as its write (or compare it at
+    commit) for that check to hold.
+    """
+    if existing is None:
+        return None
+    if existing.spiffe_id != registration.spiffe_id:
+        raise OwnershipError(registration.node_id)
+    return existing.overlay_ip if ipam.is_usable(network, existing.overlay_ip) else None
+
+
+def cidr_exhausted(network: IPv4Network) -> CidrExhaustedError:
+    """The error ``register_node`` raises when every usable address of ``network`` is held."""
+    return CidrExhaustedError(
+        f"no free overlay address left in {network} "
+        f"({ipam.usable_count(network)} addresses, all allocated)"
+    )
 
 
 @dataclass

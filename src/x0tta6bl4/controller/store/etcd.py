@@ -60,12 +60,13 @@ from x0tta6bl4.controller.store.base import (
     check_cidr,
     check_leader_args,
     check_nonce,
+    check_registration,
+    cidr_exhausted,
+    kept_address,
 )
 from x0tta6bl4.controller.store.errors import (
-    CidrExhaustedError,
     ConflictError,
     NotFoundError,
-    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     StoreError,
@@ -408,8 +409,7 @@ class EtcdStore(Store):
         return used
 
     async def register_node(self, registration: NodeRegistration, cidr: IPv4Network) -> NodeRecord:
-        if not isinstance(registration, NodeRegistration):
-            raise TypeError("registration must be a NodeRegistration")
+        check_registration(registration)
         network = check_cidr(cidr)
         node_id = registration.node_id
         node_key = self._node_key(node_id)
@@ -423,10 +423,9 @@ class EtcdStore(Store):
                 # Every txn below compares mod_revision(nodes/<id>) with ``current``: the owner
                 # checked here is the owner at commit. A concurrent write fails the compare and
                 # the loop re-reads (same owner: retry; another owner: refused here).
-                if existing is not None and existing.spiffe_id != registration.spiffe_id:
-                    raise OwnershipError(node_id)
-                if existing is not None and ipam.is_usable(network, existing.overlay_ip):
-                    address = existing.overlay_ip
+                kept = kept_address(registration, existing, network)
+                if kept is not None:
+                    address = kept
                     compare = [
                         _cmp_mod(node_key, current.mod_revision if current else 0),
                         _cmp_value(self._ipam_key(address), node_id.encode()),
@@ -440,10 +439,7 @@ class EtcdStore(Store):
                         used = await self._used_addresses(network)
                         picked = ipam.allocate(network, node_id, taken | used)
                     if picked is None:
-                        raise CidrExhaustedError(
-                            f"no free overlay address left in {network} "
-                            f"({ipam.usable_count(network)} addresses, all allocated)"
-                        )
+                        raise cidr_exhausted(network)
                     address = picked
                     compare = [
                         _cmp_mod(node_key, current.mod_revision if current else 0),

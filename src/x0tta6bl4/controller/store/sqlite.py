@@ -51,12 +51,13 @@ from x0tta6bl4.controller.store.base import (
     check_cidr,
     check_leader_args,
     check_nonce,
+    check_registration,
+    cidr_exhausted,
+    kept_address,
 )
 from x0tta6bl4.controller.store.errors import (
-    CidrExhaustedError,
     ConflictError,
     NotFoundError,
-    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     StoreError,
@@ -274,8 +275,7 @@ class SqliteStore(Store):
     # -- nodes ---------------------------------------------------------------------
 
     async def register_node(self, registration: NodeRegistration, cidr: IPv4Network) -> NodeRecord:
-        if not isinstance(registration, NodeRegistration):
-            raise TypeError("registration must be a NodeRegistration")
+        check_registration(registration)
         network = check_cidr(cidr)
 
         def work(conn: sqlite3.Connection) -> NodeRecord:
@@ -284,11 +284,8 @@ class SqliteStore(Store):
             ).fetchone()
             existing = None if row is None else _decode_node(row[0])
             # Under BEGIN IMMEDIATE: no other writer can slip in between check and write.
-            if existing is not None and existing.spiffe_id != registration.spiffe_id:
-                raise OwnershipError(registration.node_id)
-            if existing is not None and ipam.is_usable(network, existing.overlay_ip):
-                address = existing.overlay_ip
-            else:
+            address = kept_address(registration, existing, network)
+            if address is None:
                 address = self._allocate(conn, network, registration.node_id)
             record = NodeRecord.from_registration(
                 registration,
@@ -329,10 +326,7 @@ class SqliteStore(Store):
             ).fetchone()
             if taken is None:
                 return candidate
-        raise CidrExhaustedError(
-            f"no free overlay address left in {network} "
-            f"({ipam.usable_count(network)} addresses, all allocated)"
-        )
+        raise cidr_exhausted(network)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         row = await self._run(
