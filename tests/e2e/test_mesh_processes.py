@@ -21,6 +21,7 @@ from tests.integration.controller_support import (
     free_port,
     running_issuer,
     spawn_controller,
+    spawn_node,
     wait_ready,
 )
 
@@ -70,20 +71,15 @@ class Mesh:
         self.controller.wait(20)
 
     def start_node(self, name: str) -> None:
-        udp = f"127.0.0.1:{self.udp[name]}"
-        args = [
-            sys.executable, "-m", "x0tta6bl4", "node",
-            "--controller", self.base,
-            "--listen-udp", udp,
-            "--advertise", udp,
-            "--http", f"127.0.0.1:{self.http[name]}",
-            "--node-id", name,
-            "--state-dir", str(self.tmp / name),
-        ]  # fmt: skip
-        with open(self.tmp / f"{name}.log", "ab") as log:
-            self.nodes[name] = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
+        self.nodes[name] = spawn_node(
+            self.base,
+            name,
+            f"127.0.0.1:{self.udp[name]}",
+            self.http[name],
+            self.tmp / name,
+            env=self.env,
+            log=self.tmp / f"{name}.log",
+        )
 
     def stop_node(self, name: str) -> None:
         proc = self.nodes.pop(name)

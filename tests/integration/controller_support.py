@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,37 @@ def spawn_controller(
         )
     with open(log, "ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+
+
+def spawn_node(
+    controller_url: str,
+    node_id: str,
+    udp: str,
+    http_port: int,
+    state_dir: Path,
+    *,
+    env: dict[str, str],
+    log: Path,
+    extra: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``x0tta6bl4 node`` on loopback as a subprocess, appending to ``log``.
+
+    It listens on and advertises ``udp`` (HOST:PORT), serves HTTP on ``127.0.0.1:http_port``
+    and keeps its key in ``state_dir``; ``extra`` flags follow. ``env`` is the whole
+    environment of the child.
+    """
+    args = [
+        sys.executable, "-m", "x0tta6bl4", "node",
+        "--controller", controller_url,
+        "--listen-udp", udp,
+        "--advertise", udp,
+        "--http", f"127.0.0.1:{http_port}",
+        "--node-id", node_id,
+        "--state-dir", str(state_dir),
+        *extra,
+    ]  # fmt: skip
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -38,6 +38,7 @@ from tests.integration.controller_support import (
     free_port,
     register_body,
     spawn_controller,
+    spawn_node,
     wait_ready,
 )
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
@@ -885,24 +886,18 @@ class NodeProcesses:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        udp = f"127.0.0.1:{free_port()}"
-        args = [
-            sys.executable, "-m", "x0tta6bl4", "node",
-            "--controller", self.base,
-            "--listen-udp", udp,
-            "--advertise", udp,
-            "--http", f"127.0.0.1:{self.http[name]}",
-            "--node-id", name,
-            "--state-dir", str(self.workdir / name),
+        self.procs[name] = spawn_node(
+            self.base,
+            name,
+            f"127.0.0.1:{free_port()}",
+            self.http[name],
+            self.workdir / name,
+            env=self.env,
+            log=self.workdir / f"{name}.log",
             # 3 s of silence before a link is declared down (default 0.4 s): a CPU-starved
             # test machine must not pass for a link the rotation dropped.
-            "--heartbeat-interval", "0.1",
-            "--dead-after", "30",
-        ]  # fmt: skip
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
+            extra=("--heartbeat-interval", "0.1", "--dead-after", "30"),
+        )
 
     def status(self, name: str) -> dict[str, object]:
         body: dict[str, object] = httpx.get(
