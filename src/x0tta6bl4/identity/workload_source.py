@@ -270,13 +270,7 @@ class WorkloadSource:
         delays = self._backoff.delays()
         for attempt in range(1, self._backoff.attempts + 1):
             try:
-                client = self._client()
-                try:
-                    return fn(client)
-                except PySpiffeError as err:
-                    raise self._translate(err) from None
-                finally:
-                    client.close()
+                return self._call_once(fn)
             except _TRANSIENT as err:
                 if attempt == self._backoff.attempts:
                     raise type(err)(
