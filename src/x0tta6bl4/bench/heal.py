@@ -25,6 +25,9 @@ moment the event loop processes the change:
   come back over the new paths (``pings_ok`` / ``pings_sent`` per event; an event whose pings
   all fail is counted in ``failed_events``).
 
+A kill that no live pair routed through (possible when no relay is left to choose) counts
+for MTTD only.
+
 Victims stay dead (the mesh shrinks by ``events`` nodes); before each event the coordinator
 waits for convergence among the survivors plus ``settle`` seconds, so that neighbour
 re-selection around the previous victim has finished.
@@ -565,7 +568,8 @@ def run(
         and (d["pings_sent"] == 0 or d["pings_ok"] > 0)
     ]
     mttd = [float(d["mttd_ms"]) for d in ok]
-    mttr = [float(d["mttr_ms"]) for d in ok]
+    # A kill that no live pair routed through has nothing to repair: MTTD only.
+    mttr = [float(d["mttr_ms"]) for d in ok if d["affected_pairs"]]
     result: dict[str, Any] = {
         "mode": f"in-process nodes, real UDP sockets on loopback, {workers} worker processes",
         "nodes": nodes,
