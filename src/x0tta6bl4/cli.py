@@ -31,16 +31,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-app.command("version", help="Print the version of x0tta6bl4 and of its cryptographic backend.")(
-    version_cmd.version
+_RUN = "Run the mesh"
+_OPERATE = "Operate"
+_OTHER = "Measure and inspect"
+
+app.command("up", help="Run the whole mesh on this machine, live.", rich_help_panel=_RUN)(up_cmd.up)
+app.add_typer(controller_cmd.app, name="controller", rich_help_panel=_RUN)
+app.command("node", help="Run the mesh node agent.", rich_help_panel=_RUN)(node_cmd.node)
+app.add_typer(identity_cmd.app, name="identity", rich_help_panel=_RUN)
+app.command("check", help="Check a cluster or a local mesh.", rich_help_panel=_OPERATE)(
+    check_cmd.check
 )
-app.add_typer(bench_cmd.app, name="bench")
-app.add_typer(controller_cmd.app, name="controller")
-app.add_typer(identity_cmd.app, name="identity")
-app.command("node", help="Run the mesh node agent.")(node_cmd.node)
-app.command("ping", help="Ping a mesh node through the local node.")(ping_cmd.ping)
-app.command("check", help="Check a cluster or a local mesh.")(check_cmd.check)
-app.command("up", help="Run the whole mesh on this machine, live.")(up_cmd.up)
+app.command("ping", help="Ping a mesh node through the local node.", rich_help_panel=_OPERATE)(
+    ping_cmd.ping
+)
+app.add_typer(bench_cmd.app, name="bench", rich_help_panel=_OTHER)
+app.command(
+    "version",
+    help="Print the version of x0tta6bl4 and of its cryptographic backend.",
+    rich_help_panel=_OTHER,
+)(version_cmd.version)
 
 
 def main() -> None:

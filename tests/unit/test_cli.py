@@ -17,8 +17,15 @@ runner = CliRunner()
 def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "version" in result.output
-    assert "bench" in result.output
+    for command in ("up", "controller", "node", "identity", "check", "ping", "bench", "version"):
+        assert command in result.output
+
+
+def test_every_subcommand_has_help() -> None:
+    for command in ("up", "controller", "node", "identity", "check", "ping", "bench", "version"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Usage" in result.output, command
 
 
 def test_version_text_and_json() -> None:
