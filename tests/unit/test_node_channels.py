@@ -253,3 +253,27 @@ def test_three_peers_each_get_their_own_channel(offset: int) -> None:
         assert sorted(pair.data(name)) == sorted(
             f"{other}>{name}".encode() for other in names if other != name
         )
+
+
+def test_cached_timer_still_wakes_for_the_passive_keepalive() -> None:
+    # get_timer() caches a scan of every session; data that arrives later makes a keepalive
+    # due keepalive_timeout (10 s) after it, which the cached deadline must not skip.
+    pair = Pair()
+    a, b = pair.ends["alpha"], pair.ends["bravo"]
+    a.connect("bravo", "bravo", pair.now)
+    pair.transfer()
+    pair.tick(3.0)
+    assert b.get_timer() is not None
+    sent_at = pair.now
+    assert a.send("bravo", b"data", pair.now)
+    pair.transfer()
+    for _ in range(100):
+        deadline = b.get_timer()
+        assert deadline is not None
+        pair.now = max(pair.now, deadline)
+        b.handle_timer(pair.now)
+        if b.datagrams_to_send():
+            break
+    else:
+        raise AssertionError("bravo never sent its keepalive")
+    assert pair.now <= sent_at + 10.0

@@ -150,6 +150,12 @@ class Channels(Generic[A]):
         self._events: deque[ChannelEvent] = deque()
         #: Datagrams dropped, by reason.
         self.dropped: Counter[str] = Counter()
+        # get_timer() is asked after every datagram; a full scan of every session and
+        # handshake is cached (see _deadline_horizon) and invalidated by handshake activity.
+        self._now = now
+        self._timer: float | None = None
+        self._timer_valid = False
+        self._keepalive_horizon = float("inf")
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -172,6 +178,7 @@ class Channels(Generic[A]):
         """Use a new credential/verifier for handshakes started from now on."""
         self._config = config
         self._listener = HandshakeListener(config, now)
+        self._timer_valid = False
 
     def set_addr(self, node_id: str, addr: A) -> None:
         channel = self._channels.get(node_id)
@@ -185,6 +192,8 @@ class Channels(Generic[A]):
         channel = self._channel(node_id, addr)
         if channel.initiator is not None and not channel.initiator.done:
             return False
+        self._now = now
+        self._timer_valid = False
         initiator = InitiatorHandshake(self._config, now, expected_node_id=node_id)
         channel.initiator = initiator
         self._handshakes[initiator.local_index] = (initiator, channel.addr)
@@ -196,6 +205,7 @@ class Channels(Generic[A]):
         channel = self._channels.pop(node_id, None)
         if channel is None:
             return
+        self._timer_valid = False
         key = self._addr_key(channel.addr)
         if self._by_addr.get(key) is channel:
             del self._by_addr[key]
@@ -215,7 +225,7 @@ class Channels(Generic[A]):
             return False
         self._outbox.append((datagram, channel.addr))
         if plaintext and channel.unanswered_since is None:
-            channel.unanswered_since = now
+            channel.unanswered_since = now  # a deadline >= now + stale_after: the horizon
         if channel.session.needs_rekey(now):
             self._rekey(channel, now)
         return True
@@ -226,9 +236,12 @@ class Channels(Generic[A]):
             self.dropped["empty"] += 1
             return
         kind = data[0]
+        self._now = now
         if kind == _TRANSPORT:
             self._receive_transport(data, now)
-        elif kind == _INIT:
+            return
+        self._timer_valid = False  # handshake traffic moves handshake and listener timers
+        if kind == _INIT:
             self._receive_init(data, addr, now)
         elif kind in (_RESP, _FINISH):
             self._receive_handshake(data, 5, addr, now)
@@ -238,6 +251,10 @@ class Channels(Generic[A]):
             self.dropped["bad_type"] += 1
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self._timer_valid and (self._timer is None or now < self._timer):
+            return  # nothing is due (the cached deadline is never later than the real one)
+        self._timer_valid = False
         self._listener.handle_timer(now)
         for index, (handshake, addr) in list(self._handshakes.items()):
             deadline = handshake.get_timer()
@@ -272,6 +289,23 @@ class Channels(Generic[A]):
     # --- outputs ------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
+        """The earliest deadline of any handshake or session; may be early, never late.
+
+        A full scan is cached. Between scans, the only deadlines that can appear without a
+        handshake (which invalidates the cache) come from transport packets: a session's
+        passive keepalive (``now + keepalive_timeout``) and the stale-data check
+        (``now + stale_after``); the cached value is capped at the scan time plus the
+        smaller of the two, so they are never missed.
+        """
+        if not self._timer_valid:
+            timer = self._scan_timer()
+            stale = float("inf") if self.stale_after is None else self.stale_after
+            horizon = self._now + min(self._keepalive_horizon, stale)
+            self._timer = horizon if timer is None or timer > horizon else timer
+            self._timer_valid = True
+        return self._timer
+
+    def _scan_timer(self) -> float | None:
         deadlines = [self._listener.get_timer()]
         deadlines.extend(h.get_timer() for h, _ in self._handshakes.values())
         for channel in self._channels.values():
@@ -297,6 +331,10 @@ class Channels(Generic[A]):
         channel = self._channels.get(node_id)
         if channel is None:
             channel = Channel(node_id, addr, self._session_factory())
+            self._keepalive_horizon = min(
+                self._keepalive_horizon, channel.session.keepalive_timeout
+            )
+            self._timer_valid = False
             self._channels[node_id] = channel
             key = self._addr_key(addr)
             self._by_addr[key] = channel

@@ -186,6 +186,12 @@ class NodeCore:
         self._pending_cost: dict[str, int] = {}
         #: Links whose failure detector may have heartbeats or events to drain.
         self._fd_dirty: set[str] = set()
+        #: The earliest failure-detector or retry deadline of any link; None: scan again.
+        #: Recomputed after each timer run; between runs only links that were fed (dirty)
+        #: can have an earlier deadline, and _drain_failure folds those in.
+        self._link_timer: float | None = None
+        #: Links with frames queued since the last flush.
+        self._to_flush: list[Link] = []
         self._cost_due: float | None = None
         self._cost_sent = float("-inf")
         #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``).
@@ -316,6 +322,7 @@ class NodeCore:
 
     def handle_timer(self, now: float) -> None:
         self._now = now
+        self._link_timer = None
         self.links.handle_timer(now)
         self.e2e.handle_timer(now)
         for link in list(self._link.values()):
@@ -335,18 +342,25 @@ class NodeCore:
     # --- outputs ------------------------------------------------------------------------------
 
     def get_timer(self) -> float:
-        deadlines = [self.router.get_timer(), self._select_at]
-        if self._cost_due is not None:
-            deadlines.append(self._cost_due)
+        timer = self._link_timer
+        if timer is None:
+            timer = self._link_timer = self._scan_link_timers()
+        timer = min(timer, self.router.get_timer(), self._select_at)
+        if self._cost_due is not None and self._cost_due < timer:
+            timer = self._cost_due
         for source in (self.links.get_timer(), self.e2e.get_timer()):
-            if source is not None:
-                deadlines.append(source)
+            if source is not None and source < timer:
+                timer = source
+        return timer
+
+    def _scan_link_timers(self) -> float:
+        timer = float("inf")
         for link in self._link.values():
             if link.fd is not None:
-                deadlines.append(link.fd.get_timer())
+                timer = min(timer, link.fd.get_timer())
             if link.attempt_due is not None:
-                deadlines.append(link.attempt_due)
-        return min(deadlines)
+                timer = min(timer, link.attempt_due)
+        return timer
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out, self._outbox = self._outbox, []
@@ -515,7 +529,7 @@ class NodeCore:
             link.attempt_due = now + self.config.retry_initial
         if link.fd is None:
             link.fd = FailureDetector(node_id, now, self._fd_config)
-            self._fd_dirty.add(node_id)
+        self._fd_dirty.add(node_id)
         return link
 
     # --- internals: event processing ----------------------------------------------------------
@@ -564,10 +578,11 @@ class NodeCore:
             elif isinstance(event, HandshakeDone):
                 key = "e2e_handshakes_ok" if event.ok else "e2e_handshakes_failed"
                 self.counters[key] += 1
-        for dest in [d for d in self._pending_app if self.e2e.can_send(d)]:
-            for plaintext in self._pending_app.pop(dest):
-                self.e2e.send(dest, plaintext, now)
-            progressed = True
+        if self._pending_app:
+            for dest in [d for d in self._pending_app if self.e2e.can_send(d)]:
+                for plaintext in self._pending_app.pop(dest):
+                    self.e2e.send(dest, plaintext, now)
+                progressed = True
         for reason, count in self.e2e.dropped.items():
             self.dropped[f"e2e_{reason}"] += count
         self.e2e.dropped.clear()
@@ -598,6 +613,7 @@ class NodeCore:
             beats = fd.heartbeats_to_send()
             if not self.links.can_send(node_id):
                 self._fd_dirty.add(node_id)  # its events wait for the link's keys
+                self._fold_link_timer(link)
                 continue
             for seq in beats:
                 stamp = int(self._wall(now) * 1e6) & 0xFFFFFFFFFFFFFFFF
@@ -623,7 +639,17 @@ class NodeCore:
                     if self._cost_due is None:
                         interval = self.config.cost_update_interval
                         self._cost_due = max(now, self._cost_sent + interval)
+            self._fold_link_timer(link)
         return progressed
+
+    def _fold_link_timer(self, link: Link) -> None:
+        """A fed link's deadlines may be earlier than the cached minimum: fold them in."""
+        if self._link_timer is None or link.fd is None:
+            return
+        timer = link.fd.get_timer()
+        if link.attempt_due is not None and link.attempt_due < timer:
+            timer = link.attempt_due
+        self._link_timer = min(self._link_timer, timer)
 
     def _apply_costs(self, now: float) -> None:
         """Hand the batched link cost changes to the router (one advert for all of them)."""
@@ -732,12 +758,16 @@ class NodeCore:
         if link is None:
             self.dropped["no_link"] += 1
             return
+        if not link.frames:
+            self._to_flush.append(link)
         link.frames.append(encode_frames([frame]))
 
     def _flush(self, now: float) -> None:
-        for node_id, link in self._link.items():
+        to_flush, self._to_flush = self._to_flush, []
+        for link in to_flush:
             frames = link.frames
-            if not frames:
+            node_id = link.node_id
+            if not frames or self._link.get(node_id) is not link:
                 continue
             link.frames = []
             if not self.links.can_send(node_id):

@@ -200,6 +200,11 @@ class Session:
         return self._keypairs.current is not None
 
     @property
+    def keepalive_timeout(self) -> float:
+        """Seconds after data arrived with nothing sent back before a keepalive is due."""
+        return self._keepalive_timeout
+
+    @property
     def max_plaintext_size(self) -> int:
         """The largest plaintext :meth:`seal` accepts."""
         return self._max_plaintext_size
