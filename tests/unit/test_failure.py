@@ -15,9 +15,15 @@ from x0tta6bl4.protocol.failure import (
     RttUpdated,
 )
 
+Message = tuple[float, str, int, "tuple[int, float] | None", bool]
+
 
 class Pair:
-    """Two detectors (a watches b, b watches a) joined by a link with a one-way delay."""
+    """Two detectors (a watches b, b watches a) joined by a link with a one-way delay.
+
+    Each heartbeat carries the echo of the last one received (``take_echo``) and the
+    ``probe`` flag, as the node sends them: one datagram per direction per interval.
+    """
 
     def __init__(self, delay: float = 0.001, config: FailureDetectorConfig | None = None) -> None:
         self.now = 0.0
@@ -25,15 +31,18 @@ class Pair:
         self.a = FailureDetector("b", 0.0, config)
         self.b = FailureDetector("a", 0.0, config)
         self.link_up = True
-        self.in_flight: list[tuple[float, str, str, int]] = []
+        self.in_flight: list[Message] = []
+        self.sent = {"a": 0, "b": 0}
         self.events: dict[str, list[LinkEvent]] = {"a": [], "b": []}
 
     def _collect(self) -> None:
         for name, fd in (("a", self.a), ("b", self.b)):
             for seq in fd.heartbeats_to_send():
+                echo = fd.take_echo(self.now)
+                self.sent[name] += 1
                 if self.link_up:
                     other = "b" if name == "a" else "a"
-                    self.in_flight.append((self.now + self.delay, other, "hb", seq))
+                    self.in_flight.append((self.now + self.delay, other, seq, echo, fd.probing))
             while (event := fd.next_event()) is not None:
                 self.events[name].append(event)
 
@@ -51,16 +60,11 @@ class Pair:
                     fd.handle_timer(t)
             due = [m for m in self.in_flight if m[0] <= t]
             self.in_flight = [m for m in self.in_flight if m[0] > t]
-            for _, to, kind, seq in due:
+            for _, to, seq, echo, probe in due:
                 fd = self.a if to == "a" else self.b
-                if kind == "hb":
-                    echo = fd.on_heartbeat(seq, t)
-                    if self.link_up:
-                        self.in_flight.append(
-                            (t + self.delay, "b" if to == "a" else "a", "ack", echo)
-                        )
-                else:
-                    fd.on_heartbeat_ack(seq, t)
+                if echo is not None:
+                    fd.on_heartbeat_ack(echo[0], t, echo[1])
+                fd.on_heartbeat(seq, t, probe=probe)
         self.now = until
 
 
@@ -134,8 +138,11 @@ def test_packets_keep_the_link_alive_but_never_bring_it_up() -> None:
             fd.handle_timer(t)
     assert fd.up
     assert fd.get_timer() <= t + 0.1
-    fd.handle_timer(t + 0.4)
-    assert not fd.up
+    last = t
+    while fd.up:  # silence from now on, the timer served on time
+        t = fd.get_timer()
+        fd.handle_timer(t)
+    assert t == pytest.approx(last + 0.4)
 
 
 def test_cost_hysteresis() -> None:
@@ -187,3 +194,101 @@ def test_configurable_detection_time() -> None:
     (down,) = kinds(pair.events["b"], LinkDown)
     assert isinstance(down, LinkDown)
     assert down.silent_for == pytest.approx(0.15)
+
+
+def test_one_heartbeat_per_direction_per_interval_carries_the_echo() -> None:
+    pair = Pair(delay=0.002)
+    pair.run(1.0)
+    sent = dict(pair.sent)
+    pair.run(3.0)
+    # 2 s at 0.1 s: 20 heartbeats each way, no separate acks.
+    assert sent["a"] + 19 <= pair.sent["a"] <= sent["a"] + 21
+    assert sent["b"] + 19 <= pair.sent["b"] <= sent["b"] + 21
+    # The RTT excludes the time the peer held the echo (up to one interval).
+    assert pair.a.srtt == pytest.approx(0.004)
+    assert pair.b.srtt == pytest.approx(0.004)
+    assert len(kinds(pair.events["a"], RttUpdated)) >= 25
+
+
+def test_probe_is_answered_at_once_so_the_link_comes_up_in_one_round_trip() -> None:
+    pair = Pair(delay=0.002)
+    pair.run(0.5)
+    assert pair.a.up
+    assert pair.b.up
+    pair.link_up = False
+    pair.run(1.5)
+    assert not pair.a.up
+    assert not pair.b.up
+    # Both probe every 0.5 s (down_interval); heal the link just after a's probe left.
+    pair.link_up = True
+    a_probe = pair.a.get_timer()
+    pair.run(a_probe + 0.001)
+    pair.link_up = True
+    pair.run(a_probe + 0.0041)  # b answers the probe at once: up within one round trip
+    assert pair.a.up
+
+
+def test_echo_with_an_impossible_hold_time_is_ignored() -> None:
+    fd = FailureDetector("p", 0.0)
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    assert fd.on_heartbeat_ack(seq, 0.01, held=0.02) is False  # held longer than the trip
+    assert fd.on_heartbeat_ack(seq, 0.01, held=-0.001) is False
+    assert not fd.up
+    assert fd.on_heartbeat_ack(seq, 0.01, held=0.006) is True
+    assert fd.latest_rtt == pytest.approx(0.004)
+    assert fd.take_echo(0.01) is None
+    fd.on_heartbeat(7, 0.02)
+    assert fd.take_echo(0.05) == (7, pytest.approx(0.03))
+    assert fd.take_echo(0.05) is None  # each echo once
+
+
+def test_own_stall_is_not_counted_as_missed_heartbeats() -> None:
+    # Explicit clock: the peer's last heartbeat arrived at 1.0; our next timer (a heartbeat
+    # at 1.1) fires only at 1.6 because this process was descheduled.
+    fd = FailureDetector("p", 0.0)
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, 0.001)
+    t = 0.001
+    while t < 1.0:
+        t = fd.get_timer()
+        fd.handle_timer(t)
+        fd.heartbeats_to_send()
+        fd.on_packet_received(t)
+    assert fd.up
+    due = fd.get_timer()
+    stalled_until = due + 0.5  # later than the silence limit (last packet + 0.4 s)
+    fd.handle_timer(stalled_until)
+    assert fd.up, "a stall of our own is not the peer's silence"
+    assert fd.stall_credit == pytest.approx(0.4)  # bounded by one detection time
+    # The heartbeats queued during the stall are read: the link stays up, credit resets.
+    fd.on_packet_received(stalled_until)
+    assert fd.stall_credit == 0.0
+    # A peer that really died is still declared down once the timer runs on time.
+    last = stalled_until
+    while fd.up:
+        t = fd.get_timer()
+        fd.handle_timer(t)
+    assert t == pytest.approx(last + 0.4)
+
+
+def test_stall_credit_still_detects_a_dead_peer_on_a_slow_host() -> None:
+    # Every timer fires 60 ms late (more than half the interval): the peer is silent.
+    fd = FailureDetector("p", 0.0)
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, 0.001)
+    last = 0.001
+    t = last
+    while fd.up:
+        t = fd.get_timer() + 0.06
+        fd.handle_timer(t)
+        assert t - last < 2.0
+    assert fd.stall_credit == 0.0
+    assert 0.8 <= t - last <= 2 * 0.4 + 2 * 0.16
+
+
+def test_stall_fraction_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="stall_fraction"):
+        FailureDetectorConfig(stall_fraction=0)

@@ -15,7 +15,6 @@ from x0tta6bl4.protocol.frames import (
     Frame,
     FrameType,
     Heartbeat,
-    HeartbeatAck,
     LinkStateAdvert,
     Padding,
     Routed,
@@ -24,8 +23,9 @@ from x0tta6bl4.protocol.frames import (
 )
 
 SAMPLE: list[Frame] = [
-    Heartbeat(seq=7, timestamp_us=1_700_000_000_123_456),
-    HeartbeatAck(seq=0xFFFFFFFF, timestamp_us=2**64 - 1),
+    Heartbeat(seq=7),
+    Heartbeat(seq=0xFFFFFFFF, echo_seq=0xFFFFFFFF, echo_delay_us=0xFFFFFFFF, probe=True),
+    Heartbeat(seq=0, echo_seq=0, echo_delay_us=0),
     LinkStateAdvert(b"\x01signed advert"),
     Routed(src="node-a", dst="nöde-ß", ttl=16, flags=0, payload=b"\x04end-to-end"),
     AppData(channel=443, payload=b"hello"),
@@ -44,7 +44,11 @@ def test_empty_plaintext_is_no_frames() -> None:
 
 
 def test_byte_layout() -> None:
-    assert encode_frames([Heartbeat(1, 2)]) == b"\x01\x00\x0c" + struct.pack("!IQ", 1, 2)
+    assert encode_frames([Heartbeat(1)]) == b"\x01\x00\x0d" + struct.pack("!IBII", 1, 0, 0, 0)
+    assert encode_frames([Heartbeat(1, 2, 3)]) == b"\x01\x00\x0d" + struct.pack("!IBII", 1, 1, 2, 3)
+    assert encode_frames([Heartbeat(1, probe=True)]) == b"\x01\x00\x0d" + struct.pack(
+        "!IBII", 1, 2, 0, 0
+    )
     assert encode_frames([AppData(0x1234, b"xy")]) == b"\x05\x00\x04\x12\x34xy"
     assert encode_frames([Routed("a", "bc", 3, 1, b"p")]) == (
         b"\x04\x00\x08" + b"\x01a" + b"\x02bc" + b"\x03\x01" + b"p"
@@ -57,7 +61,6 @@ def test_frame_type_values_are_the_specification() -> None:
     assert {t.name: t.value for t in FrameType} == {
         "PADDING": 0,
         "HEARTBEAT": 1,
-        "HEARTBEAT_ACK": 2,
         "LINK_STATE_ADVERT": 3,
         "ROUTED": 4,
         "APP_DATA": 5,
@@ -88,8 +91,8 @@ def test_length_running_past_the_end() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"\x01\x00\x0b" + bytes(11),  # heartbeat one byte short
-        b"\x02\x00\x0d" + bytes(13),  # heartbeat ack one byte long
+        b"\x01\x00\x0c" + bytes(12),  # heartbeat one byte short
+        b"\x01\x00\x0e" + bytes(14),  # heartbeat one byte long
         b"\x05\x00\x01\x00",  # app data without a full channel
         b"\x00\x00\x02\x00\x01",  # padding that is not zero
         b"\x04\x00\x00",  # routed without anything
@@ -138,9 +141,11 @@ def test_accepts_bytearray_and_memoryview() -> None:
     [
         (AppData(70_000, b""), "channel"),
         (AppData(-1, b""), "channel"),
-        (Heartbeat(2**32, 0), "seq"),
-        (HeartbeatAck(0, 2**64), "timestamp"),
-        (Heartbeat(0, -1), "timestamp"),
+        (Heartbeat(2**32), "seq"),
+        (Heartbeat(0, 2**32), "echo seq"),
+        (Heartbeat(0, -1), "echo seq"),
+        (Heartbeat(0, 1, 2**32), "echo delay"),
+        (Heartbeat(0, None, 5), "without an echo seq"),
         (Routed("", "b", 1, 0, b""), "source"),
         (Routed("a", "b" * 65, 1, 0, b""), "destination"),
         (Routed("a", "b", 256, 0, b""), "ttl"),
@@ -171,8 +176,14 @@ def _decode_or_reason(data: bytes) -> list[Frame] | str:
 _node_ids = st.text(min_size=1, max_size=16).filter(lambda s: len(s.encode()) <= 64)
 _frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Padding, st.integers(0, 64)),
-    st.builds(Heartbeat, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
-    st.builds(HeartbeatAck, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
+    st.builds(Heartbeat, st.integers(0, 2**32 - 1), probe=st.booleans()),
+    st.builds(
+        Heartbeat,
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.booleans(),
+    ),
     st.builds(LinkStateAdvert, st.binary(max_size=64)),
     st.builds(
         Routed,
@@ -211,3 +222,25 @@ def test_fuzz_mutated_valid_plaintexts(frames: list[Frame], data: st.DataObject)
     encoded[index] = data.draw(st.integers(0, 255))
     outcome = _decode_or_reason(bytes(encoded))
     assert isinstance(outcome, list) or outcome in {"bad_frame", "unknown_frame"}
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (struct.pack("!IBII", 1, 0x04, 0, 0), "reserved flags"),
+        (struct.pack("!IBII", 1, 0x80, 0, 0), "reserved flags"),
+        (struct.pack("!IBII", 1, 0, 5, 0), "without the ECHO flag"),
+        (struct.pack("!IBII", 1, 2, 0, 9), "without the ECHO flag"),
+        (struct.pack("!IQ", 1, 2), "12 bytes"),
+    ],
+)
+def test_heartbeat_decoding_is_strict(body: bytes, what: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=what) as info:
+        decode_frames(bytes((FrameType.HEARTBEAT,)) + struct.pack("!H", len(body)) + body)
+    assert info.value.reason == "bad_frame"
+
+
+def test_former_heartbeat_ack_type_is_unknown() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frames(b"\x02\x00\x0c" + bytes(12))
+    assert info.value.reason == "unknown_frame"

@@ -164,12 +164,18 @@ def test_heartbeats_keep_a_quiet_link_up() -> None:
     net.announce()
     net.run_until(net.converged)
     a = net.cores["node-000"]
+    net.latency = 0.005
+    net.advance(1.0)
     before = net.delivered
     net.advance(5.0)
     assert a.link_state("node-001") == "up"
     assert a.counters["link_down_events"] == 0
-    # Heartbeats and acks flowed both ways, about 2 x 2 per interval.
-    assert net.delivered - before >= 5.0 / net.config.heartbeat_interval * 2
+    # One heartbeat per direction per interval, each carrying the echo of the other's: the
+    # RTT is measured without separate acks.
+    beats = 5.0 / net.config.heartbeat_interval
+    assert beats * 2 * 0.9 <= net.delivered - before <= beats * 2 * 1.1
+    rtt = a.status()["links"][0]["rtt_ms"]
+    assert rtt == pytest.approx(10.0, abs=0.5)  # 2 x 5 ms, not the peer's holding time
 
 
 def test_link_declared_down_after_missed_heartbeats_and_up_again() -> None:

@@ -59,7 +59,6 @@ from x0tta6bl4.protocol.frames import (
     AppData,
     Frame,
     Heartbeat,
-    HeartbeatAck,
     LinkStateAdvert,
     Routed,
     decode_frames,
@@ -616,8 +615,12 @@ class NodeCore:
                 self._fold_link_timer(link)
                 continue
             for seq in beats:
-                stamp = int(self._wall(now) * 1e6) & 0xFFFFFFFFFFFFFFFF
-                self._queue(node_id, Heartbeat(seq, stamp))
+                echo = fd.take_echo(now)
+                if echo is None:
+                    self._queue(node_id, Heartbeat(seq, probe=fd.probing))
+                else:
+                    delay = min(int(echo[1] * 1e6), 0xFFFFFFFF)
+                    self._queue(node_id, Heartbeat(seq, echo[0], delay, fd.probing))
             while (event := fd.next_event()) is not None:
                 progressed = True
                 if isinstance(event, LinkUp):
@@ -678,10 +681,11 @@ class NodeCore:
             if isinstance(frame, Routed):
                 self._forward(frame, node_id, now)
             elif isinstance(frame, Heartbeat):
-                seq = fd.on_heartbeat(frame.seq, now)
-                self._queue(node_id, HeartbeatAck(seq, frame.timestamp_us))
-            elif isinstance(frame, HeartbeatAck):
-                fd.on_heartbeat_ack(frame.seq, now)
+                # The echo first: when it brings the link up, our answer to a probe no
+                # longer probes.
+                if frame.echo_seq is not None:
+                    fd.on_heartbeat_ack(frame.echo_seq, now, frame.echo_delay_us / 1e6)
+                fd.on_heartbeat(frame.seq, now, probe=frame.probe)
             elif isinstance(frame, LinkStateAdvert):
                 self._receive_lsa(frame.body, node_id, now)
             elif isinstance(frame, AppData):

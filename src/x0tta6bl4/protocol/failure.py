@@ -3,21 +3,38 @@
 Rules::
 
     every `interval` (0.1 s) while UP, every `down_interval` (0.5 s) while DOWN:
-        send HEARTBEAT(seq)                         seq: u32, +1 per heartbeat (wraps)
-    peer's HEARTBEAT(seq)      -> echo HEARTBEAT_ACK(seq); counts as a packet received
-    HEARTBEAT_ACK(seq) for one of our last `max_outstanding` heartbeats
-                               -> RTT sample; DOWN -> UP (a full round trip proves both ways)
+        send HEARTBEAT(seq, echo, probe)   seq: u32, +1 per heartbeat (wraps)
+                                           echo: the last peer heartbeat not yet echoed, and
+                                                 how long we held it (take_echo)
+                                           probe: set while our side of the link is DOWN
+    peer's HEARTBEAT(seq)      -> remembered for the echo of our next heartbeat; counts as a
+                                  packet received; with `probe` set, our next heartbeat is
+                                  sent at once (so a link comes up in one round trip)
+    an echo of one of our last `max_outstanding` heartbeats (on_heartbeat_ack)
+                               -> RTT sample = now - our send time - the peer's hold time;
+                                  DOWN -> UP (a full round trip proves both ways)
     any authenticated packet from the peer (on_packet_received)
                                -> refreshes liveness while UP (never brings a link UP)
-    UP and nothing received for `dead_after` x `interval` (4 x 0.1 s)
+    UP and nothing received for `dead_after` x `interval` (4 x 0.1 s), not counting stalls
                                -> DOWN
 
-So a dead peer is declared down at most ``dead_after * interval`` after the last packet it
-sent arrived: 0.4 s by default (plus one network latency), well under a second.
+The echo rides on our own heartbeat, so a link costs one datagram per direction per interval
+(not two: heartbeat and ack). A dead peer is declared down at most ``dead_after * interval``
+after the last packet it sent arrived: 0.4 s by default (plus one network latency and any
+stall of our own), well under a second.
+
+**Stalls.** When our timer fires more than ``stall_fraction`` x ``interval`` after the
+deadline we asked for, this process was descheduled (or its event loop was busy) for that
+long and could not have read the peer's heartbeats in the meantime. The lateness is credited
+to the silence limit (up to one ``detection_time`` in total, reset by the next packet), so
+local overload does not declare healthy peers dead; their queued heartbeats are read first.
 
 RTT: ``srtt`` is an EWMA (``alpha`` = 1/8, as TCP's RFC 6298) seeded with the first sample;
-``min_rtt`` the smallest sample seen. **Link cost** (the value advertised in link-state adverts)
-is ``max(cost_floor, ceil(srtt / cost_unit))`` with ``cost_unit`` = 100 µs and ``cost_floor``
+``min_rtt`` the smallest sample seen. The sample is measured against **our own** send time
+of the echoed seq; the only figure the peer contributes is how long it held our heartbeat
+before echoing it, which must lie within the measured interval (else the echo is ignored).
+**Link cost** (the value advertised in link-state adverts) is
+``max(cost_floor, ceil(srtt / cost_unit))`` with ``cost_unit`` = 100 µs and ``cost_floor``
 = 10 (1 ms: links faster than that are equal, so LAN jitter never re-routes). With hysteresis,
 the advertised cost changes only when the new value differs from the current one by more than
 ``hysteresis`` (25 %), so costs do not flap and do not cause a flood of adverts.
@@ -69,6 +86,9 @@ class FailureDetectorConfig:
     hysteresis: float = 0.25
     #: Heartbeats remembered for matching acks.
     max_outstanding: int = 16
+    #: A timer later than this fraction of ``interval`` past its deadline is a stall of
+    #: this process, credited to the silence limit.
+    stall_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.interval > 0 and self.down_interval > 0 and self.cost_unit > 0):
@@ -77,6 +97,8 @@ class FailureDetectorConfig:
             raise ValueError("dead_after, max_outstanding and cost_floor must be at least 1")
         if not (0 < self.alpha <= 1 and self.hysteresis >= 0):
             raise ValueError("alpha must be in (0, 1] and hysteresis non-negative")
+        if not self.stall_fraction > 0:
+            raise ValueError("stall_fraction must be positive")
 
     @property
     def detection_time(self) -> float:
@@ -122,6 +144,7 @@ class FailureDetector:
         self.peer = peer
         self.config = config or FailureDetectorConfig()
         self._detection_time = self.config.detection_time
+        self._stall_tolerance = self.config.stall_fraction * self.config.interval
         self.up = False
         self.srtt: float | None = None
         self.min_rtt: float | None = None
@@ -129,10 +152,13 @@ class FailureDetector:
         #: Advertised link cost (None until the first RTT sample).
         self.cost: int | None = None
         self.last_received: float | None = None
+        #: Seconds of our own stalls credited to the silence limit since the last packet.
+        self.stall_credit = 0.0
         self._next_seq = 0
         self._next_send = now
         self._outstanding: OrderedDict[int, float] = OrderedDict()
         self._to_send: list[int] = []
+        self._echo: tuple[int, float] | None = None
         self._events: deque[LinkEvent] = deque()
 
     # --- outputs ----------------------------------------------------------------------------
@@ -140,13 +166,26 @@ class FailureDetector:
     def get_timer(self) -> float:
         """The next deadline: a heartbeat to send or the silence limit."""
         if self.up and self.last_received is not None:
-            return min(self._next_send, self.last_received + self._detection_time)
+            silence = self.last_received + self._detection_time + self.stall_credit
+            return min(self._next_send, silence)
         return self._next_send
 
     def heartbeats_to_send(self) -> list[int]:
         """Sequence numbers of HEARTBEAT frames to send now (drained)."""
         out, self._to_send = self._to_send, []
         return out
+
+    def take_echo(self, now: float) -> tuple[int, float] | None:
+        """``(seq, held seconds)`` of the peer's latest heartbeat to echo in ours; each once."""
+        echo, self._echo = self._echo, None
+        if echo is None:
+            return None
+        return echo[0], max(0.0, now - echo[1])
+
+    @property
+    def probing(self) -> bool:
+        """True while the link is down: our heartbeats ask the peer to answer at once."""
+        return not self.up
 
     def next_event(self) -> LinkEvent | None:
         return self._events.popleft() if self._events else None
@@ -155,44 +194,66 @@ class FailureDetector:
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
+        late = now - self.get_timer()
+        if late > self._stall_tolerance and self.up:
+            # Descheduled: the peer's heartbeats of the stall wait unread in our socket.
+            self.stall_credit = min(self.stall_credit + late, self._detection_time)
         if (
             self.up
             and self.last_received is not None
-            and now >= self.last_received + cfg.detection_time
+            and now >= self.last_received + self._detection_time + self.stall_credit
         ):
             self.up = False
+            self.stall_credit = 0.0
             self._events.append(LinkDown(self.peer, now - self.last_received))
             self._next_send = min(self._next_send, now + cfg.down_interval)
         if now >= self._next_send:
-            seq = self._next_seq
-            self._next_seq = (seq + 1) % _SEQ_MOD
-            self._outstanding[seq] = now
-            while len(self._outstanding) > cfg.max_outstanding:
-                self._outstanding.popitem(last=False)
-            self._to_send.append(seq)
-            step = cfg.interval if self.up else cfg.down_interval
-            # Never fall behind by more than one beat if the driver was late.
-            self._next_send = max(self._next_send + step, now + step / 2)
+            self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        cfg = self.config
+        seq = self._next_seq
+        self._next_seq = (seq + 1) % _SEQ_MOD
+        self._outstanding[seq] = now
+        while len(self._outstanding) > cfg.max_outstanding:
+            self._outstanding.popitem(last=False)
+        self._to_send.append(seq)
+        step = cfg.interval if self.up else cfg.down_interval
+        # Never fall behind by more than one beat if the driver was late.
+        self._next_send = max(self._next_send + step, now + step / 2)
 
     def on_packet_received(self, now: float) -> None:
         """Any authenticated packet from the peer arrived (keeps an UP link alive)."""
         if self.last_received is None or now > self.last_received:
             self.last_received = now
+            self.stall_credit = 0.0
 
-    def on_heartbeat(self, seq: int, now: float) -> int:
-        """The peer's HEARTBEAT(seq): returns the seq to echo in HEARTBEAT_ACK."""
+    def on_heartbeat(self, seq: int, now: float, *, probe: bool = False) -> int:
+        """The peer's HEARTBEAT(seq): echoed in our next heartbeat (returned too).
+
+        ``probe`` (the peer's link is down): our next heartbeat goes out now, so that the
+        peer sees a round trip at once.
+        """
         if not 0 <= seq < _SEQ_MOD:
             raise LocalProtocolError("heartbeat seq must be a u32")
         self.on_packet_received(now)
+        self._echo = (seq, now)
+        if probe and not self._to_send:
+            self._beat(now)
         return seq
 
-    def on_heartbeat_ack(self, seq: int, now: float) -> bool:
-        """The peer echoed HEARTBEAT_ACK(seq); False when it matches no recent heartbeat."""
-        sent_at = self._outstanding.pop(seq, None)
-        if sent_at is None or now < sent_at:
+    def on_heartbeat_ack(self, seq: int, now: float, held: float = 0.0) -> bool:
+        """The peer echoed our heartbeat ``seq`` after holding it ``held`` seconds.
+
+        False (nothing changes) when it matches no recent heartbeat or ``held`` does not fit
+        between our send time and now.
+        """
+        sent_at = self._outstanding.get(seq)
+        if sent_at is None or now < sent_at or not 0 <= held <= now - sent_at:
             return False
+        del self._outstanding[seq]
         self.on_packet_received(now)
-        rtt = now - sent_at
+        rtt = now - sent_at - held
         self.latest_rtt = rtt
         cfg = self.config
         self.srtt = rtt if self.srtt is None else (1 - cfg.alpha) * self.srtt + cfg.alpha * rtt

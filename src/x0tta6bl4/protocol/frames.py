@@ -5,8 +5,12 @@ keepalive. Every frame is ``type u8 ‖ length u16 ‖ body[length]`` (big-endia
 
     type  name               body
     0x00  PADDING            length zero bytes (fills a packet; a keepalive with a size)
-    0x01  HEARTBEAT          seq u32 ‖ timestamp_us u64 (the sender's clock, microseconds)
-    0x02  HEARTBEAT_ACK      seq u32 ‖ timestamp_us u64, echoed from the HEARTBEAT (RTT)
+    0x01  HEARTBEAT          seq u32 ‖ flags u8 ‖ echo_seq u32 ‖ echo_delay_us u32
+                             flags bit 0 ECHO: echo_seq is the last heartbeat received from
+                             the peer, held echo_delay_us before this one was sent (RTT);
+                             without it both echo fields are 0. Bit 1 PROBE: the sender's
+                             link is down, answer at once. Other bits: 0.
+    (0x02 was HEARTBEAT_ACK: echoes ride on heartbeats now; the type is unknown)
     0x03  LINK_STATE_ADVERT  opaque: a signed link-state advert (defined by the router)
     0x04  ROUTED             src_len u8 ‖ src ‖ dst_len u8 ‖ dst ‖ ttl u8 ‖ flags u8 ‖ payload
                              (node ids: 1..64 bytes of UTF-8; payload: an end-to-end
@@ -36,6 +40,8 @@ from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "FRAME_HEADER_SIZE",
+    "HEARTBEAT_ECHO",
+    "HEARTBEAT_PROBE",
     "IGNORABLE_FRAME_BIT",
     "MAX_FRAME_BODY_SIZE",
     "MAX_NODE_ID_SIZE",
@@ -43,7 +49,6 @@ __all__ = [
     "Frame",
     "FrameType",
     "Heartbeat",
-    "HeartbeatAck",
     "LinkStateAdvert",
     "Padding",
     "Routed",
@@ -61,10 +66,14 @@ IGNORABLE_FRAME_BIT = 0x80
 MAX_NODE_ID_SIZE = 64
 
 _FRAME_HEADER = struct.Struct("!BH")
-_HEARTBEAT = struct.Struct("!IQ")
+_HEARTBEAT = struct.Struct("!IBII")
+#: HEARTBEAT flag: the echo fields are set.
+HEARTBEAT_ECHO = 0x01
+#: HEARTBEAT flag: the sender's link is down; the receiver answers with a heartbeat at once.
+HEARTBEAT_PROBE = 0x02
+_HEARTBEAT_FLAGS = HEARTBEAT_ECHO | HEARTBEAT_PROBE
 _U16 = struct.Struct("!H")
 _U32_MAX = 0xFFFFFFFF
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
 _BAD = "bad_frame"
 
 
@@ -73,7 +82,6 @@ class FrameType(enum.IntEnum):
 
     PADDING = 0x00
     HEARTBEAT = 0x01
-    HEARTBEAT_ACK = 0x02
     LINK_STATE_ADVERT = 0x03
     ROUTED = 0x04
     APP_DATA = 0x05
@@ -88,19 +96,15 @@ class Padding:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Liveness probe of a link; the peer answers with :class:`HeartbeatAck`."""
+    """Liveness of a link, carrying the echo of the peer's last heartbeat (RTT)."""
 
     seq: int
-    #: The sender's clock in microseconds (only the sender interprets it).
-    timestamp_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatAck:
-    """Echo of a :class:`Heartbeat`'s fields: the sender computes the RTT from them."""
-
-    seq: int
-    timestamp_us: int
+    #: The seq of the peer's heartbeat echoed here, or None.
+    echo_seq: int | None = None
+    #: Microseconds the sender held that heartbeat before sending this one (0 without echo).
+    echo_delay_us: int = 0
+    #: The sender's link is down: answer with a heartbeat at once.
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,7 @@ class AppData:
     payload: bytes
 
 
-Frame = Padding | Heartbeat | HeartbeatAck | LinkStateAdvert | Routed | AppData
+Frame = Padding | Heartbeat | LinkStateAdvert | Routed | AppData
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -154,11 +158,19 @@ def _encode_body(frame: Frame) -> tuple[int, bytes]:
     if isinstance(frame, AppData):
         _check_range(frame.channel, 0xFFFF, "channel")
         return FrameType.APP_DATA, _U16.pack(frame.channel) + frame.payload
-    if isinstance(frame, Heartbeat | HeartbeatAck):
+    if isinstance(frame, Heartbeat):
         _check_range(frame.seq, _U32_MAX, "heartbeat seq")
-        _check_range(frame.timestamp_us, _U64_MAX, "heartbeat timestamp")
-        kind = FrameType.HEARTBEAT if isinstance(frame, Heartbeat) else FrameType.HEARTBEAT_ACK
-        return kind, _HEARTBEAT.pack(frame.seq, frame.timestamp_us)
+        flags = HEARTBEAT_PROBE if frame.probe else 0
+        if frame.echo_seq is None:
+            if frame.echo_delay_us:
+                raise LocalProtocolError("heartbeat echo delay without an echo seq")
+            return FrameType.HEARTBEAT, _HEARTBEAT.pack(frame.seq, flags, 0, 0)
+        _check_range(frame.echo_seq, _U32_MAX, "heartbeat echo seq")
+        _check_range(frame.echo_delay_us, _U32_MAX, "heartbeat echo delay")
+        body = _HEARTBEAT.pack(
+            frame.seq, flags | HEARTBEAT_ECHO, frame.echo_seq, frame.echo_delay_us
+        )
+        return FrameType.HEARTBEAT, body
     if isinstance(frame, Routed):
         src = _node_id(frame.src, "source")
         dst = _node_id(frame.dst, "destination")
@@ -223,13 +235,18 @@ def _decode_body(kind: int, body: bytes) -> Frame | None:
         if len(body) < _U16.size:
             raise RemoteProtocolError(_BAD, "APP_DATA frame shorter than its channel")
         return AppData(_U16.unpack_from(body)[0], body[_U16.size :])
-    if kind in (FrameType.HEARTBEAT, FrameType.HEARTBEAT_ACK):
+    if kind == FrameType.HEARTBEAT:
         if len(body) != _HEARTBEAT.size:
             raise RemoteProtocolError(_BAD, f"heartbeat frame body of {len(body)} bytes")
-        seq, timestamp_us = _HEARTBEAT.unpack(body)
-        if kind == FrameType.HEARTBEAT:
-            return Heartbeat(seq, timestamp_us)
-        return HeartbeatAck(seq, timestamp_us)
+        seq, flags, echo_seq, delay = _HEARTBEAT.unpack(body)
+        if flags & ~_HEARTBEAT_FLAGS:
+            raise RemoteProtocolError(_BAD, f"heartbeat with reserved flags 0x{flags:02x}")
+        probe = bool(flags & HEARTBEAT_PROBE)
+        if flags & HEARTBEAT_ECHO:
+            return Heartbeat(seq, echo_seq, delay, probe)
+        if echo_seq or delay:
+            raise RemoteProtocolError(_BAD, "heartbeat echo fields set without the ECHO flag")
+        return Heartbeat(seq, None, 0, probe)
     if kind == FrameType.ROUTED:
         return _decode_routed(body)
     if kind == FrameType.LINK_STATE_ADVERT:
