@@ -10,8 +10,8 @@ entries. No entry → PermissionDenied ``no identity issued``.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import jwt
@@ -24,6 +24,8 @@ from x0tta6bl4.identity.issuer.peercred import PeerTable
 from x0tta6bl4.identity.issuer.store import SvidStore
 from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id
 from x0tta6bl4.identity.verify import validate_jwt_svid
+
+_T = TypeVar("_T")
 
 __all__ = ["WORKLOAD_API_HEADER", "WorkloadApiServicer"]
 
@@ -84,56 +86,45 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def _td_key(self) -> str:
         return self._store.authority.trust_domain.as_spiffe_id()
 
+    async def _changes(self, read: Callable[[], _T]) -> AsyncIterator[_T]:
+        """Yield ``read()`` now and again each time the store changes it; end at shutdown."""
+        generation = self._store.generation
+        sent: _T | None = None
+        while True:
+            value = read()
+            if value != sent:
+                yield value
+                sent = value
+            next_generation = await self._store.wait_for_change(generation)
+            if next_generation is None:
+                return
+            generation = next_generation
+
     async def FetchX509SVID(  # noqa: N802 - name from workload.proto
         self, request: workload_pb2.X509SVIDRequest, context: Any
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
         """Stream the caller's X.509-SVIDs: now, and again after every rotation."""
         ids = await self._attest(context)
-        generation = self._store.generation
-        sent: tuple[int, ...] = ()
-        while True:
-            serials = tuple(self._store.snapshot()[sid].serial for sid in ids)
-            if serials != sent:
-                yield self._x509_response(ids)
-                sent = serials
-            next_generation = await self._store.wait_for_change(generation)
-            if next_generation is None:
-                return
-            generation = next_generation
+        async for _ in self._changes(
+            lambda: tuple(self._store.snapshot()[sid].serial for sid in ids)
+        ):
+            yield self._x509_response(ids)
 
     async def FetchX509Bundles(  # noqa: N802
         self, request: workload_pb2.X509BundlesRequest, context: Any
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
         """Stream the X.509 bundle of our trust domain (it changes only on restart)."""
         await self._attest(context)
-        generation = self._store.generation
-        sent = b""
-        while True:
-            bundle = self._store.authority.x509_bundle_der()
-            if bundle != sent:
-                yield workload_pb2.X509BundlesResponse(bundles={self._td_key(): bundle})
-                sent = bundle
-            next_generation = await self._store.wait_for_change(generation)
-            if next_generation is None:
-                return
-            generation = next_generation
+        async for bundle in self._changes(self._store.authority.x509_bundle_der):
+            yield workload_pb2.X509BundlesResponse(bundles={self._td_key(): bundle})
 
     async def FetchJWTBundles(  # noqa: N802
         self, request: workload_pb2.JWTBundlesRequest, context: Any
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
         """Stream the JWT bundle (JWKS) of our trust domain."""
         await self._attest(context)
-        generation = self._store.generation
-        sent = b""
-        while True:
-            bundle = self._store.authority.jwt_bundle_json()
-            if bundle != sent:
-                yield workload_pb2.JWTBundlesResponse(bundles={self._td_key(): bundle})
-                sent = bundle
-            next_generation = await self._store.wait_for_change(generation)
-            if next_generation is None:
-                return
-            generation = next_generation
+        async for bundle in self._changes(self._store.authority.jwt_bundle_json):
+            yield workload_pb2.JWTBundlesResponse(bundles={self._td_key(): bundle})
 
     async def FetchJWTSVID(  # noqa: N802
         self, request: workload_pb2.JWTSVIDRequest, context: Any
