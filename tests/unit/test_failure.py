@@ -292,3 +292,19 @@ def test_stall_credit_still_detects_a_dead_peer_on_a_slow_host() -> None:
 def test_stall_fraction_must_be_positive() -> None:
     with pytest.raises(ValueError, match="stall_fraction"):
         FailureDetectorConfig(stall_fraction=0)
+
+
+def test_heartbeat_due_soon_goes_with_an_earlier_wake_up() -> None:
+    fd = FailureDetector("p", 0.0)
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, 0.001)
+    due = fd.get_timer()
+    assert fd.early == pytest.approx(0.025)
+    fd.handle_timer(due - 0.03)  # outside the window: nothing
+    assert fd.heartbeats_to_send() == []
+    fd.handle_timer(due - 0.02)  # a wake-up for another link: this beat goes along
+    assert len(fd.heartbeats_to_send()) == 1
+    assert fd.get_timer() == pytest.approx(due + 0.1)  # the grid is kept
+    with pytest.raises(ValueError, match="early_fraction"):
+        FailureDetectorConfig(early_fraction=1.0)

@@ -62,7 +62,7 @@ from typing import Any
 from x0tta6bl4.crypto.pqsvid import MeshCA
 from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
 from x0tta6bl4.node.model import CoreConfig, Member
-from x0tta6bl4.node.udp import MeshEndpoint
+from x0tta6bl4.node.udp import MeshEndpoint, open_endpoint
 
 __all__ = ["TARGETS", "format_table", "run"]
 
@@ -114,14 +114,12 @@ class _Worker:
         rows: list[_MemberRow] = []
         for node_id in self.ids:
             identity = issue_identity(self.ca, node_id)
-            _, endpoint = await loop.create_datagram_endpoint(
-                lambda identity=identity, node_id=node_id: MeshEndpoint(  # type: ignore[misc]
-                    identity,
-                    config=self.config,
-                    on_pong=self._on_pong,
-                    on_output=self._observer(node_id),
-                ),
-                local_addr=("127.0.0.1", 0),
+            endpoint = await open_endpoint(
+                identity,
+                ("127.0.0.1", 0),
+                config=self.config,
+                on_pong=self._on_pong,
+                on_output=self._observer(node_id),
             )
             self.endpoints[node_id] = endpoint
             self.alive.add(node_id)

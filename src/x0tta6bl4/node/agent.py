@@ -249,7 +249,6 @@ class NodeAgent:
 
     async def run(self, stop: asyncio.Event, *, http: bool = True) -> None:
         """Run until ``stop`` is set."""
-        loop = asyncio.get_running_loop()
         self._key = await asyncio.to_thread(load_or_create_key, self.settings.state_dir)
         host, port = self.settings.listen_udp
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -277,12 +276,10 @@ class NodeAgent:
                 return
             identity = self.identity
             assert identity is not None
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: MeshEndpoint(
-                    identity, config=self.config, on_app=self._on_app, on_pong=self._on_pong
-                ),
-                sock=sock,
+            protocol = MeshEndpoint(
+                identity, config=self.config, on_app=self._on_app, on_pong=self._on_pong
             )
+            protocol.attach(sock)
             self.endpoint = protocol
             if self.tun is not None and identity.overlay_ip is not None:
                 await self.tun.start(protocol, identity.overlay_ip)

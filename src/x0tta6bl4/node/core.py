@@ -326,7 +326,8 @@ class NodeCore:
         self.e2e.handle_timer(now)
         for link in list(self._link.values()):
             fd = link.fd
-            if fd is not None and now >= fd.get_timer():
+            # Heartbeats due soon go with this wake-up: a node's links share timer runs.
+            if fd is not None and now >= fd.get_timer() - fd.early:
                 fd.handle_timer(now)
                 self._fd_dirty.add(link.node_id)
         if now >= self.router.get_timer():

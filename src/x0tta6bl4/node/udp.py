@@ -5,6 +5,16 @@ Datagram in → ``core.receive_datagram`` → transmit → re-arm the timer, as 
 policy updates) go through :meth:`MeshEndpoint.call` so that their output is transmitted and
 the timer re-armed too. Application datagrams and echo replies are handed to the callbacks.
 
+The endpoint owns a non-blocking socket registered with ``loop.add_reader`` and **drains**
+it: each readiness callback reads every queued datagram (up to :data:`RECV_BATCH`), feeds
+them all to the core, then transmits and re-arms once. (asyncio's datagram transport reads
+one datagram per loop iteration, so on a busy loop a peer's heartbeats waited in the socket
+buffer behind every other callback while our failure detector's timer fired.) asyncio runs
+the readers of an iteration before its due timers, so after a stall the queued heartbeats
+are seen before the silence limit is checked. Sends go straight to ``sendto``; a full send
+buffer drops the datagram (counted in :attr:`MeshEndpoint.send_errors`), as a lossy link
+would.
+
 Concurrency: everything runs on the event loop's thread; the core is never shared.
 """
 
@@ -20,7 +30,7 @@ from typing import TypeVar
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.model import Addr, AppMessage, CoreConfig, NodeIdentity
 
-__all__ = ["MeshEndpoint", "open_endpoint"]
+__all__ = ["RECV_BATCH", "MeshEndpoint", "bind_udp", "open_endpoint"]
 
 _T = TypeVar("_T")
 
@@ -29,10 +39,17 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 #: A deadline that appears after a datagram may wait this long for an already armed timer
 #: (heartbeats run every 100 ms, SPF waits 30 ms: a few ms more change nothing).
 _TIMER_SLACK = 0.005
+#: Datagrams read per readiness callback at most (then other callbacks get a turn).
+RECV_BATCH = 64
+#: ``recvfrom`` buffer: the largest UDP payload.
+_RECV_SIZE = 65535
 
 
-class MeshEndpoint(asyncio.DatagramProtocol):
-    """Owns the core, the UDP transport and the timer handle of one node."""
+class MeshEndpoint:
+    """Owns the core, the UDP socket and the timer handle of one node.
+
+    Create it inside the running loop, then :meth:`attach` a bound UDP socket.
+    """
 
     def __init__(
         self,
@@ -48,51 +65,68 @@ class MeshEndpoint(asyncio.DatagramProtocol):
         self.core = NodeCore(
             identity, now, wall_offset=time.time() - now, config=config or CoreConfig()
         )
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._local_addr: Addr | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._on_app = on_app
         self._on_pong = on_pong
         self._on_output = on_output
         self.closed = False
-        #: Datagrams the kernel refused to send.
+        #: Datagrams the kernel refused to send (or receive errors it reported).
         self.send_errors = 0
+        #: Datagrams read from the socket.
+        self.datagrams_received = 0
         #: Fault injection: datagrams to or from these ports are dropped (a partition).
         self.blocked_ports: set[int] = set()
 
-    # --- asyncio.DatagramProtocol -------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+    def attach(self, sock: socket.socket) -> None:
+        """Take ownership of a bound UDP socket and start reading and timing."""
+        if self._sock is not None:
+            raise RuntimeError("the endpoint already has a socket")
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self._local_addr = (str(host), int(port))
+        self._loop.add_reader(sock.fileno(), self._read_ready)
         self._service()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.closed or addr[1] in self.blocked_ports:
+    # --- socket -------------------------------------------------------------------------------
+
+    def _read_ready(self) -> None:
+        sock = self._sock
+        if self.closed or sock is None:
             return
-        self.core.receive_datagram(data, (addr[0], addr[1]), self._loop.time())
-        self._service()
-
-    def error_received(self, exc: Exception) -> None:
-        self.send_errors += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        core = self.core
+        blocked = self.blocked_ports
+        received = 0
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.send_errors += 1  # an ICMP error reported on the socket
+                continue
+            if blocked and addr[1] in blocked:
+                continue
+            core.receive_datagram(data, (addr[0], addr[1]), self._loop.time())
+            received += 1
+        if received:
+            self.datagrams_received += received
+            self._service()
 
     # --- API ----------------------------------------------------------------------------------
 
     @property
     def local_addr(self) -> Addr:
-        assert self._transport is not None
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return (str(host), int(port))
+        """The bound address (still known after :meth:`close`, for a restart on it)."""
+        if self._local_addr is None:
+            raise RuntimeError("the endpoint has no socket (attach one)")
+        return self._local_addr
 
     def now(self) -> float:
         return self._loop.time()
@@ -110,8 +144,10 @@ class MeshEndpoint(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.close()
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -124,10 +160,10 @@ class MeshEndpoint(asyncio.DatagramProtocol):
         self._service()
 
     def _service(self) -> None:
-        if self.closed or self._transport is None:
+        if self.closed or self._sock is None:
             return
         core = self.core
-        sendto = self._transport.sendto
+        sendto = self._sock.sendto
         blocked = self.blocked_ports
         for datagram, addr in core.datagrams_to_send():
             if blocked and addr[1] in blocked:
@@ -162,6 +198,18 @@ class MeshEndpoint(asyncio.DatagramProtocol):
         self._timer = self._loop.call_at(max(at, self._loop.time()), self._on_timer)
 
 
+def bind_udp(local_addr: Addr) -> socket.socket:
+    """A UDP socket bound to ``local_addr`` (IPv6 when the host contains a colon)."""
+    family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(local_addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def open_endpoint(
     identity: NodeIdentity,
     local_addr: Addr,
@@ -169,11 +217,11 @@ async def open_endpoint(
     config: CoreConfig | None = None,
     on_app: Callable[[AppMessage], None] | None = None,
     on_pong: Callable[[str, int, float], None] | None = None,
+    on_output: Callable[[], None] | None = None,
 ) -> MeshEndpoint:
     """Bind ``local_addr`` (UDP) and start a node's data plane on it."""
-    loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: MeshEndpoint(identity, config=config, on_app=on_app, on_pong=on_pong),
-        local_addr=local_addr,
+    endpoint = MeshEndpoint(
+        identity, config=config, on_app=on_app, on_pong=on_pong, on_output=on_output
     )
-    return protocol
+    endpoint.attach(bind_udp(local_addr))
+    return endpoint

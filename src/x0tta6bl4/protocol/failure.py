@@ -89,6 +89,9 @@ class FailureDetectorConfig:
     #: A timer later than this fraction of ``interval`` past its deadline is a stall of
     #: this process, credited to the silence limit.
     stall_fraction: float = 0.5
+    #: A heartbeat due within this fraction of ``interval`` is sent early when the timer runs
+    #: anyway (:meth:`FailureDetector.handle_timer`), so a node's links share timer wake-ups.
+    early_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         if not (self.interval > 0 and self.down_interval > 0 and self.cost_unit > 0):
@@ -99,6 +102,8 @@ class FailureDetectorConfig:
             raise ValueError("alpha must be in (0, 1] and hysteresis non-negative")
         if not self.stall_fraction > 0:
             raise ValueError("stall_fraction must be positive")
+        if not 0 <= self.early_fraction < 1:
+            raise ValueError("early_fraction must be in [0, 1)")
 
     @property
     def detection_time(self) -> float:
@@ -145,6 +150,8 @@ class FailureDetector:
         self.config = config or FailureDetectorConfig()
         self._detection_time = self.config.detection_time
         self._stall_tolerance = self.config.stall_fraction * self.config.interval
+        #: How early a heartbeat may go when the timer runs for something else.
+        self.early = self.config.early_fraction * self.config.interval
         self.up = False
         self.srtt: float | None = None
         self.min_rtt: float | None = None
@@ -193,6 +200,11 @@ class FailureDetector:
     # --- inputs -----------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``; an up link's heartbeat due within ``early`` goes now.
+
+        Call it at or after :meth:`get_timer`, or up to :attr:`early` before it when the
+        driver's timer runs anyway.
+        """
         cfg = self.config
         late = now - self.get_timer()
         if late > self._stall_tolerance and self.up:
@@ -207,7 +219,7 @@ class FailureDetector:
             self.stall_credit = 0.0
             self._events.append(LinkDown(self.peer, now - self.last_received))
             self._next_send = min(self._next_send, now + cfg.down_interval)
-        if now >= self._next_send:
+        if now >= self._next_send - (self.early if self.up else 0.0):
             self._beat(now)
 
     def _beat(self, now: float) -> None:

@@ -1,0 +1,51 @@
+"""The asyncio driver's socket handling (real loopback sockets, one event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from x0tta6bl4.crypto.pqsvid import MeshCA
+from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.node.udp import RECV_BATCH, MeshEndpoint, bind_udp, open_endpoint
+
+
+async def test_one_readiness_callback_drains_a_batch_of_datagrams() -> None:
+    ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+    endpoint = await open_endpoint(issue_identity(ca, "node-000"), ("127.0.0.1", 0))
+    try:
+        count = RECV_BATCH + 36
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for i in range(count):
+                sock.sendto(b"\x04garbage" + bytes([i]), endpoint.local_addr)
+        # Loopback delivery is synchronous: everything waits in the socket now. Each loop
+        # iteration runs the reader once; asyncio's transport would read one datagram.
+        seen: list[int] = []
+        while endpoint.datagrams_received < count:
+            await asyncio.sleep(0)
+            if endpoint.datagrams_received and endpoint.datagrams_received not in seen:
+                seen.append(endpoint.datagrams_received)
+        assert seen == [RECV_BATCH, count]
+        assert endpoint.core.dropped["bad_length"] + endpoint.core.dropped["unknown_index"] == count
+    finally:
+        endpoint.close()
+
+
+async def test_attach_twice_and_closed_endpoint() -> None:
+    ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+    endpoint = MeshEndpoint(issue_identity(ca, "node-000"))
+    with pytest.raises(RuntimeError, match="no socket"):
+        _ = endpoint.local_addr
+    endpoint.attach(bind_udp(("127.0.0.1", 0)))
+    extra = bind_udp(("127.0.0.1", 0))
+    try:
+        with pytest.raises(RuntimeError, match="already has a socket"):
+            endpoint.attach(extra)
+    finally:
+        extra.close()
+    endpoint.close()
+    assert endpoint.closed
+    endpoint.close()  # idempotent
