@@ -252,6 +252,8 @@ def test_spf_scales_to_a_thousand_nodes() -> None:
 
 
 def make_router(node_id: str, now: float = 0.0, **config: float) -> Router:
+    # Most tests want every neighbour change advertised at once; batching has its own test.
+    config.setdefault("lsa_batch_interval", RouterConfig().lsa_min_interval)
     return Router(
         node_id,
         key(node_id),
@@ -467,3 +469,27 @@ def test_router_rejects_api_misuse() -> None:
     with pytest.raises(ValueError, match="spf_max_delay"):
         RouterConfig(spf_delay=1, spf_max_delay=0.5)
     assert "neighbours=0" in repr(r)
+
+
+def test_new_neighbours_are_batched_but_a_lost_one_is_advertised_at_once() -> None:
+    r = make_router("hub", lsa_batch_interval=1.0)
+    start = r.counters["originated"]
+    for i, peer in enumerate(("p1", "p2", "p3", "p4")):
+        r.neighbour_up(peer, 1, 0.1 * i)
+        advance(r, 0.1 * i)
+    assert r.counters["originated"] == start  # links coming up wait for the batch
+    advance(r, 1.0)
+    assert r.counters["originated"] == start + 1  # one advert for the four of them
+    r.lsas_to_send()
+    r.neighbour_down("p2", 1.2)
+    advance(r, 1.2)  # 50 ms since the last advert passed long ago: at once
+    assert r.counters["originated"] == start + 2
+    sent = r.lsas_to_send()
+    assert sorted(peer for peer, _ in sent) == ["p1", "p3", "p4"]
+    r.neighbour_down("p3", 1.21)  # within lsa_min_interval of the previous advert
+    advance(r, 1.24)
+    assert r.counters["originated"] == start + 2
+    advance(r, 1.25)
+    assert r.counters["originated"] == start + 3
+    with pytest.raises(ValueError, match="lsa_batch_interval"):
+        RouterConfig(lsa_batch_interval=0.01)

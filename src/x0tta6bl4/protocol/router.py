@@ -17,8 +17,11 @@ Outputs::
 Rules:
 
 * **Origination.** The node's own advert lists its up neighbours with their costs. It is
-  re-signed (seq + 1) after a neighbour change, at most once per ``lsa_min_interval`` (50 ms),
-  and refreshed every ``refresh_interval`` (10 s) even when unchanged, so that receivers'
+  re-signed (seq + 1) after a neighbour change: a lost neighbour (fast heal) at most
+  ``lsa_min_interval`` (50 ms) after the previous advert; a new neighbour or a cost change
+  at most once per ``lsa_batch_interval`` (1 s), so that a burst of links coming up (start-up,
+  re-selection) is one advert, not one per link, each verified by every node. It is
+  refreshed every ``refresh_interval`` (10 s) even when unchanged, so that receivers'
   ageing (``max_age`` 60 s) never removes a live origin. Each new own advert goes to every up
   neighbour.
 * **Sequence numbers survive restarts** without persistent state: ``seq`` is
@@ -72,8 +75,10 @@ class RouterConfig:
     spf_delay: float = 0.03
     #: ... but no later than this after the first pending change.
     spf_max_delay: float = 0.2
-    #: Minimum time between two of our own adverts.
+    #: Minimum time between two of our own adverts (a lost neighbour waits no longer).
     lsa_min_interval: float = 0.05
+    #: Minimum time between an advert and the next one for a new neighbour or a cost change.
+    lsa_batch_interval: float = 1.0
     #: Re-originate our advert this often even when nothing changed.
     refresh_interval: float = 10.0
     #: Remove a foreign advert not refreshed for this long.
@@ -86,6 +91,7 @@ class RouterConfig:
             self.spf_delay,
             self.spf_max_delay,
             self.lsa_min_interval,
+            self.lsa_batch_interval,
             self.refresh_interval,
             self.max_age,
             self.age_check_interval,
@@ -94,6 +100,8 @@ class RouterConfig:
             raise ValueError("router timers must be non-negative (refresh and ageing positive)")
         if self.spf_max_delay < self.spf_delay:
             raise ValueError("spf_max_delay must be at least spf_delay")
+        if self.lsa_batch_interval < self.lsa_min_interval:
+            raise ValueError("lsa_batch_interval must be at least lsa_min_interval")
         if self.max_age <= self.refresh_interval:
             raise ValueError("max_age must exceed refresh_interval")
 
@@ -210,7 +218,7 @@ class Router:
             self._outbox.extend(
                 (peer, entry.data) for entry in self.lsdb if entry.lsa.origin != self.node_id
             )
-        self._schedule_origination(now)
+        self._schedule_origination(now, self.config.lsa_batch_interval)
 
     def neighbour_down(self, peer: str, now: float) -> None:
         if self._neighbours.pop(peer, None) is not None:
@@ -270,8 +278,9 @@ class Router:
             return self._own_public
         return self._key_for_foreign(node_id)
 
-    def _schedule_origination(self, now: float) -> None:
-        at = max(now, self._last_originated + self.config.lsa_min_interval)
+    def _schedule_origination(self, now: float, gap: float | None = None) -> None:
+        gap = self.config.lsa_min_interval if gap is None else gap
+        at = max(now, self._last_originated + gap)
         if self._originate_at is None or at < self._originate_at:
             self._originate_at = at
 
