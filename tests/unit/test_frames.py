@@ -12,6 +12,7 @@ from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
 from x0tta6bl4.protocol.frames import (
     MAX_NODE_ID_SIZE,
     AppData,
+    Fragment,
     Frame,
     FrameType,
     Heartbeat,
@@ -31,6 +32,8 @@ SAMPLE: list[Frame] = [
     AppData(channel=443, payload=b"hello"),
     Padding(5),
     AppData(channel=0, payload=b""),
+    Fragment(msg_id=0xFFFFFFFF, total=0xFFFF, offset=0xFFFE, data=b"z"),
+    Fragment(msg_id=0, total=3, offset=0, data=b"abc"),
 ]
 
 
@@ -64,6 +67,7 @@ def test_frame_type_values_are_the_specification() -> None:
         "LINK_STATE_ADVERT": 3,
         "ROUTED": 4,
         "APP_DATA": 5,
+        "FRAGMENT": 6,
     }
 
 
@@ -119,7 +123,7 @@ def test_longest_node_ids_round_trip() -> None:
 
 
 def test_unknown_critical_type_rejects_the_plaintext() -> None:
-    data = encode_frames([AppData(1, b"a")]) + b"\x06\x00\x01z"
+    data = encode_frames([AppData(1, b"a")]) + b"\x07\x00\x01z"
     with pytest.raises(RemoteProtocolError) as info:
         decode_frames(data)
     assert info.value.reason == "unknown_frame"
@@ -151,6 +155,11 @@ def test_accepts_bytearray_and_memoryview() -> None:
         (Routed("a", "b", 256, 0, b""), "ttl"),
         (Routed("a", "b", 1, -1, b""), "flags"),
         (Padding(70_000), "padding"),
+        (Fragment(2**32, 5, 0, b"x"), "msg_id"),
+        (Fragment(1, 2**16, 0, b"x"), "total"),
+        (Fragment(1, 5, 0, b""), "non-empty"),
+        (Fragment(1, 5, 4, b"xy"), "within total"),
+        (Fragment(1, 5, -1, b"x"), "within total"),
         (LinkStateAdvert(bytes(70_000)), "u16"),
         (AppData(1, bytes(65_534)), "u16"),
     ],
@@ -194,6 +203,15 @@ _frames: st.SearchStrategy[Frame] = st.one_of(
         st.binary(max_size=64),
     ),
     st.builds(AppData, st.integers(0, 0xFFFF), st.binary(max_size=64)),
+    st.builds(
+        lambda msg_id, total, offset, data: Fragment(
+            msg_id, total, min(offset, total - len(data)), data
+        ),
+        st.integers(0, 2**32 - 1),
+        st.integers(64, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        st.binary(min_size=1, max_size=64),
+    ),
 )
 
 
@@ -244,3 +262,18 @@ def test_former_heartbeat_ack_type_is_unknown() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode_frames(b"\x02\x00\x0c" + bytes(12))
     assert info.value.reason == "unknown_frame"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        struct.pack("!IHH", 1, 5, 0),  # no data
+        struct.pack("!IHH", 1, 5, 3) + b"abc",  # runs past total
+        struct.pack("!IHH", 1, 0, 0) + b"a",  # total 0
+        struct.pack("!IH", 1, 5),  # truncated header
+    ],
+)
+def test_fragment_decoding_is_strict(body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frames(bytes((FrameType.FRAGMENT,)) + struct.pack("!H", len(body)) + body)
+    assert info.value.reason == "bad_frame"

@@ -19,7 +19,7 @@ from x0tta6bl4.node.core import MAX_APP_PAYLOAD, NodeCore
 from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
 from x0tta6bl4.node.model import PING_CHANNEL, Addr, AppMessage, CoreConfig, LinkFilter, Member
 from x0tta6bl4.protocol.errors import LocalProtocolError
-from x0tta6bl4.protocol.frames import LinkStateAdvert, Routed
+from x0tta6bl4.protocol.frames import Fragment, LinkStateAdvert, Routed, encode_frames
 from x0tta6bl4.protocol.lsa import LinkStateAdvert as Lsa
 from x0tta6bl4.protocol.lsa import encode_signed
 
@@ -400,3 +400,43 @@ def test_link_cost_changes_reach_the_router_batched() -> None:
 def test_cost_update_interval_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="cost_update_interval"):
         CoreConfig(cost_update_interval=-1.0)
+
+
+class _SizeNet(Net):
+    """Records the largest datagram any core sent."""
+
+    largest = 0
+
+    def collect(self) -> None:
+        for core in self.live():
+            for data, addr in core.datagrams_to_send():
+                self.largest = max(self.largest, len(data))
+                self.wire.append((self.now + self.latency, core.node_id, data, addr))
+
+
+def test_adverts_are_fragmented_so_no_datagram_exceeds_1472_bytes() -> None:
+    net = _SizeNet(4)
+    net.announce()
+    net.run_until(net.converged)
+    net.advance(11.0)  # a refresh round too
+    assert net.converged()
+    assert 1400 < net.largest <= 1472
+    for core in net.cores.values():
+        assert core.counters["frames_fragmented"] > 0
+        assert not any(reason.startswith("fragment") for reason in core.dropped)
+        assert core.dropped["bad_length"] == 0
+
+
+def test_nested_and_inconsistent_fragments_are_dropped_and_counted() -> None:
+    net = Net(2)
+    net.announce()
+    net.run_until(net.converged)
+    a, b = net.cores["node-000"], net.cores["node-001"]
+    inner = encode_frames([Fragment(5, 3, 0, b"abc")])
+    a.send_frame("node-001", Fragment(9, len(inner), 0, inner), net.now)
+    a.send_frame("node-001", Fragment(10, 8, 0, b"abcd"), net.now)
+    a.send_frame("node-001", Fragment(10, 9, 4, b"efgh"), net.now)
+    net.transfer()
+    assert b.dropped["fragment_nested"] == 1
+    assert b.dropped["fragment_inconsistent"] == 1
+    assert b.link_state("node-000") == "up"

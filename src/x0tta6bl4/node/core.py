@@ -44,7 +44,8 @@ from x0tta6bl4.node.model import (
     NodeIdentity,
 )
 from x0tta6bl4.node.peers import Link
-from x0tta6bl4.protocol.constants import MAX_TRANSPORT_DATAGRAM_SIZE, MAX_UDP_PAYLOAD_SIZE
+from x0tta6bl4.node.reassembly import split_frame
+from x0tta6bl4.protocol.constants import MAX_TRANSPORT_DATAGRAM_SIZE
 from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
 from x0tta6bl4.protocol.failure import (
     FailureDetector,
@@ -57,6 +58,7 @@ from x0tta6bl4.protocol.frames import (
     FRAME_HEADER_SIZE,
     MAX_NODE_ID_SIZE,
     AppData,
+    Fragment,
     Frame,
     Heartbeat,
     LinkStateAdvert,
@@ -149,7 +151,7 @@ class NodeCore:
             session_factory=lambda: Session(
                 rekey_after_time=cfg.rekey_after_time,
                 reject_after_time=cfg.reject_after_time,
-                max_datagram_size=MAX_UDP_PAYLOAD_SIZE,
+                max_datagram_size=MAX_TRANSPORT_DATAGRAM_SIZE,
             ),
             addr_key=_addr_key,
         )
@@ -678,8 +680,31 @@ class NodeCore:
         except RemoteProtocolError as exc:
             self.dropped[exc.reason] += 1
             return
+        self._link_frames(link, fd, frames, now, nested=False)
+
+    def _link_frames(
+        self, link: Link, fd: FailureDetector, frames: list[Frame], now: float, *, nested: bool
+    ) -> None:
+        node_id = link.node_id
         for frame in frames:
-            if isinstance(frame, Routed):
+            if isinstance(frame, Fragment):
+                if nested:
+                    self.dropped["fragment_nested"] += 1
+                    continue
+                reassembly = link.reassembly
+                message = reassembly.add(frame, now)
+                if reassembly.dropped:
+                    self.dropped.update(reassembly.dropped)
+                    reassembly.dropped.clear()
+                if message is None:
+                    continue
+                try:
+                    inner = decode_frames(message)
+                except RemoteProtocolError as exc:
+                    self.dropped[exc.reason] += 1
+                    continue
+                self._link_frames(link, fd, inner, now, nested=True)
+            elif isinstance(frame, Routed):
                 self._forward(frame, node_id, now)
             elif isinstance(frame, Heartbeat):
                 # The echo first: when it brings the link up, our answer to a probe no
@@ -775,9 +800,13 @@ class NodeCore:
             if not frames or self._link.get(node_id) is not link:
                 continue
             link.frames = []
-            if not self.links.can_send(node_id):
+            channel = self.links.get(node_id)
+            if channel is None or not channel.session.can_send:
                 self.dropped["no_link"] += len(frames)
                 continue
+            budget = channel.session.max_plaintext_size
+            if any(len(encoded) > budget for encoded in frames):
+                frames = self._fragment(link, frames, budget)
             batch: list[bytes] = []
             size = 0
             for encoded in frames:
@@ -789,5 +818,22 @@ class NodeCore:
             if batch:
                 self.links.send(node_id, b"".join(batch), now)
         self._outbox.extend(self.links.datagrams_to_send())
+
+    def _fragment(self, link: Link, frames: list[bytes], budget: int) -> list[bytes]:
+        """Frames larger than one packet become FRAGMENT frames that each fit one."""
+        out: list[bytes] = []
+        for encoded in frames:
+            if len(encoded) <= budget:
+                out.append(encoded)
+                continue
+            try:
+                pieces = split_frame(encoded, link.next_msg_id, budget)
+            except LocalProtocolError:
+                self.dropped["frame_too_large"] += 1
+                continue
+            link.next_msg_id = (link.next_msg_id + 1) & 0xFFFFFFFF
+            self.counters["frames_fragmented"] += 1
+            out.extend(pieces)
+        return out
 
     _now: float = 0.0

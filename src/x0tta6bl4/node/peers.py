@@ -3,7 +3,8 @@
 The keys and the handshake of a link live in its :class:`~x0tta6bl4.node.channels.Channel`;
 a :class:`Link` adds what the node needs on top: the
 :class:`~x0tta6bl4.protocol.failure.FailureDetector` (created when the first keys are
-installed), the inner frames waiting for the next packet, whether neighbour selection wants
+installed), the inner frames waiting for the next packet, link-layer fragmentation state
+(:mod:`x0tta6bl4.node.reassembly`), whether neighbour selection wants
 this link, and when to try a handshake again while the link is down (exponential backoff,
 reset when the link comes up).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from x0tta6bl4.node.reassembly import FrameReassembler
 from x0tta6bl4.protocol.failure import FailureDetector
 
 __all__ = ["Link"]
@@ -27,7 +29,9 @@ class Link:
         "ever_up",
         "fd",
         "frames",
+        "next_msg_id",
         "node_id",
+        "reassembly",
         "wanted",
     )
 
@@ -45,6 +49,9 @@ class Link:
         self.frames: list[bytes] = []
         #: Whether neighbour selection currently picks this link.
         self.wanted = True
+        #: Frames too large for one packet: our next message id, the peer's partial ones.
+        self.next_msg_id = 0
+        self.reassembly = FrameReassembler()
 
     @property
     def up(self) -> bool:

@@ -16,6 +16,9 @@ keepalive. Every frame is ``type u8 ‖ length u16 ‖ body[length]`` (big-endia
                              (node ids: 1..64 bytes of UTF-8; payload: an end-to-end
                              handshake or transport datagram, opaque to relays)
     0x05  APP_DATA           channel u16 ‖ payload
+    0x06  FRAGMENT           msg_id u32 ‖ total u16 ‖ offset u16 ‖ data (1.. bytes):
+                             a piece of an encoded frame sequence too large for one packet
+                             (offset + len(data) <= total); node/reassembly.py rebuilds it
 
 Unknown types: a type with the high bit set (``0x80..0xFF``) is *ignorable* — a receiver
 that does not know it skips it, so later versions can add optional frames. An unknown type
@@ -46,6 +49,7 @@ __all__ = [
     "MAX_FRAME_BODY_SIZE",
     "MAX_NODE_ID_SIZE",
     "AppData",
+    "Fragment",
     "Frame",
     "FrameType",
     "Heartbeat",
@@ -73,6 +77,7 @@ HEARTBEAT_ECHO = 0x01
 HEARTBEAT_PROBE = 0x02
 _HEARTBEAT_FLAGS = HEARTBEAT_ECHO | HEARTBEAT_PROBE
 _U16 = struct.Struct("!H")
+_FRAGMENT = struct.Struct("!IHH")
 _U32_MAX = 0xFFFFFFFF
 _BAD = "bad_frame"
 
@@ -85,6 +90,7 @@ class FrameType(enum.IntEnum):
     LINK_STATE_ADVERT = 0x03
     ROUTED = 0x04
     APP_DATA = 0x05
+    FRAGMENT = 0x06
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +142,17 @@ class AppData:
     payload: bytes
 
 
-Frame = Padding | Heartbeat | LinkStateAdvert | Routed | AppData
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A piece of message ``msg_id`` (encoded frames of ``total`` bytes) at ``offset``."""
+
+    msg_id: int
+    total: int
+    offset: int
+    data: bytes
+
+
+Frame = Padding | Heartbeat | Fragment | LinkStateAdvert | Routed | AppData
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -189,6 +205,14 @@ def _encode_body(frame: Frame) -> tuple[int, bytes]:
         return FrameType.ROUTED, body
     if isinstance(frame, LinkStateAdvert):
         return FrameType.LINK_STATE_ADVERT, bytes(frame.body)
+    if isinstance(frame, Fragment):
+        _check_range(frame.msg_id, _U32_MAX, "fragment msg_id")
+        _check_range(frame.total, 0xFFFF, "fragment total")
+        if not frame.data or frame.offset < 0 or frame.offset + len(frame.data) > frame.total:
+            raise LocalProtocolError("fragment data must be non-empty and end within total")
+        return FrameType.FRAGMENT, _FRAGMENT.pack(frame.msg_id, frame.total, frame.offset) + (
+            frame.data
+        )
     if isinstance(frame, Padding):
         _check_range(frame.length, MAX_FRAME_BODY_SIZE, "padding length")
         return FrameType.PADDING, bytes(frame.length)
@@ -249,6 +273,14 @@ def _decode_body(kind: int, body: bytes) -> Frame | None:
         return Heartbeat(seq, None, 0, probe)
     if kind == FrameType.ROUTED:
         return _decode_routed(body)
+    if kind == FrameType.FRAGMENT:
+        if len(body) <= _FRAGMENT.size:
+            raise RemoteProtocolError(_BAD, "FRAGMENT frame without data")
+        msg_id, total, offset = _FRAGMENT.unpack_from(body)
+        data = body[_FRAGMENT.size :]
+        if offset + len(data) > total:
+            raise RemoteProtocolError(_BAD, "FRAGMENT data runs past its message's total")
+        return Fragment(msg_id, total, offset, data)
     if kind == FrameType.LINK_STATE_ADVERT:
         return LinkStateAdvert(body)
     if kind == FrameType.PADDING:
