@@ -17,6 +17,7 @@ from x0tta6bl4.protocol.frames import (
     FrameType,
     Heartbeat,
     LinkStateAdvert,
+    LsdbSummary,
     Padding,
     Routed,
     decode_frames,
@@ -34,6 +35,8 @@ SAMPLE: list[Frame] = [
     AppData(channel=0, payload=b""),
     Fragment(msg_id=0xFFFFFFFF, total=0xFFFF, offset=0xFFFE, data=b"z"),
     Fragment(msg_id=0, total=3, offset=0, data=b"abc"),
+    LsdbSummary((("node-a", 2**64 - 1), ("nöde-ß", 0))),
+    LsdbSummary(()),
 ]
 
 
@@ -68,6 +71,7 @@ def test_frame_type_values_are_the_specification() -> None:
         "ROUTED": 4,
         "APP_DATA": 5,
         "FRAGMENT": 6,
+        "LSDB_SUMMARY": 7,
     }
 
 
@@ -123,7 +127,7 @@ def test_longest_node_ids_round_trip() -> None:
 
 
 def test_unknown_critical_type_rejects_the_plaintext() -> None:
-    data = encode_frames([AppData(1, b"a")]) + b"\x07\x00\x01z"
+    data = encode_frames([AppData(1, b"a")]) + b"\x08\x00\x01z"
     with pytest.raises(RemoteProtocolError) as info:
         decode_frames(data)
     assert info.value.reason == "unknown_frame"
@@ -155,6 +159,9 @@ def test_accepts_bytearray_and_memoryview() -> None:
         (Routed("a", "b", 256, 0, b""), "ttl"),
         (Routed("a", "b", 1, -1, b""), "flags"),
         (Padding(70_000), "padding"),
+        (LsdbSummary((("a", 1), ("a", 2))), "twice"),
+        (LsdbSummary((("", 1),)), "summary origin"),
+        (LsdbSummary((("a", 2**64),)), "summary seq"),
         (Fragment(2**32, 5, 0, b"x"), "msg_id"),
         (Fragment(1, 2**16, 0, b"x"), "total"),
         (Fragment(1, 5, 0, b""), "non-empty"),
@@ -203,6 +210,10 @@ _frames: st.SearchStrategy[Frame] = st.one_of(
         st.binary(max_size=64),
     ),
     st.builds(AppData, st.integers(0, 0xFFFF), st.binary(max_size=64)),
+    st.builds(
+        lambda d: LsdbSummary(tuple(d.items())),
+        st.dictionaries(_node_ids, st.integers(0, 2**64 - 1), max_size=6),
+    ),
     st.builds(
         lambda msg_id, total, offset, data: Fragment(
             msg_id, total, min(offset, total - len(data)), data
@@ -276,4 +287,20 @@ def test_former_heartbeat_ack_type_is_unknown() -> None:
 def test_fragment_decoding_is_strict(body: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode_frames(bytes((FrameType.FRAGMENT,)) + struct.pack("!H", len(body)) + body)
+    assert info.value.reason == "bad_frame"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00" + bytes(8),  # empty origin
+        b"\x41" + b"a" * 65 + bytes(8),  # origin of 65 bytes
+        b"\x01a" + bytes(7),  # seq one byte short
+        b"\x01\xff" + bytes(8),  # origin not UTF-8
+        (b"\x01a" + bytes(8)) * 2,  # an origin twice
+    ],
+)
+def test_summary_decoding_is_strict(body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frames(bytes((FrameType.LSDB_SUMMARY,)) + struct.pack("!H", len(body)) + body)
     assert info.value.reason == "bad_frame"

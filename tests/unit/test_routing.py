@@ -368,10 +368,20 @@ def test_router_floods_to_all_links_but_the_incoming_one() -> None:
     forged = signed("far", 2, {"p1": 1}, signer="p1")
     assert r.receive_lsa(forged, "p1", 0.0) == []
     assert r.all_counters()["lsa_bad_signature"] == 1
-    # A new neighbour gets the database (the far advert) at once.
+    # A new neighbour gets a summary of the database at once, then what its summary lacks.
     r.lsas_to_send()
+    assert [peer for peer, _ in r.summaries_to_send()] == ["p1", "p2", "p3"]
     r.neighbour_up("p4", 1, 0.0)
-    assert ("p4", advert) in r.lsas_to_send()
+    ((peer, entries),) = r.summaries_to_send()
+    assert peer == "p4"
+    assert ("far", 1) in entries
+    assert ("hub", r.seq) in entries
+    assert r.lsas_to_send() == []
+    assert r.receive_summary("p4", [], 0.0) == 1  # restarted: it lacks the far advert
+    assert r.lsas_to_send() == [("p4", advert)]
+    assert r.receive_summary("p4", [("far", 1)], 0.0) == 0  # a flap: nothing to resend
+    assert r.receive_summary("p4", [("far", 0), ("hub", 0)], 0.0) == 1  # older: resend
+    assert r.lsas_to_send() == [("p4", advert)]  # never our own (re-originated anyway)
 
 
 def test_relay_cannot_alter_another_nodes_advert() -> None:
@@ -493,3 +503,44 @@ def test_new_neighbours_are_batched_but_a_lost_one_is_advertised_at_once() -> No
     assert r.counters["originated"] == start + 3
     with pytest.raises(ValueError, match="lsa_batch_interval"):
         RouterConfig(lsa_batch_interval=0.01)
+
+
+def test_flapping_link_resyncs_by_summary_not_the_whole_database() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    routers = {n: make_router(n) for n in names}
+    for x, y in itertools.pairwise(names):
+        routers[x].neighbour_up(y, 10, 0.0)
+        routers[y].neighbour_up(x, 10, 0.0)
+
+    def sync(now: float) -> int:
+        moved = 0
+        for _ in range(10):
+            for n, r in routers.items():
+                for peer, entries in r.summaries_to_send():
+                    routers[peer].receive_summary(n, entries, now)
+            step = flush(routers, now)
+            moved += step
+            if not step:
+                break
+        return moved
+
+    sync(0.0)
+    for r in routers.values():
+        advance(r, 1.0)
+    sync(1.0)
+    assert all(len(r.lsdb) == 5 for r in routers.values())
+    # The a-b link flaps: down, then up again with both databases intact.
+    for x, y in (("a", "b"), ("b", "a")):
+        routers[x].neighbour_down(y, 2.0)
+    for x, y in (("a", "b"), ("b", "a")):
+        routers[x].neighbour_up(y, 10, 2.5)
+    before = {n: r.counters["sync_adverts_sent"] for n, r in routers.items()}
+    sync(2.5)
+    assert {n: r.counters["sync_adverts_sent"] for n, r in routers.items()} == before
+    # A restarted b (empty database) gets everything a holds but a's own advert.
+    routers["b"] = make_router("b", 3.0)
+    routers["a"].neighbour_down("b", 3.0)
+    routers["a"].neighbour_up("b", 10, 3.1)
+    routers["b"].neighbour_up("a", 10, 3.1)
+    sync(3.1)
+    assert routers["a"].counters["sync_adverts_sent"] == before["a"] + 3  # c, d, e

@@ -213,6 +213,8 @@ class MeshSimulation:
                     router.neighbour_up(peer, event.cost, self.now)
             for seq in fd.heartbeats_to_send():
                 self._send(node.node_id, peer, ("hb", seq))
+        for peer, entries in router.summaries_to_send():
+            self._send(node.node_id, peer, ("sum", entries))
         for peer, data in router.lsas_to_send():
             self._send(node.node_id, peer, ("lsa", data))
         while router.next_event() is not None:
@@ -246,6 +248,9 @@ class MeshSimulation:
             self._send(dst, src, ("ack", fd.on_heartbeat(value, self.now)))
         elif what == "ack":
             fd.on_heartbeat_ack(value, self.now)
+        elif what == "sum":
+            fd.on_packet_received(self.now)
+            node.router.receive_summary(src, value, self.now)
         else:
             fd.on_packet_received(self.now)
             for peer, data in node.router.receive_lsa(value, src, self.now):

@@ -62,6 +62,7 @@ from x0tta6bl4.protocol.frames import (
     Frame,
     Heartbeat,
     LinkStateAdvert,
+    LsdbSummary,
     Routed,
     decode_frames,
     encode_frames,
@@ -595,6 +596,15 @@ class NodeCore:
 
     def _drain_router(self, now: float) -> bool:
         progressed = False
+        for peer, entries in self.router.summaries_to_send():
+            progressed = True
+            summary = LsdbSummary(tuple(entries))
+            try:
+                encode_frames([summary])
+            except LocalProtocolError:  # past 65,535 bytes (thousands of origins)
+                self.router.full_sync(peer)
+                continue
+            self._queue(peer, summary)
         for peer, data in self.router.lsas_to_send():
             progressed = True
             self._queue(peer, LinkStateAdvert(data))
@@ -714,6 +724,8 @@ class NodeCore:
                 fd.on_heartbeat(frame.seq, now, probe=frame.probe)
             elif isinstance(frame, LinkStateAdvert):
                 self._receive_lsa(frame.body, node_id, now)
+            elif isinstance(frame, LsdbSummary):
+                self.router.receive_summary(node_id, frame.entries, now)
             elif isinstance(frame, AppData):
                 self.dropped["unexpected_frame"] += 1
 

@@ -19,6 +19,9 @@ keepalive. Every frame is ``type u8 ‖ length u16 ‖ body[length]`` (big-endia
     0x06  FRAGMENT           msg_id u32 ‖ total u16 ‖ offset u16 ‖ data (1.. bytes):
                              a piece of an encoded frame sequence too large for one packet
                              (offset + len(data) <= total); node/reassembly.py rebuilds it
+    0x07  LSDB_SUMMARY       (origin_len u8 ‖ origin ‖ seq u64)*: the (origin, seq) of every
+                             advert the sender holds, sent when a link comes up; origins
+                             1..64 bytes of UTF-8, each at most once
 
 Unknown types: a type with the high bit set (``0x80..0xFF``) is *ignorable* — a receiver
 that does not know it skips it, so later versions can add optional frames. An unknown type
@@ -54,6 +57,7 @@ __all__ = [
     "FrameType",
     "Heartbeat",
     "LinkStateAdvert",
+    "LsdbSummary",
     "Padding",
     "Routed",
     "decode_frames",
@@ -77,6 +81,8 @@ HEARTBEAT_ECHO = 0x01
 HEARTBEAT_PROBE = 0x02
 _HEARTBEAT_FLAGS = HEARTBEAT_ECHO | HEARTBEAT_PROBE
 _U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+_U64_MAX = 0xFFFFFFFFFFFFFFFF
 _FRAGMENT = struct.Struct("!IHH")
 _U32_MAX = 0xFFFFFFFF
 _BAD = "bad_frame"
@@ -91,6 +97,7 @@ class FrameType(enum.IntEnum):
     ROUTED = 0x04
     APP_DATA = 0x05
     FRAGMENT = 0x06
+    LSDB_SUMMARY = 0x07
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +159,14 @@ class Fragment:
     data: bytes
 
 
-Frame = Padding | Heartbeat | Fragment | LinkStateAdvert | Routed | AppData
+@dataclass(frozen=True, slots=True)
+class LsdbSummary:
+    """``(origin, seq)`` of every link-state advert the sender holds (database sync)."""
+
+    entries: tuple[tuple[str, int], ...]
+
+
+Frame = Padding | Heartbeat | Fragment | LsdbSummary | LinkStateAdvert | Routed | AppData
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -205,6 +219,17 @@ def _encode_body(frame: Frame) -> tuple[int, bytes]:
         return FrameType.ROUTED, body
     if isinstance(frame, LinkStateAdvert):
         return FrameType.LINK_STATE_ADVERT, bytes(frame.body)
+    if isinstance(frame, LsdbSummary):
+        parts: list[bytes] = []
+        seen: set[str] = set()
+        for origin, seq in frame.entries:
+            if origin in seen:
+                raise LocalProtocolError(f"origin {origin!r} twice in a database summary")
+            seen.add(origin)
+            raw = _node_id(origin, "summary origin")
+            _check_range(seq, _U64_MAX, "summary seq")
+            parts += (bytes((len(raw),)), raw, _U64.pack(seq))
+        return FrameType.LSDB_SUMMARY, b"".join(parts)
     if isinstance(frame, Fragment):
         _check_range(frame.msg_id, _U32_MAX, "fragment msg_id")
         _check_range(frame.total, 0xFFFF, "fragment total")
@@ -254,6 +279,29 @@ def _decode_routed(body: bytes) -> Routed:
     return Routed(ids[0], ids[1], body[pos], body[pos + 1], body[pos + 2 :])
 
 
+def _decode_summary(body: bytes) -> LsdbSummary:
+    entries: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    pos = 0
+    end = len(body)
+    while pos < end:
+        size = body[pos]
+        pos += 1
+        if not 1 <= size <= MAX_NODE_ID_SIZE or pos + size + 8 > end:
+            raise RemoteProtocolError(_BAD, "LSDB_SUMMARY entry with a bad length")
+        try:
+            origin = body[pos : pos + size].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(_BAD, "LSDB_SUMMARY origin is not UTF-8") from None
+        if origin in seen:
+            raise RemoteProtocolError(_BAD, "LSDB_SUMMARY lists an origin twice")
+        seen.add(origin)
+        pos += size
+        entries.append((origin, _U64.unpack_from(body, pos)[0]))
+        pos += 8
+    return LsdbSummary(tuple(entries))
+
+
 def _decode_body(kind: int, body: bytes) -> Frame | None:
     if kind == FrameType.APP_DATA:
         if len(body) < _U16.size:
@@ -273,6 +321,8 @@ def _decode_body(kind: int, body: bytes) -> Frame | None:
         return Heartbeat(seq, None, 0, probe)
     if kind == FrameType.ROUTED:
         return _decode_routed(body)
+    if kind == FrameType.LSDB_SUMMARY:
+        return _decode_summary(body)
     if kind == FrameType.FRAGMENT:
         if len(body) <= _FRAGMENT.size:
             raise RemoteProtocolError(_BAD, "FRAGMENT frame without data")

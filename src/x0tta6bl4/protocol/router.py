@@ -10,7 +10,9 @@ Inputs (``now`` is the node's monotonic clock, in seconds)::
 
 Outputs::
 
-    lsas_to_send()  -> [(peer, bytes)]  own adverts and database syncs for new neighbours
+    lsas_to_send()  -> [(peer, bytes)]  own adverts, floods and database sync answers
+    summaries_to_send() -> [(peer, [(origin, seq)])]  database summaries for new neighbours
+    receive_summary(peer, entries, now)  a neighbour's summary -> what it lacks, to lsas_to_send
     next_event()    -> RoutesChanged     after a recomputation that changed the table
     next_hop(dest), route(dest), routes(), counters, neighbours
 
@@ -31,8 +33,15 @@ Rules:
   applies: when an advert of our own with a higher seq comes back to us (neighbours sync their
   database to us when a link comes up), we jump past it and re-originate.
 * **Flooding.** An accepted advert goes to every up neighbour except the one it came from; a
-  duplicate or rejected one goes nowhere. When a link comes up, the whole database (except our
-  own advert, which is re-originated anyway) is sent to the new neighbour.
+  duplicate or rejected one goes nowhere.
+* **Database sync by summary.** When a link comes up, we send the new neighbour a summary,
+  the ``(origin, seq)`` of every advert we hold (ours included), and it sends us its own.
+  Each side answers a summary with the adverts it holds that the other lacks or holds older
+  (never its own, which it re-originates to every neighbour anyway). A link that flaps
+  therefore costs two summaries (≈ 17 bytes per origin) instead of the whole database
+  (≈ 3.7 KB per origin) each way; a restarted neighbour, whose summary is empty, gets
+  everything. Our own advert of a previous incarnation with a higher seq comes back the same
+  way (``own_newer``).
 * **Debounced SPF.** A topology change schedules a recomputation ``spf_delay`` (30 ms) after
   the *latest* change, but never later than ``spf_max_delay`` (200 ms) after the *first*
   change still pending.
@@ -43,7 +52,7 @@ Not thread-safe: one owner drives it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import mldsa
@@ -145,8 +154,16 @@ class Router:
         self._next_age_check = now + self.config.age_check_interval
         self._routes: dict[str, Route] = {}
         self._outbox: list[tuple[str, bytes]] = []
+        self._summaries: list[str] = []
         self._events: deque[RoutesChanged] = deque()
-        self.counters: dict[str, int] = {"originated": 0, "spf_runs": 0, "lsas_sent": 0}
+        self.counters: dict[str, int] = {
+            "originated": 0,
+            "spf_runs": 0,
+            "lsas_sent": 0,
+            "summaries_sent": 0,
+            "summaries_received": 0,
+            "sync_adverts_sent": 0,
+        }
         self._originate(now)
 
     # --- queries ----------------------------------------------------------------------------
@@ -196,6 +213,21 @@ class Router:
         self.counters["lsas_sent"] += len(out)
         return out
 
+    def summaries_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """``(peer, [(origin, seq), ...])``: database summaries for new neighbours (drained)."""
+        peers, self._summaries = self._summaries, []
+        if not peers:
+            return []
+        entries = sorted((entry.lsa.origin, entry.lsa.seq) for entry in self.lsdb)
+        self.counters["summaries_sent"] += len(peers)
+        return [(peer, list(entries)) for peer in peers]
+
+    def full_sync(self, peer: str) -> None:
+        """Queue every advert we hold (but our own) to ``peer``: the sync without a summary."""
+        self._outbox.extend(
+            (peer, entry.data) for entry in self.lsdb if entry.lsa.origin != self.node_id
+        )
+
     def next_event(self) -> RoutesChanged | None:
         return self._events.popleft() if self._events else None
 
@@ -214,10 +246,9 @@ class Router:
             return
         self._neighbours[peer] = cost
         if new:
-            # Database sync: the new neighbour learns everything we know.
-            self._outbox.extend(
-                (peer, entry.data) for entry in self.lsdb if entry.lsa.origin != self.node_id
-            )
+            # Database sync: the new neighbour learns what we hold; it answers with what we
+            # lack (and we do the same with its summary).
+            self._summaries.append(peer)
         self._schedule_origination(now, self.config.lsa_batch_interval)
 
     def neighbour_down(self, peer: str, now: float) -> None:
@@ -241,6 +272,22 @@ class Router:
         out = [(peer, bytes(data)) for peer in sorted(self._neighbours) if peer != from_peer]
         self.counters["lsas_sent"] += len(out)
         return out
+
+    def receive_summary(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
+        """A neighbour's database summary: queue the adverts it lacks or holds older.
+
+        Returns how many adverts were queued (to :meth:`lsas_to_send`).
+        """
+        theirs = dict(entries)
+        self.counters["summaries_received"] += 1
+        out = [
+            (peer, entry.data)
+            for entry in self.lsdb
+            if entry.lsa.origin != self.node_id and theirs.get(entry.lsa.origin, -1) < entry.lsa.seq
+        ]
+        self._outbox.extend(out)
+        self.counters["sync_adverts_sent"] += len(out)
+        return len(out)
 
     def forget(self, origin: str, now: float) -> bool:
         """Drop ``origin``'s advert at once (it left the membership or its SVID was revoked).
