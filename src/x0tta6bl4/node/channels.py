@@ -325,6 +325,11 @@ class Channels(Generic[A]):
     def next_event(self) -> ChannelEvent | None:
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_events(self) -> bool:
+        """True while :meth:`next_event` has something to return."""
+        return bool(self._events)
+
     # --- internals ----------------------------------------------------------------------------
 
     def _channel(self, node_id: str, addr: A) -> Channel[A]:

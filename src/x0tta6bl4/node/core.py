@@ -538,10 +538,15 @@ class NodeCore:
     # --- internals: event processing ----------------------------------------------------------
 
     def _process(self, now: float) -> None:
+        # Each machine feeds only the ones after it in this order (links -> end-to-end and
+        # detectors -> router -> frames), so one pass is complete; another runs only if a
+        # later step left channel events behind.
         for _ in range(8):
-            progressed = self._drain_links(now) | self._drain_e2e(now) | self._drain_router(now)
-            progressed |= self._drain_failure(now)
-            if not progressed:
+            self._drain_links(now)
+            self._drain_e2e(now)
+            self._drain_failure(now)
+            self._drain_router(now)
+            if not (self.links.has_events or self.e2e.has_events):
                 break
         self._flush(now)
 
