@@ -151,7 +151,7 @@ def test_cost_hysteresis() -> None:
     (seq,) = fd.heartbeats_to_send()
     fd.on_heartbeat_ack(seq, 0.010)  # 10 ms -> cost 100
     assert fd.cost == 100
-    for rtt in (0.011, 0.012, 0.009, 0.0076):  # within 25 %: no change
+    for rtt in (0.011, 0.012, 0.009, 0.0076):  # the window's minimum stays within 25 %
         fd.handle_timer(fd.get_timer())
         (seq,) = fd.heartbeats_to_send()
         sent = fd.get_timer() - fd.config.interval
@@ -159,12 +159,36 @@ def test_cost_hysteresis() -> None:
         assert fd.cost == 100
     fd.handle_timer(fd.get_timer())
     (seq,) = fd.heartbeats_to_send()
-    fd.on_heartbeat_ack(seq, fd.get_timer() - fd.config.interval + 0.02)
-    assert fd.cost == 200
+    fd.on_heartbeat_ack(seq, fd.get_timer() - fd.config.interval + 0.005)  # a drop: at once
+    assert fd.cost == 50
     events = []
     while (e := fd.next_event()) is not None:
         events.append(e)
-    assert kinds(events, LinkCostChanged) == [LinkCostChanged("p", 200)]
+    assert kinds(events, LinkCostChanged) == [LinkCostChanged("p", 50)]
+
+
+def test_cost_follows_the_windowed_minimum_rtt_not_queueing_delay() -> None:
+    # RTT samples of a path whose propagation delay is 4 ms, on a host whose event loop
+    # sometimes answers 50 ms late: the cost stays at 40; when the path itself becomes
+    # 20 ms, the cost follows within two windows (10-20 s).
+    fd = FailureDetector("p", 0.0, FailureDetectorConfig(alpha=1.0))
+    t = 0.0
+    costs = []
+    for i in range(400):  # 40 s at 0.1 s
+        t = fd.get_timer()
+        fd.handle_timer(t)
+        (seq,) = fd.heartbeats_to_send()
+        base = 0.004 if t < 20.0 else 0.020
+        rtt = base + (0.050 if i % 3 == 1 else 0.0)
+        fd.on_heartbeat_ack(seq, t + rtt)
+        costs.append((t, fd.cost))
+        fd.on_packet_received(t + rtt)
+    assert all(c == 40 for at, c in costs if at < 20.0)
+    assert all(c == 200 for at, c in costs if at > 40.0 - 0.5)
+    changed = [at for at, c in costs if c == 200]
+    assert 20.0 < changed[0] <= 40.0
+    assert fd.srtt is not None
+    assert fd.window_rtt == pytest.approx(0.020)
 
 
 def test_cost_floor_and_validation() -> None:

@@ -131,3 +131,17 @@ def test_fuzz_arbitrary_fragments_stay_bounded(items: list[tuple[int, int, int, 
         out = r.add(frame, i * 0.1)
         assert out is None or len(out) == frame.total <= 32
         assert len(r) <= 2
+
+
+def test_discarded_message_skips_its_other_fragments() -> None:
+    parts = fragments(bytes(range(200)) * 20, msg_id=3)
+    r = FrameReassembler(max_partials=2)
+    assert r.add(parts[1], 0.0) is None  # out of order: held until discarded
+    r.discard(3)
+    assert len(r) == 0
+    assert all(r.add(p, 0.0) is None for p in parts)
+    assert r.skipped == len(parts)
+    assert not r.dropped
+    r.clear()
+    assert r.add(parts[0], 0.0) is None  # after clear() the id is a new message again
+    assert len(r) == 1

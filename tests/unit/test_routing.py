@@ -484,25 +484,34 @@ def test_router_rejects_api_misuse() -> None:
 def test_new_neighbours_are_batched_but_a_lost_one_is_advertised_at_once() -> None:
     r = make_router("hub", lsa_batch_interval=1.0)
     start = r.counters["originated"]
-    for i, peer in enumerate(("p1", "p2", "p3", "p4")):
+    for i, peer in enumerate(("p1", "p2", "p3", "p4", "p5")):
         r.neighbour_up(peer, 1, 0.1 * i)
         advance(r, 0.1 * i)
     assert r.counters["originated"] == start  # links coming up wait for the batch
     advance(r, 1.0)
-    assert r.counters["originated"] == start + 1  # one advert for the four of them
+    assert r.counters["originated"] == start + 1  # one advert for all of them
     r.lsas_to_send()
-    r.neighbour_down("p2", 1.2)
-    advance(r, 1.2)  # 50 ms since the last advert passed long ago: at once
+    # Quiet for a while: a lost neighbour is advertised at once (fast heal).
+    r.neighbour_down("p2", 30.0)
+    advance(r, 30.0)
     assert r.counters["originated"] == start + 2
     sent = r.lsas_to_send()
-    assert sorted(peer for peer, _ in sent) == ["p1", "p3", "p4"]
-    r.neighbour_down("p3", 1.21)  # within lsa_min_interval of the previous advert
-    advance(r, 1.24)
+    assert sorted(peer for peer, _ in sent) == ["p1", "p3", "p4", "p5"]
+    # Adverts now follow each other closely: the hold doubles and later changes wait.
+    r.neighbour_down("p3", 30.01)  # within lsa_min_interval: waits for it at least
+    advance(r, 30.04)
     assert r.counters["originated"] == start + 2
-    advance(r, 1.25)
+    advance(r, 30.05)
     assert r.counters["originated"] == start + 3
+    r.neighbour_down("p4", 30.1)  # a flapping node: a quarter of its grown hold
+    advance(r, 30.5)
+    assert r.counters["originated"] == start + 3
+    advance(r, 31.1)
+    assert r.counters["originated"] == start + 4
     with pytest.raises(ValueError, match="lsa_batch_interval"):
         RouterConfig(lsa_batch_interval=0.01)
+    with pytest.raises(ValueError, match="lsa_max_batch_interval"):
+        RouterConfig(lsa_batch_interval=10.0)
 
 
 def test_flapping_link_resyncs_by_summary_not_the_whole_database() -> None:

@@ -60,6 +60,7 @@ from x0tta6bl4.protocol.frames import (
     AppData,
     Fragment,
     Frame,
+    FrameType,
     Heartbeat,
     LinkStateAdvert,
     LsdbSummary,
@@ -92,6 +93,7 @@ PolicyCheck = Callable[[str, str], bool]
 _COALESCE = 1400
 _PENDING_PER_DEST = 64
 _PING = struct.Struct("!BIQ")
+_LSA_FRAME = int(FrameType.LINK_STATE_ADVERT)
 
 
 def _addr_key(addr: Addr) -> bytes:
@@ -476,7 +478,11 @@ class NodeCore:
                 continue  # declared dead: let the selection close the ring around it
             if not self._link_allowed(node_id, member.spiffe_id):
                 continue
-            rtt = None if link is None or link.fd is None else link.fd.srtt
+            # The link's cost (windowed minimum RTT, floor, hysteresis) rather than the raw RTT:
+            # queueing delay on a busy host and µs differences between LAN links must not
+            # churn the choice (each new link is a handshake, a database sync and an advert).
+            fd = None if link is None else link.fd
+            rtt = None if fd is None or fd.cost is None else fd.cost * self._fd_config.cost_unit
             candidates.append(Candidate(node_id, rtt))
         chosen = select_neighbours(self.node_id, candidates, config=self.config.selection)
         for node_id in chosen:
@@ -707,6 +713,15 @@ class NodeCore:
                     self.dropped["fragment_nested"] += 1
                     continue
                 reassembly = link.reassembly
+                known = self._known_advert(frame.data) if frame.offset == 0 else None
+                if known is not None:
+                    # A copy of an advert we hold (flooding brings one per link) or an older
+                    # one: skip its other fragments instead of rebuilding and comparing it.
+                    # Counted as the database would (same seq: duplicate, lower: stale).
+                    reassembly.discard(frame.msg_id)
+                    self.router.lsdb.counters[known] += 1
+                    self.counters["advert_copies_skipped"] += 1
+                    continue
                 message = reassembly.add(frame, now)
                 if reassembly.dropped:
                     self.dropped.update(reassembly.dropped)
@@ -733,6 +748,21 @@ class NodeCore:
                 self.router.receive_summary(node_id, frame.entries, now)
             elif isinstance(frame, AppData):
                 self.dropped["unexpected_frame"] += 1
+
+    def _known_advert(self, head: bytes) -> str | None:
+        """If ``head`` starts a LINK_STATE_ADVERT frame whose seq we hold already (or a newer
+        one): ``duplicate`` (same seq) or ``stale_seq``; else None."""
+        if len(head) < FRAME_HEADER_SIZE + 4 or head[0] != _LSA_FRAME:
+            return None
+        body = head[FRAME_HEADER_SIZE:]
+        origin = _lsa_origin(body)
+        seq = _lsa_seq(body)
+        if origin is None or seq is None:
+            return None
+        held = self.router.lsdb.get(origin)
+        if held is None or seq > held.lsa.seq:
+            return None
+        return "duplicate" if seq == held.lsa.seq else "stale_seq"
 
     def _receive_lsa(self, data: bytes, from_peer: str, now: float) -> None:
         # Only the origin is read here: a full parse of every flooded copy would cost more

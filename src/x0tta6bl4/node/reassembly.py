@@ -23,6 +23,10 @@ authenticated and never replayed; only the peer itself can send inconsistent one
   more bytes than ``total``, pieces that do not tile it) discards that message
   (``fragment_inconsistent``).
 
+A receiver that recognises a message by its first fragment (the node does, for copies of an
+advert it already holds: flooding delivers each advert once per link) may :meth:`discard` it:
+its remaining fragments are then skipped without being stored.
+
 The reassembled bytes are a frame sequence decoded like a packet's plaintext; the node drops
 one that contains FRAGMENT frames again (``fragment_nested``). Counters: :attr:`dropped`.
 Not thread-safe: one owner drives it.
@@ -30,7 +34,7 @@ Not thread-safe: one owner drives it.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
 from x0tta6bl4.protocol.errors import LocalProtocolError
 from x0tta6bl4.protocol.frames import FRAME_HEADER_SIZE, Fragment, encode_frames
@@ -94,8 +98,11 @@ class FrameReassembler:
         self.max_partials = max_partials
         self.timeout = timeout
         self._partials: dict[int, _Partial] = {}
+        self._discarded: deque[int] = deque(maxlen=2 * max_partials)
         #: Fragments and messages dropped, by reason.
         self.dropped: Counter[str] = Counter()
+        #: Fragments ignored because their message was discarded on purpose.
+        self.skipped = 0
 
     def __len__(self) -> int:
         """Incomplete messages held."""
@@ -104,6 +111,9 @@ class FrameReassembler:
     def add(self, fragment: Fragment, now: float) -> bytes | None:
         """Take one fragment; the whole message once its last piece arrived, else None."""
         self._expire(now)
+        if fragment.msg_id in self._discarded:
+            self.skipped += 1
+            return None
         if fragment.total > self.max_size:
             self.dropped["fragment_too_large"] += 1
             return None
@@ -139,8 +149,16 @@ class FrameReassembler:
             position += len(data)
         return b"".join(parts)
 
+    def discard(self, msg_id: int) -> None:
+        """Drop message ``msg_id`` and ignore its other fragments (the caller already knows
+        its content, e.g. a duplicate advert recognised by its first fragment)."""
+        self._partials.pop(msg_id, None)
+        if msg_id not in self._discarded:
+            self._discarded.append(msg_id)
+
     def clear(self) -> None:
         self._partials.clear()
+        self._discarded.clear()
 
     def _expire(self, now: float) -> None:
         if not self._partials:

@@ -30,12 +30,18 @@ to the silence limit (up to one ``detection_time`` in total, reset by the next p
 local overload does not declare healthy peers dead; their queued heartbeats are read first.
 
 RTT: ``srtt`` is an EWMA (``alpha`` = 1/8, as TCP's RFC 6298) seeded with the first sample;
-``min_rtt`` the smallest sample seen. The sample is measured against **our own** send time
+``min_rtt`` the smallest sample seen; ``window_rtt`` the smallest sample of the last
+``cost_window`` to 2 × ``cost_window`` seconds (10–20 s: two buckets, as BBR's min-RTT
+filter). The sample is measured against **our own** send time
 of the echoed seq; the only figure the peer contributes is how long it held our heartbeat
 before echoing it, which must lie within the measured interval (else the echo is ignored).
 **Link cost** (the value advertised in link-state adverts) is
-``max(cost_floor, ceil(srtt / cost_unit))`` with ``cost_unit`` = 100 µs and ``cost_floor``
-= 10 (1 ms: links faster than that are equal, so LAN jitter never re-routes). With hysteresis,
+``max(cost_floor, ceil(window_rtt / cost_unit))`` with ``cost_unit`` = 100 µs and
+``cost_floor`` = 10 (1 ms: links faster than that are equal, so LAN jitter never re-routes).
+The windowed minimum follows the path's propagation delay, not queueing or CPU delays: a
+busy host (or a busy peer) answering late does not move costs, re-sign adverts and flood
+them, which would load every node further; a longer path shows within 20 s, a shorter one
+at once. With hysteresis,
 the advertised cost changes only when the new value differs from the current one by more than
 ``hysteresis`` (25 %), so costs do not flap and do not cause a flood of adverts.
 
@@ -86,6 +92,8 @@ class FailureDetectorConfig:
     hysteresis: float = 0.25
     #: Heartbeats remembered for matching acks.
     max_outstanding: int = 16
+    #: Seconds per bucket of the windowed minimum RTT that sets the cost.
+    cost_window: float = 10.0
     #: A timer later than this fraction of ``interval`` past its deadline is a stall of
     #: this process, credited to the silence limit.
     stall_fraction: float = 0.5
@@ -94,8 +102,13 @@ class FailureDetectorConfig:
     early_fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        if not (self.interval > 0 and self.down_interval > 0 and self.cost_unit > 0):
-            raise ValueError("interval, down_interval and cost_unit must be positive")
+        if not (
+            self.interval > 0
+            and self.down_interval > 0
+            and self.cost_unit > 0
+            and self.cost_window > 0
+        ):
+            raise ValueError("interval, down_interval, cost_unit and cost_window must be positive")
         if self.dead_after < 1 or self.max_outstanding < 1 or self.cost_floor < 1:
             raise ValueError("dead_after, max_outstanding and cost_floor must be at least 1")
         if not (0 < self.alpha <= 1 and self.hysteresis >= 0):
@@ -156,6 +169,11 @@ class FailureDetector:
         self.srtt: float | None = None
         self.min_rtt: float | None = None
         self.latest_rtt: float | None = None
+        #: The smallest RTT of the last one to two cost windows (sets the cost).
+        self.window_rtt: float | None = None
+        self._bucket_start = now
+        self._bucket_min: float | None = None
+        self._previous_min: float | None = None
         #: Advertised link cost (None until the first RTT sample).
         self.cost: int | None = None
         self.last_received: float | None = None
@@ -271,9 +289,19 @@ class FailureDetector:
         self.srtt = rtt if self.srtt is None else (1 - cfg.alpha) * self.srtt + cfg.alpha * rtt
         self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
         self._events.append(RttUpdated(self.peer, rtt, self.srtt, self.min_rtt))
-        candidate = min(
-            MAX_COST, max(cfg.cost_floor, math.ceil(round(self.srtt / cfg.cost_unit, 6)))
-        )
+        if now - self._bucket_start >= cfg.cost_window:
+            # A gap of more than one window forgets the old bucket too.
+            recent = now - self._bucket_start < 2 * cfg.cost_window
+            self._previous_min = self._bucket_min if recent else None
+            self._bucket_min = None
+            self._bucket_start = now
+        if self._bucket_min is None or rtt < self._bucket_min:
+            self._bucket_min = rtt
+        window = self._bucket_min
+        if self._previous_min is not None and self._previous_min < window:
+            window = self._previous_min
+        self.window_rtt = window
+        candidate = min(MAX_COST, max(cfg.cost_floor, math.ceil(round(window / cfg.cost_unit, 6))))
         if self.cost is None:
             self.cost = candidate
         elif abs(candidate - self.cost) > cfg.hysteresis * self.cost:

@@ -21,9 +21,13 @@ Rules:
 * **Origination.** The node's own advert lists its up neighbours with their costs. It is
   re-signed (seq + 1) after a neighbour change: a lost neighbour (fast heal) at most
   ``lsa_min_interval`` (50 ms) after the previous advert; a new neighbour or a cost change
-  at most once per ``lsa_batch_interval`` (1 s), so that a burst of links coming up (start-up,
-  re-selection) is one advert, not one per link, each verified by every node. It is
-  refreshed every ``refresh_interval`` (10 s) even when unchanged, so that receivers'
+  at most once per batch hold, so that a burst of links coming up (start-up, re-selection) is
+  one advert, not one per link, each verified by every node. The hold starts at
+  ``lsa_batch_interval`` (1 s), doubles each time an advert follows the previous one within
+  twice the hold (up to ``lsa_max_batch_interval``, 8 s: a flapping node's adverts slow
+  down, as OSPF's LSA throttling) and returns to its start after a quiet period. Every advert
+  is flooded to every node, so their rate is what a mesh's CPU pays for. It is
+  refreshed every ``refresh_interval`` (30 s) even when unchanged, so that receivers'
   ageing (``max_age`` 60 s) never removes a live origin. Each new own advert goes to every up
   neighbour.
 * **Sequence numbers survive restarts** without persistent state: ``seq`` is
@@ -88,10 +92,12 @@ class RouterConfig:
     lsa_min_interval: float = 0.05
     #: Minimum time between an advert and the next one for a new neighbour or a cost change.
     lsa_batch_interval: float = 1.0
+    #: The batch hold doubles up to this while adverts follow each other closely.
+    lsa_max_batch_interval: float = 8.0
     #: Re-originate our advert this often even when nothing changed.
-    refresh_interval: float = 10.0
+    refresh_interval: float = 30.0
     #: Remove a foreign advert not refreshed for this long.
-    max_age: float = 60.0
+    max_age: float = 120.0
     #: How often to look for aged adverts.
     age_check_interval: float = 1.0
 
@@ -101,6 +107,7 @@ class RouterConfig:
             self.spf_max_delay,
             self.lsa_min_interval,
             self.lsa_batch_interval,
+            self.lsa_max_batch_interval,
             self.refresh_interval,
             self.max_age,
             self.age_check_interval,
@@ -109,8 +116,10 @@ class RouterConfig:
             raise ValueError("router timers must be non-negative (refresh and ageing positive)")
         if self.spf_max_delay < self.spf_delay:
             raise ValueError("spf_max_delay must be at least spf_delay")
-        if self.lsa_batch_interval < self.lsa_min_interval:
-            raise ValueError("lsa_batch_interval must be at least lsa_min_interval")
+        if not self.lsa_min_interval <= self.lsa_batch_interval <= self.lsa_max_batch_interval:
+            raise ValueError(
+                "need lsa_min_interval <= lsa_batch_interval <= lsa_max_batch_interval"
+            )
         if self.max_age <= self.refresh_interval:
             raise ValueError("max_age must exceed refresh_interval")
 
@@ -148,6 +157,8 @@ class Router:
         self._neighbours: dict[str, int] = {}
         self._seq = 0
         self._last_originated = -float("inf")
+        #: Current batch hold for new neighbours and cost changes (see the module docstring).
+        self._hold = self.config.lsa_batch_interval
         self._originate_at: float | None = None
         self._spf_at: float | None = None
         self._spf_first_change: float | None = None
@@ -249,11 +260,16 @@ class Router:
             # Database sync: the new neighbour learns what we hold; it answers with what we
             # lack (and we do the same with its summary).
             self._summaries.append(peer)
-        self._schedule_origination(now, self.config.lsa_batch_interval)
+        self._schedule_origination(now, self._hold)
 
     def neighbour_down(self, peer: str, now: float) -> None:
         if self._neighbours.pop(peer, None) is not None:
-            self._schedule_origination(now)
+            # Fast heal: at once on a quiet node; a node whose adverts already follow each
+            # other closely (its hold grew) waits a quarter of its hold, so flapping links
+            # cannot make it flood the mesh faster than that.
+            hold = self._hold
+            quiet = hold <= self.config.lsa_batch_interval or now - self._last_originated > 4 * hold
+            self._schedule_origination(now, None if quiet else hold / 4)
 
     def receive_lsa(
         self, data: bytes, from_peer: str | None, now: float
@@ -326,7 +342,9 @@ class Router:
         return self._key_for_foreign(node_id)
 
     def _schedule_origination(self, now: float, gap: float | None = None) -> None:
-        gap = self.config.lsa_min_interval if gap is None else gap
+        gap = (
+            self.config.lsa_min_interval if gap is None else max(gap, self.config.lsa_min_interval)
+        )
         at = max(now, self._last_originated + gap)
         if self._originate_at is None or at < self._originate_at:
             self._originate_at = at
@@ -349,6 +367,11 @@ class Router:
         )
         data = encode_signed(lsa, self._key)
         body = encode_unsigned(lsa)
+        gap = now - self._last_originated
+        if gap < 2 * self._hold:
+            self._hold = min(2 * self._hold, self.config.lsa_max_batch_interval)
+        elif gap > 4 * self._hold:
+            self._hold = self.config.lsa_batch_interval
         self._last_originated = now
         self._originate_at = None
         self.counters["originated"] += 1
