@@ -24,17 +24,25 @@ from x0tta6bl4.local.descriptor import (
     write_descriptor,
 )
 
+_FAKE_UP = "import time; print('ready', flush=True); time.sleep(60)"
+
 
 @pytest.fixture
 def fake_up() -> Iterator[subprocess.Popen[bytes]]:
+    # Popen can return before the child has exec'd (its /proc cmdline is still ours then):
+    # wait for the child's own line so that it really is the "x0tta6bl4 up" process.
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "x0tta6bl4", "up"]
+        [sys.executable, "-c", _FAKE_UP, "x0tta6bl4", "up"],
+        stdout=subprocess.PIPE,
     )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
     try:
         yield proc
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 def descriptor(pid: int) -> MeshDescriptor:
