@@ -7,7 +7,9 @@ same process and reports a ratio next to the absolute figures.
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -18,12 +20,20 @@ app = typer.Typer(
 
 __all__ = ["app"]
 
+#: ``--json`` on every benchmark.
+JsonOption = Annotated[
+    bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
+]
+
+
+def _emit(result: dict[str, Any], as_json: bool, format_table: Callable[[Any], str]) -> None:
+    """Print a benchmark's result as JSON or as its readable table."""
+    typer.echo(json.dumps(result) if as_json else format_table(result))
+
 
 @app.command("session")
 def session(
-    as_json: Annotated[
-        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
-    ] = False,
+    as_json: JsonOption = False,
     packets: Annotated[
         int,
         typer.Option(
@@ -32,19 +42,15 @@ def session(
     ] = 20_000,
 ) -> None:
     """Seal+open 1400-byte packets through the transport session vs the bare AEAD."""
-    import json
-
     from x0tta6bl4.bench.session import format_table, run
 
     result = run(packets=packets)
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _emit(result, as_json, format_table)
 
 
 @app.command("handshake")
 def handshake(
-    as_json: Annotated[
-        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
-    ] = False,
+    as_json: JsonOption = False,
     iterations: Annotated[
         int,
         typer.Option(
@@ -56,19 +62,15 @@ def handshake(
     ] = 200,
 ) -> None:
     """Full in-memory handshakes vs the same primitive operations alone (CPU time)."""
-    import json
-
     from x0tta6bl4.bench.handshake import format_table, run
 
     result = run(iterations=iterations)
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _emit(result, as_json, format_table)
 
 
 @app.command("api")
 def api(
-    as_json: Annotated[
-        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
-    ] = False,
+    as_json: JsonOption = False,
     duration: Annotated[
         float,
         typer.Option(
@@ -83,19 +85,15 @@ def api(
     ] = 1000,
 ) -> None:
     """Controller /health vs a bare ASGI app on the same stack; GET of all nodes."""
-    import json
-
     from x0tta6bl4.bench.api import format_table, run
 
     result = run(nodes=nodes, duration=duration)
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _emit(result, as_json, format_table)
 
 
 @app.command("heal")
 def heal(  # noqa: PLR0917 - one parameter per flag
-    as_json: Annotated[
-        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
-    ] = False,
+    as_json: JsonOption = False,
     nodes: Annotated[
         int, typer.Option("--nodes", envvar="X0_BENCH_NODES", min=3, help="Mesh size.")
     ] = 100,
@@ -155,8 +153,6 @@ def heal(  # noqa: PLR0917 - one parameter per flag
     ] = None,
 ) -> None:
     """Real nodes on loopback UDP: convergence, then MTTD/MTTR per killed node."""
-    import json
-
     from x0tta6bl4.bench.heal import format_table, run
     from x0tta6bl4.node.model import CoreConfig
 
@@ -171,14 +167,12 @@ def heal(  # noqa: PLR0917 - one parameter per flag
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _emit(result, as_json, format_table)
 
 
 @app.command("dataplane")
 def dataplane(
-    as_json: Annotated[
-        bool, typer.Option("--json", envvar="X0_JSON", help="Print the result as JSON.")
-    ] = False,
+    as_json: JsonOption = False,
     duration: Annotated[
         float,
         typer.Option(
@@ -190,9 +184,7 @@ def dataplane(
     ] = 16,
 ) -> None:
     """Mesh echo over 1/2/3-hop paths vs raw UDP echo on the same kind of sockets."""
-    import json
-
     from x0tta6bl4.bench.dataplane import format_table, run
 
     result = run(duration=duration, window=window)
-    typer.echo(json.dumps(result) if as_json else format_table(result))
+    _emit(result, as_json, format_table)
