@@ -21,7 +21,7 @@ from x0tta6bl4.protocol.lsa import (
 )
 from x0tta6bl4.protocol.lsdb import INSTALL_REASONS, LinkStateDatabase
 from x0tta6bl4.protocol.router import Router, RouterConfig, RoutesChanged
-from x0tta6bl4.protocol.spf import Route, compute_routes, confirmed_links
+from x0tta6bl4.protocol.spf import Route, compute_routes, confirmed_links, shortest_paths
 
 EPOCH = 1_750_000_000.0
 
@@ -235,6 +235,48 @@ def test_spf_matches_brute_force(adverts: dict[str, LinkStateAdvert]) -> None:
         for dest, route in routes.items():
             assert route.next_hop == route.path[0]
             assert route.path[-1] == dest
+
+
+_LSDB_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["install", "install", "install", "remove", "expire"]),
+        st.sampled_from(["n0", "n1", "n2", "n3"]),
+        st.dictionaries(st.sampled_from(["n0", "n1", "n2", "n3"]), st.integers(1, 4)),
+        st.booleans(),
+    ),
+    max_size=14,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_LSDB_OPS)
+def test_lsdb_keeps_the_confirmed_graph_as_adverts_come_and_go(
+    ops: list[tuple[str, str, dict[str, int], bool]],
+) -> None:
+    """The incrementally kept graph equals the one derived from scratch after every step."""
+    db = LinkStateDatabase("me", key_for, max_age=10.0)
+    now = 0.0
+    seq = 0
+    for op, origin, neighbours, transit_off in ops:
+        now += 1.0
+        seq += 1
+        if op == "install":
+            links = {n: c for n, c in neighbours.items() if n != origin}
+            lsa = LinkStateAdvert(
+                origin, seq, 0, tuple(links.items()), FLAG_TRANSIT_OFF if transit_off else 0
+            )
+            assert db.install(encode_signed(lsa, key(origin)), now).accepted
+        elif op == "remove":
+            db.remove(origin)
+        else:
+            db.expire(now + 10.0 if transit_off else now)
+        adverts = db.adverts()
+        assert db.confirmed() == confirmed_links(adverts)
+        assert db.no_transit() == {o for o, lsa in adverts.items() if lsa.transit_off}
+        for source in adverts:
+            assert shortest_paths(source, db.confirmed(), db.no_transit()) == compute_routes(
+                source, adverts
+            )
 
 
 def test_spf_scales_to_a_thousand_nodes() -> None:

@@ -25,6 +25,11 @@ refreshes in a row are lost. The highest sequence number accepted from every ori
 after its advert ages out, so the old advert cannot be replayed to resurrect a dead node.
 This memory is bounded by the number of origins with a verified key (the membership).
 
+The database also keeps the **confirmed graph** SPF runs on (``{u: {v: cost}}`` for every link
+both ends list, see :mod:`x0tta6bl4.protocol.spf`) and the origins that refuse transit, updated
+per installed or removed advert in ``O(degree)``, so a route computation does not re-parse
+and re-match every advert.
+
 Not thread-safe: one owner (the router) calls it.
 """
 
@@ -113,6 +118,11 @@ class LinkStateDatabase:
         self._key_for = key_for
         self._entries: dict[str, LsdbEntry] = {}
         self._highest_seq: dict[str, int] = {}
+        #: ``origin -> {neighbour: cost}`` as each held advert lists them.
+        self._listed: dict[str, dict[str, int]] = {}
+        #: The confirmed graph (links listed by both ends), kept by :meth:`_set_links`.
+        self._confirmed: dict[str, dict[str, int]] = {}
+        self._no_transit: set[str] = set()
         #: ``reason -> count`` for every advert offered to :meth:`install`, plus ``expired``.
         self.counters: dict[str, int] = dict.fromkeys((*INSTALL_REASONS, "expired"), 0)
 
@@ -134,6 +144,15 @@ class LinkStateDatabase:
         """``{origin: advert}`` (a fresh dict)."""
         return {origin: e.lsa for origin, e in self._entries.items()}
 
+    def confirmed(self) -> Mapping[str, Mapping[str, int]]:
+        """``{u: {v: cost}}`` for every link both ends advertise (a live view: do not keep it
+        across updates, do not modify it)."""
+        return self._confirmed
+
+    def no_transit(self) -> frozenset[str]:
+        """Origins whose advert refuses transit (destinations only)."""
+        return frozenset(self._no_transit)
+
     def next_expiry(self) -> float | None:
         """When the oldest foreign advert expires (None when there is none)."""
         times = [e.installed_at for o, e in self._entries.items() if o != self.own_id]
@@ -148,7 +167,10 @@ class LinkStateDatabase:
         previous = self._entries.get(lsa.origin)
         self._entries[lsa.origin] = LsdbEntry(lsa, data, body, now)
         self._highest_seq[lsa.origin] = max(lsa.seq, self._highest_seq.get(lsa.origin, 0))
-        return previous is None or _topology(previous.lsa) != _topology(lsa)
+        changed = previous is None or _topology(previous.lsa) != _topology(lsa)
+        if changed:
+            self._set_links(lsa)
+        return changed
 
     def install(self, data: bytes, now: float) -> InstallResult:
         """Offer one received advert; see the module docstring for the rules."""
@@ -196,6 +218,8 @@ class LinkStateDatabase:
         self._entries[lsa.origin] = LsdbEntry(lsa, bytes(data), body, now)
         self._highest_seq[lsa.origin] = lsa.seq
         changed = held is None or _topology(held.lsa) != _topology(lsa)
+        if changed:
+            self._set_links(lsa)
         return InstallResult("accepted", lsa, topology_changed=changed)
 
     def expire(self, now: float) -> list[str]:
@@ -207,12 +231,53 @@ class LinkStateDatabase:
         ]
         for origin in dead:
             del self._entries[origin]
+            self._drop_links(origin)
         self.counters["expired"] += len(dead)
         return sorted(dead)
 
     def remove(self, origin: str) -> bool:
         """Drop an origin's advert (e.g. it left the membership); its seq stays remembered."""
-        return self._entries.pop(origin, None) is not None
+        if self._entries.pop(origin, None) is None:
+            return False
+        self._drop_links(origin)
+        return True
+
+    # --- the confirmed graph ----------------------------------------------------------------
+
+    def _set_links(self, lsa: LinkStateAdvert) -> None:
+        origin = lsa.origin
+        old = self._listed.get(origin, {})
+        new = dict(lsa.neighbours)
+        self._listed[origin] = new
+        self._confirmed.setdefault(origin, {})
+        if lsa.transit_off:
+            self._no_transit.add(origin)
+        else:
+            self._no_transit.discard(origin)
+        for peer in old.keys() | new.keys():
+            self._match(origin, peer)
+
+    def _drop_links(self, origin: str) -> None:
+        old = self._listed.pop(origin, {})
+        self._no_transit.discard(origin)
+        for peer in old:
+            self._match(origin, peer)
+        # Links other origins list towards it are unconfirmed now.
+        for peer in self._confirmed.pop(origin, {}):
+            self._confirmed.get(peer, {}).pop(origin, None)
+
+    def _match(self, u: str, v: str) -> None:
+        """Re-derive the confirmed state of the link between ``u`` and ``v``."""
+        u_out = self._listed.get(u)
+        v_out = self._listed.get(v)
+        if u_out is not None and v_out is not None and v in u_out and u in v_out:
+            self._confirmed[u][v] = u_out[v]
+            self._confirmed[v][u] = v_out[u]
+        else:
+            if u in self._confirmed:
+                self._confirmed[u].pop(v, None)
+            if v in self._confirmed:
+                self._confirmed[v].pop(u, None)
 
 
 def _topology(lsa: LinkStateAdvert) -> tuple[object, ...]:

@@ -73,7 +73,7 @@ from x0tta6bl4.protocol.lsa import (
     encode_unsigned,
 )
 from x0tta6bl4.protocol.lsdb import LinkStateDatabase
-from x0tta6bl4.protocol.spf import Route, compute_routes
+from x0tta6bl4.protocol.spf import Route, shortest_paths
 
 __all__ = ["Router", "RouterConfig", "RoutesChanged"]
 
@@ -383,7 +383,7 @@ class Router:
         self._spf_at = None
         self._spf_first_change = None
         self.counters["spf_runs"] += 1
-        new = compute_routes(self.node_id, self.lsdb.adverts())
+        new = shortest_paths(self.node_id, self.lsdb.confirmed(), self.lsdb.no_transit())
         old = self._routes
         changed = {d for d in new.keys() | old.keys() if new.get(d) != old.get(d)}
         self._routes = new
