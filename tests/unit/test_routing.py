@@ -255,11 +255,8 @@ def test_lsdb_keeps_the_confirmed_graph_as_adverts_come_and_go(
 ) -> None:
     """The incrementally kept graph equals the one derived from scratch after every step."""
     db = LinkStateDatabase("me", key_for, max_age=10.0)
-    now = 0.0
-    seq = 0
-    for op, origin, neighbours, transit_off in ops:
-        now += 1.0
-        seq += 1
+    for seq, (op, origin, neighbours, transit_off) in enumerate(ops, start=1):
+        now = float(seq)
         if op == "install":
             links = {n: c for n, c in neighbours.items() if n != origin}
             lsa = LinkStateAdvert(
