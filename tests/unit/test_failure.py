@@ -17,6 +17,10 @@ from x0tta6bl4.protocol.failure import (
 
 Message = tuple[float, str, int, "tuple[int, float] | None", bool]
 
+#: The timings these tests were written in (0.1 s heartbeats, down after 4 silent ones); the
+#: defaults have their own test.
+FAST = FailureDetectorConfig(interval=0.1, dead_after=4)
+
 
 class Pair:
     """Two detectors (a watches b, b watches a) joined by a link with a one-way delay.
@@ -28,8 +32,8 @@ class Pair:
     def __init__(self, delay: float = 0.001, config: FailureDetectorConfig | None = None) -> None:
         self.now = 0.0
         self.delay = delay
-        self.a = FailureDetector("b", 0.0, config)
-        self.b = FailureDetector("a", 0.0, config)
+        self.a = FailureDetector("b", 0.0, config or FAST)
+        self.b = FailureDetector("a", 0.0, config or FAST)
         self.link_up = True
         self.in_flight: list[Message] = []
         self.sent = {"a": 0, "b": 0}
@@ -86,7 +90,7 @@ def test_link_comes_up_with_rtt_and_cost() -> None:
 
 
 def test_dead_peer_is_declared_down_within_detection_time() -> None:
-    pair = Pair()
+    pair = Pair(config=FailureDetectorConfig())
     pair.run(1.0)
     assert pair.a.up
     last = pair.a.last_received
@@ -100,9 +104,12 @@ def test_dead_peer_is_declared_down_within_detection_time() -> None:
     assert not pair.a.up
     down = downs[0]
     assert isinstance(down, LinkDown)
-    assert down.silent_for == pytest.approx(0.4)
-    # Detected 0.4 s after the last packet, i.e. at most 0.4 s after the failure.
-    assert last + 0.4 - kill_at <= 0.4
+    cfg = FailureDetectorConfig()
+    detection = cfg.dead_after * cfg.interval
+    assert detection == pytest.approx(0.6)  # the documented default
+    assert down.silent_for == pytest.approx(detection)
+    # Detected 0.6 s after the last packet, i.e. at most 0.6 s after the failure.
+    assert last + detection - kill_at <= detection
 
 
 def test_link_comes_back_after_a_successful_exchange() -> None:
@@ -119,7 +126,7 @@ def test_link_comes_back_after_a_successful_exchange() -> None:
 
 
 def test_packets_keep_the_link_alive_but_never_bring_it_up() -> None:
-    fd = FailureDetector("p", 0.0)
+    fd = FailureDetector("p", 0.0, FAST)
     assert fd.heartbeats_to_send() == []
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
@@ -146,7 +153,7 @@ def test_packets_keep_the_link_alive_but_never_bring_it_up() -> None:
 
 
 def test_cost_hysteresis() -> None:
-    fd = FailureDetector("p", 0.0, FailureDetectorConfig(alpha=1.0))
+    fd = FailureDetector("p", 0.0, FailureDetectorConfig(interval=0.1, alpha=1.0))
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
     fd.on_heartbeat_ack(seq, 0.010)  # 10 ms -> cost 100
@@ -167,11 +174,40 @@ def test_cost_hysteresis() -> None:
     assert kinds(events, LinkCostChanged) == [LinkCostChanged("p", 50)]
 
 
+def test_small_costs_move_only_by_more_than_a_millisecond() -> None:
+    # Loopback/LAN: 1.1 ms -> cost 11; 40 % more (1.6 ms) is within cost_min_change (1 ms).
+    fd = FailureDetector("p", 0.0, FailureDetectorConfig(interval=0.1, alpha=1.0))
+    fd.handle_timer(0.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, 0.0011)
+    assert fd.cost == 11
+    t = 0.0
+    for rtt in (0.0016, 0.0019):
+        t += 10.0  # a new cost window each time: the window minimum is this sample
+        fd.handle_timer(t)
+        (seq,) = fd.heartbeats_to_send()
+        fd.on_heartbeat_ack(seq, t + rtt)
+        fd.handle_timer(t + 10.0)
+        (seq,) = fd.heartbeats_to_send()
+        fd.on_heartbeat_ack(seq, t + 10.0 + rtt)
+        t += 10.0
+    assert fd.cost == 11
+    fd.handle_timer(t + 10.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, t + 10.0 + 0.0025)  # 2.5 ms: past the band
+    fd.handle_timer(t + 20.0)
+    (seq,) = fd.heartbeats_to_send()
+    fd.on_heartbeat_ack(seq, t + 20.0 + 0.0025)
+    assert fd.cost == 25
+    with pytest.raises(ValueError, match="cost_min_change"):
+        FailureDetectorConfig(cost_min_change=-1)
+
+
 def test_cost_follows_the_windowed_minimum_rtt_not_queueing_delay() -> None:
     # RTT samples of a path whose propagation delay is 4 ms, on a host whose event loop
     # sometimes answers 50 ms late: the cost stays at 40; when the path itself becomes
     # 20 ms, the cost follows within two windows (10-20 s).
-    fd = FailureDetector("p", 0.0, FailureDetectorConfig(alpha=1.0))
+    fd = FailureDetector("p", 0.0, FailureDetectorConfig(interval=0.1, alpha=1.0))
     t = 0.0
     costs = []
     for i in range(400):  # 40 s at 0.1 s
@@ -192,7 +228,7 @@ def test_cost_follows_the_windowed_minimum_rtt_not_queueing_delay() -> None:
 
 
 def test_cost_floor_and_validation() -> None:
-    fd = FailureDetector("p", 0.0)
+    fd = FailureDetector("p", 0.0, FAST)
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
     fd.on_heartbeat_ack(seq, 0.0001)
@@ -253,7 +289,7 @@ def test_probe_is_answered_at_once_so_the_link_comes_up_in_one_round_trip() -> N
 
 
 def test_echo_with_an_impossible_hold_time_is_ignored() -> None:
-    fd = FailureDetector("p", 0.0)
+    fd = FailureDetector("p", 0.0, FAST)
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
     assert fd.on_heartbeat_ack(seq, 0.01, held=0.02) is False  # held longer than the trip
@@ -270,7 +306,7 @@ def test_echo_with_an_impossible_hold_time_is_ignored() -> None:
 def test_own_stall_is_not_counted_as_missed_heartbeats() -> None:
     # Explicit clock: the peer's last heartbeat arrived at 1.0; our next timer (a heartbeat
     # at 1.1) fires only at 1.6 because this process was descheduled.
-    fd = FailureDetector("p", 0.0)
+    fd = FailureDetector("p", 0.0, FAST)
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
     fd.on_heartbeat_ack(seq, 0.001)
@@ -299,7 +335,7 @@ def test_own_stall_is_not_counted_as_missed_heartbeats() -> None:
 
 def test_stall_credit_still_detects_a_dead_peer_on_a_slow_host() -> None:
     # Every timer fires 60 ms late (more than half the interval): the peer is silent.
-    fd = FailureDetector("p", 0.0)
+    fd = FailureDetector("p", 0.0, FAST)
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
     fd.on_heartbeat_ack(seq, 0.001)
@@ -319,7 +355,7 @@ def test_stall_fraction_must_be_positive() -> None:
 
 
 def test_heartbeat_due_soon_goes_with_an_earlier_wake_up() -> None:
-    fd = FailureDetector("p", 0.0)
+    fd = FailureDetector("p", 0.0, FAST)
     fd.handle_timer(0.0)
     (seq,) = fd.heartbeats_to_send()
     fd.on_heartbeat_ack(seq, 0.001)

@@ -17,6 +17,8 @@ from x0tta6bl4.protocol.frames import (
     FrameType,
     Heartbeat,
     LinkStateAdvert,
+    LsdbAnnounce,
+    LsdbRequest,
     LsdbSummary,
     Padding,
     Routed,
@@ -37,6 +39,8 @@ SAMPLE: list[Frame] = [
     Fragment(msg_id=0, total=3, offset=0, data=b"abc"),
     LsdbSummary((("node-a", 2**64 - 1), ("nöde-ß", 0))),
     LsdbSummary(()),
+    LsdbAnnounce((("node-a", 7),)),
+    LsdbRequest((("node-a", 7), ("node-b", 0))),
 ]
 
 
@@ -72,6 +76,8 @@ def test_frame_type_values_are_the_specification() -> None:
         "APP_DATA": 5,
         "FRAGMENT": 6,
         "LSDB_SUMMARY": 7,
+        "LSDB_ANNOUNCE": 8,
+        "LSDB_REQUEST": 9,
     }
 
 
@@ -127,7 +133,7 @@ def test_longest_node_ids_round_trip() -> None:
 
 
 def test_unknown_critical_type_rejects_the_plaintext() -> None:
-    data = encode_frames([AppData(1, b"a")]) + b"\x08\x00\x01z"
+    data = encode_frames([AppData(1, b"a")]) + b"\x0a\x00\x01z"
     with pytest.raises(RemoteProtocolError) as info:
         decode_frames(data)
     assert info.value.reason == "unknown_frame"
@@ -301,6 +307,7 @@ def test_fragment_decoding_is_strict(body: bytes) -> None:
     ],
 )
 def test_summary_decoding_is_strict(body: bytes) -> None:
-    with pytest.raises(RemoteProtocolError) as info:
-        decode_frames(bytes((FrameType.LSDB_SUMMARY,)) + struct.pack("!H", len(body)) + body)
-    assert info.value.reason == "bad_frame"
+    for kind in (FrameType.LSDB_SUMMARY, FrameType.LSDB_ANNOUNCE, FrameType.LSDB_REQUEST):
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frames(bytes((kind,)) + struct.pack("!H", len(body)) + body)
+        assert info.value.reason == "bad_frame"

@@ -309,21 +309,24 @@ def advance(router: Router, until: float) -> None:
         router.handle_timer(router.get_timer())
 
 
-def transfer(routers: dict[str, Router], sends: list[tuple[str, str, bytes]], now: float) -> int:
-    """Deliver ``(src, dst, data)`` until quiet; returns how many adverts moved."""
-    moved = 0
-    queue = list(sends)
-    while queue:
-        src, dst, data = queue.pop(0)
-        moved += 1
-        for peer, out in routers[dst].receive_lsa(data, src, now):
-            queue.append((dst, peer, out))
-    return moved
-
-
 def flush(routers: dict[str, Router], now: float) -> int:
-    sends = [(n, peer, data) for n, r in routers.items() for peer, data in r.lsas_to_send()]
-    return transfer(routers, sends, now)
+    """Deliver adverts, announces and requests until quiet; returns how many adverts moved."""
+    moved = 0
+    progressed = True
+    while progressed:
+        progressed = False
+        for n, r in routers.items():
+            for peer, entries in r.requests_to_send():
+                progressed = True
+                routers[peer].receive_request(n, entries, now)
+            for peer, entries in r.announces_to_send():
+                progressed = True
+                routers[peer].receive_announce(n, entries, now)
+            for peer, data in r.lsas_to_send():
+                progressed = True
+                moved += 1
+                routers[peer].receive_lsa(data, n, now)
+    return moved
 
 
 def tick(routers: dict[str, Router], now: float) -> None:
@@ -371,7 +374,8 @@ def test_router_debounces_spf() -> None:
     assert peer == "a"
     advance(a, 1.4)  # originates a's advert listing b (and runs the age check at 1.0)
     a.lsas_to_send()
-    assert a.receive_lsa(advert, "b", 1.5) == []  # nowhere else to flood
+    assert a.receive_lsa(advert, "b", 1.5) == "accepted"
+    assert a.announces_to_send() == []  # nowhere else to flood
     assert a.next_hop("b") is None  # not before the debounce
     assert a.get_timer() == pytest.approx(1.53)
     a.handle_timer(1.52)
@@ -395,32 +399,127 @@ def test_router_debounces_spf() -> None:
     assert a.counters["spf_runs"] == runs + 2
 
 
-def test_router_floods_to_all_links_but_the_incoming_one() -> None:
+def test_router_announces_to_all_links_but_the_incoming_one() -> None:
     r = make_router("hub")
     for peer in ("p1", "p2", "p3"):
         r.neighbour_up(peer, 1, 0.0)
     advert = signed("far", 1, {"p1": 1})
-    out = r.receive_lsa(advert, "p1", 0.0)
-    assert sorted(peer for peer, _ in out) == ["p2", "p3"]
-    assert all(data == advert for _, data in out)
-    assert r.receive_lsa(advert, "p2", 0.0) == []  # duplicate: not re-flooded
+    assert r.receive_lsa(advert, "p1", 0.0) == "accepted"
+    assert r.announces_to_send() == [("p2", [("far", 1)]), ("p3", [("far", 1)])]
+    assert r.receive_lsa(advert, "p2", 0.0) == "duplicate"  # not announced again
+    assert r.announces_to_send() == []
     forged = signed("far", 2, {"p1": 1}, signer="p1")
-    assert r.receive_lsa(forged, "p1", 0.0) == []
+    assert r.receive_lsa(forged, "p1", 0.0) == "bad_signature"
+    assert r.announces_to_send() == []
     assert r.all_counters()["lsa_bad_signature"] == 1
+    # A neighbour that announced an advert holds it: a newer one is not announced back to it.
+    r.receive_announce("p3", [("far", 2)], 0.0)
+    assert r.requests_to_send() == [("p3", [("far", 2)])]
+    assert r.receive_lsa(signed("far", 2, {"p1": 2}), "p3", 0.01) == "accepted"
+    assert r.announces_to_send() == [("p1", [("far", 2)]), ("p2", [("far", 2)])]
     # A new neighbour gets a summary of the database at once, then what its summary lacks.
     r.lsas_to_send()
     assert [peer for peer, _ in r.summaries_to_send()] == ["p1", "p2", "p3"]
     r.neighbour_up("p4", 1, 0.0)
     ((peer, entries),) = r.summaries_to_send()
     assert peer == "p4"
-    assert ("far", 1) in entries
+    assert ("far", 2) in entries
     assert ("hub", r.seq) in entries
     assert r.lsas_to_send() == []
     assert r.receive_summary("p4", [], 0.0) == 1  # restarted: it lacks the far advert
-    assert r.lsas_to_send() == [("p4", advert)]
-    assert r.receive_summary("p4", [("far", 1)], 0.0) == 0  # a flap: nothing to resend
+    far = r.lsdb.get("far")
+    assert far is not None
+    assert r.lsas_to_send() == [("p4", far.data)]
+    assert r.receive_summary("p4", [("far", 2)], 0.0) == 0  # a flap: nothing to resend
     assert r.receive_summary("p4", [("far", 0), ("hub", 0)], 0.0) == 1  # older: resend
-    assert r.lsas_to_send() == [("p4", advert)]  # never our own (re-originated anyway)
+    assert r.lsas_to_send() == [("p4", far.data)]  # never our own (re-originated anyway)
+
+
+def test_announce_then_pull_delivers_each_advert_once_per_node() -> None:
+    # A ring of 8 with chords: degree 3-4, so push flooding would deliver 2-3 copies per node.
+    names = [f"r{i}" for i in range(8)]
+    edges = {(names[i], names[(i + 1) % 8]) for i in range(8)} | {("r0", "r4"), ("r2", "r6")}
+    routers = {n: make_router(n) for n in names}
+    for x, y in edges:
+        routers[x].neighbour_up(y, 10, 0.0)
+        routers[y].neighbour_up(x, 10, 0.0)
+    for t in (0.05, 0.1, 0.2, 0.3):
+        tick(routers, t)
+    assert all(len(r.lsdb) == 8 for r in routers.values())
+    duplicates = sum(r.all_counters()["lsa_duplicate"] for r in routers.values())
+    # r0 loses a neighbour: its new advert reaches each of the 7 others exactly once.
+    routers["r0"].neighbour_down("r4", 1.0)
+    routers["r4"].neighbour_down("r0", 1.0)
+    for r in (routers["r0"], routers["r4"]):
+        advance(r, 1.1)
+    assert flush(routers, 1.1) == 2 * 7
+    assert sum(r.all_counters()["lsa_duplicate"] for r in routers.values()) == duplicates
+    held = {n: r.lsdb.get("r0") for n, r in routers.items()}
+    assert len({None if e is None else e.data for e in held.values()}) == 1
+    advance(routers["r4"], 1.5)
+    assert routers["r4"].route("r0") == Route("r0", "r3", 40, ("r3", "r2", "r1", "r0"))
+
+
+def test_a_request_that_is_not_answered_goes_to_another_announcer() -> None:
+    r = make_router("me")
+    for peer in ("p1", "p2", "p3"):
+        r.neighbour_up(peer, 1, 0.0)
+    advance(r, 0.1)
+    r.lsas_to_send()
+    assert r.receive_announce("p1", [("far", 5)], 1.0) == 1
+    assert r.receive_announce("p2", [("far", 5)], 1.01) == 0  # already asked p1
+    assert r.requests_to_send() == [("p1", [("far", 5)])]
+    advance(r, 1.49)
+    assert r.requests_to_send() == []
+    advance(r, 1.5)  # p1 never answered: ask p2, the other announcer
+    assert r.requests_to_send() == [("p2", [("far", 5)])]
+    for at in (2.0, 2.5, 3.0):  # nobody else announced it: ask them again, 5 tries in all
+        advance(r, at)
+        ((peer, _),) = r.requests_to_send()
+        assert peer in ("p1", "p2")
+    advance(r, 3.5)  # then it is left to refresh and database sync
+    assert r.requests_to_send() == []
+    assert r.counters["request_timeouts"] == 5
+    # A neighbour announcing a made-up seq delays the genuine advert by one timeout only.
+    r.receive_announce("p3", [("far", 2**40)], 5.0)
+    r.receive_announce("p1", [("far", 6)], 5.0)
+    assert r.requests_to_send() == [("p3", [("far", 2**40)])]
+    advance(r, 5.5)
+    assert r.requests_to_send() == [("p1", [("far", 6)])]
+    assert r.receive_lsa(signed("far", 6, {"p1": 1}), "p1", 5.6) == "accepted"
+    advance(r, 6.0)
+    assert r.requests_to_send() == []  # nothing wanted any more
+    assert r.counters["request_timeouts"] == 6
+    # The neighbour we asked goes down: ask another at once.
+    r.receive_announce("p2", [("far", 7)], 6.0)
+    r.receive_announce("p3", [("far", 7)], 6.0)
+    assert r.requests_to_send() == [("p2", [("far", 7)])]
+    r.neighbour_down("p2", 6.1)
+    advance(r, 6.1)
+    assert r.requests_to_send() == [("p3", [("far", 7)])]
+
+
+def test_requests_are_answered_with_held_adverts_and_throttled() -> None:
+    r = make_router("me")
+    r.neighbour_up("p1", 1, 0.0)
+    advance(r, 0.1)
+    r.lsas_to_send()
+    advert = signed("far", 3, {"p1": 1})
+    r.receive_lsa(advert, "p1", 0.1)
+    assert r.receive_request("p1", [("far", 3), ("far2", 1)], 0.2) == 1
+    assert r.receive_request("p1", [("far", 4)], 0.2) == 0  # we do not hold that one
+    assert r.lsas_to_send() == [("p1", advert)]
+    assert r.receive_request("p1", [("far", 3)], 0.3) == 0  # again, too soon
+    assert r.receive_request("p1", [("far", 1)], 0.5) == 1  # an older seq: the held one
+    assert r.lsas_to_send() == [("p1", advert)]
+    own = r.lsdb.get("me")
+    assert own is not None
+    assert r.receive_request("p1", [("me", own.lsa.seq)], 0.5) == 1
+    c = r.counters
+    assert (c["requests_received"], c["requests_answered"]) == (6, 3)
+    assert (c["requests_unanswerable"], c["requests_throttled"]) == (2, 1)
+    with pytest.raises(ValueError, match="max_requests"):
+        RouterConfig(max_requests=0)
 
 
 def test_relay_cannot_alter_another_nodes_advert() -> None:
@@ -436,13 +535,13 @@ def test_relay_cannot_alter_another_nodes_advert() -> None:
     lsa, body, _ = decode_signed(genuine.data)
     # 1. Re-sign a's advert, cheaper and with a made-up link, with the relay's own key.
     fake = LinkStateAdvert("a", lsa.seq + 1, 0, (("c", 1), ("relay", 1)))
-    assert routers["c"].receive_lsa(encode_signed(fake, key("relay")), "relay", 0.3) == []
+    assert routers["c"].receive_lsa(encode_signed(fake, key("relay")), "relay", 0.3) != "accepted"
     # 2. Keep a's signature but change a cost byte.
     altered = bytearray(genuine.data)
     altered[len(body) - 1] ^= 0x04
-    assert routers["c"].receive_lsa(bytes(altered), "relay", 0.3) == []
+    assert routers["c"].receive_lsa(bytes(altered), "relay", 0.3) != "accepted"
     # 3. Replay a's older advert.
-    assert routers["c"].receive_lsa(genuine.data, "relay", 0.3) == []
+    assert routers["c"].receive_lsa(genuine.data, "relay", 0.3) != "accepted"
     counters = routers["c"].all_counters()
     assert counters["lsa_bad_signature"] == 1
     # Same seq as the genuine advert it holds: rejected before any signature check.
@@ -467,7 +566,7 @@ def test_restarted_router_jumps_past_its_previous_incarnation() -> None:
     assert new.seq < high
     previous = old.lsdb.get("a")
     assert previous is not None
-    assert new.receive_lsa(previous.data, "b", 0.0) == []
+    assert new.receive_lsa(previous.data, "b", 0.0) == "own_newer"
     assert new.all_counters()["lsa_own_newer"] == 1
     advance(new, 0.05)
     assert new.seq > high
@@ -481,7 +580,7 @@ def test_router_refreshes_and_ages() -> None:
     assert a.get_timer() <= 10.0 + 0.05
     advance(a, 10.06)
     assert a.seq > seq
-    assert a.receive_lsa(signed("b", 1, {"a": 1}), "b", 10.0) == []
+    assert a.receive_lsa(signed("b", 1, {"a": 1}), "b", 10.0) == "accepted"
     advance(a, 10.2)
     assert a.next_hop("b") == "b"
     # b never refreshes: its advert ages out and the route goes.
@@ -495,8 +594,8 @@ def test_router_forgets_a_departed_member() -> None:
     a = make_router("a")
     a.neighbour_up("b", 1, 0.0)
     advance(a, 0.1)
-    assert a.receive_lsa(signed("b", 1, {"a": 1, "c": 1}), "b", 0.1) == []
-    assert a.receive_lsa(signed("c", 1, {"b": 1}), "b", 0.1) == []
+    assert a.receive_lsa(signed("b", 1, {"a": 1, "c": 1}), "b", 0.1) == "accepted"
+    assert a.receive_lsa(signed("c", 1, {"b": 1}), "b", 0.1) == "accepted"
     advance(a, 0.5)
     assert a.next_hop("c") == "b"
     assert a.forget("c", 0.5)

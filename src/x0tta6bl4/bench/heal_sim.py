@@ -215,6 +215,10 @@ class MeshSimulation:
                 self._send(node.node_id, peer, ("hb", seq))
         for peer, entries in router.summaries_to_send():
             self._send(node.node_id, peer, ("sum", entries))
+        for peer, entries in router.requests_to_send():
+            self._send(node.node_id, peer, ("req", entries))
+        for peer, entries in router.announces_to_send():
+            self._send(node.node_id, peer, ("ann", entries))
         for peer, data in router.lsas_to_send():
             self._send(node.node_id, peer, ("lsa", data))
         while router.next_event() is not None:
@@ -251,10 +255,15 @@ class MeshSimulation:
         elif what == "sum":
             fd.on_packet_received(self.now)
             node.router.receive_summary(src, value, self.now)
+        elif what == "ann":
+            fd.on_packet_received(self.now)
+            node.router.receive_announce(src, value, self.now)
+        elif what == "req":
+            fd.on_packet_received(self.now)
+            node.router.receive_request(src, value, self.now)
         else:
             fd.on_packet_received(self.now)
-            for peer, data in node.router.receive_lsa(value, src, self.now):
-                self._send(dst, peer, ("lsa", data))
+            node.router.receive_lsa(value, src, self.now)
         self._service(node, only=src)
 
     def run_until(self, t: float) -> None:

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
+
 app = typer.Typer(
     help="Run a benchmark; --json prints machine-readable results on stdout.",
     no_args_is_help=True,
@@ -123,7 +125,7 @@ def heal(  # noqa: PLR0917 - one parameter per flag
             min=0.001,
             help="Seconds between heartbeats on every link (the node's default).",
         ),
-    ] = 0.1,
+    ] = DEFAULT_INTERVAL,
     dead_after: Annotated[
         int,
         typer.Option(
@@ -132,16 +134,16 @@ def heal(  # noqa: PLR0917 - one parameter per flag
             min=1,
             help="Silent heartbeat intervals before a link is declared down.",
         ),
-    ] = 4,
+    ] = DEFAULT_DEAD_AFTER,
     cost_update_interval: Annotated[
         float,
         typer.Option(
             "--cost-update-interval",
             envvar="X0_BENCH_COST_UPDATE_INTERVAL",
             min=0.0,
-            help="Seconds between batched link-cost updates to the router (node default 5).",
+            help="Seconds between batched link-cost updates to the router (node default 30).",
         ),
-    ] = 5.0,
+    ] = 30.0,
     join_batch: Annotated[
         int | None,
         typer.Option(

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from x0tta6bl4.commands._options import LogFormatOption, SpiffeSocketOption
+from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
 __all__ = ["node"]
 
@@ -56,13 +57,13 @@ def node(  # noqa: PLR0917 - one parameter per flag
     heartbeat_interval: Annotated[
         float,
         typer.Option("--heartbeat-interval", envvar="X0_HEARTBEAT_INTERVAL", help="seconds"),
-    ] = 0.1,
+    ] = DEFAULT_INTERVAL,
     dead_after: Annotated[
         int,
         typer.Option(
             "--dead-after", envvar="X0_DEAD_AFTER", help="missed heartbeats before link down"
         ),
-    ] = 4,
+    ] = DEFAULT_DEAD_AFTER,
     log_format: LogFormatOption = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="X0_LOG_LEVEL", help="log level")

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
+
 __all__ = ["up"]
 
 
@@ -83,7 +85,7 @@ def up(  # noqa: PLR0917 - one parameter per flag
             envvar="X0_HEARTBEAT_INTERVAL",
             help="nodes' heartbeat period, seconds (passed to every node)",
         ),
-    ] = 0.1,
+    ] = DEFAULT_INTERVAL,
     dead_after: Annotated[
         int,
         typer.Option(
@@ -91,7 +93,7 @@ def up(  # noqa: PLR0917 - one parameter per flag
             envvar="X0_DEAD_AFTER",
             help="missed heartbeats before a link is declared down (passed to every node)",
         ),
-    ] = 4,
+    ] = DEFAULT_DEAD_AFTER,
     ready_timeout: Annotated[
         float,
         typer.Option(

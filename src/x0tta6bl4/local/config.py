@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from x0tta6bl4.local.errors import LocalStagingError, PrerequisiteError
+from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
 __all__ = ["MAX_NODES", "UpConfig"]
 
@@ -30,8 +31,8 @@ class UpConfig:
     port: int = 0
     host: str = "127.0.0.1"
     trust_domain: str = "x0tta6bl4.mesh"
-    heartbeat_interval: float = 0.1
-    dead_after: int = 4
+    heartbeat_interval: float = DEFAULT_INTERVAL
+    dead_after: int = DEFAULT_DEAD_AFTER
     ready_timeout: float = 120.0
 
     def check(self) -> None:

@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
+
 __all__ = ["NodeSettings", "parse_hostport"]
 
 
@@ -39,8 +41,8 @@ class NodeSettings:
     spiffe_socket: str | None = None
     trust_domain: str = "x0tta6bl4.mesh"
     tun: bool = False
-    heartbeat_interval: float = 0.1
-    dead_after: int = 4
+    heartbeat_interval: float = DEFAULT_INTERVAL
+    dead_after: int = DEFAULT_DEAD_AFTER
 
     def __post_init__(self) -> None:
         if not self.controller.startswith(("http://", "https://")):

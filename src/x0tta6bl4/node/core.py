@@ -63,6 +63,8 @@ from x0tta6bl4.protocol.frames import (
     FrameType,
     Heartbeat,
     LinkStateAdvert,
+    LsdbAnnounce,
+    LsdbRequest,
     LsdbSummary,
     Routed,
     decode_frames,
@@ -102,6 +104,17 @@ def _addr_key(addr: Addr) -> bytes:
 
 def _allow(a: str, b: str) -> bool:
     return True
+
+
+#: Entries per LSDB_ANNOUNCE / LSDB_REQUEST frame (≤ 73 bytes each: well inside a frame).
+_ENTRIES_PER_FRAME = 256
+
+
+def _chunks(entries: list[tuple[str, int]]) -> list[tuple[tuple[str, int], ...]]:
+    return [
+        tuple(entries[i : i + _ENTRIES_PER_FRAME])
+        for i in range(0, len(entries), _ENTRIES_PER_FRAME)
+    ]
 
 
 def _lsa_seq(data: bytes) -> int | None:
@@ -616,6 +629,14 @@ class NodeCore:
                 self.router.full_sync(peer)
                 continue
             self._queue(peer, summary)
+        for peer, entries in self.router.requests_to_send():
+            progressed = True
+            for chunk in _chunks(entries):
+                self._queue(peer, LsdbRequest(chunk))
+        for peer, entries in self.router.announces_to_send():
+            progressed = True
+            for chunk in _chunks(entries):
+                self._queue(peer, LsdbAnnounce(chunk))
         for peer, data in self.router.lsas_to_send():
             progressed = True
             self._queue(peer, LinkStateAdvert(data))
@@ -744,6 +765,10 @@ class NodeCore:
                 fd.on_heartbeat(frame.seq, now, probe=frame.probe)
             elif isinstance(frame, LinkStateAdvert):
                 self._receive_lsa(frame.body, node_id, now)
+            elif isinstance(frame, LsdbAnnounce):
+                self.router.receive_announce(node_id, frame.entries, now)
+            elif isinstance(frame, LsdbRequest):
+                self.router.receive_request(node_id, frame.entries, now)
             elif isinstance(frame, LsdbSummary):
                 self.router.receive_summary(node_id, frame.entries, now)
             elif isinstance(frame, AppData):
@@ -781,8 +806,7 @@ class NodeCore:
             if held is not None and seq is not None and seq < held.lsa.seq:
                 self.router.lsdb.counters["stale_seq"] += 1
                 return
-        for peer, out in self.router.receive_lsa(data, from_peer, now):
-            self._queue(peer, LinkStateAdvert(out))
+        self.router.receive_lsa(data, from_peer, now)
 
     def _forward(self, frame: Routed, from_peer: str | None, now: float) -> None:
         if frame.dst == self.node_id:

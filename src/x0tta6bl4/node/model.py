@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from x0tta6bl4.crypto.pqsvid import TrustBundle
 from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.protocol.constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME
+from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 from x0tta6bl4.protocol.neighbours import SelectionConfig
 from x0tta6bl4.protocol.router import RouterConfig
 
@@ -71,8 +72,8 @@ class AppMessage:
 class CoreConfig:
     """Tunables of one node's data plane (defaults: the runtime contract)."""
 
-    heartbeat_interval: float = 0.1
-    dead_after: int = 4
+    heartbeat_interval: float = DEFAULT_INTERVAL
+    dead_after: int = DEFAULT_DEAD_AFTER
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     rekey_after_time: float = REKEY_AFTER_TIME
@@ -90,8 +91,9 @@ class CoreConfig:
     transit: bool = True
     #: Link cost changes (RTT moving past the failure detector's hysteresis) reach the router,
     #: batched, at most once per this many seconds; each one re-signs and floods our advert.
-    #: Link up/down is never delayed. 0 passes every change on at once.
-    cost_update_interval: float = 5.0
+    #: Link up/down is never delayed. 0 passes every change on at once. Every cost advert is
+    #: verified by every node, so this bounds the mesh-wide advert rate they cause.
+    cost_update_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0 or self.dead_after < 1:

@@ -15,13 +15,15 @@ Rules::
                                   DOWN -> UP (a full round trip proves both ways)
     any authenticated packet from the peer (on_packet_received)
                                -> refreshes liveness while UP (never brings a link UP)
-    UP and nothing received for `dead_after` x `interval` (4 x 0.1 s), not counting stalls
+    UP and nothing received for `dead_after` x `interval` (4 x 0.15 s), not counting stalls
                                -> DOWN
 
 The echo rides on our own heartbeat, so a link costs one datagram per direction per interval
 (not two: heartbeat and ack). A dead peer is declared down at most ``dead_after * interval``
-after the last packet it sent arrived: 0.4 s by default (plus one network latency and any
-stall of our own), well under a second.
+after the last packet it sent arrived: 0.6 s by default (plus one network latency and any
+stall of our own), well under a second. (0.15 s rather than 0.1 s: at 100 ms a 100-node mesh
+packed onto two cores spends its CPU on heartbeats and sheds links under load; see
+``docs/node.md``. A deployment with CPU to spare can lower it.)
 
 **Stalls.** When our timer fires more than ``stall_fraction`` x ``interval`` after the
 deadline we asked for, this process was descheduled (or its event loop was busy) for that
@@ -43,7 +45,8 @@ busy host (or a busy peer) answering late does not move costs, re-sign adverts a
 them, which would load every node further; a longer path shows within 20 s, a shorter one
 at once. With hysteresis,
 the advertised cost changes only when the new value differs from the current one by more than
-``hysteresis`` (25 %), so costs do not flap and do not cause a flood of adverts.
+``hysteresis`` (25 %) and by more than ``cost_min_change`` (10 units = 1 ms), so costs do not
+flap and do not cause a flood of adverts (every cost change is an advert every node verifies).
 
 Events (:meth:`FailureDetector.next_event`): :class:`LinkUp`, :class:`LinkDown`,
 :class:`RttUpdated` (every sample), :class:`LinkCostChanged` (only past the hysteresis band).
@@ -60,6 +63,8 @@ from x0tta6bl4.protocol.errors import LocalProtocolError
 from x0tta6bl4.protocol.lsa import MAX_COST
 
 __all__ = [
+    "DEFAULT_DEAD_AFTER",
+    "DEFAULT_INTERVAL",
     "FailureDetector",
     "FailureDetectorConfig",
     "LinkCostChanged",
@@ -72,14 +77,20 @@ __all__ = [
 _SEQ_MOD = 1 << 32
 
 
+#: The default heartbeat period (seconds) of every link: ``x0tta6bl4 node --heartbeat-interval``.
+DEFAULT_INTERVAL = 0.15
+#: The default silent intervals before a link is down (``--dead-after``): 0.6 s in all.
+DEFAULT_DEAD_AFTER = 4
+
+
 @dataclass(frozen=True, slots=True)
 class FailureDetectorConfig:
-    """Timers and cost parameters; the defaults detect a dead peer in 0.4 s."""
+    """Timers and cost parameters; the defaults detect a dead peer in 0.6 s."""
 
     #: Seconds between heartbeats while the link is up.
-    interval: float = 0.1
+    interval: float = DEFAULT_INTERVAL
     #: Missed intervals (with no packet at all from the peer) before the link is declared down.
-    dead_after: int = 4
+    dead_after: int = DEFAULT_DEAD_AFTER
     #: Seconds between heartbeats while the link is down (probing for its return).
     down_interval: float = 0.5
     #: EWMA gain of the smoothed RTT.
@@ -88,8 +99,10 @@ class FailureDetectorConfig:
     cost_unit: float = 1e-4
     #: The smallest link cost.
     cost_floor: int = 10
-    #: Relative change of cost needed before the advertised cost moves.
+    #: Relative change of cost needed before the advertised cost moves ...
     hysteresis: float = 0.25
+    #: ... and absolute change (cost units: 10 = 1 ms), so LAN jitter never re-signs adverts.
+    cost_min_change: int = 10
     #: Heartbeats remembered for matching acks.
     max_outstanding: int = 16
     #: Seconds per bucket of the windowed minimum RTT that sets the cost.
@@ -109,6 +122,8 @@ class FailureDetectorConfig:
             and self.cost_window > 0
         ):
             raise ValueError("interval, down_interval, cost_unit and cost_window must be positive")
+        if self.cost_min_change < 0:
+            raise ValueError("cost_min_change must not be negative")
         if self.dead_after < 1 or self.max_outstanding < 1 or self.cost_floor < 1:
             raise ValueError("dead_after, max_outstanding and cost_floor must be at least 1")
         if not (0 < self.alpha <= 1 and self.hysteresis >= 0):
@@ -304,7 +319,7 @@ class FailureDetector:
         candidate = min(MAX_COST, max(cfg.cost_floor, math.ceil(round(window / cfg.cost_unit, 6))))
         if self.cost is None:
             self.cost = candidate
-        elif abs(candidate - self.cost) > cfg.hysteresis * self.cost:
+        elif abs(candidate - self.cost) > max(cfg.hysteresis * self.cost, cfg.cost_min_change):
             self.cost = candidate
             if self.up:
                 self._events.append(LinkCostChanged(self.peer, candidate))

@@ -22,6 +22,10 @@ keepalive. Every frame is ``type u8 ‖ length u16 ‖ body[length]`` (big-endia
     0x07  LSDB_SUMMARY       (origin_len u8 ‖ origin ‖ seq u64)*: the (origin, seq) of every
                              advert the sender holds, sent when a link comes up; origins
                              1..64 bytes of UTF-8, each at most once
+    0x08  LSDB_ANNOUNCE      same body as LSDB_SUMMARY: adverts the sender just accepted
+                             (flooding announces; the receiver asks for those it lacks)
+    0x09  LSDB_REQUEST       same body: adverts the sender asks for (answered with
+                             LINK_STATE_ADVERT frames)
 
 Unknown types: a type with the high bit set (``0x80..0xFF``) is *ignorable* — a receiver
 that does not know it skips it, so later versions can add optional frames. An unknown type
@@ -57,6 +61,8 @@ __all__ = [
     "FrameType",
     "Heartbeat",
     "LinkStateAdvert",
+    "LsdbAnnounce",
+    "LsdbRequest",
     "LsdbSummary",
     "Padding",
     "Routed",
@@ -98,6 +104,8 @@ class FrameType(enum.IntEnum):
     APP_DATA = 0x05
     FRAGMENT = 0x06
     LSDB_SUMMARY = 0x07
+    LSDB_ANNOUNCE = 0x08
+    LSDB_REQUEST = 0x09
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +174,37 @@ class LsdbSummary:
     entries: tuple[tuple[str, int], ...]
 
 
-Frame = Padding | Heartbeat | Fragment | LsdbSummary | LinkStateAdvert | Routed | AppData
+@dataclass(frozen=True, slots=True)
+class LsdbAnnounce:
+    """``(origin, seq)`` of adverts the sender just accepted: ask for the ones you lack."""
+
+    entries: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LsdbRequest:
+    """``(origin, seq)`` of adverts the sender asks for (after an announce)."""
+
+    entries: tuple[tuple[str, int], ...]
+
+
+_ENTRY_FRAMES: dict[type, FrameType] = {
+    LsdbSummary: FrameType.LSDB_SUMMARY,
+    LsdbAnnounce: FrameType.LSDB_ANNOUNCE,
+    LsdbRequest: FrameType.LSDB_REQUEST,
+}
+
+Frame = (
+    Padding
+    | Heartbeat
+    | Fragment
+    | LsdbSummary
+    | LsdbAnnounce
+    | LsdbRequest
+    | LinkStateAdvert
+    | Routed
+    | AppData
+)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -219,7 +257,7 @@ def _encode_body(frame: Frame) -> tuple[int, bytes]:
         return FrameType.ROUTED, body
     if isinstance(frame, LinkStateAdvert):
         return FrameType.LINK_STATE_ADVERT, bytes(frame.body)
-    if isinstance(frame, LsdbSummary):
+    if isinstance(frame, LsdbSummary | LsdbAnnounce | LsdbRequest):
         parts: list[bytes] = []
         seen: set[str] = set()
         for origin, seq in frame.entries:
@@ -229,7 +267,7 @@ def _encode_body(frame: Frame) -> tuple[int, bytes]:
             raw = _node_id(origin, "summary origin")
             _check_range(seq, _U64_MAX, "summary seq")
             parts += (bytes((len(raw),)), raw, _U64.pack(seq))
-        return FrameType.LSDB_SUMMARY, b"".join(parts)
+        return _ENTRY_FRAMES[type(frame)], b"".join(parts)
     if isinstance(frame, Fragment):
         _check_range(frame.msg_id, _U32_MAX, "fragment msg_id")
         _check_range(frame.total, 0xFFFF, "fragment total")
@@ -279,7 +317,8 @@ def _decode_routed(body: bytes) -> Routed:
     return Routed(ids[0], ids[1], body[pos], body[pos + 1], body[pos + 2 :])
 
 
-def _decode_summary(body: bytes) -> LsdbSummary:
+def _decode_entries(body: bytes) -> tuple[tuple[str, int], ...]:
+    """The ``(origin_len u8 ‖ origin ‖ seq u64)*`` body of the LSDB_* frames."""
     entries: list[tuple[str, int]] = []
     seen: set[str] = set()
     pos = 0
@@ -299,7 +338,7 @@ def _decode_summary(body: bytes) -> LsdbSummary:
         pos += size
         entries.append((origin, _U64.unpack_from(body, pos)[0]))
         pos += 8
-    return LsdbSummary(tuple(entries))
+    return tuple(entries)
 
 
 def _decode_body(kind: int, body: bytes) -> Frame | None:
@@ -322,7 +361,11 @@ def _decode_body(kind: int, body: bytes) -> Frame | None:
     if kind == FrameType.ROUTED:
         return _decode_routed(body)
     if kind == FrameType.LSDB_SUMMARY:
-        return _decode_summary(body)
+        return LsdbSummary(_decode_entries(body))
+    if kind == FrameType.LSDB_ANNOUNCE:
+        return LsdbAnnounce(_decode_entries(body))
+    if kind == FrameType.LSDB_REQUEST:
+        return LsdbRequest(_decode_entries(body))
     if kind == FrameType.FRAGMENT:
         if len(body) <= _FRAGMENT.size:
             raise RemoteProtocolError(_BAD, "FRAGMENT frame without data")

@@ -5,14 +5,18 @@ Inputs (``now`` is the node's monotonic clock, in seconds)::
     neighbour_up(peer, cost, now)       a link came up (or its cost changed)
     neighbour_down(peer, now)           a link went down
     forget(origin, now)                 a node left the membership: drop its advert
-    receive_lsa(data, from_peer, now)   an advert arrived on a link -> [(peer, bytes)] to flood
+    receive_lsa(data, from_peer, now)   an advert arrived on a link -> the database's verdict
+    receive_announce(peer, entries, now) a neighbour accepted these adverts -> ask for new ones
+    receive_request(peer, entries, now)  a neighbour asks for adverts -> to lsas_to_send
+    receive_summary(peer, entries, now)  a neighbour's summary -> what it lacks, to lsas_to_send
     handle_timer(now)                   at or after get_timer()
 
 Outputs::
 
-    lsas_to_send()  -> [(peer, bytes)]  own adverts, floods and database sync answers
+    lsas_to_send()  -> [(peer, bytes)]  own adverts, answers to requests and database sync
+    announces_to_send() -> [(peer, [(origin, seq)])]  flooding announces
+    requests_to_send()  -> [(peer, [(origin, seq)])]  asks for announced adverts we lack
     summaries_to_send() -> [(peer, [(origin, seq)])]  database summaries for new neighbours
-    receive_summary(peer, entries, now)  a neighbour's summary -> what it lacks, to lsas_to_send
     next_event()    -> RoutesChanged     after a recomputation that changed the table
     next_hop(dest), route(dest), routes(), counters, neighbours
 
@@ -36,8 +40,20 @@ Rules:
   second and the wall clock did not step back). If the clock did step back, the OSPF rule
   applies: when an advert of our own with a higher seq comes back to us (neighbours sync their
   database to us when a link comes up), we jump past it and re-originate.
-* **Flooding.** An accepted advert goes to every up neighbour except the one it came from; a
-  duplicate or rejected one goes nowhere.
+* **Flooding: announce, then pull.** A signed advert is ≈ 3.7 KB (three link packets), and
+  pushing it over every link delivered each node about ``degree`` copies of which all but
+  one were thrown away. Instead an accepted advert is *announced* (``(origin, seq)``, ≈ 17
+  bytes, coalesced with other frames) to every up neighbour except the one it came from and
+  those known to hold it already; a node that lacks an announced advert *requests* it from
+  the first neighbour that announced it, and only that one sends the advert. So each node
+  receives each advert about once. A request not answered within ``request_timeout``
+  (0.5 s: a lost fragment, a neighbour that died, or one that announced an advert it does
+  not have) goes to another neighbour that announced it (one not asked yet first, else the
+  same again); after ``max_requests`` (5) tries the advert is left to the next refresh or
+  database sync. An origin's *own* new advert is
+  pushed to its neighbours (none of them can hold it yet). A request is answered at most
+  once per ``request_timeout / 2`` per neighbour and origin, so requests cannot make a
+  node amplify traffic. A duplicate or rejected advert is announced nowhere.
 * **Database sync by summary.** When a link comes up, we send the new neighbour a summary,
   the ``(origin, seq)`` of every advert we hold (ours included), and it sends us its own.
   Each side answers a summary with the adverts it holds that the other lacks or holds older
@@ -100,6 +116,10 @@ class RouterConfig:
     max_age: float = 120.0
     #: How often to look for aged adverts.
     age_check_interval: float = 1.0
+    #: Ask another neighbour for an announced advert that did not arrive within this.
+    request_timeout: float = 0.5
+    #: Give up on an announced advert after this many requests (refresh and sync repair it).
+    max_requests: int = 5
 
     def __post_init__(self) -> None:
         values = (
@@ -111,7 +131,10 @@ class RouterConfig:
             self.refresh_interval,
             self.max_age,
             self.age_check_interval,
+            self.request_timeout,
         )
+        if self.max_requests < 1:
+            raise ValueError("max_requests must be at least 1")
         if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
             raise ValueError("router timers must be non-negative (refresh and ageing positive)")
         if self.spf_max_delay < self.spf_delay:
@@ -122,6 +145,17 @@ class RouterConfig:
             )
         if self.max_age <= self.refresh_interval:
             raise ValueError("max_age must exceed refresh_interval")
+
+
+@dataclass(slots=True)
+class _Want:
+    """An announced advert we lack and asked a neighbour for."""
+
+    seq: int
+    asked: str
+    due: float
+    tried: set[str]
+    attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,14 +200,32 @@ class Router:
         self._routes: dict[str, Route] = {}
         self._outbox: list[tuple[str, bytes]] = []
         self._summaries: list[str] = []
+        self._announces: dict[str, list[tuple[str, int]]] = {}
+        self._requests: dict[str, list[tuple[str, int]]] = {}
+        #: ``origin -> {peer: seq}``: the newest advert of ``origin`` each neighbour holds, as
+        #: far as we know (it announced or sent it, or we sent it).
+        self._holds: dict[str, dict[str, int]] = {}
+        self._wants: dict[str, _Want] = {}
+        #: ``(peer, origin) -> (seq, when)``: the last request of ``peer`` we answered.
+        self._answered: dict[tuple[str, str], tuple[int, float]] = {}
         self._events: deque[RoutesChanged] = deque()
         self.counters: dict[str, int] = {
             "originated": 0,
+            "neighbours_up": 0,
+            "cost_changes": 0,
             "spf_runs": 0,
             "lsas_sent": 0,
             "summaries_sent": 0,
             "summaries_received": 0,
             "sync_adverts_sent": 0,
+            "announces_sent": 0,
+            "announces_received": 0,
+            "requests_sent": 0,
+            "requests_received": 0,
+            "requests_answered": 0,
+            "requests_unanswerable": 0,
+            "requests_throttled": 0,
+            "request_timeouts": 0,
         }
         self._originate(now)
 
@@ -216,6 +268,8 @@ class Router:
             deadlines.append(self._originate_at)
         if self._spf_at is not None:
             deadlines.append(self._spf_at)
+        if self._wants:
+            deadlines.append(min(want.due for want in self._wants.values()))
         return min(deadlines)
 
     def lsas_to_send(self) -> list[tuple[str, bytes]]:
@@ -223,6 +277,18 @@ class Router:
         out, self._outbox = self._outbox, []
         self.counters["lsas_sent"] += len(out)
         return out
+
+    def announces_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """``(peer, [(origin, seq), ...])``: adverts we accepted, for neighbours (drained)."""
+        out, self._announces = self._announces, {}
+        self.counters["announces_sent"] += sum(len(entries) for entries in out.values())
+        return sorted(out.items())
+
+    def requests_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """``(peer, [(origin, seq), ...])``: announced adverts we ask for (drained)."""
+        out, self._requests = self._requests, {}
+        self.counters["requests_sent"] += sum(len(entries) for entries in out.values())
+        return sorted(out.items())
 
     def summaries_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """``(peer, [(origin, seq), ...])``: database summaries for new neighbours (drained)."""
@@ -235,9 +301,9 @@ class Router:
 
     def full_sync(self, peer: str) -> None:
         """Queue every advert we hold (but our own) to ``peer``: the sync without a summary."""
-        self._outbox.extend(
-            (peer, entry.data) for entry in self.lsdb if entry.lsa.origin != self.node_id
-        )
+        for entry in self.lsdb:
+            if entry.lsa.origin != self.node_id:
+                self._push(peer, entry.lsa.origin, entry.lsa.seq, entry.data)
 
     def next_event(self) -> RoutesChanged | None:
         return self._events.popleft() if self._events else None
@@ -256,6 +322,7 @@ class Router:
         if not new and self._neighbours[peer] == cost:
             return
         self._neighbours[peer] = cost
+        self.counters["neighbours_up" if new else "cost_changes"] += 1
         if new:
             # Database sync: the new neighbour learns what we hold; it answers with what we
             # lack (and we do the same with its summary).
@@ -263,6 +330,11 @@ class Router:
         self._schedule_origination(now, self._hold)
 
     def neighbour_down(self, peer: str, now: float) -> None:
+        for holders in self._holds.values():
+            holders.pop(peer, None)
+        for want in self._wants.values():
+            if want.asked == peer:
+                want.due = now  # ask someone else at once
         if self._neighbours.pop(peer, None) is not None:
             # Fast heal: at once on a quiet node; a node whose adverts already follow each
             # other closely (its hold grew) waits a quarter of its hold, so flapping links
@@ -271,23 +343,72 @@ class Router:
             quiet = hold <= self.config.lsa_batch_interval or now - self._last_originated > 4 * hold
             self._schedule_origination(now, None if quiet else hold / 4)
 
-    def receive_lsa(
-        self, data: bytes, from_peer: str | None, now: float
-    ) -> list[tuple[str, bytes]]:
-        """Process an advert received from ``from_peer``; return ``(peer, bytes)`` to flood."""
+    def receive_lsa(self, data: bytes, from_peer: str | None, now: float) -> str:
+        """Process an advert received from ``from_peer``; returns the database's verdict
+        (:data:`~x0tta6bl4.protocol.lsdb.INSTALL_REASONS`). An accepted one is announced."""
         result = self.lsdb.install(data, now)
-        if result.reason == "own_newer" and result.lsa is not None:
+        lsa = result.lsa
+        if lsa is None:
+            return result.reason
+        if from_peer is not None and result.reason in ("accepted", "duplicate", "own_newer"):
+            self._note_holds(from_peer, lsa.origin, lsa.seq)
+        held = self.lsdb.get(lsa.origin)
+        want = self._wants.get(lsa.origin)
+        if want is not None and held is not None and held.lsa.seq >= want.seq:
+            del self._wants[lsa.origin]
+        if result.reason == "own_newer":
             # An advert of a previous incarnation of this node: jump past it.
-            self._seq = max(self._seq, result.lsa.seq)
+            self._wants.pop(lsa.origin, None)
+            self._seq = max(self._seq, lsa.seq)
             self._schedule_origination(now)
-            return []
+            return result.reason
         if not result.flood:
-            return []
+            return result.reason
         if result.topology_changed:
             self._schedule_spf(now)
-        out = [(peer, bytes(data)) for peer in sorted(self._neighbours) if peer != from_peer]
-        self.counters["lsas_sent"] += len(out)
-        return out
+        holders = self._holds.get(lsa.origin, {})
+        for peer in self._neighbours:
+            if peer != from_peer and holders.get(peer, -1) < lsa.seq:
+                self._announces.setdefault(peer, []).append((lsa.origin, lsa.seq))
+        return result.reason
+
+    def receive_announce(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
+        """A neighbour accepted these adverts: ask it for those newer than ours (unless we
+        already asked someone for them). Returns how many were requested."""
+        asked = 0
+        for origin, seq in entries:
+            self.counters["announces_received"] += 1
+            self._note_holds(peer, origin, seq)
+            held = self.lsdb.get(origin)
+            if held is not None and held.lsa.seq >= seq:
+                continue
+            want = self._wants.get(origin)
+            if want is not None and want.seq >= seq:
+                continue
+            self._ask(origin, seq, peer, now)
+            asked += 1
+        return asked
+
+    def receive_request(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
+        """A neighbour asks for adverts: queue those we hold (at that seq or newer) to it.
+        Returns how many were queued."""
+        sent = 0
+        limit = self.config.request_timeout / 2
+        for origin, seq in entries:
+            self.counters["requests_received"] += 1
+            held = self.lsdb.get(origin)
+            if held is None or held.lsa.seq < seq:
+                self.counters["requests_unanswerable"] += 1
+                continue
+            last = self._answered.get((peer, origin))
+            if last is not None and last[0] == held.lsa.seq and now - last[1] < limit:
+                self.counters["requests_throttled"] += 1
+                continue
+            self._answered[(peer, origin)] = (held.lsa.seq, now)
+            self._push(peer, origin, held.lsa.seq, held.data)
+            self.counters["requests_answered"] += 1
+            sent += 1
+        return sent
 
     def receive_summary(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
         """A neighbour's database summary: queue the adverts it lacks or holds older.
@@ -296,14 +417,16 @@ class Router:
         """
         theirs = dict(entries)
         self.counters["summaries_received"] += 1
-        out = [
-            (peer, entry.data)
-            for entry in self.lsdb
-            if entry.lsa.origin != self.node_id and theirs.get(entry.lsa.origin, -1) < entry.lsa.seq
-        ]
-        self._outbox.extend(out)
-        self.counters["sync_adverts_sent"] += len(out)
-        return len(out)
+        for origin, seq in theirs.items():
+            self._note_holds(peer, origin, seq)
+        sent = 0
+        for entry in self.lsdb:
+            lsa = entry.lsa
+            if lsa.origin != self.node_id and theirs.get(lsa.origin, -1) < lsa.seq:
+                self._push(peer, lsa.origin, lsa.seq, entry.data)
+                sent += 1
+        self.counters["sync_adverts_sent"] += sent
+        return sent
 
     def forget(self, origin: str, now: float) -> bool:
         """Drop ``origin``'s advert at once (it left the membership or its SVID was revoked).
@@ -312,6 +435,8 @@ class Router:
         call its last advert would stay until it ages out (its neighbours' adverts already
         stop listing it, so no route crosses it either way).
         """
+        self._wants.pop(origin, None)
+        self._holds.pop(origin, None)
         if origin == self.node_id or not self.lsdb.remove(origin):
             return False
         self._schedule_spf(now)
@@ -327,6 +452,11 @@ class Router:
             self._next_age_check = now + cfg.age_check_interval
             if self.lsdb.expire(now):
                 self._schedule_spf(now)
+            horizon = now - cfg.request_timeout
+            self._answered = {k: v for k, v in self._answered.items() if v[1] > horizon}
+        for origin, want in list(self._wants.items()):
+            if now >= want.due:
+                self._retry(origin, want, now)
         if self._spf_at is not None and now >= self._spf_at:
             self._run_spf()
 
@@ -340,6 +470,48 @@ class Router:
         if node_id == self.node_id:
             return self._own_public
         return self._key_for_foreign(node_id)
+
+    def _note_holds(self, peer: str, origin: str, seq: int) -> None:
+        if peer not in self._neighbours:
+            return
+        holders = self._holds.setdefault(origin, {})
+        if holders.get(peer, -1) < seq:
+            holders[peer] = seq
+
+    def _push(self, peer: str, origin: str, seq: int, data: bytes) -> None:
+        """Queue a whole advert to ``peer``, which will then hold it."""
+        self._outbox.append((peer, data))
+        self._note_holds(peer, origin, seq)
+
+    def _ask(
+        self, origin: str, seq: int, peer: str, now: float, previous: _Want | None = None
+    ) -> None:
+        tried = {peer} if previous is None else previous.tried | {peer}
+        attempts = 1 if previous is None else previous.attempts + 1
+        due = now + self.config.request_timeout
+        self._wants[origin] = _Want(seq, peer, due, tried, attempts)
+        self._requests.setdefault(peer, []).append((origin, seq))
+
+    def _retry(self, origin: str, want: _Want, now: float) -> None:
+        """A request timed out (a lost packet, a dead neighbour, or one that announced a seq
+        it does not hold): ask a neighbour that announced something newer than what we hold,
+        one not asked yet first, then the highest seq."""
+        self.counters["request_timeouts"] += 1
+        holders = self._holds.get(origin, {})
+        held = self.lsdb.get(origin)
+        floor = -1 if held is None else held.lsa.seq
+        offers = [
+            (peer not in want.tried, seq, peer)
+            for peer, seq in holders.items()
+            if seq > floor and peer in self._neighbours
+        ]
+        if not offers or want.attempts >= self.config.max_requests:
+            del self._wants[origin]
+            return
+        _, seq, peer = max(offers)
+        # Ask for no more than what was wanted: a neighbour that claims an absurd seq is
+        # still asked only for the advert the others announced.
+        self._ask(origin, min(seq, want.seq), peer, now, want)
 
     def _schedule_origination(self, now: float, gap: float | None = None) -> None:
         gap = (
@@ -377,7 +549,8 @@ class Router:
         self.counters["originated"] += 1
         if self.lsdb.install_own(lsa, data, body, now):
             self._schedule_spf(now)
-        self._outbox.extend((peer, data) for peer in sorted(self._neighbours))
+        for peer in sorted(self._neighbours):
+            self._push(peer, self.node_id, self._seq, data)
 
     def _run_spf(self) -> None:
         self._spf_at = None
