@@ -641,15 +641,49 @@ def test_new_neighbours_are_batched_but_a_lost_one_is_advertised_at_once() -> No
     assert r.counters["originated"] == start + 2
     advance(r, 30.05)
     assert r.counters["originated"] == start + 3
-    r.neighbour_down("p4", 30.1)  # a flapping node: a quarter of its grown hold
-    advance(r, 30.5)
-    assert r.counters["originated"] == start + 3
-    advance(r, 31.1)
+    r.neighbour_down("p4", 30.1)  # a grown hold does not slow a loss down
+    advance(r, 30.15)
     assert r.counters["originated"] == start + 4
+    r.neighbour_up("p1", 1, 31.0)
+    r.neighbour_down("p1", 31.0)  # the 4th loss within 10 s: still at once
+    advance(r, 31.0)
+    assert r.counters["originated"] == start + 5
+    r.neighbour_up("p5", 1, 31.5)
+    r.neighbour_down("p5", 31.5)  # the 5th: flapping, a quarter of the (grown) hold
+    wait = r._hold / 4
+    assert wait > 1.0
+    advance(r, 31.0 + wait - 0.01)
+    assert r.counters["originated"] == start + 5
+    advance(r, 31.0 + wait)
+    assert r.counters["originated"] == start + 6
     with pytest.raises(ValueError, match="lsa_batch_interval"):
         RouterConfig(lsa_batch_interval=0.01)
     with pytest.raises(ValueError, match="lsa_max_batch_interval"):
         RouterConfig(lsa_batch_interval=10.0)
+    with pytest.raises(ValueError, match="loss_burst"):
+        RouterConfig(loss_burst=0)
+
+
+def test_a_lost_neighbour_leaves_own_routes_before_the_new_advert_is_out() -> None:
+    r = make_router("a", loss_burst=1, lsa_batch_interval=1.0)
+    for peer in ("b", "c", "x"):
+        r.neighbour_up(peer, 1, 0.0)
+    advance(r, 0.1)
+    for origin, links in (
+        ("b", {"a": 1, "d": 1}),
+        ("c", {"a": 1, "d": 5}),
+        ("d", {"b": 1, "c": 5}),
+    ):
+        assert r.receive_lsa(signed(origin, 1, links), "b", 0.1) == "accepted"
+    advance(r, 1.5)
+    assert r.next_hop("d") == "b"
+    r.neighbour_down("x", 2.0)
+    advance(r, 2.0)
+    originated = r.counters["originated"]
+    r.neighbour_down("b", 2.1)  # the second loss: flapping, so our advert waits
+    advance(r, 2.1 + r.config.spf_delay)
+    assert r.counters["originated"] == originated
+    assert r.next_hop("d") == "c"  # but our own routes moved at once
 
 
 def test_flapping_link_resyncs_by_summary_not_the_whole_database() -> None:

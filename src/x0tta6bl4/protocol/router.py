@@ -24,7 +24,10 @@ Rules:
 
 * **Origination.** The node's own advert lists its up neighbours with their costs. It is
   re-signed (seq + 1) after a neighbour change: a lost neighbour (fast heal) at most
-  ``lsa_min_interval`` (50 ms) after the previous advert; a new neighbour or a cost change
+  ``lsa_min_interval`` (50 ms) after the previous advert (unless the node lost more than
+  ``loss_burst`` (4) neighbours within ``loss_window`` (10 s): a flapping node waits a quarter
+  of its batch hold), and its own routes avoid the link at once, before the advert is out
+  (local repair); a new neighbour or a cost change
   at most once per batch hold, so that a burst of links coming up (start-up, re-selection) is
   one advert, not one per link, each verified by every node. The hold starts at
   ``lsa_batch_interval`` (1 s), doubles each time an advert follows the previous one within
@@ -110,6 +113,10 @@ class RouterConfig:
     lsa_batch_interval: float = 1.0
     #: The batch hold doubles up to this while adverts follow each other closely.
     lsa_max_batch_interval: float = 8.0
+    #: Losing more than ``loss_burst`` neighbours within ``loss_window`` seconds is flapping:
+    #: further losses wait a quarter of the batch hold instead of ``lsa_min_interval``.
+    loss_burst: int = 4
+    loss_window: float = 10.0
     #: Re-originate our advert this often even when nothing changed.
     refresh_interval: float = 30.0
     #: Remove a foreign advert not refreshed for this long.
@@ -133,6 +140,8 @@ class RouterConfig:
             self.age_check_interval,
             self.request_timeout,
         )
+        if self.loss_burst < 1 or self.loss_window <= 0:
+            raise ValueError("loss_burst must be at least 1 and loss_window positive")
         if self.max_requests < 1:
             raise ValueError("max_requests must be at least 1")
         if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
@@ -193,6 +202,8 @@ class Router:
         self._last_originated = -float("inf")
         #: Current batch hold for new neighbours and cost changes (see the module docstring).
         self._hold = self.config.lsa_batch_interval
+        #: When we lost neighbours within the last ``loss_window`` (flap detection).
+        self._losses: deque[float] = deque()
         self._originate_at: float | None = None
         self._spf_at: float | None = None
         self._spf_first_change: float | None = None
@@ -336,12 +347,19 @@ class Router:
             if want.asked == peer:
                 want.due = now  # ask someone else at once
         if self._neighbours.pop(peer, None) is not None:
-            # Fast heal: at once on a quiet node; a node whose adverts already follow each
-            # other closely (its hold grew) waits a quarter of its hold, so flapping links
-            # cannot make it flood the mesh faster than that.
-            hold = self._hold
-            quiet = hold <= self.config.lsa_batch_interval or now - self._last_originated > 4 * hold
-            self._schedule_origination(now, None if quiet else hold / 4)
+            # Fast heal: at once, unless this node keeps losing neighbours (flapping links):
+            # then a quarter of its batch hold, so it cannot flood the mesh faster than that.
+            # Links coming up or costs moving (the hold's usual cause) never slow a loss down.
+            cfg = self.config
+            losses = self._losses
+            losses.append(now)
+            while losses[0] < now - cfg.loss_window:
+                losses.popleft()
+            flapping = len(losses) > cfg.loss_burst
+            self._schedule_origination(now, self._hold / 4 if flapping else None)
+            # Local repair at once: our own routes stop using the link before our new advert
+            # is even signed (the SPF leaves out links to neighbours that are down).
+            self._schedule_spf(now)
 
     def receive_lsa(self, data: bytes, from_peer: str | None, now: float) -> str:
         """Process an advert received from ``from_peer``; returns the database's verdict
@@ -556,7 +574,14 @@ class Router:
         self._spf_at = None
         self._spf_first_change = None
         self.counters["spf_runs"] += 1
-        new = shortest_paths(self.node_id, self.lsdb.confirmed(), self.lsdb.no_transit())
+        links = self.lsdb.confirmed()
+        own = links.get(self.node_id, {})
+        if any(peer not in self._neighbours for peer in own):
+            # Our installed advert still lists a neighbour we lost (the new one may wait for
+            # the origination throttle): route as if it were out already.
+            links = dict(links)
+            links[self.node_id] = {p: c for p, c in own.items() if p in self._neighbours}
+        new = shortest_paths(self.node_id, links, self.lsdb.no_transit())
         old = self._routes
         changed = {d for d in new.keys() | old.keys() if new.get(d) != old.get(d)}
         self._routes = new
