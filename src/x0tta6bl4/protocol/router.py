@@ -43,7 +43,8 @@ Rules:
   second and the wall clock did not step back). If the clock did step back, the OSPF rule
   applies: when an advert of our own with a higher seq comes back to us (neighbours sync their
   database to us when a link comes up), we jump past it and re-originate.
-* **Flooding: announce, then pull.** A signed advert is ≈ 3.7 KB (three link packets), and
+* **Flooding: announce, then pull** (state in :mod:`x0tta6bl4.protocol.flooding`). A signed
+  advert is ≈ 3.7 KB (three link packets), and
   pushing it over every link delivered each node about ``degree`` copies of which all but
   one were thrown away. Instead an accepted advert is *announced* (``(origin, seq)``, ≈ 17
   bytes, coalesced with other frames) to every up neighbour except the one it came from and
@@ -82,6 +83,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.flooding import Flooding
 from x0tta6bl4.protocol.lsa import (
     FLAG_TRANSIT_OFF,
     MAX_COST,
@@ -156,17 +158,6 @@ class RouterConfig:
             raise ValueError("max_age must exceed refresh_interval")
 
 
-@dataclass(slots=True)
-class _Want:
-    """An announced advert we lack and asked a neighbour for."""
-
-    seq: int
-    asked: str
-    due: float
-    tried: set[str]
-    attempts: int = 1
-
-
 @dataclass(frozen=True, slots=True)
 class RoutesChanged:
     """The routing table changed: destinations added, removed or with a new route."""
@@ -211,14 +202,6 @@ class Router:
         self._routes: dict[str, Route] = {}
         self._outbox: list[tuple[str, bytes]] = []
         self._summaries: list[str] = []
-        self._announces: dict[str, list[tuple[str, int]]] = {}
-        self._requests: dict[str, list[tuple[str, int]]] = {}
-        #: ``origin -> {peer: seq}``: the newest advert of ``origin`` each neighbour holds, as
-        #: far as we know (it announced or sent it, or we sent it).
-        self._holds: dict[str, dict[str, int]] = {}
-        self._wants: dict[str, _Want] = {}
-        #: ``(peer, origin) -> (seq, when)``: the last request of ``peer`` we answered.
-        self._answered: dict[tuple[str, str], tuple[int, float]] = {}
         self._events: deque[RoutesChanged] = deque()
         self.counters: dict[str, int] = {
             "originated": 0,
@@ -229,15 +212,13 @@ class Router:
             "summaries_sent": 0,
             "summaries_received": 0,
             "sync_adverts_sent": 0,
-            "announces_sent": 0,
-            "announces_received": 0,
-            "requests_sent": 0,
-            "requests_received": 0,
-            "requests_answered": 0,
-            "requests_unanswerable": 0,
-            "requests_throttled": 0,
-            "request_timeouts": 0,
         }
+        self.flooding = Flooding(
+            self._held_seq,
+            request_timeout=self.config.request_timeout,
+            max_requests=self.config.max_requests,
+            counters=self.counters,
+        )
         self._originate(now)
 
     # --- queries ----------------------------------------------------------------------------
@@ -279,8 +260,9 @@ class Router:
             deadlines.append(self._originate_at)
         if self._spf_at is not None:
             deadlines.append(self._spf_at)
-        if self._wants:
-            deadlines.append(min(want.due for want in self._wants.values()))
+        flooding = self.flooding.get_timer()
+        if flooding is not None:
+            deadlines.append(flooding)
         return min(deadlines)
 
     def lsas_to_send(self) -> list[tuple[str, bytes]]:
@@ -291,15 +273,11 @@ class Router:
 
     def announces_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """``(peer, [(origin, seq), ...])``: adverts we accepted, for neighbours (drained)."""
-        out, self._announces = self._announces, {}
-        self.counters["announces_sent"] += sum(len(entries) for entries in out.values())
-        return sorted(out.items())
+        return self.flooding.announces_to_send()
 
     def requests_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """``(peer, [(origin, seq), ...])``: announced adverts we ask for (drained)."""
-        out, self._requests = self._requests, {}
-        self.counters["requests_sent"] += sum(len(entries) for entries in out.values())
-        return sorted(out.items())
+        return self.flooding.requests_to_send()
 
     def summaries_to_send(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """``(peer, [(origin, seq), ...])``: database summaries for new neighbours (drained)."""
@@ -341,11 +319,7 @@ class Router:
         self._schedule_origination(now, self._hold)
 
     def neighbour_down(self, peer: str, now: float) -> None:
-        for holders in self._holds.values():
-            holders.pop(peer, None)
-        for want in self._wants.values():
-            if want.asked == peer:
-                want.due = now  # ask someone else at once
+        self.flooding.peer_down(peer, now)
         if self._neighbours.pop(peer, None) is not None:
             # Fast heal: at once, unless this node keeps losing neighbours (flapping links):
             # then a quarter of its batch hold, so it cannot flood the mesh faster than that.
@@ -368,15 +342,16 @@ class Router:
         lsa = result.lsa
         if lsa is None:
             return result.reason
-        if from_peer is not None and result.reason in ("accepted", "duplicate", "own_newer"):
-            self._note_holds(from_peer, lsa.origin, lsa.seq)
-        held = self.lsdb.get(lsa.origin)
-        want = self._wants.get(lsa.origin)
-        if want is not None and held is not None and held.lsa.seq >= want.seq:
-            del self._wants[lsa.origin]
+        if from_peer in self._neighbours and result.reason in (
+            "accepted",
+            "duplicate",
+            "own_newer",
+        ):
+            self.flooding.holds(from_peer, lsa.origin, lsa.seq)
+        self.flooding.settle(lsa.origin)
         if result.reason == "own_newer":
             # An advert of a previous incarnation of this node: jump past it.
-            self._wants.pop(lsa.origin, None)
+            self.flooding.forget(lsa.origin)
             self._seq = max(self._seq, lsa.seq)
             self._schedule_origination(now)
             return result.reason
@@ -384,48 +359,25 @@ class Router:
             return result.reason
         if result.topology_changed:
             self._schedule_spf(now)
-        holders = self._holds.get(lsa.origin, {})
-        for peer in self._neighbours:
-            if peer != from_peer and holders.get(peer, -1) < lsa.seq:
-                self._announces.setdefault(peer, []).append((lsa.origin, lsa.seq))
+        self.flooding.accepted(lsa.origin, lsa.seq, from_peer, self._neighbours)
         return result.reason
 
     def receive_announce(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
         """A neighbour accepted these adverts: ask it for those newer than ours (unless we
         already asked someone for them). Returns how many were requested."""
-        asked = 0
-        for origin, seq in entries:
-            self.counters["announces_received"] += 1
-            self._note_holds(peer, origin, seq)
-            held = self.lsdb.get(origin)
-            if held is not None and held.lsa.seq >= seq:
-                continue
-            want = self._wants.get(origin)
-            if want is not None and want.seq >= seq:
-                continue
-            self._ask(origin, seq, peer, now)
-            asked += 1
-        return asked
+        linked = peer in self._neighbours
+        return self.flooding.on_announce(peer, list(entries), now, linked=linked)
 
     def receive_request(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
         """A neighbour asks for adverts: queue those we hold (at that seq or newer) to it.
         Returns how many were queued."""
         sent = 0
-        limit = self.config.request_timeout / 2
         for origin, seq in entries:
-            self.counters["requests_received"] += 1
             held = self.lsdb.get(origin)
-            if held is None or held.lsa.seq < seq:
-                self.counters["requests_unanswerable"] += 1
-                continue
-            last = self._answered.get((peer, origin))
-            if last is not None and last[0] == held.lsa.seq and now - last[1] < limit:
-                self.counters["requests_throttled"] += 1
-                continue
-            self._answered[(peer, origin)] = (held.lsa.seq, now)
-            self._push(peer, origin, held.lsa.seq, held.data)
-            self.counters["requests_answered"] += 1
-            sent += 1
+            have = -1 if held is None or held.lsa.seq < seq else held.lsa.seq
+            if self.flooding.answer(peer, origin, have, now) and held is not None:
+                self._push(peer, origin, held.lsa.seq, held.data)
+                sent += 1
         return sent
 
     def receive_summary(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
@@ -435,8 +387,9 @@ class Router:
         """
         theirs = dict(entries)
         self.counters["summaries_received"] += 1
-        for origin, seq in theirs.items():
-            self._note_holds(peer, origin, seq)
+        if peer in self._neighbours:
+            for origin, seq in theirs.items():
+                self.flooding.holds(peer, origin, seq)
         sent = 0
         for entry in self.lsdb:
             lsa = entry.lsa
@@ -453,8 +406,7 @@ class Router:
         call its last advert would stay until it ages out (its neighbours' adverts already
         stop listing it, so no route crosses it either way).
         """
-        self._wants.pop(origin, None)
-        self._holds.pop(origin, None)
+        self.flooding.forget(origin)
         if origin == self.node_id or not self.lsdb.remove(origin):
             return False
         self._schedule_spf(now)
@@ -470,11 +422,10 @@ class Router:
             self._next_age_check = now + cfg.age_check_interval
             if self.lsdb.expire(now):
                 self._schedule_spf(now)
-            horizon = now - cfg.request_timeout
-            self._answered = {k: v for k, v in self._answered.items() if v[1] > horizon}
-        for origin, want in list(self._wants.items()):
-            if now >= want.due:
-                self._retry(origin, want, now)
+            self.flooding.prune(now)
+        flooding = self.flooding.get_timer()
+        if flooding is not None and now >= flooding:
+            self.flooding.handle_timer(now, self._neighbours)
         if self._spf_at is not None and now >= self._spf_at:
             self._run_spf()
 
@@ -489,47 +440,15 @@ class Router:
             return self._own_public
         return self._key_for_foreign(node_id)
 
-    def _note_holds(self, peer: str, origin: str, seq: int) -> None:
-        if peer not in self._neighbours:
-            return
-        holders = self._holds.setdefault(origin, {})
-        if holders.get(peer, -1) < seq:
-            holders[peer] = seq
-
     def _push(self, peer: str, origin: str, seq: int, data: bytes) -> None:
         """Queue a whole advert to ``peer``, which will then hold it."""
         self._outbox.append((peer, data))
-        self._note_holds(peer, origin, seq)
+        if peer in self._neighbours:
+            self.flooding.holds(peer, origin, seq)
 
-    def _ask(
-        self, origin: str, seq: int, peer: str, now: float, previous: _Want | None = None
-    ) -> None:
-        tried = {peer} if previous is None else previous.tried | {peer}
-        attempts = 1 if previous is None else previous.attempts + 1
-        due = now + self.config.request_timeout
-        self._wants[origin] = _Want(seq, peer, due, tried, attempts)
-        self._requests.setdefault(peer, []).append((origin, seq))
-
-    def _retry(self, origin: str, want: _Want, now: float) -> None:
-        """A request timed out (a lost packet, a dead neighbour, or one that announced a seq
-        it does not hold): ask a neighbour that announced something newer than what we hold,
-        one not asked yet first, then the highest seq."""
-        self.counters["request_timeouts"] += 1
-        holders = self._holds.get(origin, {})
-        held = self.lsdb.get(origin)
-        floor = -1 if held is None else held.lsa.seq
-        offers = [
-            (peer not in want.tried, seq, peer)
-            for peer, seq in holders.items()
-            if seq > floor and peer in self._neighbours
-        ]
-        if not offers or want.attempts >= self.config.max_requests:
-            del self._wants[origin]
-            return
-        _, seq, peer = max(offers)
-        # Ask for no more than what was wanted: a neighbour that claims an absurd seq is
-        # still asked only for the advert the others announced.
-        self._ask(origin, min(seq, want.seq), peer, now, want)
+    def _held_seq(self, origin: str) -> int:
+        entry = self.lsdb.get(origin)
+        return -1 if entry is None else entry.lsa.seq
 
     def _schedule_origination(self, now: float, gap: float | None = None) -> None:
         gap = (
