@@ -163,6 +163,8 @@ def test_process_mesh_ping_metrics_controller_outage_and_restart(mesh: Mesh) -> 
         'x0tta6bl4_node_handshakes_total{result="ok"}',
         "x0tta6bl4_node_pq_svid_expiry_timestamp_seconds",
         "x0tta6bl4_node_route_count 2.0",
+        'x0tta6bl4_node_routing_events_total{event="originated"}',
+        'x0tta6bl4_node_routing_events_total{event="announces_received"}',
     ):
         assert name in metrics
 

@@ -83,6 +83,15 @@ class NodeCollector(Collector):
             if key.startswith("lsa_") and key != "lsa_sent":
                 lsa.add_metric([key[4:]], float(value))
         yield lsa
+        routing = CounterMetricFamily(
+            "x0tta6bl4_node_routing_events",
+            "Router activity: own adverts, SPF runs, flooding announces and requests",
+            labels=["event"],
+        )
+        for key, value in sorted(counters.items()):
+            if not key.startswith("lsa_"):
+                routing.add_metric([key], float(value))
+        yield routing
         forwarded = CounterMetricFamily(
             "x0tta6bl4_node_forwarded_frames", "Routed frames relayed for other nodes"
         )
