@@ -382,6 +382,9 @@ def test_two_owner_processes_racing_for_new_node_ids(
         for worker in workers:
             worker.kill()
             worker.wait()
+            for stream in (worker.stdin, worker.stdout):
+                if stream is not None:
+                    stream.close()
     won_a, won_b = (set(output["won"]) for output in outputs)
     refused_a, refused_b = (set(output["refused"]) for output in outputs)
     every = {f"race-{i}" for i in range(RACE_NODES)}
@@ -628,6 +631,39 @@ async def test_bad_arguments_change_nothing(store: Store) -> None:
 
 
 # --------------------------------------------------------------------------- schema versions
+
+
+async def test_sqlite_open_waits_for_another_process_holding_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """Switching to WAL while another process holds the write lock: SQLite answers "database
+    is locked" at once (no busy handler); the store waits for the lock instead of failing."""
+    path = tmp_path / "locked.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE'); c.execute('INSERT INTO t VALUES (1)')\n"
+            "print('held', flush=True); time.sleep(0.5); c.execute('COMMIT')\n",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        async with SqliteStore(str(path)) as store:
+            assert await store.list_nodes() == []
+    finally:
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert holder.returncode == 0
 
 
 async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

@@ -228,7 +228,7 @@ class SqliteStore(Store):
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -254,6 +254,20 @@ class SqliteStore(Store):
             conn.close()
             raise
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting up to the busy timeout: the switch needs an exclusive lock
+        and SQLite may answer "database is locked" at once, without its busy handler, while
+        another process opens the same file (two controllers starting together)."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     async def close(self) -> None:
         self._closed = True
