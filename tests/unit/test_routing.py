@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from x0tta6bl4.crypto.suite import MLDSA65_SIGNATURE_SIZE, SigningKey
 from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.flooding import Flooding
 from x0tta6bl4.protocol.lsa import (
     FLAG_TRANSIT_OFF,
     LinkStateAdvert,
@@ -520,6 +521,28 @@ def test_requests_are_answered_with_held_adverts_and_throttled() -> None:
     assert (c["requests_unanswerable"], c["requests_throttled"]) == (2, 1)
     with pytest.raises(ValueError, match="max_requests"):
         RouterConfig(max_requests=0)
+
+
+def test_flooding_state_is_bounded() -> None:
+    held: dict[str, int] = {}
+    flooding = Flooding(
+        lambda origin: held.get(origin, -1),
+        request_timeout=0.5,
+        max_requests=5,
+        max_origins=lambda: 2,
+    )
+    # A neighbour announcing adverts of ever new origins cannot grow our state without bound.
+    asked = flooding.on_announce("p1", [(f"o{i}", 1) for i in range(5)], 0.0, linked=True)
+    assert asked == 2
+    assert flooding.counters["announces_dropped"] == 3
+    assert flooding.requests_to_send() == [("p1", [("o0", 1), ("o1", 1)])]
+    held["o0"] = 1
+    flooding.settle("o0")
+    flooding.forget("o1")  # a departed member
+    assert flooding.on_announce("p1", [("o2", 1)], 1.0, linked=True) == 1
+    assert flooding.get_timer() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="max_requests"):
+        Flooding(lambda origin: -1, request_timeout=0.5, max_requests=0)
 
 
 def test_relay_cannot_alter_another_nodes_advert() -> None:

@@ -16,7 +16,11 @@ receive it once per link and throw all copies but one away. Instead (the router 
   (:meth:`Flooding.answer`), so requests cannot make a node amplify traffic.
 
 "Known to hold" is learned from announces, adverts and summaries a neighbour sent, and from
-adverts we sent it. Sans-IO and not thread-safe, like the router that owns it.
+adverts we sent it. Memory is bounded: announces name origins the receiver may not know yet
+(a member whose key has not arrived), so at most ``max_origins()`` origins are tracked; past
+that, announces for further origins are counted (``announces_dropped``) and ignored, and
+refresh and database sync deliver those adverts. Sans-IO and not thread-safe, like the router
+that owns it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ FLOODING_COUNTERS = (
     "requests_unanswerable",
     "requests_throttled",
     "request_timeouts",
+    "announces_dropped",
 )
 
 #: ``origin -> seq`` of the advert we hold (-1 when none).
@@ -64,10 +69,12 @@ class Flooding:
         request_timeout: float,
         max_requests: int,
         counters: dict[str, int] | None = None,
+        max_origins: Callable[[], int] = lambda: 4096,
     ) -> None:
         if request_timeout <= 0 or max_requests < 1:
             raise ValueError("request_timeout must be positive and max_requests at least 1")
         self._held_seq = held_seq
+        self._max_origins = max_origins
         self.request_timeout = request_timeout
         self.max_requests = max_requests
         #: ``origin -> {peer: seq}``: the newest advert of ``origin`` each neighbour holds.
@@ -104,6 +111,8 @@ class Flooding:
 
     def holds(self, peer: str, origin: str, seq: int) -> None:
         """``peer`` holds ``origin``'s advert ``seq`` (it sent or announced it, or we sent it)."""
+        if origin not in self._holds and len(self._holds) >= self._max_origins():
+            return
         holders = self._holds.setdefault(origin, {})
         if holders.get(peer, -1) < seq:
             holders[peer] = seq
@@ -153,6 +162,9 @@ class Flooding:
                 continue
             want = self._wants.get(origin)
             if want is not None and want.seq >= seq:
+                continue
+            if want is None and len(self._wants) >= self._max_origins():
+                self.counters["announces_dropped"] += 1
                 continue
             self._ask(origin, seq, peer, now, None)
             asked += 1

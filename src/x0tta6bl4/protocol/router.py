@@ -218,6 +218,7 @@ class Router:
             request_timeout=self.config.request_timeout,
             max_requests=self.config.max_requests,
             counters=self.counters,
+            max_origins=lambda: max(4096, 4 * len(self.lsdb)),
         )
         self._originate(now)
 
