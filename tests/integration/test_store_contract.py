@@ -220,6 +220,13 @@ async def test_touch_records_heartbeat_and_status(store: Store) -> None:
     with pytest.raises(NotFoundError):
         await store.touch_node("ghost", 1020.0)
     assert await store.get_node("ghost") is None
+    # With an owner, only the node's own SPIFFE ID may heartbeat it; a refusal writes nothing.
+    mine = kept.spiffe_id
+    owned = await store.touch_node("a", 1030.0, owner=mine)
+    assert owned.last_seen == 1030.0
+    with pytest.raises(OwnershipError):
+        await store.touch_node("a", 1040.0, NodeStatus(links=()), owner=OWNER_B)
+    assert await store.get_node("a") == owned
 
 
 async def test_cidr_exhaustion_raises_and_writes_nothing(store: Store) -> None:

@@ -26,7 +26,7 @@ from x0tta6bl4.controller.auth import Principal
 from x0tta6bl4.controller.models import LinkStatus, NodeStatus
 from x0tta6bl4.controller.registration import Admission
 from x0tta6bl4.controller.state import ControllerState
-from x0tta6bl4.controller.store.errors import NotFoundError
+from x0tta6bl4.controller.store.errors import NotFoundError, OwnershipError
 
 __all__ = ["router"]
 
@@ -159,21 +159,19 @@ async def delete_node(node_id: NodeIdPath, principal: Admin, state: State) -> Re
 async def put_status(
     node_id: NodeIdPath, body: StatusReport, principal: Node, state: State
 ) -> Response:
-    """Only the node itself (same SPIFFE ID as registered) may report its status."""
-    record = await state.store.get_node(node_id)
-    if record is None:
-        raise ApiError(404, "node_not_found", f"node {node_id!r} is not registered")
-    if record.spiffe_id != _spiffe(principal):
-        raise ApiError(
-            403, "identity_mismatch", f"node {node_id!r} is registered to another SPIFFE ID"
-        )
+    """Only the node itself (same SPIFFE ID as registered) may report its status; the store
+    checks that in the same transaction as the write."""
     status = NodeStatus(
         links=tuple(LinkStatus(peer=i.peer, up=i.up, rtt_ms=i.rtt_ms) for i in body.links)
     )
     try:
-        await state.store.touch_node(node_id, state.clock(), status)
+        await state.store.touch_node(node_id, state.clock(), status, owner=_spiffe(principal))
     except NotFoundError:
         raise ApiError(404, "node_not_found", f"node {node_id!r} is not registered") from None
+    except OwnershipError:
+        raise ApiError(
+            403, "identity_mismatch", f"node {node_id!r} is registered to another SPIFFE ID"
+        ) from None
     return Response(status_code=204)
 
 

@@ -216,11 +216,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def touch_node(
-        self, node_id: str, now: float, status: NodeStatus | None = None
+        self,
+        node_id: str,
+        now: float,
+        status: NodeStatus | None = None,
+        *,
+        owner: str | None = None,
     ) -> NodeRecord:
         """Record a heartbeat at ``now`` (and the new ``status`` if given).
 
         Raises :class:`NotFoundError` if the node is not registered (it must re-register).
+        With ``owner`` (a SPIFFE ID), raises :class:`OwnershipError` unless the record being
+        updated is registered to it: checked in the write's own transaction, so a heartbeat
+        can never land on a node ID that changed owner after a separate read.
         """
 
     @abc.abstractmethod

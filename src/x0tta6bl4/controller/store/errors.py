@@ -54,7 +54,8 @@ class ConflictError(StoreError):
 
 
 class OwnershipError(StoreError):
-    """``register_node`` for a node ID that is registered to another SPIFFE ID.
+    """``register_node`` (or ``touch_node`` with an owner) for a node ID that is registered to
+    another SPIFFE ID.
 
     Checked inside the write's own transaction, so of several SPIFFE IDs racing for one new
     node ID exactly one wins and the others get this error; nothing was written.

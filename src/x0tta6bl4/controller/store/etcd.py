@@ -67,6 +67,7 @@ from x0tta6bl4.controller.store.base import (
 from x0tta6bl4.controller.store.errors import (
     ConflictError,
     NotFoundError,
+    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     StoreError,
@@ -515,7 +516,12 @@ class EtcdStore(Store):
         raise StoreUnavailableError(f"deletion of {node_id!r} lost too many races; retry")
 
     async def touch_node(
-        self, node_id: str, now: float, status: NodeStatus | None = None
+        self,
+        node_id: str,
+        now: float,
+        status: NodeStatus | None = None,
+        *,
+        owner: str | None = None,
     ) -> NodeRecord:
         if status is not None and not isinstance(status, NodeStatus):
             raise TypeError("status must be a NodeStatus or None")
@@ -525,6 +531,10 @@ class EtcdStore(Store):
             if kv is None:
                 raise NotFoundError(f"node {node_id!r} is not registered")
             old = self._decode_node(kv)
+            # The transaction below compares the version read here, so the owner checked is
+            # the owner of the record written.
+            if owner is not None and old.spiffe_id != owner:
+                raise OwnershipError(node_id)
             record = replace(old, last_seen=now, status=old.status if status is None else status)
             try:
                 ok, _ = await self._txn(

@@ -58,6 +58,7 @@ from x0tta6bl4.controller.store.base import (
 from x0tta6bl4.controller.store.errors import (
     ConflictError,
     NotFoundError,
+    OwnershipError,
     RevisionCompactedError,
     SchemaError,
     StoreError,
@@ -369,7 +370,12 @@ class SqliteStore(Store):
         return await self._write(work)
 
     async def touch_node(
-        self, node_id: str, now: float, status: NodeStatus | None = None
+        self,
+        node_id: str,
+        now: float,
+        status: NodeStatus | None = None,
+        *,
+        owner: str | None = None,
     ) -> NodeRecord:
         if status is not None and not isinstance(status, NodeStatus):
             raise TypeError("status must be a NodeStatus or None")
@@ -379,6 +385,8 @@ class SqliteStore(Store):
             if row is None:
                 raise NotFoundError(f"node {node_id!r} is not registered")
             old = _decode_node(row[0])
+            if owner is not None and old.spiffe_id != owner:
+                raise OwnershipError(node_id)
             record = replace(old, last_seen=now, status=old.status if status is None else status)
             payload = dumps(record.to_json()).decode()
             revision = self._emit(conn, EventKind.NODE_PUT, node_id, payload)
