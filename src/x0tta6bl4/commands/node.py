@@ -89,6 +89,7 @@ def node(  # noqa: PLR0917 - one parameter per flag
             heartbeat_interval=heartbeat_interval,
             dead_after=dead_after,
         )
+        settings.resolved_node_id()  # a bad or unusable node name fails here, clearly
     except ValueError as exc:
         _fail(str(exc))
         return

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
-__all__ = ["NodeSettings", "parse_hostport"]
+__all__ = ["MAX_NODE_ID_LENGTH", "NodeSettings", "node_id_from_name", "parse_hostport"]
+
+#: Node ids: 1..64 characters (the X.509 CN limit of the PQ SVID), letters, digits, ``.``,
+#: ``_`` and ``-``, starting and ending with a letter or digit (the controller's rule).
+MAX_NODE_ID_LENGTH = 64
+_NODE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
+#: Characters of a long name kept before the hash suffix (47 + "-" + 16 hex digits = 64).
+_KEEP = MAX_NODE_ID_LENGTH - 17
+
+
+def node_id_from_name(name: str) -> str:
+    """A Kubernetes node name (up to 253 characters) as a mesh node id (up to 64).
+
+    A name that fits is used as it is. A longer one becomes its first 47 characters, ``-``
+    and the first 16 hex digits of the SHA-256 of the whole name: stable across restarts,
+    readable, and distinct for names that share their first 47 characters.
+    """
+    if len(name) <= MAX_NODE_ID_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+    return f"{name[:_KEEP].rstrip('._-')}-{digest}"
 
 
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
@@ -51,10 +73,29 @@ class NodeSettings:
             raise ValueError("--heartbeat-interval must be within 0.005..60 seconds")
         if not 1 <= self.dead_after <= 100:
             raise ValueError("--dead-after must be within 1..100")
+        if self.node_id is not None and not _NODE_ID.fullmatch(self.node_id):
+            raise ValueError(
+                f"--node-id must be 1..{MAX_NODE_ID_LENGTH} letters, digits, '.', '_' or '-', "
+                f"starting and ending with a letter or digit; got {self.node_id!r}"
+            )
 
     def resolved_node_id(self) -> str:
-        """--node-id, else X0_NODE_NAME (the Kubernetes node), else the hostname."""
-        return self.node_id or os.environ.get("X0_NODE_NAME") or socket.gethostname()
+        """--node-id, else X0_NODE_NAME (the Kubernetes node), else the hostname; a name
+        longer than 64 characters is shortened (:func:`node_id_from_name`).
+
+        Raises ValueError naming the source when the result is still not a valid node id.
+        """
+        if self.node_id is not None:
+            return self.node_id
+        from_env = os.environ.get("X0_NODE_NAME")
+        source = "X0_NODE_NAME" if from_env else "the hostname"
+        node_id = node_id_from_name(from_env or socket.gethostname())
+        if not _NODE_ID.fullmatch(node_id):
+            raise ValueError(
+                f"{source} {node_id!r} is not a valid node id (letters, digits, '.', '_', '-'); "
+                "pass --node-id"
+            )
+        return node_id
 
     def resolved_advertise(self, bound_port: int) -> str:
         """Where peers reach us: --advertise, else X0_POD_IP, else the bound or a local IP."""
