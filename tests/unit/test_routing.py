@@ -474,29 +474,32 @@ def test_a_request_that_is_not_answered_goes_to_another_announcer() -> None:
     assert r.requests_to_send() == []
     advance(r, 1.5)  # p1 never answered: ask p2, the other announcer
     assert r.requests_to_send() == [("p2", [("far", 5)])]
-    for at in (2.0, 2.5, 3.0):  # nobody else announced it: ask them again, 5 tries in all
+    # Nobody else announced it: ask them again, the n-th try waiting n timeouts, 5 in all.
+    for at in (2.5, 4.0, 6.0):
+        advance(r, at - 0.01)
+        assert r.requests_to_send() == []
         advance(r, at)
         ((peer, _),) = r.requests_to_send()
         assert peer in ("p1", "p2")
-    advance(r, 3.5)  # then it is left to refresh and database sync
+    advance(r, 8.5)  # then it is left to refresh and database sync
     assert r.requests_to_send() == []
     assert r.counters["request_timeouts"] == 5
     # A neighbour announcing a made-up seq delays the genuine advert by one timeout only.
-    r.receive_announce("p3", [("far", 2**40)], 5.0)
-    r.receive_announce("p1", [("far", 6)], 5.0)
+    r.receive_announce("p3", [("far", 2**40)], 10.0)
+    r.receive_announce("p1", [("far", 6)], 10.0)
     assert r.requests_to_send() == [("p3", [("far", 2**40)])]
-    advance(r, 5.5)
+    advance(r, 10.5)
     assert r.requests_to_send() == [("p1", [("far", 6)])]
-    assert r.receive_lsa(signed("far", 6, {"p1": 1}), "p1", 5.6) == "accepted"
-    advance(r, 6.0)
+    assert r.receive_lsa(signed("far", 6, {"p1": 1}), "p1", 10.6) == "accepted"
+    advance(r, 12.0)
     assert r.requests_to_send() == []  # nothing wanted any more
     assert r.counters["request_timeouts"] == 6
     # The neighbour we asked goes down: ask another at once.
-    r.receive_announce("p2", [("far", 7)], 6.0)
-    r.receive_announce("p3", [("far", 7)], 6.0)
+    r.receive_announce("p2", [("far", 7)], 12.0)
+    r.receive_announce("p3", [("far", 7)], 12.0)
     assert r.requests_to_send() == [("p2", [("far", 7)])]
-    r.neighbour_down("p2", 6.1)
-    advance(r, 6.1)
+    r.neighbour_down("p2", 12.1)
+    advance(r, 12.1)
     assert r.requests_to_send() == [("p3", [("far", 7)])]
 
 

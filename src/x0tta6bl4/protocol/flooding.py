@@ -10,8 +10,8 @@ receive it once per link and throw all copies but one away. Instead (the router 
   **requested** from the announcer (:meth:`Flooding.on_announce`); the answer is the advert;
 * a request not answered within ``request_timeout`` goes to another neighbour that announced
   the advert (one not asked yet first; never for more than what was wanted), at most
-  ``max_requests`` times in all (:meth:`Flooding.handle_timer`); then refresh and database
-  sync are left to repair it;
+  ``max_requests`` times in all, the n-th try waiting n timeouts (:meth:`Flooding.handle_timer`);
+  then refresh and database sync are left to repair it;
 * a request is answered at most once per ``request_timeout / 2`` per neighbour and origin
   (:meth:`Flooding.answer`), so requests cannot make a node amplify traffic.
 
@@ -200,7 +200,10 @@ class Flooding:
     def _ask(self, origin: str, seq: int, peer: str, now: float, previous: _Want | None) -> None:
         tried = frozenset({peer}) if previous is None else previous.tried | {peer}
         attempts = 1 if previous is None else previous.attempts + 1
-        self._wants[origin] = _Want(seq, peer, now + self.request_timeout, tried, attempts)
+        # The n-th try waits n timeouts: on a host too busy to answer in time, retries must
+        # not multiply the transfers that made it busy.
+        due = now + self.request_timeout * attempts
+        self._wants[origin] = _Want(seq, peer, due, tried, attempts)
         self._requests.setdefault(peer, []).append((origin, seq))
 
     def _retry(self, origin: str, want: _Want, now: float, peers: Collection[str]) -> None:
