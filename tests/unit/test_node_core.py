@@ -398,6 +398,24 @@ def test_link_cost_changes_reach_the_router_batched() -> None:
     assert a.link_state("node-001") == "up"
 
 
+def test_cost_changes_wait_an_interval_after_start_with_per_node_jitter() -> None:
+    config = CoreConfig(cost_update_interval=5.0)
+    net = Net(2, config=config)
+    net.latency = 0.005  # the first RTTs are slow (10 ms: cost 100) ...
+    net.announce()
+    net.run_until(net.converged)
+    a = net.cores["node-000"]
+    route = a.router.route("node-001")
+    assert route is not None
+    assert route.cost >= 50
+    net.latency = 0.0  # ... then fast: the detector lowers the cost at once
+    net.run_until(lambda: (r := a.router.route("node-001")) is not None and r.cost == 10)
+    # The router heard of it no sooner than an interval after start, and no later than the
+    # interval plus a quarter of jitter (observed in 0.1 s steps).
+    assert START + config.cost_update_interval <= net.now
+    assert net.now <= START + 1.25 * config.cost_update_interval + 0.2
+
+
 def test_cost_update_interval_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="cost_update_interval"):
         CoreConfig(cost_update_interval=-1.0)

@@ -25,6 +25,7 @@ counters (:attr:`dropped`, :attr:`counters`). Not thread-safe: one owner drives 
 
 from __future__ import annotations
 
+import random
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -210,7 +211,13 @@ class NodeCore:
         #: Links with frames queued since the last flush.
         self._to_flush: list[Link] = []
         self._cost_due: float | None = None
-        self._cost_sent = float("-inf")
+        # Cost changes wait a full interval after start (the first RTTs, measured while every
+        # link is doing its handshake, are the noisiest) and every batch is jittered by up to
+        # a quarter interval, so nodes that started together do not re-sign their adverts
+        # together (every advert is verified by every node). Seeded by the node id: the
+        # core stays deterministic for tests.
+        self._cost_sent = now
+        self._cost_jitter = random.Random(self.node_id).random  # noqa: S311 - timing only
         #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``).
         self.dropped: Counter[str] = Counter()
         #: ``handshakes_ok``, ``handshakes_failed``, ``link_down_events``, ``forwarded``, ...
@@ -686,7 +693,8 @@ class NodeCore:
                     self._pending_cost[node_id] = event.cost
                     if self._cost_due is None:
                         interval = self.config.cost_update_interval
-                        self._cost_due = max(now, self._cost_sent + interval)
+                        jitter = 0.25 * interval * self._cost_jitter()
+                        self._cost_due = max(now, self._cost_sent + interval + jitter)
             self._fold_link_timer(link)
         return progressed
 
