@@ -626,6 +626,8 @@ class NodeCore:
         return progressed
 
     def _drain_router(self, now: float) -> bool:
+        if not self.router.has_output():
+            return False
         progressed = False
         for peer, entries in self.router.summaries_to_send():
             progressed = True

@@ -92,14 +92,22 @@ class Flooding:
     # --- outputs ----------------------------------------------------------------------------
 
     def announces_to_send(self) -> list[tuple[str, Entries]]:
+        if not self._announces:  # the common case: called after every input
+            return []
         out, self._announces = self._announces, {}
         self.counters["announces_sent"] += sum(len(entries) for entries in out.values())
         return sorted(out.items())
 
     def requests_to_send(self) -> list[tuple[str, Entries]]:
+        if not self._requests:
+            return []
         out, self._requests = self._requests, {}
         self.counters["requests_sent"] += sum(len(entries) for entries in out.values())
         return sorted(out.items())
+
+    def has_output(self) -> bool:
+        """Whether announces or requests wait to be sent."""
+        return bool(self._announces or self._requests)
 
     def get_timer(self) -> float | None:
         """When the earliest outstanding request times out (None: nothing outstanding)."""

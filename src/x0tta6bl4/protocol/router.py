@@ -17,6 +17,7 @@ Outputs::
     announces_to_send() -> [(peer, [(origin, seq)])]  flooding announces
     requests_to_send()  -> [(peer, [(origin, seq)])]  asks for announced adverts we lack
     summaries_to_send() -> [(peer, [(origin, seq)])]  database summaries for new neighbours
+    has_output()    -> bool              whether any of the above has something (cheap)
     next_event()    -> RoutesChanged     after a recomputation that changed the table
     next_hop(dest), route(dest), routes(), counters, neighbours
 
@@ -265,6 +266,11 @@ class Router:
         if flooding is not None:
             deadlines.append(flooding)
         return min(deadlines)
+
+    def has_output(self) -> bool:
+        """Whether any ``*_to_send()`` or :meth:`next_event` has something (one cheap call
+        for drivers that poll after every input)."""
+        return bool(self._outbox or self._summaries or self._events or self.flooding.has_output())
 
     def lsas_to_send(self) -> list[tuple[str, bytes]]:
         """``(peer, advert bytes)`` to send (drained)."""
