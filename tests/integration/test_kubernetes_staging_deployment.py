@@ -72,6 +72,7 @@ EXPORTED_METRICS = {
     "x0tta6bl4_node_pq_svid_expiry_timestamp_seconds",
     "x0tta6bl4_node_packets_dropped_total",
     "x0tta6bl4_node_route_count",
+    "x0tta6bl4_node_routing_events_total",
 }
 
 Obj = dict[str, Any]

@@ -103,4 +103,12 @@ Usage: {{ include "x0tta6bl4.alertGroups" . | nindent 4 }}
       annotations:
         summary: "Mesh node {{ "{{ $labels.pod }}" }} has no route"
         description: "x0tta6bl4_node_route_count is 0 while other nodes are registered."
+    - alert: X0tta6bl4AdvertStorm
+      expr: sum by (pod) (rate(x0tta6bl4_node_routing_events_total{event="originated"}[10m])) > 0.2
+      for: 15m
+      labels:
+        severity: warning
+      annotations:
+        summary: "Mesh node {{ "{{ $labels.pod }}" }} re-signs its link-state advert every few seconds"
+        description: "x0tta6bl4_node_routing_events_total{event=\"originated\"} above 0.2/s (a quiet node: one per 30 s refresh): flapping links or moving costs; every advert is verified by every node."
 {{- end -}}
