@@ -688,6 +688,8 @@ def test_new_neighbours_are_batched_but_a_lost_one_is_advertised_at_once() -> No
         RouterConfig(lsa_batch_interval=10.0)
     with pytest.raises(ValueError, match="loss_burst"):
         RouterConfig(loss_burst=0)
+    with pytest.raises(ValueError, match="request_timeout"):
+        RouterConfig(request_timeout=0.0)
 
 
 def test_a_lost_neighbour_leaves_own_routes_before_the_new_advert_is_out() -> None:

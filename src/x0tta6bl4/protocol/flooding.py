@@ -142,8 +142,8 @@ class Flooding:
     def accepted(
         self, origin: str, seq: int, from_peer: str | None, peers: Collection[str]
     ) -> None:
-        """We installed ``origin``'s advert ``seq``: announce it to ``peers`` that may lack it."""
-        self.settle(origin)
+        """We installed ``origin``'s advert ``seq``: announce it to ``peers`` that may lack it
+        (the caller has settled any request for it)."""
         holders = self._holds.get(origin, {})
         for peer in peers:
             if peer != from_peer and holders.get(peer, -1) < seq:

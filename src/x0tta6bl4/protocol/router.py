@@ -44,21 +44,11 @@ Rules:
   second and the wall clock did not step back). If the clock did step back, the OSPF rule
   applies: when an advert of our own with a higher seq comes back to us (neighbours sync their
   database to us when a link comes up), we jump past it and re-originate.
-* **Flooding: announce, then pull** (state in :mod:`x0tta6bl4.protocol.flooding`). A signed
-  advert is ≈ 3.7 KB (three link packets), and
-  pushing it over every link delivered each node about ``degree`` copies of which all but
-  one were thrown away. Instead an accepted advert is *announced* (``(origin, seq)``, ≈ 17
-  bytes, coalesced with other frames) to every up neighbour except the one it came from and
-  those known to hold it already; a node that lacks an announced advert *requests* it from
-  the first neighbour that announced it, and only that one sends the advert. So each node
-  receives each advert about once. A request not answered within ``request_timeout``
-  (0.5 s: a lost fragment, a neighbour that died, or one that announced an advert it does
-  not have) goes to another neighbour that announced it (one not asked yet first, else the
-  same again); after ``max_requests`` (5) tries the advert is left to the next refresh or
-  database sync. An origin's *own* new advert is
-  pushed to its neighbours (none of them can hold it yet). A request is answered at most
-  once per ``request_timeout / 2`` per neighbour and origin, so requests cannot make a
-  node amplify traffic. A duplicate or rejected advert is announced nowhere.
+* **Flooding: announce, then pull** (:mod:`x0tta6bl4.protocol.flooding` holds the rules and
+  the state). An origin pushes its own new advert to its neighbours; every other node that
+  accepts it announces ``(origin, seq)`` to its neighbours, which request it from one
+  announcer, so each node receives each ≈ 3.7 KB advert about once instead of once per
+  link. A duplicate or rejected advert is announced nowhere.
 * **Database sync by summary.** When a link comes up, we send the new neighbour a summary,
   the ``(origin, seq)`` of every advert we hold (ours included), and it sends us its own.
   Each side answers a summary with the adverts it holds that the other lacks or holds older
@@ -145,8 +135,8 @@ class RouterConfig:
         )
         if self.loss_burst < 1 or self.loss_window <= 0:
             raise ValueError("loss_burst must be at least 1 and loss_window positive")
-        if self.max_requests < 1:
-            raise ValueError("max_requests must be at least 1")
+        if self.max_requests < 1 or self.request_timeout <= 0:
+            raise ValueError("max_requests must be at least 1 and request_timeout positive")
         if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
             raise ValueError("router timers must be non-negative (refresh and ageing positive)")
         if self.spf_max_delay < self.spf_delay:
