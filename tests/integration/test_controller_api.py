@@ -463,6 +463,33 @@ async def test_policy_join_link_and_concurrency(
             },
             "invalid_policy",
         ),
+        # Beyond the pattern limits (identity/spiffe_ids.py): named in the detail.
+        (
+            {
+                "rules": [
+                    {
+                        "from": f"spiffe://{TD}/ns/**/sa/**",
+                        "to": "*",
+                        "action": "link",
+                        "allow": True,
+                    }
+                ]
+            },
+            "invalid_policy",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "from": f"spiffe://{TD}/ns/" + "*a" * 17,
+                        "to": "*",
+                        "action": "link",
+                        "allow": True,
+                    }
+                ]
+            },
+            "invalid_policy",
+        ),
         ({"rules": [], "extra": 1}, "unknown_field"),
         (
             {"rules": [{"from": "*", "to": "*", "action": "link", "allow": "yes"}]},
@@ -472,6 +499,13 @@ async def test_policy_join_link_and_concurrency(
     ):
         r = await client.put("/api/v1/policy", json=bad, headers=ADMIN)
         assert (r.status_code, r.json()["error"]) == (422, reason), bad
+    # The reason names the limit that was passed.
+    rule = {"from": f"spiffe://{TD}/ns/*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*ab/**", "to": "*"}
+    r = await client.put(
+        "/api/v1/policy", json={"rules": [{**rule, "action": "join", "allow": True}]}, headers=ADMIN
+    )
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_policy")
+    assert "more than 16 wildcards" in r.json()["detail"]
     r = await client.put("/api/v1/policy", json=policy, headers={**ADMIN, "If-Match": "abc"})
     assert (r.status_code, r.json()["error"]) == (400, "invalid_if_match")
     assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"] == revision

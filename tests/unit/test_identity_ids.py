@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from spiffe import SpiffeId, TrustDomain
 
@@ -189,3 +193,166 @@ def test_literal_pattern_matches_exactly_its_id(segments: list[str]) -> None:
     assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh/**").matches(text)
     star = "spiffe://x0tta6bl4.mesh/" + "/".join("*" for _ in segments)
     assert SpiffeIdPattern(star).matches(text)
+
+
+# --------------------------------------------------------------------------- glob: linear time
+
+
+def _reference_segment(pattern: str, value: str) -> bool:
+    """Textbook dynamic programme over one segment (O(len(pattern) * len(value)))."""
+    row = [True] + [False] * len(value)
+    for ch in pattern:
+        if ch == "*":
+            for j in range(1, len(value) + 1):
+                row[j] = row[j] or row[j - 1]
+        else:
+            row = [False] + [
+                row[j - 1] and (ch == "?" or ch == value[j - 1]) for j in range(1, len(value) + 1)
+            ]
+    return row[-1]
+
+
+def _reference(pattern: list[str], segments: list[str]) -> bool:
+    """The same programme at segment level, ``**`` being the star."""
+    row = [True] + [False] * len(segments)
+    for part in pattern:
+        if part == "**":
+            for j in range(1, len(segments) + 1):
+                row[j] = row[j] or row[j - 1]
+        else:
+            row = [False] + [
+                row[j - 1] and _reference_segment(part, segments[j - 1])
+                for j in range(1, len(segments) + 1)
+            ]
+    return row[-1]
+
+
+_GLOB_SEGMENT = st.text(alphabet="ab*?", min_size=1, max_size=6).filter(
+    lambda s: s.count("*") < 4 and s != "**"
+)
+_ID_SEGMENT = st.text(alphabet="ab", min_size=1, max_size=8)
+
+
+@given(
+    head=st.lists(_GLOB_SEGMENT, max_size=3),
+    tail=st.lists(_GLOB_SEGMENT, max_size=3),
+    globstar=st.booleans(),
+    segments=st.lists(_ID_SEGMENT, max_size=7),
+)
+def test_glob_agrees_with_the_reference_programme(
+    head: list[str], tail: list[str], globstar: bool, segments: list[str]
+) -> None:
+    parts = [*head, "**", *tail] if globstar else [*head, *tail]
+    assume(sum(p.count("*") + p.count("?") for p in parts if p != "**") <= 16)
+    text = "spiffe://x0tta6bl4.mesh" + "".join("/" + p for p in parts)
+    sid = "spiffe://x0tta6bl4.mesh" + "".join("/" + s for s in segments)
+    assert SpiffeIdPattern(text).matches(sid) == _reference(parts, segments), (text, sid)
+
+
+def test_consecutive_double_stars_are_one() -> None:
+    pattern = SpiffeIdPattern("spiffe://x0tta6bl4.mesh/a/**/**/b")
+    assert pattern.matches("spiffe://x0tta6bl4.mesh/a/b")
+    assert pattern.matches("spiffe://x0tta6bl4.mesh/a/x/y/b")
+    assert not pattern.matches("spiffe://x0tta6bl4.mesh/a")
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ("spiffe://x0tta6bl4.mesh/" + "a" * 2030, "longer than 2048 characters"),
+        ("spiffe://x0tta6bl4.mesh" + "/a" * 33, "more than 32 path segments"),
+        ("spiffe://x0tta6bl4.mesh/ns/**/sa/**", "more than 1 '**' segment"),
+        ("spiffe://x0tta6bl4.mesh/" + "/".join("*" * 17), "more than 16 wildcards"),
+        ("spiffe://x0tta6bl4.mesh/ns/" + "?a" * 15 + "/*?", "more than 16 wildcards"),
+        ("spiffe://x0tta6bl4.mesh/ns/*" + "a" * 64, "at most 64 characters"),
+        ("spiffe://x0tta6bl4.mesh/ns/*" + "a?" * 8 + "a*", "at most 16 characters"),
+    ],
+)
+def test_patterns_beyond_the_limits_are_rejected(text: str, fault: str) -> None:
+    with pytest.raises(InvalidSpiffeIdError, match=re.escape(fault)):
+        SpiffeIdPattern(text)
+
+
+def test_patterns_at_the_limits_are_accepted() -> None:
+    assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh/" + "a" * 2024)  # literal: any length
+    assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh" + "/a" * 31 + "/**")
+    assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh/ns/" + "*a" * 16)
+    assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh/ns/*" + "a" * 63)
+    assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh/ns/*" + "a?" * 8 + "*")
+    assert SpiffeIdPattern("spiffe://x0tta6bl4.mesh/ns/?" + "a?" * 10 + "*" + "a" * 20)
+
+
+def _calls(pattern: SpiffeIdPattern, sid: SpiffeId) -> tuple[bool, int]:
+    """Whether ``sid`` matches, and how many Python and C function calls matching made."""
+    count = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal count
+        if event in {"call", "c_call"}:
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        result = pattern.matches(sid)
+    finally:
+        sys.setprofile(None)
+    return result, count
+
+
+# Adversarial pairs at the limits: the row-7 pattern of issue 13 (the old matcher took 5 s to
+# 12 s per match on it), and patterns whose chunks almost match everywhere in a 2 kB ID.
+_ADVERSARIAL = [
+    ("spiffe://x0tta6bl4.mesh/ns/*a*a*a*a*a*a*a*a*ab/**", "/ns/{a}/x"),
+    ("spiffe://x0tta6bl4.mesh/ns/*a*a*a*a*a*a*a*a*a*a*a*a*a*a*ab", "/ns/{a}"),
+    ("spiffe://x0tta6bl4.mesh/**/*?" + "a" * 13 + "?b*", "/{a}"),
+    ("spiffe://x0tta6bl4.mesh/**/?" + "a" * 59 + "*?b", "/{a}"),
+    (
+        "spiffe://x0tta6bl4.mesh/"
+        + "/".join(["a"] * 8 + ["*"] * 7 + ["**"] + ["*"] * 8 + ["a"] * 8),
+        "/{s}",
+    ),
+    ("spiffe://x0tta6bl4.mesh/" + "/".join(["?"] * 16), "/{a}"),
+]
+
+
+@pytest.mark.parametrize(("text", "shape"), _ADVERSARIAL)
+def test_glob_work_does_not_grow_with_the_id(text: str, shape: str) -> None:
+    """Counted, not timed: the calls matching makes are bounded by the pattern alone (each a
+    C-level string operation linear in its input); a 64 B and a 2 kB ID cost the same count."""
+    pattern = SpiffeIdPattern(text)
+    counts = []
+    for size in (8, 64, 1900):
+        path = shape.format(a="a" * size, s="/".join(["a"] * (size // 2)))
+        sid = parse_spiffe_id("spiffe://x0tta6bl4.mesh" + path)
+        _, calls = _calls(pattern, sid)
+        counts.append(calls)
+    assert max(counts) <= 4 * (32 + 16 + 8), counts
+    assert counts[2] == counts[1], counts  # 64 B and 2 kB: the same work, at C level
+
+
+def test_row_7_pattern_matches_in_bounded_cpu() -> None:
+    """Issue 13 row 7, end to end in a child with a 20 s CPU limit: before the fix one such match
+    took 12 s and the full ID below would not finish in hours; now the 200 matches take ms."""
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_CPU, (20, 20))\n"
+        "from x0tta6bl4.identity import SpiffeIdPattern, parse_spiffe_id\n"
+        "p = SpiffeIdPattern('spiffe://x0tta6bl4.mesh/ns/' + '*a' * 10 + 'b/**')\n"
+        "sid = parse_spiffe_id('spiffe://x0tta6bl4.mesh/ns/' + 'a' * 60 + '/x')\n"
+        "print(sum(p.matches(sid) for _ in range(200)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr[-2000:]
+
+
+def test_glob_bench_runs_its_cases_within_the_limits() -> None:
+    """``x0tta6bl4 bench glob`` (figures in bench/README.md): every case is an accepted pattern."""
+    from x0tta6bl4.bench.glob import TARGET_WORST_US, cases, run
+
+    assert len(cases()) >= 6
+    result = run(matches=2, rounds=1)
+    assert result["pairs"] == len(cases()) * 5
+    assert result["target_worst_us"] == TARGET_WORST_US
+    assert set(result["worst_us_by_pattern"]) == set(cases())

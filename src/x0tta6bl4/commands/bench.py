@@ -70,6 +70,23 @@ def handshake(
     _emit(result, as_json, format_table)
 
 
+@app.command("glob")
+def glob(
+    as_json: JsonOption = False,
+    matches: Annotated[
+        int,
+        typer.Option(
+            "--matches", envvar="X0_BENCH_MATCHES", min=1, help="Matches per pair and round."
+        ),
+    ] = 200,
+) -> None:
+    """SPIFFE ID pattern matching at its worst (patterns at the limits, 2 kB IDs)."""
+    from x0tta6bl4.bench.glob import format_table, run
+
+    result = run(matches=matches)
+    _emit(result, as_json, format_table)
+
+
 @app.command("api")
 def api(
     as_json: JsonOption = False,
