@@ -422,16 +422,19 @@ def build_state(values: Iterable[str] = ("values-staging.yaml",)) -> ClusterStat
         "hard": quota["spec"]["hard"],
         "used": {"pods": "9", "requests.cpu": "3250m", "requests.memory": "4608Mi"},
     }
-    cid = state.get("spire.spiffe.io/v1alpha1", "clusterspiffeids", f"x0tta6bl4-{NAMESPACE}")
-    cid["status"] = {
-        "stats": {
-            "namespacesSelected": 1,
-            "namespacesIgnored": 0,
-            "podsSelected": replicas + n,
-            "podEntryRenderFailures": 0,
-            "entryFailures": 0,
+    for role, selected in (("controller", replicas), ("mesh", n)):
+        cid = state.get(
+            "spire.spiffe.io/v1alpha1", "clusterspiffeids", f"x0tta6bl4-{NAMESPACE}-{role}"
+        )
+        cid["status"] = {
+            "stats": {
+                "namespacesSelected": 1,
+                "namespacesIgnored": 0,
+                "podsSelected": selected,
+                "podEntryRenderFailures": 0,
+                "entryFailures": 0,
+            }
         }
-    }
     # Prometheus (rendered by the chart in namespace monitoring) with its pods.
     prom = index.get(("Deployment", "prometheus"))
     if prom is not None:

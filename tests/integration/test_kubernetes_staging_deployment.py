@@ -535,7 +535,7 @@ TOGGLES: list[tuple[str, dict[str, str], dict[str, str], set[tuple[str, str]]]] 
         "spiffe",
         {"x0tta6bl4.spiffe.enabled": "true"},
         {"x0tta6bl4.spiffe.enabled": "false"},
-        {("ClusterSPIFFEID", f"x0tta6bl4-{NS}")},
+        {("ClusterSPIFFEID", f"x0tta6bl4-{NS}-{role}") for role in ("controller", "mesh", "check")},
     ),
     (
         "vpa",
@@ -565,6 +565,7 @@ TOGGLES: list[tuple[str, dict[str, str], dict[str, str], set[tuple[str, str]]]] 
             ("ClusterRole", "x0tta6bl4-check"),
             ("ClusterRoleBinding", "x0tta6bl4-check"),
             ("NetworkPolicy", "x0tta6bl4-allow-check"),
+            ("ClusterSPIFFEID", f"x0tta6bl4-{NS}-check"),
         },
     ),
     (
@@ -628,16 +629,29 @@ def test_spiffe_off_removes_the_socket_and_its_env(staging: Index) -> None:
 
 
 def test_spiffe_registration_and_socket_volume(staging: Index) -> None:
-    reg = staging["ClusterSPIFFEID", f"x0tta6bl4-{NS}"]["spec"]
-    assert reg["spiffeIDTemplate"] == (
+    """One ClusterSPIFFEID per principal: distinct SPIFFE IDs for the controller, every mesh
+    node (named by its Kubernetes node) and the check job (docs/identity.md, "Names")."""
+    base = (
         "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}"
         "/sa/{{ .PodSpec.ServiceAccountName }}"
     )
-    assert reg["podSelector"]["matchExpressions"][0]["values"] == [
-        "x0tta6bl4-controller",
-        "x0tta6bl4-mesh",
-    ]
-    assert reg["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NS}}
+    expected = {
+        "controller": ("x0tta6bl4-controller", f"{base}/controller"),
+        "mesh": ("x0tta6bl4-mesh", f"{base}/node/{{{{ .PodSpec.NodeName }}}}"),
+        "check": ("x0tta6bl4-check", f"{base}/check"),
+    }
+    rendered = {name for kind, name in staging if kind == "ClusterSPIFFEID"}
+    assert rendered == {f"x0tta6bl4-{NS}-{role}" for role in expected}
+    templates = set()
+    for role, (app, template) in expected.items():
+        reg = staging["ClusterSPIFFEID", f"x0tta6bl4-{NS}-{role}"]["spec"]
+        assert reg["spiffeIDTemplate"] == template
+        assert reg["podSelector"] == {"matchLabels": {"app": app}}
+        assert reg["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NS}}
+        templates.add(reg["spiffeIDTemplate"])
+    assert len(templates) == 3  # distinct IDs
+    # Pod selectors are disjoint: no pod gets two SVIDs from this chart.
+    assert len({expected[r][0] for r in expected}) == 3
     for key in [("Deployment", "x0tta6bl4-controller"), ("DaemonSet", "x0tta6bl4-mesh-node")]:
         pod = staging[key]["spec"]["template"]["spec"]
         vol = {v["name"]: v for v in pod["volumes"]}["spire-agent-socket"]

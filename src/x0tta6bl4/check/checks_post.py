@@ -426,28 +426,36 @@ async def check_spire_agents(ctx: ClusterContext) -> str:
     return f"{len(agent_nodes)} agents"
 
 
+#: The chart's ClusterSPIFFEIDs (``x0tta6bl4-<namespace>-<role>``) and the pods each selects.
+SPIFFE_ROLES = (("controller", CONTROLLER), ("mesh", "x0tta6bl4-mesh"))
+
+
 async def check_spire_registration(ctx: ClusterContext) -> str:
-    """The chart's ClusterSPIFFEID selects the x0tta6bl4 pods and renders their entries."""
-    name = f"x0tta6bl4-{ctx.namespace}"
-    path = f"/apis/spire.spiffe.io/v1alpha1/clusterspiffeids/{name}"
-    try:
-        cid = await ctx.kube.get(path)
-    except KubeNotFoundError:
-        raise CheckFailedError(f"no ClusterSPIFFEID {name}") from None
-    stats = (cid.get("status") or {}).get("stats") or {}
-    pods = await ctx.kube.items(
-        ctx.ns_path("v1", "pods"), {"labelSelector": f"app in ({CONTROLLER},x0tta6bl4-mesh)"}
-    )
-    selected = int(stats.get("podsSelected") or 0)
-    failures = int(stats.get("podEntryRenderFailures") or 0) + int(stats.get("entryFailures") or 0)
-    if failures:
-        raise CheckFailedError(f"{name}: {failures} registration entries failed")
-    if selected < len(pods):
-        raise CheckFailedError(
-            f"{name} selects {selected} pods, but there are {len(pods)} controller and mesh pods "
-            "(is the SPIRE controller manager running and watching this class?)"
+    """The chart's ClusterSPIFFEIDs (one per principal: controller, mesh nodes) select the
+    x0tta6bl4 pods and render their entries."""
+    total = 0
+    for role, app in SPIFFE_ROLES:
+        name = f"x0tta6bl4-{ctx.namespace}-{role}"
+        path = f"/apis/spire.spiffe.io/v1alpha1/clusterspiffeids/{name}"
+        try:
+            cid = await ctx.kube.get(path)
+        except KubeNotFoundError:
+            raise CheckFailedError(f"no ClusterSPIFFEID {name}") from None
+        stats = (cid.get("status") or {}).get("stats") or {}
+        pods = await ctx.kube.items(ctx.ns_path("v1", "pods"), {"labelSelector": f"app={app}"})
+        selected = int(stats.get("podsSelected") or 0)
+        failures = int(stats.get("podEntryRenderFailures") or 0) + int(
+            stats.get("entryFailures") or 0
         )
-    return f"{selected} pods registered"
+        if failures:
+            raise CheckFailedError(f"{name}: {failures} registration entries failed")
+        if selected < len(pods):
+            raise CheckFailedError(
+                f"{name} selects {selected} pods, but there are {len(pods)} {app} pods "
+                "(is the SPIRE controller manager running and watching this class?)"
+            )
+        total += selected
+    return f"{total} pods registered"
 
 
 async def check_spire_svids(ctx: ClusterContext) -> str:

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from x0tta6bl4.identity.node_ids import MAX_NODE_ID_LENGTH, NODE_ID_RE, node_id_from_name
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
 __all__ = ["MAX_NODE_ID_LENGTH", "NodeSettings", "node_id_from_name", "parse_hostport"]
 
-#: Node ids: 1..64 characters (the X.509 CN limit of the PQ SVID), letters, digits, ``.``,
-#: ``_`` and ``-``, starting and ending with a letter or digit (the controller's rule).
-MAX_NODE_ID_LENGTH = 64
-_NODE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
-#: Characters of a long name kept before the hash suffix (47 + "-" + 16 hex digits = 64).
-_KEEP = MAX_NODE_ID_LENGTH - 17
-
-
-def node_id_from_name(name: str) -> str:
-    """A Kubernetes node name (up to 253 characters) as a mesh node id (up to 64).
-
-    A name that fits is used as it is. A longer one becomes its first 47 characters, ``-``
-    and the first 16 hex digits of the SHA-256 of the whole name: stable across restarts,
-    readable, and distinct for names that share their first 47 characters.
-    """
-    if len(name) <= MAX_NODE_ID_LENGTH:
-        return name
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
-    return f"{name[:_KEEP].rstrip('._-')}-{digest}"
+_NODE_ID = NODE_ID_RE
 
 
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
