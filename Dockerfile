@@ -7,20 +7,38 @@
 # Helm chart mounts as volumes, so the root filesystem can be read-only.
 #
 #   docker build -t x0tta6bl4/mesh:v0.1.0 .
+#
+# The native data plane (native/: Rust, PyO3) is built in the same stage with the Rust
+# toolchain copied from the official rust image (cargo + rustc; ring needs a C compiler) and
+# installed into the virtualenv as the `x0tta6bl4-native` distribution (an abi3 wheel built
+# by maturin from PyPI); the runtime stage carries only the virtualenv, so no toolchain.
 ARG PYTHON_IMAGE=python:3.13-slim-trixie
+ARG RUST_IMAGE=rust:1-slim-trixie
+
+FROM ${RUST_IMAGE} AS rust
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    CARGO_HOME=/usr/local/cargo \
+    RUSTUP_HOME=/usr/local/rustup \
+    PATH=/usr/local/cargo/bin:$PATH
+COPY --from=rust /usr/local/cargo /usr/local/cargo
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY native ./native
 RUN python -m venv /opt/x0tta6bl4 \
  && /opt/x0tta6bl4/bin/pip install --upgrade pip \
- && /opt/x0tta6bl4/bin/pip install . \
+ && /opt/x0tta6bl4/bin/pip install . ./native \
  && /opt/x0tta6bl4/bin/python -m compileall -q /opt/x0tta6bl4/lib \
- && /opt/x0tta6bl4/bin/x0tta6bl4 version
+ && /opt/x0tta6bl4/bin/x0tta6bl4 version \
+ && /opt/x0tta6bl4/bin/python -c 'import x0tta6bl4_native'
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=0.1.0

@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NATIVE := $(VENV)/.native-built
+NATIVE_SOURCES := $(shell find native/src native/python -type f 2>/dev/null) native/Cargo.toml native/pyproject.toml
 
 .PHONY: up test lint typecheck pytest setup system tools clean
 
@@ -14,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The native data plane (Rust): incremental; skipped with a message where cargo is missing.
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES) scripts/build-native.sh
+	scripts/build-native.sh
+	touch $(NATIVE)
+
+setup: $(STAMP) $(NATIVE)
 
 system:
 	scripts/setup-system.sh
@@ -38,4 +45,4 @@ pytest: setup system tools
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache native/target

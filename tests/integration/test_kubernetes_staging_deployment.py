@@ -1085,14 +1085,19 @@ def test_dockerfile_is_multi_stage_on_debian_trixie_python(
 ) -> None:
     args, stages = dockerfile
     assert args["PYTHON_IMAGE"] == "python:3.13-slim-trixie"
-    assert [s.name for s in stages] == ["build", "runtime"]
-    assert all(s.base == "python:3.13-slim-trixie" for s in stages)
-    build, runtime = stages
+    assert args["RUST_IMAGE"] == "rust:1-slim-trixie"
+    assert [s.name for s in stages] == ["rust", "build", "runtime"]
+    assert all(s.base == "python:3.13-slim-trixie" for s in stages[1:])
+    _rust, build, runtime = stages
     runs = " ".join(i.value for i in build.all("RUN"))
-    assert "pip install ." in runs  # the package from the repository, not from an index
+    # The package and its native data plane from the repository, not from an index.
+    assert "pip install . ./native" in runs
+    assert "import x0tta6bl4_native" in runs
     copied = [i.value for i in build.all("COPY")]
     assert "pyproject.toml README.md ./" in copied
     assert "src ./src" in copied
+    assert "native ./native" in copied
+    assert "--from=rust /usr/local/cargo /usr/local/cargo" in copied
     assert [i.value for i in runtime.all("COPY")] == ["--from=build /opt/x0tta6bl4 /opt/x0tta6bl4"]
     assert "pip" not in " ".join(i.value for i in runtime.all("RUN"))
 
@@ -1127,7 +1132,7 @@ def test_dockerfile_labels_and_build_context(dockerfile: tuple[dict[str, str], l
         assert f"org.opencontainers.image.{key}=" in labels
     ignore = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert ignore[ignore.index("*")] == "*"  # everything excluded by default ...
-    for path in ("pyproject.toml", "README.md", "src/"):
+    for path in ("pyproject.toml", "README.md", "src/", "native/"):
         assert f"!{path}" in ignore  # ... except what the build stage copies
         assert (REPO_ROOT / path).exists()
 

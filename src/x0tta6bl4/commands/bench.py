@@ -28,6 +28,17 @@ JsonOption = Annotated[
 ]
 
 
+#: ``--dataplane`` (native when built, else python).
+DataplaneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dataplane",
+        envvar="X0_DATAPLANE",
+        help="native | python (default: native when built)",
+    ),
+]
+
+
 def _emit(result: dict[str, Any], as_json: bool, format_table: Callable[[Any], str]) -> None:
     """Print a benchmark's result as JSON or as its readable table."""
     typer.echo(json.dumps(result) if as_json else format_table(result))
@@ -42,11 +53,12 @@ def session(
             "--packets", envvar="X0_BENCH_PACKETS", min=1, help="Packets per round and side."
         ),
     ] = 20_000,
+    dataplane: DataplaneOption = None,
 ) -> None:
     """Seal+open 1400-byte packets through the transport session vs the bare AEAD."""
     from x0tta6bl4.bench.session import format_table, run
 
-    result = run(packets=packets)
+    result = run(packets=packets, dataplane=dataplane)
     _emit(result, as_json, format_table)
 
 
