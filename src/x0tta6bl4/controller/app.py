@@ -6,8 +6,9 @@ Layers, outermost first:
    (liveness probes must stay cheap whatever the framework costs);
 2. :class:`_Edge` (plain ASGI middleware) rejects bodies above ``max_body_bytes`` with 413
    (by ``Content-Length`` and while streaming) and records the request metrics
-   (``x0tta6bl4_api_requests_total{method,route,status}`` with the route *template*, and the
-   duration histogram);
+   (``x0tta6bl4_api_requests_total{method,route,status}`` with the route *template* and the
+   method from a closed set — anything outside :data:`~x0tta6bl4.controller.metrics.HTTP_METHODS`
+   counts as ``OTHER`` — and the duration histogram);
 3. FastAPI: routing, request validation against the schemas that also generate
    ``/openapi.json``, and the JSON error answers ``{"error": ..., "detail": ...}``.
 
@@ -43,7 +44,7 @@ from x0tta6bl4.controller.ca import CaHolder
 from x0tta6bl4.controller.config import ControllerSettings
 from x0tta6bl4.controller.ipam import parse_overlay_cidr
 from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
-from x0tta6bl4.controller.metrics import CONTENT_TYPE_LATEST, ControllerMetrics
+from x0tta6bl4.controller.metrics import CONTENT_TYPE_LATEST, ControllerMetrics, method_label
 from x0tta6bl4.controller.registration import Registrar
 from x0tta6bl4.controller.state import ControllerState
 from x0tta6bl4.controller.store.base import Store
@@ -127,7 +128,7 @@ class _Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method: str = scope["method"]
+        method = method_label(scope["method"])
         start = time.perf_counter()
         status_box = [500]
 

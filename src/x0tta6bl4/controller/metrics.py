@@ -16,7 +16,27 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["CONTENT_TYPE_LATEST", "REJECTION_REASONS", "ControllerMetrics"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "HTTP_METHODS",
+    "OTHER_METHOD",
+    "REJECTION_REASONS",
+    "ControllerMetrics",
+    "method_label",
+]
+
+HTTP_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+)
+"""Request methods that are their own ``method`` label; any other counts as :data:`OTHER_METHOD`
+(the method token is the client's to choose: as a label it grew ``/metrics`` without bound)."""
+OTHER_METHOD = "OTHER"
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: itself if in :data:`HTTP_METHODS`, else ``OTHER``."""
+    return method if method in HTTP_METHODS else OTHER_METHOD
+
 
 REJECTION_REASONS: tuple[str, ...] = (
     "missing_credentials",
