@@ -33,12 +33,9 @@ from x0tta6bl4.controller.models import (
     ML_DSA_65_PUBLIC_KEY_SIZE,
     EventKind,
     LinkStatus,
-    ModelError,
     NodeRecord,
     NodeRegistration,
     NodeStatus,
-    Policy,
-    PolicyRule,
     StoreEvent,
     dumps,
     loads,
@@ -61,6 +58,8 @@ from x0tta6bl4.controller.store import (
 )
 from x0tta6bl4.controller.store.etcd import EtcdStore
 from x0tta6bl4.controller.store.sqlite import SqliteStore
+from x0tta6bl4.policy import Policy, PolicyRule
+from x0tta6bl4.records import ModelError
 
 REPO = Path(__file__).resolve().parents[2]
 NET = IPv4Network("100.96.0.0/16")

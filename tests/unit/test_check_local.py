@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.controller_support import controller, running_issuer
-from x0tta6bl4.check.app import run_categories
 from x0tta6bl4.check.checks_connectivity import connectivity_categories
 from x0tta6bl4.check.checks_local import local_categories
 from x0tta6bl4.check.mesh import LocalMesh, load_local
+from x0tta6bl4.check.runner import run_categories
 
 
 def dead_url() -> str:

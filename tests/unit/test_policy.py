@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from x0tta6bl4.controller.models import ModelError, Policy, PolicyRule
-from x0tta6bl4.controller.policy import InvalidPolicyError, PolicyEngine, default_policy
+from x0tta6bl4.policy import InvalidPolicyError, Policy, PolicyEngine, PolicyRule, default_policy
+from x0tta6bl4.records import ModelError
 
 TD = "x0tta6bl4.mesh"
 APP = f"spiffe://{TD}/ns/prod/sa/x0tta6bl4-app"

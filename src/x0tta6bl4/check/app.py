@@ -10,13 +10,10 @@ from typing import Any, TextIO
 
 from x0tta6bl4.check.cluster import ClusterContext, InstallOptions
 from x0tta6bl4.check.kube import KubeClient, KubeConfigError
-from x0tta6bl4.check.model import Category, Check, CheckFailedError, Report, Severity
-from x0tta6bl4.check.report_json import render_json
-from x0tta6bl4.check.report_junit import render_junit
-from x0tta6bl4.check.report_table import TableReporter
-from x0tta6bl4.check.runner import DEFAULT_INTERVAL, run_checks
+from x0tta6bl4.check.model import Category, Check, CheckFailedError, Severity
+from x0tta6bl4.check.runner import DEFAULT_INTERVAL, run_categories
 
-__all__ = ["MODES", "OUTPUTS", "CheckRequest", "run_categories", "run_request"]
+__all__ = ["MODES", "OUTPUTS", "CheckRequest", "run_request"]
 
 MODES = ("pre", "post", "connectivity")
 OUTPUTS = ("table", "json", "junit")
@@ -55,35 +52,6 @@ def _failing_category(anchor: str, description: str, message: str) -> Category[N
         raise CheckFailedError(message)
 
     return Category("kubernetes-api", [Check(anchor, description, fail, Severity.FATAL)])
-
-
-async def run_categories(
-    categories: Sequence[Category[Any]],
-    ctx: Any,
-    out: TextIO,
-    *,
-    output: str = "table",
-    wait: float = 0.0,
-    interval: float = DEFAULT_INTERVAL,
-) -> Report:
-    """Run ``categories`` on ``ctx`` and print the report to ``out`` in ``output`` format."""
-    table = TableReporter(out) if output == "table" else None
-    report = await run_checks(
-        categories,
-        ctx,
-        wait=wait,
-        interval=interval,
-        on_result=table.on_result if table else None,
-        on_retry=(lambda c, e: table.on_retry(c.description, e)) if table else None,
-    )
-    if table is not None:
-        table.finish(report)
-    elif output == "json":
-        out.write(render_json(report))
-    else:
-        out.write(render_junit(report))
-    out.flush()
-    return report
 
 
 async def run_request(request: CheckRequest, out: TextIO) -> int:

@@ -27,6 +27,7 @@ from x0tta6bl4.check.model import (
     CheckSkippedError,
     Severity,
 )
+from x0tta6bl4.check.runner import run_categories
 from x0tta6bl4.local.descriptor import UpNotRunningError
 
 __all__ = ["NO_NODE_URLS", "load_waiting", "local_categories", "run_local"]
@@ -207,8 +208,6 @@ async def load_waiting(target: str, wait: float, interval: float = 0.5) -> Local
 
 async def run_local(target: str, mode: str, out: TextIO, output: str, wait: float) -> int:
     """Run the local checks for ``mode`` ("post" or "connectivity") on ``target``."""
-    from x0tta6bl4.check.app import run_categories
-
     mesh = await load_waiting(target, wait)
     try:
         categories = local_categories() if mode == "post" else connectivity_categories()

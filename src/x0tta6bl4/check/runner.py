@@ -11,6 +11,10 @@ Rules:
   since the run started (one deadline for the whole run, as ``linkerd check --wait``).
   Warnings are not retried: they never block readiness.
 - A failed fatal check ends the run: later checks are not run and not reported.
+
+:func:`run_checks` returns the :class:`Report`; :func:`run_categories` also prints it (as a
+table while it runs, or as JSON or JUnit XML at the end). Both the cluster checks
+(:mod:`.app`) and the local ones (:mod:`.checks_local`) run through it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TextIO, TypeVar
 
 from x0tta6bl4.check.model import (
     Category,
@@ -30,8 +34,11 @@ from x0tta6bl4.check.model import (
     Severity,
     Status,
 )
+from x0tta6bl4.check.report_json import render_json
+from x0tta6bl4.check.report_junit import render_junit
+from x0tta6bl4.check.report_table import TableReporter
 
-__all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "DEFAULT_INTERVAL", "run_checks"]
+__all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "DEFAULT_INTERVAL", "run_categories", "run_checks"]
 
 C = TypeVar("C")
 
@@ -117,4 +124,33 @@ async def run_checks(
             if status is Status.ERROR and check.severity is Severity.FATAL:
                 report.stopped_by = check.anchor
                 return report
+    return report
+
+
+async def run_categories(
+    categories: Sequence[Category[Any]],
+    ctx: Any,
+    out: TextIO,
+    *,
+    output: str = "table",
+    wait: float = 0.0,
+    interval: float = DEFAULT_INTERVAL,
+) -> Report:
+    """Run ``categories`` on ``ctx`` and print the report to ``out`` in ``output`` format."""
+    table = TableReporter(out) if output == "table" else None
+    report = await run_checks(
+        categories,
+        ctx,
+        wait=wait,
+        interval=interval,
+        on_result=table.on_result if table else None,
+        on_retry=(lambda c, e: table.on_retry(c.description, e)) if table else None,
+    )
+    if table is not None:
+        table.finish(report)
+    elif output == "json":
+        out.write(render_json(report))
+    else:
+        out.write(render_junit(report))
+    out.flush()
     return report

@@ -37,11 +37,12 @@ from x0tta6bl4 import __version__
 from x0tta6bl4.controller import ui
 from x0tta6bl4.controller.api import routes_mesh, routes_nodes
 from x0tta6bl4.controller.api.deps import State
-from x0tta6bl4.controller.api.errors import ApiError, error_body
+from x0tta6bl4.controller.api.errors import ApiError, error_body, from_refusal
 from x0tta6bl4.controller.api.schemas import HealthResponse, ReadyResponse
 from x0tta6bl4.controller.auth import Authenticator, read_admin_token
 from x0tta6bl4.controller.ca import CaHolder
 from x0tta6bl4.controller.config import ControllerSettings
+from x0tta6bl4.controller.errors import RequestRefusedError
 from x0tta6bl4.controller.ipam import parse_overlay_cidr
 from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
 from x0tta6bl4.controller.metrics import CONTENT_TYPE_LATEST, ControllerMetrics, method_label
@@ -220,6 +221,8 @@ def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
             metrics.registrations_rejected.labels(reason=reason).inc()
 
     async def api_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, RequestRefusedError):
+            exc = from_refusal(exc)
         assert isinstance(exc, ApiError)
         rejected(request, exc.reason)
         return _error(exc.status, exc.reason, exc.detail, exc.headers)
@@ -257,6 +260,7 @@ def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         return _error(503, "store_error", f"{type(exc).__name__}", {"Retry-After": "1"})
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestRefusedError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)

@@ -9,10 +9,11 @@ either
   domain; the caller is an admin if that SPIFFE ID is listed in ``--admin-spiffe-id``; or
 - the **admin token** read from ``--admin-token-file``, compared in constant time.
 
-:class:`Authenticator` raises :class:`~x0tta6bl4.controller.api.errors.ApiError` with status
-401 (no or bad credential) or 403 (valid credential, not allowed) and a machine reason:
-``missing_credentials``, ``invalid_token``, ``token_expired``, ``wrong_audience``,
-``wrong_trust_domain``, ``admin_required``. Tokens never reach a log or an error message.
+:class:`Authenticator` raises :class:`~x0tta6bl4.controller.errors.AuthError` with a machine
+reason from :class:`~x0tta6bl4.controller.errors.AuthFailure` (``missing_credentials``,
+``invalid_token``, ``token_expired``, ``wrong_audience``, ``wrong_trust_domain``,
+``identity_unavailable``, ``admin_required``, ``spiffe_identity_required``); the API answers
+401, 403 or 503 for it. Tokens never reach a log or an error message.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from pathlib import Path
 
 from spiffe import JwtBundleSet, SpiffeId
 
-from x0tta6bl4.controller.api.errors import ApiError
 from x0tta6bl4.controller.config import JWT_AUDIENCE
+from x0tta6bl4.controller.errors import AuthError, AuthFailure
 from x0tta6bl4.identity.errors import (
     IdentityError,
     InvalidJwtSvidError,
@@ -37,7 +38,6 @@ from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
 from x0tta6bl4.identity.verify import validate_jwt_svid
 
 __all__ = [
-    "AUTH_REASONS",
     "Authenticator",
     "JwtBundleProvider",
     "Principal",
@@ -47,18 +47,7 @@ __all__ = [
 JwtBundleProvider = Callable[[], JwtBundleSet | None]
 """Returns the current JWT bundles (None while none has been fetched yet)."""
 
-AUTH_REASONS = (
-    "missing_credentials",
-    "invalid_token",
-    "token_expired",
-    "wrong_audience",
-    "wrong_trust_domain",
-    "identity_unavailable",
-    "admin_required",
-)
-
 _MIN_ADMIN_TOKEN = 16
-_WWW_AUTH = {"WWW-Authenticate": 'Bearer realm="x0tta6bl4"'}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +80,8 @@ def read_admin_token(path: Path) -> bytes:
     return token
 
 
-def _unauthorized(reason: str, detail: str) -> ApiError:
-    return ApiError(401, reason, detail, headers=_WWW_AUTH)
-
-
 class Authenticator:
-    """Turns an ``Authorization`` header into a :class:`Principal`, or raises ApiError."""
+    """Turns an ``Authorization`` header into a :class:`Principal`, or raises AuthError."""
 
     def __init__(
         self,
@@ -122,11 +107,15 @@ class Authenticator:
         refresh (the issuer may have rotated its key) and one more validation.
         """
         if not authorization:
-            raise _unauthorized("missing_credentials", "an Authorization: Bearer header is needed")
+            raise AuthError(
+                AuthFailure.MISSING_CREDENTIALS, "an Authorization: Bearer header is needed"
+            )
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
-            raise _unauthorized("missing_credentials", "the Authorization scheme must be Bearer")
+            raise AuthError(
+                AuthFailure.MISSING_CREDENTIALS, "the Authorization scheme must be Bearer"
+            )
         if self._admin_token is not None and hmac.compare_digest(
             credential.encode("utf-8", "surrogateescape"), self._admin_token
         ):
@@ -139,34 +128,32 @@ class Authenticator:
                     raise
                 spiffe_id = self._validate(credential)
         except WrongTrustDomainError as err:
-            raise _unauthorized("wrong_trust_domain", str(err)) from None
+            raise AuthError(AuthFailure.WRONG_TRUST_DOMAIN, str(err)) from None
         except JwtExpiredError as err:
-            raise _unauthorized("token_expired", str(err)) from None
+            raise AuthError(AuthFailure.TOKEN_EXPIRED, str(err)) from None
         except JwtAudienceError as err:
-            raise _unauthorized("wrong_audience", str(err)) from None
+            raise AuthError(AuthFailure.WRONG_AUDIENCE, str(err)) from None
         except IdentityError as err:
-            raise _unauthorized("invalid_token", str(err)) from None
+            raise AuthError(AuthFailure.INVALID_TOKEN, str(err)) from None
         return Principal(spiffe_id=spiffe_id, admin=str(spiffe_id) in self._admin_ids)
 
     def _validate(self, credential: str) -> SpiffeId:
         bundles = self._bundles()
         if bundles is None:
-            raise ApiError(
-                503,
-                "identity_unavailable",
+            raise AuthError(
+                AuthFailure.IDENTITY_UNAVAILABLE,
                 "the controller has no JWT bundle from its Workload API yet",
-                headers={"Retry-After": "1"},
             )
         return validate_jwt_svid(
             credential, self._audience, bundles, trust_domain=self._trust_domain
         )
 
     async def require_admin(self, authorization: str | None) -> Principal:
-        """Like :meth:`authenticate`, but the caller must be an admin (else 403)."""
+        """Like :meth:`authenticate`, but the caller must be an admin."""
         principal = await self.authenticate(authorization)
         if not principal.admin:
-            raise ApiError(
-                403, "admin_required", f"{principal.name} is not an admin of this controller"
+            raise AuthError(
+                AuthFailure.ADMIN_REQUIRED, f"{principal.name} is not an admin of this controller"
             )
         return principal
 
@@ -174,7 +161,8 @@ class Authenticator:
         """Like :meth:`authenticate`, but the caller must be a SPIFFE identity (a node)."""
         principal = await self.authenticate(authorization)
         if principal.spiffe_id is None:
-            raise ApiError(
-                403, "spiffe_identity_required", "this operation needs a JWT-SVID, not a token"
+            raise AuthError(
+                AuthFailure.SPIFFE_IDENTITY_REQUIRED,
+                "this operation needs a JWT-SVID, not a token",
             )
         return principal

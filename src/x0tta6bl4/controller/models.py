@@ -1,10 +1,13 @@
-"""The controller's records: nodes, their status, the mesh policy, and store events.
+"""The controller's records: nodes, their status, the stored mesh policy, and store events.
 
 All records are frozen dataclasses that validate themselves on construction. Each has a
 ``to_json()`` returning a JSON-serialisable ``dict`` and a ``from_json(data)`` that accepts
 only exactly the documented fields with exactly the documented types (unknown fields,
-missing fields, ``true`` where a number is expected, … raise :class:`ModelError`). The stores
-persist records as the compact JSON produced by :func:`dumps`.
+missing fields, ``true`` where a number is expected, … raise
+:class:`~x0tta6bl4.records.ModelError`). The stores persist records as the compact JSON
+produced by :func:`dumps`. The policy document itself is :class:`x0tta6bl4.policy.Policy`
+(the mesh nodes evaluate it too); the store keeps it with its revision as
+:class:`StoredPolicy`.
 
 JSON shapes::
 
@@ -29,22 +32,19 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, TypeAlias
+
+from x0tta6bl4.policy import Policy
+from x0tta6bl4.records import ModelError, check_bool, exact_fields
 
 __all__ = [
     "MAX_LINKS",
-    "MAX_POLICY_RULES",
     "ML_DSA_65_PUBLIC_KEY_SIZE",
-    "POLICY_ACTIONS",
     "EventKind",
     "LinkStatus",
-    "ModelError",
     "NodeRecord",
     "NodeRegistration",
     "NodeStatus",
-    "Policy",
-    "PolicyAction",
-    "PolicyRule",
     "Revision",
     "Snapshot",
     "StoreEvent",
@@ -56,30 +56,18 @@ __all__ = [
 Revision: TypeAlias = int
 """A store revision: monotonically increasing (not necessarily dense); 0 means "nothing"."""
 
-PolicyAction: TypeAlias = Literal["join", "link", "talk"]
-"""``join``: may register as a mesh node; ``link``: may build a link; ``talk``: may send to."""
-
-POLICY_ACTIONS: tuple[PolicyAction, ...] = ("join", "link", "talk")
-
 ML_DSA_65_PUBLIC_KEY_SIZE = 1952
 """Size in bytes of an ML-DSA-65 public key (FIPS 204)."""
 
 MAX_LINKS = 1024
-MAX_POLICY_RULES = 10_000
 _MAX_PEM = 64 * 1024
-_MAX_PATTERN = 2048
 
 _NODE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]{1,255}(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
-_PATTERN = re.compile(r"\*|spiffe://[A-Za-z0-9._*-]{1,255}(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
 _DNS_NAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-
-
-class ModelError(ValueError):
-    """A record or its JSON form is invalid; the message names the offending field."""
 
 
 # --------------------------------------------------------------------------- validators
@@ -131,33 +119,6 @@ def _check_time(value: object, what: str) -> float:
     return result
 
 
-def _check_bool(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise ModelError(f"{what} must be true or false; got {value!r:.40}")
-    return value
-
-
-def _check_pattern(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) > _MAX_PATTERN or not _PATTERN.fullmatch(value):
-        raise ModelError(
-            f"{what} must be '*' or a SPIFFE ID pattern spiffe://<td>/<path> ('*' wildcards "
-            f"allowed); got {value!r:.80}"
-        )
-    return value
-
-
-def _fields(data: object, what: str, required: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ModelError(f"{what} must be a JSON object; got {type(data).__name__}")
-    unknown = sorted(str(key) for key in data if key not in required)
-    if unknown:
-        raise ModelError(f"{what} has unknown field(s): {', '.join(unknown)}")
-    missing = [key for key in required if key not in data]
-    if missing:
-        raise ModelError(f"{what} is missing field(s): {', '.join(missing)}")
-    return cast(Mapping[str, Any], data)
-
-
 # --------------------------------------------------------------------------- node status
 
 
@@ -171,7 +132,7 @@ class LinkStatus:
 
     def __post_init__(self) -> None:
         _check_node_id(self.peer, "link peer")
-        _check_bool(self.up, "link up")
+        check_bool(self.up, "link up")
         if self.rtt_ms is not None:
             if isinstance(self.rtt_ms, bool) or not isinstance(self.rtt_ms, int | float):
                 raise ModelError(f"link rtt_ms must be a number or null; got {self.rtt_ms!r:.40}")
@@ -184,7 +145,7 @@ class LinkStatus:
 
     @classmethod
     def from_json(cls, data: object) -> LinkStatus:
-        fields = _fields(data, "link", ("peer", "up", "rtt_ms"))
+        fields = exact_fields(data, "link", ("peer", "up", "rtt_ms"))
         return cls(peer=fields["peer"], up=fields["up"], rtt_ms=fields["rtt_ms"])
 
 
@@ -207,7 +168,7 @@ class NodeStatus:
 
     @classmethod
     def from_json(cls, data: object) -> NodeStatus:
-        fields = _fields(data, "status", ("links",))
+        fields = exact_fields(data, "status", ("links",))
         links = fields["links"]
         if not isinstance(links, list):
             raise ModelError("status links must be a JSON array")
@@ -338,7 +299,7 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, data: object) -> NodeRecord:
-        fields = _fields(
+        fields = exact_fields(
             data,
             "node record",
             (
@@ -376,73 +337,6 @@ class NodeRecord:
 
 
 # --------------------------------------------------------------------------- policy
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyRule:
-    """Whether SPIFFE IDs matching ``source`` may ``action`` (link or talk) to ``to``, or
-    (``join``) may register as mesh nodes at all — a join rule's ``to`` must be ``*``.
-
-    In JSON the source is spelled ``from``. Patterns are ``*`` or SPIFFE IDs in which ``*``
-    is a wildcard; what matching means is the policy engine's business, not the store's.
-    """
-
-    source: str
-    to: str
-    action: PolicyAction
-    allow: bool
-
-    def __post_init__(self) -> None:
-        _check_pattern(self.source, "rule from")
-        _check_pattern(self.to, "rule to")
-        if self.action not in POLICY_ACTIONS:
-            raise ModelError(
-                f"rule action must be 'join', 'link' or 'talk'; got {self.action!r:.40}"
-            )
-        if self.action == "join" and self.to != "*":
-            raise ModelError(
-                "a join rule's 'to' must be '*' (joining the mesh is not towards a peer); "
-                f"got {self.to!r:.80}"
-            )
-        _check_bool(self.allow, "rule allow")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"from": self.source, "to": self.to, "action": self.action, "allow": self.allow}
-
-    @classmethod
-    def from_json(cls, data: object) -> PolicyRule:
-        fields = _fields(data, "policy rule", ("from", "to", "action", "allow"))
-        return cls(
-            source=fields["from"], to=fields["to"], action=fields["action"], allow=fields["allow"]
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """The mesh policy document: an ordered list of rules (at most :data:`MAX_POLICY_RULES`)."""
-
-    rules: tuple[PolicyRule, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rules, tuple) or not all(
-            isinstance(rule, PolicyRule) for rule in self.rules
-        ):
-            raise ModelError("policy rules must be a tuple of PolicyRule")
-        if len(self.rules) > MAX_POLICY_RULES:
-            raise ModelError(f"policy has {len(self.rules)} rules; at most {MAX_POLICY_RULES}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rules": [rule.to_json() for rule in self.rules]}
-
-    @classmethod
-    def from_json(cls, data: object) -> Policy:
-        fields = _fields(data, "policy", ("rules",))
-        rules = fields["rules"]
-        if not isinstance(rules, list):
-            raise ModelError("policy rules must be a JSON array")
-        if len(rules) > MAX_POLICY_RULES:
-            raise ModelError(f"policy has {len(rules)} rules; at most {MAX_POLICY_RULES}")
-        return cls(rules=tuple(PolicyRule.from_json(rule) for rule in rules))
 
 
 @dataclass(frozen=True, slots=True)

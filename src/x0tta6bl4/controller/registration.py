@@ -28,29 +28,39 @@ from ipaddress import IPv4Network
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from x0tta6bl4.controller.api.errors import ApiError
-from x0tta6bl4.controller.api.schemas import ProofOfPossession
 from x0tta6bl4.controller.ca import CaHolder, LoadedCa
+from x0tta6bl4.controller.errors import AdmissionError, AdmissionRefusal
 from x0tta6bl4.controller.metrics import ControllerMetrics
 from x0tta6bl4.controller.models import (
     ML_DSA_65_PUBLIC_KEY_SIZE,
-    ModelError,
     NodeRecord,
     NodeRegistration,
 )
-from x0tta6bl4.controller.policy import PolicyEngine, default_policy
 from x0tta6bl4.controller.store.base import Store
 from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import verify_proof_of_possession
 from x0tta6bl4.logging import get_logger
+from x0tta6bl4.policy import PolicyEngine, default_policy
+from x0tta6bl4.records import ModelError
 
-__all__ = ["Admission", "Registrar", "current_policy"]
+__all__ = ["Admission", "PossessionProof", "Registrar", "current_policy"]
 
 _log = get_logger(__name__)
 
 MIN_NONCE = 16
 MAX_NONCE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PossessionProof:
+    """The proof of possession as the request carries it: base64 ``nonce`` and ``signature``
+    (by the submitted ML-DSA-65 key over spiffe_id, node_id, nonce, timestamp), and the
+    ``timestamp`` (UNIX seconds) it was made at."""
+
+    nonce: str
+    timestamp: int
+    signature: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +78,9 @@ def _b64(value: str, what: str) -> bytes:
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise ApiError(422, "invalid_request", f"{what} is not valid base64") from None
+        raise AdmissionError(
+            AdmissionRefusal.INVALID_REQUEST, f"{what} is not valid base64"
+        ) from None
 
 
 async def current_policy(store: Store, trust_domain: str) -> tuple[PolicyEngine, int, bool]:
@@ -80,7 +92,10 @@ async def current_policy(store: Store, trust_domain: str) -> tuple[PolicyEngine,
 
 
 class Registrar:
-    """Registration and renewal, shared by every request of one app."""
+    """Registration and renewal, shared by every request of one app.
+
+    A refusal raises :class:`AdmissionError`; the API answers it and counts its reason in
+    ``x0tta6bl4_registrations_rejected_total``."""
 
     def __init__(
         self,
@@ -103,22 +118,16 @@ class Registrar:
         self._skew = clock_skew
         self._clock = clock
 
-    @staticmethod
-    def _reject(status: int, reason: str, detail: str) -> ApiError:
-        # Counted in x0tta6bl4_registrations_rejected_total by the app's error handler.
-        return ApiError(status, reason, detail)
-
-    def _identity_mismatch(self, node_id: str) -> ApiError:
-        return self._reject(
-            403, "identity_mismatch", f"node {node_id!r} is registered to another SPIFFE ID"
+    def _identity_mismatch(self, node_id: str) -> AdmissionError:
+        return AdmissionError(
+            AdmissionRefusal.IDENTITY_MISMATCH,
+            f"node {node_id!r} is registered to another SPIFFE ID",
         )
 
     def _signer(self) -> LoadedCa:
         loaded = self._ca.current()
         if loaded is None:
-            raise ApiError(
-                503, "ca_unavailable", "the mesh CA is not loaded", headers={"Retry-After": "5"}
-            )
+            raise AdmissionError(AdmissionRefusal.CA_UNAVAILABLE, "the mesh CA is not loaded")
         return loaded
 
     async def admit(
@@ -128,41 +137,41 @@ class Registrar:
         node_id: str,
         endpoint: str | None,
         public_key_b64: str,
-        pop: ProofOfPossession,
+        pop: PossessionProof,
         renew: bool,
     ) -> Admission:
-        """Run the checks of the module docstring; raise ApiError on refusal."""
+        """Run the checks of the module docstring; raise :class:`AdmissionError` on refusal."""
         now = self._clock()
         public_key = _b64(public_key_b64, "ml_dsa_public_key")
         if len(public_key) != ML_DSA_65_PUBLIC_KEY_SIZE:
-            raise self._reject(
-                422,
-                "invalid_request",
+            raise AdmissionError(
+                AdmissionRefusal.INVALID_REQUEST,
                 f"ml_dsa_public_key must be {ML_DSA_65_PUBLIC_KEY_SIZE} bytes (ML-DSA-65)",
             )
         nonce = _b64(pop.nonce, "pop.nonce")
         if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-            raise self._reject(
-                422, "invalid_request", f"pop.nonce must be {MIN_NONCE}-{MAX_NONCE} bytes"
+            raise AdmissionError(
+                AdmissionRefusal.INVALID_REQUEST, f"pop.nonce must be {MIN_NONCE}-{MAX_NONCE} bytes"
             )
         signature = _b64(pop.signature, "pop.signature")
         if abs(pop.timestamp - now) > self._skew:
-            raise self._reject(
-                401,
-                "clock_skew",
+            raise AdmissionError(
+                AdmissionRefusal.CLOCK_SKEW,
                 f"pop.timestamp is {pop.timestamp - now:+.0f} s from the controller's clock "
                 f"(at most ±{self._skew} s)",
             )
         engine, _, _ = await current_policy(self._store, self._trust_domain)
         if not engine.may_join(spiffe_id):
-            raise self._reject(
-                403, "policy_denied", f"the mesh policy does not let {spiffe_id} join"
+            raise AdmissionError(
+                AdmissionRefusal.POLICY_DENIED, f"the mesh policy does not let {spiffe_id} join"
             )
         existing = await self._store.get_node(node_id)
         if existing is not None and existing.spiffe_id != spiffe_id:
             raise self._identity_mismatch(node_id)
         if renew and existing is None:
-            raise self._reject(404, "node_not_found", f"node {node_id!r} is not registered")
+            raise AdmissionError(
+                AdmissionRefusal.NODE_NOT_FOUND, f"node {node_id!r} is not registered"
+            )
         try:
             verify_proof_of_possession(
                 public_key,
@@ -173,11 +182,13 @@ class Registrar:
                 timestamp=pop.timestamp,
             )
         except CryptoError:
-            raise self._reject(
-                401, "pop_invalid", "the proof of possession does not verify"
+            raise AdmissionError(
+                AdmissionRefusal.POP_INVALID, "the proof of possession does not verify"
             ) from None
         if not await self._store.replay_guard(nonce, now + 2 * self._skew + 1):
-            raise self._reject(401, "pop_replayed", "this proof-of-possession nonce was used")
+            raise AdmissionError(
+                AdmissionRefusal.POP_REPLAYED, "this proof-of-possession nonce was used"
+            )
         loaded = self._signer()
         try:
             der = loaded.signer.issue(
@@ -188,7 +199,9 @@ class Registrar:
                 ttl_seconds=self._svid_ttl,
             )
         except CryptoError as err:
-            raise self._reject(422, "invalid_request", f"cannot issue a PQ SVID: {err}") from None
+            raise AdmissionError(
+                AdmissionRefusal.INVALID_REQUEST, f"cannot issue a PQ SVID: {err}"
+            ) from None
         cert = x509.load_der_x509_certificate(der)
         not_after = cert.not_valid_after_utc.timestamp()
         if endpoint is None:
@@ -205,13 +218,12 @@ class Registrar:
                 now=now,
             )
         except ModelError as err:
-            raise self._reject(422, "invalid_request", str(err)) from None
+            raise AdmissionError(AdmissionRefusal.INVALID_REQUEST, str(err)) from None
         try:
             record = await self._store.register_node(registration, self._network)
         except CidrExhaustedError:
-            raise self._reject(
-                409,
-                "cidr_exhausted",
+            raise AdmissionError(
+                AdmissionRefusal.CIDR_EXHAUSTED,
                 f"no free overlay address left in {self._network}",
             ) from None
         except OwnershipError:

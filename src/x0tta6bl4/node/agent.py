@@ -40,6 +40,7 @@ from x0tta6bl4.node.control import Admission, ControlClient, ControllerError
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.model import AppMessage, CoreConfig, Member, NodeIdentity
 from x0tta6bl4.node.udp import MeshEndpoint
+from x0tta6bl4.policy import Policy, PolicyEngine
 
 if TYPE_CHECKING:
     from x0tta6bl4.node.tun import TunBridge
@@ -338,9 +339,6 @@ class NodeAgent:
                 Member(node_id, str(node["spiffe_id"]), endpoint, str(node["overlay_ip"]), cert)
             )
         policy = await self._client.get_policy()
-        from x0tta6bl4.controller.models import Policy
-        from x0tta6bl4.controller.policy import PolicyEngine
-
         engine = PolicyEngine(
             Policy.from_json({"rules": policy.get("rules", [])}), self.settings.trust_domain
         )

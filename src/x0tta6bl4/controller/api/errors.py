@@ -1,15 +1,47 @@
 """The controller API's error answers: ``{"error": "<machine_reason>", "detail": "..."}``.
 
-Handlers raise :class:`ApiError`; the app turns it (and request validation failures, unknown
-routes, oversized bodies) into that JSON shape. ``error`` is a stable machine-readable reason
-listed in ``docs/api.md``; ``detail`` is for humans and never holds a token or a key.
+Handlers raise :class:`ApiError`; the domain raises
+:class:`~x0tta6bl4.controller.errors.RequestRefusedError`, which :func:`from_refusal` turns into
+one with the status and headers :data:`REFUSALS` gives its reason. The app turns both (and
+request validation failures, unknown routes, oversized bodies) into that JSON shape.
+``error`` is a stable machine-readable reason listed in ``docs/api.md``; ``detail`` is for
+humans and never holds a token or a key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
-__all__ = ["ApiError", "error_body"]
+from x0tta6bl4.controller.errors import AdmissionRefusal, AuthFailure, RequestRefusedError
+
+__all__ = ["REFUSALS", "ApiError", "error_body", "from_refusal"]
+
+_WWW_AUTH: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Bearer realm="x0tta6bl4"'})
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+REFUSALS: Mapping[AuthFailure | AdmissionRefusal, tuple[int, Mapping[str, str]]] = MappingProxyType(
+    {
+        AuthFailure.MISSING_CREDENTIALS: (401, _WWW_AUTH),
+        AuthFailure.INVALID_TOKEN: (401, _WWW_AUTH),
+        AuthFailure.TOKEN_EXPIRED: (401, _WWW_AUTH),
+        AuthFailure.WRONG_AUDIENCE: (401, _WWW_AUTH),
+        AuthFailure.WRONG_TRUST_DOMAIN: (401, _WWW_AUTH),
+        AuthFailure.IDENTITY_UNAVAILABLE: (503, MappingProxyType({"Retry-After": "1"})),
+        AuthFailure.ADMIN_REQUIRED: (403, _NONE),
+        AuthFailure.SPIFFE_IDENTITY_REQUIRED: (403, _NONE),
+        AdmissionRefusal.INVALID_REQUEST: (422, _NONE),
+        AdmissionRefusal.CLOCK_SKEW: (401, _NONE),
+        AdmissionRefusal.POLICY_DENIED: (403, _NONE),
+        AdmissionRefusal.IDENTITY_MISMATCH: (403, _NONE),
+        AdmissionRefusal.NODE_NOT_FOUND: (404, _NONE),
+        AdmissionRefusal.POP_INVALID: (401, _NONE),
+        AdmissionRefusal.POP_REPLAYED: (401, _NONE),
+        AdmissionRefusal.CIDR_EXHAUSTED: (409, _NONE),
+        AdmissionRefusal.CA_UNAVAILABLE: (503, MappingProxyType({"Retry-After": "5"})),
+    }
+)
+"""Each domain refusal's HTTP status and extra headers."""
 
 
 class ApiError(Exception):
@@ -28,6 +60,12 @@ class ApiError(Exception):
         self.reason = reason
         self.detail = detail
         self.headers = dict(headers or {})
+
+
+def from_refusal(refusal: RequestRefusedError) -> ApiError:
+    """The answer to a refusal of the domain."""
+    status, headers = REFUSALS[refusal.reason]
+    return ApiError(status, refusal.reason.value, refusal.detail, headers=headers)
 
 
 def error_body(reason: str, detail: str) -> dict[str, str]:

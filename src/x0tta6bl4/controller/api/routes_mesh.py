@@ -21,11 +21,12 @@ from x0tta6bl4.controller.api.schemas import (
     WatchResponse,
     node_summary,
 )
-from x0tta6bl4.controller.models import ModelError, Policy, PolicyRule, StoreEvent
-from x0tta6bl4.controller.policy import InvalidPolicyError, PolicyEngine
+from x0tta6bl4.controller.models import StoreEvent
 from x0tta6bl4.controller.registration import current_policy
 from x0tta6bl4.controller.state import ControllerState
 from x0tta6bl4.controller.store.errors import ConflictError, RevisionCompactedError
+from x0tta6bl4.policy import InvalidPolicyError, Policy, PolicyEngine, PolicyRule
+from x0tta6bl4.records import ModelError
 
 __all__ = ["event_json", "router"]
 

@@ -14,6 +14,7 @@ from x0tta6bl4.controller.api.schemas import (
     ErrorResponse,
     NodeDetail,
     NodeList,
+    ProofOfPossession,
     RegisterRequest,
     RegisterResponse,
     RenewRequest,
@@ -24,7 +25,7 @@ from x0tta6bl4.controller.api.schemas import (
 )
 from x0tta6bl4.controller.auth import Principal
 from x0tta6bl4.controller.models import LinkStatus, NodeStatus
-from x0tta6bl4.controller.registration import Admission
+from x0tta6bl4.controller.registration import Admission, PossessionProof
 from x0tta6bl4.controller.state import ControllerState
 from x0tta6bl4.controller.store.errors import NotFoundError, OwnershipError
 
@@ -42,6 +43,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(data, separators=(",", ":")).encode()
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _proof(pop: ProofOfPossession) -> PossessionProof:
+    return PossessionProof(nonce=pop.nonce, timestamp=pop.timestamp, signature=pop.signature)
 
 
 def _admission_body(admission: Admission) -> dict[str, Any]:
@@ -78,7 +83,7 @@ async def register(body: RegisterRequest, principal: Node, state: State) -> Resp
         node_id=body.node_id,
         endpoint=body.endpoint,
         public_key_b64=body.ml_dsa_public_key,
-        pop=body.pop,
+        pop=_proof(body.pop),
         renew=False,
     )
     return _json(_admission_body(admission))
@@ -97,7 +102,7 @@ async def renew(node_id: NodeIdPath, body: RenewRequest, principal: Node, state:
         node_id=node_id,
         endpoint=body.endpoint,
         public_key_b64=body.ml_dsa_public_key,
-        pop=body.pop,
+        pop=_proof(body.pop),
         renew=True,
     )
     return _json(_admission_body(admission))

@@ -37,7 +37,6 @@ from x0tta6bl4.controller.models import (
     NodeRecord,
     NodeRegistration,
     NodeStatus,
-    Policy,
     Revision,
     Snapshot,
     StoredPolicy,
@@ -49,6 +48,7 @@ from x0tta6bl4.controller.store.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from x0tta6bl4.policy import Policy
 
 __all__ = [
     "MAX_BLOB_SIZE",

@@ -41,11 +41,9 @@ from aetcd import rpc
 from x0tta6bl4.controller import ipam
 from x0tta6bl4.controller.models import (
     EventKind,
-    ModelError,
     NodeRecord,
     NodeRegistration,
     NodeStatus,
-    Policy,
     Revision,
     Snapshot,
     StoredPolicy,
@@ -73,6 +71,8 @@ from x0tta6bl4.controller.store.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from x0tta6bl4.policy import Policy
+from x0tta6bl4.records import ModelError
 
 __all__ = ["DEFAULT_PREFIX", "SCHEMA_VERSION", "EtcdStore"]
 

@@ -32,11 +32,9 @@ from typing import Any, TypeVar
 from x0tta6bl4.controller import ipam
 from x0tta6bl4.controller.models import (
     EventKind,
-    ModelError,
     NodeRecord,
     NodeRegistration,
     NodeStatus,
-    Policy,
     Revision,
     Snapshot,
     StoredPolicy,
@@ -64,6 +62,8 @@ from x0tta6bl4.controller.store.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from x0tta6bl4.policy import Policy
+from x0tta6bl4.records import ModelError
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 

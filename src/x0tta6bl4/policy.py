@@ -1,7 +1,9 @@
-"""Evaluating the mesh policy: who may join, who may link, who may talk to whom.
+"""The mesh policy: who may join, who may link, who may talk to whom.
 
-The policy document is :class:`~x0tta6bl4.controller.models.Policy` (held in the store and
-served by ``GET/PUT /api/v1/policy``), an ordered list of rules::
+The controller holds the document in its store and serves it (``GET/PUT /api/v1/policy``);
+every mesh node evaluates the same document with the same :class:`PolicyEngine`. So the
+document (:class:`Policy`, :class:`PolicyRule`), its validation and its evaluation live here,
+below both the controller and the node. The document is an ordered list of rules::
 
     {"rules": [
       {"from": "spiffe://x0tta6bl4.mesh/ns/*/sa/x0tta6bl4-app", "to": "*",
@@ -46,21 +48,125 @@ The module is pure (no I/O) so that mesh nodes evaluate the same document the sa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
 
 from spiffe import SpiffeId
 
-from x0tta6bl4.controller.models import Policy, PolicyRule
 from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.identity.spiffe_ids import (
     SpiffeIdPattern,
     parse_spiffe_id,
     parse_trust_domain,
 )
+from x0tta6bl4.records import ModelError, check_bool, exact_fields
 
-__all__ = ["InvalidPolicyError", "PolicyEngine", "default_policy"]
+__all__ = [
+    "ANY",
+    "MAX_POLICY_RULES",
+    "POLICY_ACTIONS",
+    "InvalidPolicyError",
+    "Policy",
+    "PolicyAction",
+    "PolicyEngine",
+    "PolicyRule",
+    "default_policy",
+]
 
 ANY = "*"
+"""The pattern that matches any SPIFFE ID of the trust domain."""
+
+PolicyAction: TypeAlias = Literal["join", "link", "talk"]
+"""``join``: may register as a mesh node; ``link``: may build a link; ``talk``: may send to."""
+
+POLICY_ACTIONS: tuple[PolicyAction, ...] = ("join", "link", "talk")
+
+MAX_POLICY_RULES = 10_000
+_MAX_PATTERN = 2048
+_PATTERN = re.compile(r"\*|spiffe://[A-Za-z0-9._*-]{1,255}(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def _check_pattern(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_PATTERN or not _PATTERN.fullmatch(value):
+        raise ModelError(
+            f"{what} must be '*' or a SPIFFE ID pattern spiffe://<td>/<path> ('*' wildcards "
+            f"allowed); got {value!r:.80}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """Whether SPIFFE IDs matching ``source`` may ``action`` (link or talk) to ``to``, or
+    (``join``) may register as mesh nodes at all — a join rule's ``to`` must be ``*``.
+
+    In JSON the source is spelled ``from``. Patterns are ``*`` or SPIFFE IDs in which ``*``
+    is a wildcard; the record checks their shape, :class:`PolicyEngine` what they match.
+    """
+
+    source: str
+    to: str
+    action: PolicyAction
+    allow: bool
+
+    def __post_init__(self) -> None:
+        _check_pattern(self.source, "rule from")
+        _check_pattern(self.to, "rule to")
+        if self.action not in POLICY_ACTIONS:
+            raise ModelError(
+                f"rule action must be 'join', 'link' or 'talk'; got {self.action!r:.40}"
+            )
+        if self.action == "join" and self.to != ANY:
+            raise ModelError(
+                "a join rule's 'to' must be '*' (joining the mesh is not towards a peer); "
+                f"got {self.to!r:.80}"
+            )
+        check_bool(self.allow, "rule allow")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.source, "to": self.to, "action": self.action, "allow": self.allow}
+
+    @classmethod
+    def from_json(cls, data: object) -> PolicyRule:
+        fields = exact_fields(data, "policy rule", ("from", "to", "action", "allow"))
+        return cls(
+            source=fields["from"], to=fields["to"], action=fields["action"], allow=fields["allow"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The mesh policy document: an ordered list of rules (at most :data:`MAX_POLICY_RULES`)."""
+
+    rules: tuple[PolicyRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rules, tuple) or not all(
+            isinstance(rule, PolicyRule) for rule in self.rules
+        ):
+            raise ModelError("policy rules must be a tuple of PolicyRule")
+        if len(self.rules) > MAX_POLICY_RULES:
+            raise ModelError(f"policy has {len(self.rules)} rules; at most {MAX_POLICY_RULES}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rules": [rule.to_json() for rule in self.rules]}
+
+    @classmethod
+    def from_json(cls, data: object) -> Policy:
+        fields = exact_fields(data, "policy", ("rules",))
+        rules = fields["rules"]
+        if not isinstance(rules, list):
+            raise ModelError("policy rules must be a JSON array")
+        if len(rules) > MAX_POLICY_RULES:
+            raise ModelError(f"policy has {len(rules)} rules; at most {MAX_POLICY_RULES}")
+        return cls(rules=tuple(PolicyRule.from_json(rule) for rule in rules))
+
+
+# --------------------------------------------------------------------------- evaluation
 
 
 class InvalidPolicyError(ValueError):
