@@ -51,6 +51,7 @@ _EVERYTHING_BELOW_COMMANDS = (
     "controller.app",
     "controller.api",
     "controller",
+    "dataplane",
     "protocol",
     "policy",
     "crypto",
@@ -65,11 +66,12 @@ LAYERS: dict[str, Layer] = {
     "check": Layer(("x0tta6bl4.check",), ("local",)),
     "bench": Layer(
         ("x0tta6bl4.bench",),
-        ("node", "node.core", "controller", "protocol", "crypto", "identity", "base"),
+        ("node", "node.core", "controller", "dataplane", "protocol", "crypto", "identity", "base"),
     ),
     "local": Layer(("x0tta6bl4.local",), ("controller", "protocol", "base")),
     "node": Layer(
-        ("x0tta6bl4.node",), ("node.core", "policy", "protocol", "crypto", "identity", "base")
+        ("x0tta6bl4.node",),
+        ("node.core", "dataplane", "policy", "protocol", "crypto", "identity", "base"),
     ),
     "node.core": Layer(_NODE_CORE, ("protocol", "crypto"), io_free=True),
     "controller.app": Layer(
@@ -81,6 +83,7 @@ LAYERS: dict[str, Layer] = {
         ("controller", "policy", "base"),
     ),
     "controller": Layer(("x0tta6bl4.controller",), ("policy", "crypto", "identity", "base")),
+    "dataplane": Layer(("x0tta6bl4.dataplane",), ("protocol", "base")),
     "protocol": Layer(("x0tta6bl4.protocol",), ("crypto",), io_free=True),
     "policy": Layer(("x0tta6bl4.policy",), ("identity", "base"), io_free=True),
     "crypto": Layer(("x0tta6bl4.crypto",), ()),
