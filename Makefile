@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native-built
 NATIVE_SOURCES := $(shell find native/src native/python -type f 2>/dev/null) native/Cargo.toml native/pyproject.toml
 
-.PHONY: up test lint typecheck pytest setup system tools clean
+.PHONY: up test lint typecheck pytest native-test setup system tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,13 @@ typecheck: setup
 pytest: setup system tools
 	scripts/run-pytest.sh
 
-test: lint typecheck pytest
+# The Rust cores' own unit tests (the Python-facing behaviour is tested by pytest tests/native).
+native-test:
+	@if command -v cargo >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/cargo" ]; then \
+	  PATH="$$PATH:$$HOME/.cargo/bin" cargo test --quiet --manifest-path native/Cargo.toml --no-default-features; \
+	else echo "native-test: no cargo, skipped"; fi
+
+test: lint typecheck native-test pytest
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache native/target

@@ -292,11 +292,13 @@ mod tests {
         decode(&b, &mut out).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].0, Frame::Heartbeat(Heartbeat { seq: 7, echo: Some((3, 99)), probe: true }));
-        b.push(0x10);
-        assert_eq!(decode(&b, &mut out).unwrap_err().reason, "bad_frame");
-        assert!(out.is_empty());
-        assert_eq!(decode(&[0x10, 0, 0], &mut out).unwrap_err().reason, "unknown_frame");
-        decode(&[0x90, 0, 1, 7], &mut out).unwrap();
-        assert!(out.is_empty());
+        let mut bad = b.clone();
+        bad.push(0x10);
+        let mut out2 = Vec::new();
+        assert_eq!(decode(&bad, &mut out2).unwrap_err().reason, "bad_frame");
+        assert!(out2.is_empty());
+        assert_eq!(decode(&[0x10, 0, 0], &mut out2).unwrap_err().reason, "unknown_frame");
+        decode(&[0x90, 0, 1, 7], &mut out2).unwrap();
+        assert!(out2.is_empty());
     }
 }

@@ -15,3 +15,6 @@ pub mod transport;
 
 #[cfg(feature = "python")]
 mod py;
+
+pub mod dataplane;
+pub mod sys;

@@ -2,7 +2,9 @@
 
 The extension module :mod:`x0tta6bl4_native._native` holds the transport session (the same
 wire and behaviour as :mod:`x0tta6bl4.protocol.session`, docs/transport.md), the replay
-window, the inner-frame decoder and the timing loops of ``x0tta6bl4 bench session``. Import
+window, the inner-frame decoder, the node's packet path (:class:`Dataplane`: UDP and TUN I/O,
+keypair and forwarding tables, heartbeat probes, end-to-end sessions) and the timing loops of
+``x0tta6bl4 bench session`` / ``bench dataplane``. Import
 it through :mod:`x0tta6bl4.dataplane`, which picks the implementation (``--dataplane``).
 """
 
@@ -11,11 +13,14 @@ from __future__ import annotations
 from x0tta6bl4_native._native import (
     AEAD_IMPLEMENTATION,
     VERSION,
+    Dataplane,
     KeypairInfo,
     KeypairsView,
     ReplayFilter,
     Session,
     decode_frames,
+    monotonic,
+    raw_echo_bench,
     time_bare_aead,
     time_session,
 )
@@ -23,11 +28,14 @@ from x0tta6bl4_native._native import (
 __all__ = [
     "AEAD_IMPLEMENTATION",
     "VERSION",
+    "Dataplane",
     "KeypairInfo",
     "KeypairsView",
     "ReplayFilter",
     "Session",
     "decode_frames",
+    "monotonic",
+    "raw_echo_bench",
     "time_bare_aead",
     "time_session",
 ]

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+mod dataplane;
 mod session;
 
 static REMOTE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -44,5 +45,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AEAD_IMPLEMENTATION", "ring 0.17 (AES-256-GCM)")?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     session::register(m)?;
+    dataplane::register(m)?;
     Ok(())
 }

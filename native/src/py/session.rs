@@ -1,6 +1,6 @@
 //! `Session`, `ReplayFilter`, `decode_frames` and the timing loops, for Python.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -10,6 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use super::{local_error, remote_error};
 use crate::aead::Cipher;
 use crate::bench;
+use crate::dataplane::{Kind, Shared};
 use crate::frames::{self, Frame};
 use crate::replay::ReplayFilter;
 use crate::transport::{self, Keys, Limits, SessionCore, Slot};
@@ -41,12 +42,30 @@ fn int_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<i128> {
 pub struct PySession {
     pub(crate) core: Arc<Mutex<SessionCore>>,
     limits: Limits,
+    /// Data planes this session is attached to: their index tables follow its keypairs.
+    attached: Mutex<Vec<(Weak<Shared>, Kind, String)>>,
 }
 
 impl PySession {
     pub(crate) fn with_limits(limits: Limits) -> PyResult<Self> {
         let core = SessionCore::new(limits).map_err(PyValueError::new_err)?;
-        Ok(PySession { core: Arc::new(Mutex::new(core)), limits })
+        Ok(PySession { core: Arc::new(Mutex::new(core)), limits, attached: Mutex::new(Vec::new()) })
+    }
+
+    pub(crate) fn note_attached(&self, shared: &Arc<Shared>, kind: Kind, node_id: &str) {
+        let mut list = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|(w, k, n)| w.strong_count() > 0 && !(*k == kind && n == node_id && w.ptr_eq(&Arc::downgrade(shared))));
+        list.push((Arc::downgrade(shared), kind, node_id.to_owned()));
+    }
+
+    /// The live local indices changed: every data plane holding this session re-reads them.
+    fn reindex(&self) {
+        let list: Vec<(Weak<Shared>, Kind, String)> = self.attached.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (shared, kind, node_id) in list {
+            if let Some(shared) = shared.upgrade() {
+                shared.reindex(kind, &node_id);
+            }
+        }
     }
 }
 
@@ -129,7 +148,10 @@ impl PySession {
         }
         let is_initiator: bool = keys.getattr("is_initiator")?.extract()?;
         let k = Keys { send_key: &send_key, recv_key: &recv_key, local_index: indices[0], remote_index: indices[1], is_initiator };
-        lock(&self.core)?.install(&k, now).map_err(|e| local_error(py, &e.0))
+        let installed = lock(&self.core)?.install(&k, now);
+        installed.map_err(|e| local_error(py, &e.0))?;
+        self.reindex();
+        Ok(())
     }
 
     /// Encrypt `plaintext` under the current keypair into one transport datagram.
@@ -167,7 +189,15 @@ impl PySession {
     }
 
     fn handle_timer(&self, now: f64) -> PyResult<()> {
-        lock(&self.core)?.handle_timer(now);
+        let expired = {
+            let mut core = lock(&self.core)?;
+            let before = core.stats.keypairs_expired;
+            core.handle_timer(now);
+            core.stats.keypairs_expired != before
+        };
+        if expired {
+            self.reindex();
+        }
         Ok(())
     }
 
