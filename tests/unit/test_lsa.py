@@ -18,6 +18,7 @@ from x0tta6bl4.protocol.lsa import (
     decode_signed,
     encode_signed,
     encode_unsigned,
+    peek,
     verify_signed,
 )
 
@@ -217,3 +218,25 @@ def test_fuzz_mutated_adverts_raise_only_remote_errors(data: st.DataObject) -> N
         assert reason.startswith("lsa_")
     else:
         assert encode_unsigned(lsa) == body  # whatever parses is canonical
+
+
+def test_peek_reads_origin_and_seq_from_an_advert_or_its_first_bytes() -> None:
+    data = encode_signed(sample(origin="node-ä", seq=2**64 - 1), key("a"))
+    head = peek(data)
+    assert head is not None
+    assert (head.origin, head.seq) == ("node-ä", 2**64 - 1)
+    origin_end = 3 + len("node-ä".encode())
+    assert peek(data[: origin_end + 8]) == head  # exactly enough bytes
+    assert peek(data[: origin_end + 7]) is None  # the seq is cut
+    assert peek(b"") is None
+    assert peek(b"\x01\x00\x00" + bytes(20)) is None  # origin length 0
+    assert peek(b"\x01\x00\x41" + bytes(80)) is None  # origin length 65
+    assert peek(b"\x01\x00\x02\xff\xfe" + bytes(8)) is None  # not UTF-8
+
+
+@given(st.binary(max_size=100))
+def test_peek_never_raises(data: bytes) -> None:
+    head = peek(data)
+    if head is not None:
+        assert 1 <= len(head.origin.encode()) <= 64
+        assert 0 <= head.seq < 2**64

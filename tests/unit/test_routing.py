@@ -21,7 +21,7 @@ from x0tta6bl4.protocol.lsa import (
     encode_signed,
 )
 from x0tta6bl4.protocol.lsdb import INSTALL_REASONS, LinkStateDatabase
-from x0tta6bl4.protocol.router import Router, RouterConfig, RoutesChanged
+from x0tta6bl4.protocol.router import WAITING_FOR_KEY, Router, RouterConfig, RoutesChanged
 from x0tta6bl4.protocol.spf import Route, compute_routes, confirmed_links, shortest_paths
 
 EPOCH = 1_750_000_000.0
@@ -398,6 +398,64 @@ def test_router_debounces_spf() -> None:
     assert route.cost == 5  # a's own cost to b; b's advert costs are b -> a
     advance(a, 3.0)
     assert a.counters["spf_runs"] == runs + 2
+
+
+def test_an_advert_waits_for_its_origins_key_latest_per_origin_and_bounded() -> None:
+    keys: dict[str, mldsa.MLDSA65PublicKey] = {}
+    r = Router("me", key("me"), keys.get, 0.0, config=RouterConfig(max_waiting_for_key=2))
+    r.neighbour_up("p1", 1, 0.0)
+    assert r.receive_flooded(signed("far", 1, {"p1": 1}), "p1", 0.1) == WAITING_FOR_KEY
+    assert r.receive_flooded(signed("far", 2, {"p1": 3}), "p1", 0.1) == WAITING_FOR_KEY
+    assert r.receive_flooded(signed("other", 1, {"p1": 1}), "p1", 0.1) == WAITING_FOR_KEY
+    # A third origin finds no room: answered the same, but nothing is kept for it.
+    assert r.receive_flooded(signed("third", 1, {"p1": 1}), "p1", 0.1) == WAITING_FOR_KEY
+    assert r.key_learned("far", 0.2) == WAITING_FOR_KEY  # no key yet: it waits again
+    assert r.all_counters()["lsa_unknown_origin"] == 0  # waiting is no rejection
+    for origin in ("far", "other", "third"):
+        keys[origin] = key(origin).key.public_key()
+    assert r.key_learned("far", 0.2) == "accepted"
+    held = r.lsdb.get("far")
+    assert held is not None
+    assert held.lsa.seq == 2  # the latest copy waited, not the first
+    assert r.key_learned("far", 0.3) is None  # processed once
+    assert r.key_learned("other", 0.3) == "accepted"
+    assert r.key_learned("third", 0.3) is None
+    assert r.lsdb.get("third") is None
+    # Own adverts never wait (the router holds its own key).
+    assert r.receive_flooded(signed("me", 1, {}), "p1", 0.4) != WAITING_FOR_KEY
+
+
+def test_flooded_copies_older_than_held_are_stale_without_a_parse() -> None:
+    r = make_router("me")
+    r.neighbour_up("p1", 1, 0.0)
+    assert r.receive_flooded(signed("far", 5, {"p1": 1}), "p1", 0.1) == "accepted"
+    before = r.all_counters()
+    older = bytearray(signed("far", 4, {"p1": 1}))
+    older[-1] ^= 0xFF  # a broken signature is never checked: the seq alone decides
+    assert r.receive_flooded(bytes(older), "p1", 0.2) == "stale_seq"
+    after = r.all_counters()
+    assert after["lsa_stale_seq"] == before["lsa_stale_seq"] + 1
+    assert after["lsa_bad_signature"] == before["lsa_bad_signature"]
+    # A newer one is parsed and verified as usual.
+    newer = bytearray(signed("far", 6, {"p1": 1}))
+    newer[-1] ^= 0xFF
+    assert r.receive_flooded(bytes(newer), "p1", 0.3) == "bad_signature"
+    assert r.receive_flooded(b"\x01\x00", "p1", 0.3) == "malformed"
+
+
+def test_skip_held_answers_for_the_first_bytes_of_an_advert() -> None:
+    r = make_router("me")
+    r.receive_lsa(signed("far", 5, {"p1": 1}), "p1", 0.1)
+    head = signed("far", 5, {"p1": 1})[:40]
+    before = r.all_counters()
+    assert r.skip_held(head)
+    assert r.skip_held(signed("far", 3, {"p1": 1})[:40])
+    assert not r.skip_held(signed("far", 6, {"p1": 1})[:40])
+    assert not r.skip_held(signed("new", 1, {"p1": 1})[:40])
+    assert not r.skip_held(head[:10])  # too short to hold the seq
+    after = r.all_counters()
+    assert after["lsa_duplicate"] == before["lsa_duplicate"] + 1
+    assert after["lsa_stale_seq"] == before["lsa_stale_seq"] + 1
 
 
 def test_router_announces_to_all_links_but_the_incoming_one() -> None:

@@ -5,13 +5,15 @@ clock (``now`` is the caller's monotonic time; ``wall_offset`` turns it into wal
 certificate checks and advert sequence numbers):
 
 * **links** (:class:`~x0tta6bl4.node.channels.Channels` over UDP addresses): PQ handshakes
-  with neighbours chosen by :func:`~x0tta6bl4.protocol.neighbours.select_neighbours`, one
-  :class:`~x0tta6bl4.protocol.failure.FailureDetector` per link (heartbeats, RTT, up/down);
+  with the neighbours that the :class:`~x0tta6bl4.node.neighbourhood.Neighbourhood` selects
+  and maintains, one :class:`~x0tta6bl4.protocol.failure.FailureDetector` per link
+  (heartbeats, RTT, up/down);
 * **routing**: a :class:`~x0tta6bl4.protocol.router.Router` fed with link up/down/cost and the
-  signed adverts that arrive in LINK_STATE_ADVERT frames; an advert from an origin whose key we
-  do not know yet waits (latest per origin) until the key arrives with the membership or a
-  handshake, then is processed;
-* **forwarding**: ROUTED frames go to the next hop with TTL − 1; frames for us go to
+  signed adverts that arrive in LINK_STATE_ADVERT frames (:meth:`Router.receive_flooded
+  <x0tta6bl4.protocol.router.Router.receive_flooded>`: an advert whose origin's key we do not
+  know yet waits until the key arrives with the membership or a handshake);
+* **forwarding**: ROUTED frames go to the next hop with TTL − 1; frames for us go to the
+  end-to-end sessions;
 * **end-to-end sessions** (a second :class:`Channels` whose "address" is the destination
   node id): the same handshake and transport run inside ROUTED frames, so relays carry
   ciphertext they cannot read. Application datagrams (APP_DATA frames) travel only inside
@@ -44,6 +46,7 @@ from x0tta6bl4.node.model import (
     Member,
     NodeIdentity,
 )
+from x0tta6bl4.node.neighbourhood import Neighbourhood
 from x0tta6bl4.node.peers import Link
 from x0tta6bl4.node.reassembly import split_frame
 from x0tta6bl4.protocol.constants import MAX_TRANSPORT_DATAGRAM_SIZE
@@ -72,9 +75,8 @@ from x0tta6bl4.protocol.frames import (
     encode_frames,
 )
 from x0tta6bl4.protocol.handshake import Credential, HandshakeConfig
-from x0tta6bl4.protocol.lsa import MAX_NODE_ID_BYTES
-from x0tta6bl4.protocol.neighbours import Candidate, accept_inbound, select_neighbours
-from x0tta6bl4.protocol.router import Router
+from x0tta6bl4.protocol.neighbours import accept_inbound
+from x0tta6bl4.protocol.router import WAITING_FOR_KEY, Router
 from x0tta6bl4.protocol.session import MIN_TRANSPORT_DATAGRAM_SIZE, Session
 
 __all__ = ["E2E_MAX_DATAGRAM", "MAX_APP_PAYLOAD", "NodeCore", "PolicyCheck"]
@@ -116,24 +118,6 @@ def _chunks(entries: list[tuple[str, int]]) -> list[tuple[tuple[str, int], ...]]
         tuple(entries[i : i + _ENTRIES_PER_FRAME])
         for i in range(0, len(entries), _ENTRIES_PER_FRAME)
     ]
-
-
-def _lsa_seq(data: bytes) -> int | None:
-    """The seq field of a link-state advert (after its origin); None if too short."""
-    end = 3 + data[2] + 8 if len(data) > 3 else 0
-    if end == 0 or len(data) < end:
-        return None
-    return int.from_bytes(data[end - 8 : end], "big")
-
-
-def _lsa_origin(data: bytes) -> str | None:
-    """The origin field of a link-state advert without parsing the rest; None if unreadable."""
-    if len(data) < 4 or not 1 <= data[2] <= MAX_NODE_ID_BYTES or len(data) < 3 + data[2]:
-        return None
-    try:
-        return bytes(data[3 : 3 + data[2]]).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 class NodeCore:
@@ -182,7 +166,7 @@ class NodeCore:
                 max_datagram_size=E2E_MAX_DATAGRAM,
             ),
             addr_key=lambda node_id: node_id.encode(),
-            stale_after=1.0,
+            stale_after=cfg.e2e_stale_after,
         )
         self.router = Router(
             self.node_id,
@@ -193,14 +177,22 @@ class NodeCore:
             config=cfg.router,
             transit=cfg.transit,
         )
-        self._link: dict[str, Link] = {}
+        self.neighbourhood = Neighbourhood(
+            self.node_id,
+            cfg,
+            fd_config=self._fd_config,
+            channels=self.links,
+            router=self.router,
+            allowed=self._link_allowed,
+            now=now,
+        )
+        #: The neighbourhood's link table (the same dict).
+        self._link: dict[str, Link] = self.neighbourhood.links
         self._link_serial: dict[str, int] = {}
-        self._pending_lsa: dict[str, tuple[bytes, str]] = {}
         self._pending_app: dict[str, deque[bytes]] = {}
         self._inbox: deque[AppMessage] = deque()
         self._pongs: deque[tuple[str, int, float]] = deque()
         self._outbox: list[tuple[bytes, Addr]] = []
-        self._select_at = now
         self._pending_cost: dict[str, int] = {}
         #: Links whose failure detector may have heartbeats or events to drain.
         self._fd_dirty: set[str] = set()
@@ -263,8 +255,8 @@ class NodeCore:
         for node_id in list(self._link):
             member = self._members.get(node_id)
             if member is not None and not self._link_allowed(member.node_id, member.spiffe_id):
-                self._close_link(node_id, now)
-        self._select_at = now
+                self.neighbourhood.close(node_id, now)
+        self.neighbourhood.reselect(now)
         self._process(now)
 
     def set_members(self, members: Iterable[Member], now: float) -> None:
@@ -272,7 +264,7 @@ class NodeCore:
         self._now = now
         new = {m.node_id: m for m in members if m.node_id != self.node_id}
         for node_id in set(self._members) - set(new):
-            self._close_link(node_id, now)
+            self.neighbourhood.close(node_id, now)
             self.e2e.forget(node_id)
         for member in new.values():
             old = self._members.get(member.node_id)
@@ -287,7 +279,7 @@ class NodeCore:
             if old is not None and old.endpoint != member.endpoint:
                 self.links.set_addr(member.node_id, member.endpoint)
         self._members = new
-        self._select_at = now
+        self.neighbourhood.reselect(now)
         self._process(now)
 
     @property
@@ -357,11 +349,12 @@ class NodeCore:
                 self._fd_dirty.add(link.node_id)
         if now >= self.router.get_timer():
             self.router.handle_timer(now)
-        if now >= self._select_at:
-            self._select(now)
+        neighbourhood = self.neighbourhood
+        if now >= neighbourhood.select_at:
+            neighbourhood.select(self._members, now)
         if self._cost_due is not None and now >= self._cost_due:
             self._apply_costs(now)
-        self._maintain(now)
+        neighbourhood.maintain(self._members, now)
         self._process(now)
 
     # --- outputs ------------------------------------------------------------------------------
@@ -370,7 +363,7 @@ class NodeCore:
         timer = self._link_timer
         if timer is None:
             timer = self._link_timer = self._scan_link_timers()
-        timer = min(timer, self.router.get_timer(), self._select_at)
+        timer = min(timer, self.router.get_timer(), self.neighbourhood.select_at)
         if self._cost_due is not None and self._cost_due < timer:
             timer = self._cost_due
         for source in (self.links.get_timer(), self.e2e.get_timer()):
@@ -483,83 +476,7 @@ class NodeCore:
         if known is not None and known.public_bytes_raw() == identity.public_key_bytes:
             return
         self._keys[identity.node_id] = identity.public_key
-        pending = self._pending_lsa.pop(identity.node_id, None)
-        if pending is not None:
-            self._receive_lsa(pending[0], pending[1], now)
-
-    # --- internals: neighbours ----------------------------------------------------------------
-
-    def _select(self, now: float) -> None:
-        self._select_at = now + 5.0
-        candidates = []
-        for node_id, member in self._members.items():
-            link = self._link.get(node_id)
-            if link is not None and link.ever_up and not link.up:
-                continue  # declared dead: let the selection close the ring around it
-            if not self._link_allowed(node_id, member.spiffe_id):
-                continue
-            # The link's cost (windowed minimum RTT, floor, hysteresis) rather than the raw RTT:
-            # queueing delay on a busy host and µs differences between LAN links must not
-            # churn the choice (each new link is a handshake, a database sync and an advert).
-            fd = None if link is None else link.fd
-            rtt = None if fd is None or fd.cost is None else fd.cost * self._fd_config.cost_unit
-            candidates.append(Candidate(node_id, rtt))
-        chosen = select_neighbours(self.node_id, candidates, config=self.config.selection)
-        for node_id in chosen:
-            link = self._link.get(node_id)
-            if link is None:
-                delay = 0.0 if self.node_id < node_id else self.config.initiate_delay
-                link = Link(node_id, now + delay, self.config.retry_initial)
-                self._link[node_id] = link
-            link.wanted = True
-        for node_id, link in self._link.items():
-            if node_id not in chosen:
-                link.wanted = False
-
-    def _maintain(self, now: float) -> None:
-        """Start handshakes on wanted links that have no working keys or are down."""
-        for node_id, link in self._link.items():
-            if link.up:
-                continue
-            channel = self.links.get(node_id)
-            member = self._members.get(node_id)
-            if not link.wanted and not (link.ever_up and member is not None):
-                link.attempt_due = None
-                continue
-            if channel is not None and channel.initiator and not channel.initiator.done:
-                link.attempt_due = None
-                continue
-            if link.attempt_due is None:
-                link.attempt_due = now + link.backoff
-            if now < link.attempt_due:
-                continue
-            addr = member.endpoint if member is not None else None
-            if addr is None and channel is not None:
-                addr = channel.addr
-            if addr is None:
-                continue
-            self.links.connect(node_id, addr, now)
-            link.attempt_due = now + link.backoff
-            link.backoff = min(link.backoff * 2, self.config.retry_max)
-
-    def _close_link(self, node_id: str, now: float) -> None:
-        link = self._link.pop(node_id, None)
-        if link is not None and link.up:
-            self.router.neighbour_down(node_id, now)
-        self.links.forget(node_id)
-
-    def _ensure_link(self, node_id: str, now: float) -> Link:
-        link = self._link.get(node_id)
-        if link is None:
-            link = Link(node_id, now + self.config.retry_initial, self.config.retry_initial)
-            link.wanted = False
-            self._link[node_id] = link
-        elif not link.up:
-            link.attempt_due = now + self.config.retry_initial
-        if link.fd is None:
-            link.fd = FailureDetector(node_id, now, self._fd_config)
-        self._fd_dirty.add(node_id)
-        return link
+        self.router.key_learned(identity.node_id, now)
 
     # --- internals: event processing ----------------------------------------------------------
 
@@ -584,7 +501,8 @@ class NodeCore:
                 self._link_data(event.node_id, event.plaintext, now)
             elif isinstance(event, ChannelUp):
                 self._learn(event.identity, now)
-                self._ensure_link(event.node_id, now)
+                self.neighbourhood.ensure(event.node_id, now)
+                self._fd_dirty.add(event.node_id)
                 previous = self._link_serial.get(event.node_id)
                 self._link_serial[event.node_id] = event.identity.serial
                 e2e = self.e2e.get(event.node_id)
@@ -683,14 +601,14 @@ class NodeCore:
                     link.backoff = self.config.retry_initial
                     link.attempt_due = None
                     self.router.neighbour_up(node_id, event.cost, now)
-                    self._select_at = now
+                    self.neighbourhood.reselect(now)
                 elif isinstance(event, LinkDown):
                     self.counters["link_down_events"] += 1
                     self._pending_cost.pop(node_id, None)
                     link.down_since = now
                     link.attempt_due = now
                     self.router.neighbour_down(node_id, now)
-                    self._select_at = now
+                    self.neighbourhood.reselect(now)
                 elif isinstance(event, LinkCostChanged):
                     self._pending_cost[node_id] = event.cost
                     if self._cost_due is None:
@@ -720,7 +638,7 @@ class NodeCore:
         self._pending_cost.clear()
 
     def _link_data(self, node_id: str, plaintext: bytes, now: float) -> None:
-        link = self._ensure_link(node_id, now)
+        link = self.neighbourhood.ensure(node_id, now)
         fd = link.fd
         assert fd is not None
         fd.on_packet_received(now)
@@ -744,13 +662,10 @@ class NodeCore:
                     self.dropped["fragment_nested"] += 1
                     continue
                 reassembly = link.reassembly
-                known = self._known_advert(frame.data) if frame.offset == 0 else None
-                if known is not None:
+                if frame.offset == 0 and self._held_advert(frame.data):
                     # A copy of an advert we hold (flooding brings one per link) or an older
                     # one: skip its other fragments instead of rebuilding and comparing it.
-                    # Counted as the database would (same seq: duplicate, lower: stale).
                     reassembly.discard(frame.msg_id)
-                    self.router.lsdb.counters[known] += 1
                     self.counters["advert_copies_skipped"] += 1
                     continue
                 message = reassembly.add(frame, now)
@@ -784,39 +699,16 @@ class NodeCore:
             elif isinstance(frame, AppData):
                 self.dropped["unexpected_frame"] += 1
 
-    def _known_advert(self, head: bytes) -> str | None:
-        """If ``head`` starts a LINK_STATE_ADVERT frame whose seq we hold already (or a newer
-        one): ``duplicate`` (same seq) or ``stale_seq``; else None."""
+    def _held_advert(self, head: bytes) -> bool:
+        """Whether ``head`` starts a LINK_STATE_ADVERT frame holding an advert the router has
+        (or a newer one); the router counts it as its database would."""
         if len(head) < FRAME_HEADER_SIZE + 4 or head[0] != _LSA_FRAME:
-            return None
-        body = head[FRAME_HEADER_SIZE:]
-        origin = _lsa_origin(body)
-        seq = _lsa_seq(body)
-        if origin is None or seq is None:
-            return None
-        held = self.router.lsdb.get(origin)
-        if held is None or seq > held.lsa.seq:
-            return None
-        return "duplicate" if seq == held.lsa.seq else "stale_seq"
+            return False
+        return self.router.skip_held(head[FRAME_HEADER_SIZE:])
 
     def _receive_lsa(self, data: bytes, from_peer: str, now: float) -> None:
-        # Only the origin is read here: a full parse of every flooded copy would cost more
-        # than the router's byte-comparison of duplicates (most copies are duplicates).
-        origin = _lsa_origin(data)
-        if origin is not None and origin != self.node_id and origin not in self._keys:
-            if len(self._pending_lsa) < 4096 or origin in self._pending_lsa:
-                self._pending_lsa[origin] = (bytes(data), from_peer)
+        if self.router.receive_flooded(data, from_peer, now) == WAITING_FOR_KEY:
             self.counters["lsa_waiting_for_key"] += 1
-            return
-        if origin is not None and origin != self.node_id:
-            # Flooding delivers older copies after newer ones; rejecting those by their seq
-            # bytes (the database's own ``stale_seq`` rule, counted there) skips a full parse.
-            held = self.router.lsdb.get(origin)
-            seq = _lsa_seq(data)
-            if held is not None and seq is not None and seq < held.lsa.seq:
-                self.router.lsdb.counters["stale_seq"] += 1
-                return
-        self.router.receive_lsa(data, from_peer, now)
 
     def _forward(self, frame: Routed, from_peer: str | None, now: float) -> None:
         if frame.dst == self.node_id:

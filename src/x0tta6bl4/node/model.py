@@ -89,6 +89,12 @@ class CoreConfig:
     link_filter: LinkFilter | None = None
     #: Whether other nodes may route through us.
     transit: bool = True
+    #: Neighbour selection runs at least this often (and at once after a membership, policy
+    #: or link up/down change).
+    reselect_interval: float = 5.0
+    #: An end-to-end session whose data got no packet back for this long starts a new
+    #: handshake (the peer may have restarted and lost its keys).
+    e2e_stale_after: float = 1.0
     #: Link cost changes (RTT moving past the failure detector's hysteresis) reach the router,
     #: batched, at most once per this many seconds; each one re-signs and floods our advert.
     #: Link up/down is never delayed. 0 passes every change on at once. Every cost advert is
@@ -104,3 +110,5 @@ class CoreConfig:
             raise ValueError("need 0 < retry_initial <= retry_max")
         if self.cost_update_interval < 0:
             raise ValueError("cost_update_interval must not be negative")
+        if self.reselect_interval <= 0 or self.e2e_stale_after <= 0:
+            raise ValueError("reselect_interval and e2e_stale_after must be positive")

@@ -25,6 +25,8 @@ Encoding is canonical: neighbours are sorted by the UTF-8 bytes of their id, uni
 origin itself. A decoder rejects anything else, so one advert has exactly one encoding.
 :func:`decode_signed` only parses; :func:`verify_signed` checks the signature against the key
 the caller trusts for the origin. Both raise only :class:`RemoteProtocolError`.
+:func:`peek` reads just the origin and seq (flooding brings most adverts several times: a
+receiver decides what to do with a copy without parsing it whole).
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ __all__ = [
     "MAX_ENCODED_SIZE",
     "MAX_NEIGHBOURS",
     "MAX_NODE_ID_BYTES",
+    "AdvertHead",
     "KeyLookup",
     "LinkStateAdvert",
     "decode_signed",
     "encode_signed",
     "encode_unsigned",
+    "peek",
     "verify_signed",
 ]
 
@@ -240,6 +244,32 @@ def decode_signed(data: bytes) -> tuple[LinkStateAdvert, bytes, bytes]:
     except LocalProtocolError as exc:  # pragma: no cover - every field was checked above
         raise RemoteProtocolError("lsa_not_canonical", str(exc)) from None
     return lsa, body, signature
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertHead:
+    """The origin and seq at the start of an advert, as :func:`peek` reads them."""
+
+    origin: str
+    seq: int
+
+
+def peek(data: bytes) -> AdvertHead | None:
+    """The origin and seq of the advert that ``data`` starts with (a whole advert or its first
+    bytes, e.g. a first fragment), without parsing the rest; None when ``data`` does not hold
+    both. Nothing is checked beyond the origin's length and UTF-8: the advert may still be
+    malformed or forged, so only decisions that a full parse would confirm may rest on it."""
+    if len(data) < _HEAD.size + 1:
+        return None
+    length = data[2]
+    end = _HEAD.size + length + 8
+    if not 1 <= length <= MAX_NODE_ID_BYTES or len(data) < end:
+        return None
+    try:
+        origin = bytes(data[_HEAD.size : _HEAD.size + length]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return AdvertHead(origin, int.from_bytes(data[end - 8 : end], "big"))
 
 
 def verify_signed(

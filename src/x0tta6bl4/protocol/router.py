@@ -6,6 +6,9 @@ Inputs (``now`` is the node's monotonic clock, in seconds)::
     neighbour_down(peer, now)           a link went down
     forget(origin, now)                 a node left the membership: drop its advert
     receive_lsa(data, from_peer, now)   an advert arrived on a link -> the database's verdict
+    receive_flooded(data, from_peer, now) the same, for a node whose keys arrive late (below)
+    key_learned(origin, now)            a key arrived: the advert waiting for it is processed
+    skip_held(head)                     the first bytes of an advert: a copy we hold? (below)
     receive_announce(peer, entries, now) a neighbour accepted these adverts -> ask for new ones
     receive_request(peer, entries, now)  a neighbour asks for adverts -> to lsas_to_send
     receive_summary(peer, entries, now)  a neighbour's summary -> what it lacks, to lsas_to_send
@@ -57,6 +60,14 @@ Rules:
   (≈ 3.7 KB per origin) each way; a restarted neighbour, whose summary is empty, gets
   everything. Our own advert of a previous incarnation with a higher seq comes back the same
   way (``own_newer``).
+* **Adverts that come early or twice.** A node learns keys from the membership and from
+  handshakes, and adverts can overtake both: :meth:`Router.receive_flooded` keeps an advert
+  whose origin has no key yet (the latest per origin, for at most ``max_waiting_for_key``
+  origins) until :meth:`Router.key_learned`, instead of refusing it as ``unknown_origin``.
+  Flooding also delivers older copies after newer ones: an advert whose seq (read by
+  :func:`~x0tta6bl4.protocol.lsa.peek`) is below the one held is counted ``stale_seq``, as
+  the database would, without a full parse; :meth:`Router.skip_held` answers the same for
+  the first fragment of an advert, so a node skips the other fragments of a copy it holds.
 * **Debounced SPF.** A topology change schedules a recomputation ``spf_delay`` (30 ms) after
   the *latest* change, but never later than ``spf_max_delay`` (200 ms) after the *first*
   change still pending.
@@ -83,13 +94,17 @@ from x0tta6bl4.protocol.lsa import (
     LinkStateAdvert,
     encode_signed,
     encode_unsigned,
+    peek,
 )
 from x0tta6bl4.protocol.lsdb import LinkStateDatabase
 from x0tta6bl4.protocol.spf import Route, shortest_paths
 
-__all__ = ["Router", "RouterConfig", "RoutesChanged"]
+__all__ = ["WAITING_FOR_KEY", "Router", "RouterConfig", "RoutesChanged"]
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+#: What :meth:`Router.receive_flooded` answers for an advert kept until its origin's key comes.
+WAITING_FOR_KEY = "waiting_for_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +135,8 @@ class RouterConfig:
     request_timeout: float = 0.5
     #: Give up on an announced advert after this many requests (refresh and sync repair it).
     max_requests: int = 5
+    #: Origins whose advert may wait for their key at once (one advert each, the latest).
+    max_waiting_for_key: int = 4096
 
     def __post_init__(self) -> None:
         values = (
@@ -137,6 +154,8 @@ class RouterConfig:
             raise ValueError("loss_burst must be at least 1 and loss_window positive")
         if self.max_requests < 1 or self.request_timeout <= 0:
             raise ValueError("max_requests must be at least 1 and request_timeout positive")
+        if self.max_waiting_for_key < 0:
+            raise ValueError("max_waiting_for_key must not be negative")
         if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
             raise ValueError("router timers must be non-negative (refresh and ageing positive)")
         if self.spf_max_delay < self.spf_delay:
@@ -194,6 +213,8 @@ class Router:
         self._outbox: list[tuple[str, bytes]] = []
         self._summaries: list[str] = []
         self._events: deque[RoutesChanged] = deque()
+        #: Adverts waiting for their origin's key: origin -> (advert, the peer it came from).
+        self._waiting: dict[str, tuple[bytes, str | None]] = {}
         self.counters: dict[str, int] = {
             "originated": 0,
             "neighbours_up": 0,
@@ -358,6 +379,50 @@ class Router:
             self._schedule_spf(now)
         self.flooding.accepted(lsa.origin, lsa.seq, from_peer, self._neighbours)
         return result.reason
+
+    def receive_flooded(self, data: bytes, from_peer: str | None, now: float) -> str:
+        """:meth:`receive_lsa` for a node whose keys may arrive after the adverts they verify.
+
+        An advert from an origin without a key waits for :meth:`key_learned` (latest per
+        origin, at most ``max_waiting_for_key`` origins; more are refused) and the answer is
+        :data:`WAITING_FOR_KEY`; one older than the advert held is counted ``stale_seq`` by its
+        peeked seq alone; anything else is :meth:`receive_lsa`'s verdict.
+        """
+        head = peek(data)
+        if head is not None and head.origin != self.node_id:
+            # Only the origin and seq are read here: a full parse of every flooded copy would
+            # cost more than the database's byte-comparison of duplicates.
+            if self._key_for_foreign(head.origin) is None:
+                waiting = self._waiting
+                if len(waiting) < self.config.max_waiting_for_key or head.origin in waiting:
+                    waiting[head.origin] = (bytes(data), from_peer)
+                return WAITING_FOR_KEY
+            held = self.lsdb.get(head.origin)
+            if held is not None and head.seq < held.lsa.seq:
+                self.lsdb.counters["stale_seq"] += 1
+                return "stale_seq"
+        return self.receive_lsa(data, from_peer, now)
+
+    def key_learned(self, origin: str, now: float) -> str | None:
+        """``origin``'s key is known now: process the advert that waited for it, if any, and
+        return its verdict."""
+        waiting = self._waiting.pop(origin, None)
+        if waiting is None:
+            return None
+        return self.receive_flooded(waiting[0], waiting[1], now)
+
+    def skip_held(self, head: bytes) -> bool:
+        """Whether the advert that ``head`` starts (a first fragment) is one we hold (same
+        seq: counted ``duplicate``) or older (counted ``stale_seq``), so that the rest of it
+        need not be reassembled and compared."""
+        peeked = peek(head)
+        if peeked is None:
+            return False
+        held = self.lsdb.get(peeked.origin)
+        if held is None or peeked.seq > held.lsa.seq:
+            return False
+        self.lsdb.counters["duplicate" if peeked.seq == held.lsa.seq else "stale_seq"] += 1
+        return True
 
     def receive_announce(self, peer: str, entries: Iterable[tuple[str, int]], now: float) -> int:
         """A neighbour accepted these adverts: ask it for those newer than ours (unless we
