@@ -1,6 +1,7 @@
 # x0tta6bl4 — the two commands of the README, and what they stand on.
 #   make up     set everything up and run the main job
 #   make test   lint, type checks and the whole test suite
+#   make fuzz   every fuzz harness under fuzz/ for FUZZ_RUNS inputs each (docs/fuzzing.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native-built
 NATIVE_SOURCES := $(shell find native/src native/python -type f 2>/dev/null) native/Cargo.toml native/pyproject.toml
 
-.PHONY: up test lint typecheck pytest native-test setup system tools clean
+.PHONY: up test lint typecheck pytest native-test setup system tools clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +34,8 @@ up: setup
 	scripts/demo.sh
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests fuzz
+	$(BIN)/ruff format --check src tests fuzz
 
 typecheck: setup
 	$(BIN)/mypy
@@ -50,5 +51,12 @@ native-test:
 
 test: lint typecheck native-test pytest
 
+# Coverage-guided fuzzing (atheris): FUZZ_RUNS inputs per harness, FUZZ_JOBS harnesses at once;
+# add FUZZ_ARGS="--json" or harness names. Figures per harness; exit 1 on any finding.
+FUZZ_RUNS ?= 1000000
+FUZZ_JOBS ?= 1
+fuzz: setup
+	nice $(BIN)/python fuzz/run.py --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache native/target
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache native/target fuzz/.work

@@ -396,8 +396,15 @@ def dumps(data: Mapping[str, Any]) -> bytes:
 
 
 def loads(raw: bytes | str) -> object:
-    """Parse JSON bytes, raising :class:`ModelError` (never a JSONDecodeError) on bad input."""
+    """Parse JSON bytes, raising :class:`ModelError` (never a JSONDecodeError) on bad input.
+
+    Nesting deeper than the interpreter's recursion limit (``[[[[…`` a thousand deep) is bad
+    input too: ``json`` raises :class:`RecursionError` for it, which is reported here as a
+    :class:`ModelError` like any other malformed document (found by ``fuzz/store_records.py``).
+    """
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelError("invalid JSON: nested too deeply") from None

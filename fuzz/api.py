@@ -1,0 +1,177 @@
+"""Fuzz harness: the controller's HTTP API, through the real ASGI app in process.
+
+One controller app (``create_app``: SQLite store and local mesh CA in a temporary directory,
+the JWT bundle of the fixture issuer, the admin token, a clock fixed at ``fuzzlib.NOW``) runs
+its lifespan once; every input becomes one HTTP request handed straight to the ASGI app
+(the ``_Edge`` body limit and metrics, FastAPI routing and validation against the schemas, the
+authenticator, the registrar, the store).
+
+Input: byte 0 picks the route (the API's routes with a fuzzed path parameter, or a raw
+``METHOD path?query`` request line), byte 1 the credential (none, the admin token, a node's
+JWT-SVID, the admin's JWT-SVID, or a fuzzed ``Authorization`` value), then up to three parts
+separated by :data:`fuzzlib.SEP`: the path parameter (or request line), the body, and a header
+value (``If-Match``, ``Content-Type`` or ``Authorization``).
+
+Checked: every answer is below 500; an error answer of the API (4xx) is a JSON object with an
+``error`` reason; the app never raises out of the ASGI call.
+
+    python fuzz/api.py [libFuzzer flags] [corpus dirs]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fuzzlib
+
+with fuzzlib.instrumented():
+    from spiffe import JwtBundleSet, SpiffeId
+
+    from x0tta6bl4.controller.app import create_app
+    from x0tta6bl4.controller.config import ControllerSettings
+
+AUTHORITY = fuzzlib.jwt_authority()
+ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
+ADMIN_ID = f"spiffe://{fuzzlib.TRUST_DOMAIN}/ns/ops/sa/admin"
+NODE_ID = f"spiffe://{fuzzlib.TRUST_DOMAIN}/ns/x0tta6bl4/sa/node-a"
+AUDIENCE = "x0tta6bl4-controller"
+
+#: (method, path template); ``{p}`` is the fuzzed path parameter.
+ROUTES: tuple[tuple[str, str], ...] = (
+    ("POST", "/api/v1/nodes/register"),
+    ("POST", "/api/v1/nodes/{p}/renew"),
+    ("GET", "/api/v1/nodes"),
+    ("GET", "/api/v1/nodes/{p}"),
+    ("DELETE", "/api/v1/nodes/{p}"),
+    ("PUT", "/api/v1/nodes/{p}/status"),
+    ("GET", "/api/v1/topology"),
+    ("GET", "/api/v1/policy"),
+    ("PUT", "/api/v1/policy"),
+    ("GET", "/api/v1/watch?from_revision={p}&timeout=0"),
+    ("GET", "/api/v1/bundle"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/ui/topology.json"),
+    ("GET", "/health"),
+    ("RAW", "{p}"),
+)
+
+
+def _token(spiffe_id: str) -> str:
+    # Valid for a day after the fixture instant (PyJWT checks exp against the real clock).
+    return AUTHORITY.sign_jwt_svid(SpiffeId(spiffe_id), [AUDIENCE], 86400 * 365 * 5, fuzzlib.NOW)
+
+
+CREDENTIALS: tuple[str | None, ...] = (
+    None,
+    f"Bearer {ADMIN_TOKEN}",
+    f"Bearer {_token(NODE_ID)}",
+    f"Bearer {_token(ADMIN_ID)}",
+)
+
+
+def _build() -> tuple[asyncio.AbstractEventLoop, Any, Any]:
+    state = Path(tempfile.mkdtemp(prefix="x0-fuzz-api-"))
+    (state / "admin-token").write_text(ADMIN_TOKEN + "\n")
+    settings = ControllerSettings(
+        listen="127.0.0.1:0",
+        state_dir=state,
+        trust_domain=fuzzlib.TRUST_DOMAIN,
+        local_ca=True,
+        admin_token_file=state / "admin-token",
+        admin_spiffe_ids=(ADMIN_ID,),
+        log_level="error",
+    )
+    bundles = JwtBundleSet.of([AUTHORITY.jwt_bundle()])
+    app = create_app(
+        settings, jwt_bundle_fetch=lambda: bundles, clock=lambda: fuzzlib.NOW, expiry=False
+    )
+    loop = asyncio.new_event_loop()
+    lifespan = app.router.lifespan_context(app)  # kept referenced: it closes the store on exit
+    loop.run_until_complete(lifespan.__aenter__())
+    return loop, app, lifespan
+
+
+LOOP, APP, _LIFESPAN = _build()
+
+
+async def request(
+    method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, bytes]:
+    path, _, query = target.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "query_string": query.encode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "headers": [(b"host", b"controller"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 7800),
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # the client never disconnects within one request
+        return {"type": "http.disconnect"}
+
+    status = [0]
+    chunks: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await APP(scope, receive, send)
+    return status[0], b"".join(chunks)
+
+
+def test_one_input(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    method, template = ROUTES[data[0] % len(ROUTES)]
+    parts = fuzzlib.split(data[2:], 3)
+    param = parts[0].decode("latin-1") if parts else ""
+    body = parts[1] if len(parts) > 1 else b""
+    extra = parts[2] if len(parts) > 2 else b""
+    if method == "RAW":
+        method, _, target = param.partition(" ")
+        if not method or not target.startswith("/"):
+            return
+    else:
+        target = template.replace("{p}", param.replace("/", "%2F").replace("?", "%3F"))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    choice = data[1] % 6
+    if choice < len(CREDENTIALS):
+        credential = CREDENTIALS[choice]
+        if credential is not None:
+            headers.append((b"authorization", credential.encode()))
+    elif choice == 4:
+        headers.append((b"authorization", extra))
+    else:
+        headers = [(b"content-type", extra), (b"authorization", CREDENTIALS[1].encode())]  # type: ignore[union-attr]
+    if method == "PUT" and extra:
+        headers.append((b"if-match", extra))
+    status, answer = LOOP.run_until_complete(request(method, target, headers, body))
+    assert 200 <= status < 500, f"{method} {target} answered {status}: {answer[:300]!r}"
+    if status >= 400 and (target.startswith("/api/") or status not in (404, 405)):
+        document = json.loads(answer)
+        assert isinstance(document, dict) and isinstance(document.get("error"), str), answer[:300]
+
+
+if __name__ == "__main__":
+    fuzzlib.run(test_one_input)
