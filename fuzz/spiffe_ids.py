@@ -6,6 +6,9 @@ Input: up to four strings separated by :data:`fuzzlib.SEP` (UTF-8, invalid bytes
 id's path pieces), matches the pattern against both IDs, and builds a :class:`PolicyEngine`
 from a policy whose rules use the pattern, then asks it ``may_join/may_link/may_talk``.
 
+The new linear-time matcher is checked against the documented semantics written as a plain
+regular expression (a differential oracle, on paths short enough for backtracking).
+
 Checked: only ``IdentityError`` (``InvalidSpiffeIdError``, ``InvalidTrustDomainError``,
 ``WrongTrustDomainError``) or, for the policy, ``ModelError``/``InvalidPolicyError`` escape;
 a parsed ID or pattern prints to text that parses to an equal value; matching and the
@@ -18,6 +21,7 @@ seconds to match a finding.
 from __future__ import annotations
 
 import contextlib
+import re
 
 import fuzzlib
 
@@ -31,6 +35,35 @@ with fuzzlib.instrumented():
         parse_trust_domain,
         workload_id,
     )
+
+
+_SEGMENT = r"A-Za-z0-9._\-"
+#: The backtracking reference is only asked about short paths (it is exponential in general).
+_REFERENCE_MAX_PATH = 160
+
+
+def _reference(pattern: str, path: str) -> bool:
+    """The documented glob semantics as a plain regular expression (the matcher before the
+    linear one): a differential oracle for :meth:`SpiffeIdPattern.matches`."""
+    _, sep, rest = pattern[len("spiffe://") :].partition("/")
+    parts: list[str] = []
+    if sep:
+        for segment in rest.split("/"):
+            if segment == "**":
+                parts.append(rf"(?:/[{_SEGMENT}]+)*")
+                continue
+            parts.append(
+                "/"
+                + "".join(
+                    rf"[{_SEGMENT}]*"
+                    if ch == "*"
+                    else rf"[{_SEGMENT}]"
+                    if ch == "?"
+                    else re.escape(ch)
+                    for ch in segment
+                )
+            )
+    return re.fullmatch("".join(parts), path) is not None
 
 
 def _text(parts: list[bytes], i: int, default: str) -> str:
@@ -65,7 +98,13 @@ def test_one_input(data: bytes) -> None:
         assert SpiffeIdPattern(str(compiled)) == compiled
         for value in ids:
             with contextlib.suppress(IdentityError):
-                assert compiled.matches(value) in (True, False)
+                matched = compiled.matches(value)
+                sid = parse_spiffe_id(value, require_path=False)
+                if len(sid.path) <= _REFERENCE_MAX_PATH:
+                    expected = sid.trust_domain == compiled.trust_domain and _reference(
+                        str(compiled), sid.path
+                    )
+                    assert matched == expected, f"{compiled} vs {value}: {matched}"
     try:
         policy = Policy(
             rules=(
