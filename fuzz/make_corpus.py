@@ -508,6 +508,34 @@ def _node_http() -> Iterable[bytes]:
     yield b"\x05GET /v1/status?verbose=1"
 
 
+@generator("node_core")
+def _node_core() -> Iterable[bytes]:
+    from x0tta6bl4.protocol import frames as f
+    from x0tta6bl4.protocol.lsa import LinkStateAdvert, encode_signed
+
+    samples = _frame_samples()
+    for sample in samples:
+        yield b"\x01" + sample
+    advert = encode_signed(
+        LinkStateAdvert("node-b", 99, 1_800_000_000_000, (("node-a", 10),)),
+        fuzzlib.signing_key("node/node-b"),
+    )
+    yield b"\x01" + f.encode_frames([f.LinkStateAdvert(advert)])
+    yield b"\x01" + f.encode_frames([f.Routed("node-b", "node-a", 8, 0, b"\x01" + bytes(40))])
+    yield b"\x01" + f.encode_frames([f.Heartbeat(7, 3, 100, probe=True)])
+    cap = Capture()
+    yield b"\x00" + joined(cap.init)
+    yield b"\x00" + joined(cap.resp + cap.finish)
+    yield b"\x00" + joined(_transport_datagrams()[:3])
+
+
+def _transport_datagrams() -> list[bytes]:
+    from transport import peer_session
+
+    session = peer_session()
+    return [session.seal(p, 1.0) for p in _frame_samples()[:5]]
+
+
 def main(names: list[str]) -> None:
     make_fixtures()
     for name in names or sorted(GENERATORS):

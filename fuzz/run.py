@@ -46,6 +46,7 @@ HARNESSES: dict[str, int] = {
     "store_records": 16_384,
     "workload_api": 8_192,
     "node_http": 4_096,
+    "node_core": 20_000,
 }
 
 _STATS = re.compile(r"#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)\s+cov: (\d+) ft: (\d+)")
