@@ -356,7 +356,8 @@ def _node_records() -> list[bytes]:
 
 
 def _policies() -> list[bytes]:
-    from x0tta6bl4.controller.models import Policy, PolicyRule, dumps
+    from x0tta6bl4.controller.models import dumps
+    from x0tta6bl4.policy import Policy, PolicyRule
 
     td = fuzzlib.TRUST_DOMAIN
     return [
@@ -534,6 +535,21 @@ def _transport_datagrams() -> list[bytes]:
 
     session = peer_session()
     return [session.seal(p, 1.0) for p in _frame_samples()[:5]]
+
+
+@generator("native_dataplane")
+def _native_dataplane() -> Iterable[bytes]:
+    from native_dataplane import _pair
+    from x0tta6bl4.protocol.session import Session
+
+    samples = _frame_samples()
+    sender = _pair(Session, sender=True)
+    for plaintext in samples[:10]:
+        yield b"\x00" + plaintext
+        yield b"\x01" + sender.seal(plaintext, 1.0)
+        yield b"\x02" + plaintext
+    counters = [0, 1, 5, 3, 200, 8200, 8100, 2**40, 2**40 - 9000, 2**64 - 2**13 - 2]
+    yield b"\x03" + b"".join(c.to_bytes(8, "big") for c in counters)
 
 
 def main(names: list[str]) -> None:

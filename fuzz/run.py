@@ -47,6 +47,7 @@ HARNESSES: dict[str, int] = {
     "workload_api": 8_192,
     "node_http": 4_096,
     "node_core": 20_000,
+    "native_dataplane": 4_096,
 }
 
 _STATS = re.compile(r"#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)\s+cov: (\d+) ft: (\d+)")

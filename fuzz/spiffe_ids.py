@@ -26,8 +26,6 @@ import re
 import fuzzlib
 
 with fuzzlib.instrumented():
-    from x0tta6bl4.controller.models import ModelError, Policy, PolicyRule
-    from x0tta6bl4.controller.policy import InvalidPolicyError, PolicyEngine
     from x0tta6bl4.identity.errors import IdentityError
     from x0tta6bl4.identity.spiffe_ids import (
         SpiffeIdPattern,
@@ -35,6 +33,8 @@ with fuzzlib.instrumented():
         parse_trust_domain,
         workload_id,
     )
+    from x0tta6bl4.policy import InvalidPolicyError, Policy, PolicyEngine, PolicyRule
+    from x0tta6bl4.records import ModelError
 
 
 _SEGMENT = r"A-Za-z0-9._\-"

@@ -13,7 +13,9 @@ from __future__ import annotations
 import fuzzlib
 
 with fuzzlib.instrumented():
-    from x0tta6bl4.controller.models import ModelError, NodeRecord, Policy, dumps, loads
+    from x0tta6bl4.controller.models import NodeRecord, dumps, loads
+    from x0tta6bl4.policy import Policy
+    from x0tta6bl4.records import ModelError
 
 
 def test_one_input(data: bytes) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from x0tta6bl4.controller.models import ModelError, NodeRecord, Policy, loads
+from x0tta6bl4.controller.models import NodeRecord, loads
+from x0tta6bl4.policy import Policy
+from x0tta6bl4.records import ModelError
 
 
 @pytest.mark.parametrize(
