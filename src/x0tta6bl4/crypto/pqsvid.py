@@ -307,6 +307,36 @@ def _ca_trust_domain(cert: x509.Certificate) -> str | None:
     return None
 
 
+#: What cryptography raises for a certificate part it parses only when first used (the name,
+#: the validity, the extensions; the warning only where warnings are errors, e.g. a
+#: non-positive serial number).
+_MALFORMED: Final = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    CryptographyDeprecationWarning,
+)
+
+
+def _parse_lazily_parsed_fields(cert: x509.Certificate, what: str) -> None:
+    """Touch every part of ``cert`` that cryptography parses lazily, so that a malformed one
+    raises :class:`MalformedCertificateError` here instead of a ``ValueError`` later."""
+    try:
+        _ = (
+            cert.subject.rfc4514_string(),
+            cert.issuer.rfc4514_string(),
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+            cert.serial_number,
+            cert.version,
+            cert.signature_algorithm_oid,
+            list(cert.extensions),
+        )
+    except _MALFORMED as exc:
+        raise MalformedCertificateError(f"{what} is not valid DER X.509: {exc}") from exc
+
+
 def _check_window(cert: x509.Certificate, now: float, what: str) -> None:
     not_before = cert.not_valid_before_utc.timestamp()
     not_after = cert.not_valid_after_utc.timestamp()
@@ -340,6 +370,7 @@ class MeshCA:
 
     def __post_init__(self) -> None:
         _parse_trust_domain(self.trust_domain)
+        _parse_lazily_parsed_fields(self.cert, "mesh CA certificate")
         cert_key = _require_mldsa_ca(self.cert, "mesh CA certificate")
         if not hmac.compare_digest(cert_key.public_bytes_raw(), self.key.public_bytes):
             raise KeyMismatchError("the CA private key does not match the CA certificate")
@@ -553,6 +584,7 @@ class TrustBundle:
             raise MalformedCertificateError("trust bundle contains no CA certificate")
         by_ski: dict[bytes, list[tuple[x509.Certificate, MLDSA65PublicKey]]] = {}
         for cert in unique.values():
+            _parse_lazily_parsed_fields(cert, "trust bundle CA")
             what = f"trust bundle CA {cert.subject.rfc4514_string()!r}"
             key = _require_mldsa_ca(cert, what)
             named = _ca_trust_domain(cert)
@@ -669,14 +701,7 @@ def verify_svid(cert_der: bytes, bundle: TrustBundle, now: float) -> PeerIdentit
         _ = (cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
         sig_oid = cert.signature_algorithm_oid
         version = cert.version
-    except (
-        ValueError,
-        x509.InvalidVersion,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-        CryptographyDeprecationWarning,
-    ) as exc:
-        # The warning is raised only where warnings are errors (e.g. a non-positive serial).
+    except _MALFORMED as exc:
         raise MalformedCertificateError(f"certificate is not valid DER X.509: {exc}") from exc
     if cert.serial_number <= 0:
         raise MalformedCertificateError("certificate serial number is not positive")

@@ -1,0 +1,46 @@
+"""Certificates whose malformed parts cryptography parses only when first used: loading them
+into a trust bundle (what a node does with the controller's ``ca_bundle``) or a mesh CA raises
+MalformedCertificateError, never a bare ValueError. Found by ``fuzz/pqsvid.py``."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.pqfixtures import make_ca, make_key
+from x0tta6bl4.crypto.pqsvid import MalformedCertificateError, MeshCA, TrustBundle
+
+_CN = b"x0tta6bl4 test CA default"
+
+
+def _pem(der: bytes) -> bytes:
+    return (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
+
+
+def _bad_subject_ca() -> bytes:
+    """The test CA with invalid UTF-8 in its subject CN (a UTF8String): the certificate
+    loads, its subject does not parse (what the fuzzer found, with the issuer intact)."""
+    der = make_ca().cert.public_bytes(Encoding.DER)
+    at = der.index(_CN)  # the issuer's CN comes first, then the subject's
+    at = der.index(_CN, at + 1)
+    return der[:at] + b"\xff" + der[at + 1 :]
+
+
+def test_bundle_with_an_unparseable_subject_is_malformed() -> None:
+    with pytest.raises(MalformedCertificateError, match="trust bundle CA is not valid DER"):
+        TrustBundle.from_pem("x0tta6bl4.mesh", _pem(_bad_subject_ca()))
+
+
+def test_mesh_ca_with_an_unparseable_subject_is_malformed() -> None:
+    key = make_key("ca/x0tta6bl4.mesh/default/1799913600.0/315360000")
+    with pytest.raises(MalformedCertificateError, match="mesh CA certificate is not valid DER"):
+        MeshCA.load(_pem(_bad_subject_ca()), key.to_pem())
+
+
+def test_the_good_ca_still_loads() -> None:
+    ca = make_ca()
+    assert len(TrustBundle.from_pem("x0tta6bl4.mesh", ca.cert_pem())) == 1
