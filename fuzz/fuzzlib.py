@@ -15,6 +15,7 @@ This module imports nothing from x0tta6bl4 at import time (modules imported befo
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import sys
 from collections.abc import Callable, Iterator
@@ -119,17 +120,40 @@ def jwt_authority() -> Any:
     return Authority.load_or_create(state, parse_trust_domain(TRUST_DOMAIN))
 
 
-def handshake_config(name: str) -> Any:
+def handshake_config(name: str, *, memo: int = 0) -> Any:
     """A :class:`~x0tta6bl4.protocol.handshake.HandshakeConfig` for fixture node ``name``
-    that trusts the fixture CA at :data:`NOW` and authorizes every verified peer."""
+    that trusts the fixture CA at :data:`NOW` and authorizes every verified peer.
+
+    ``memo``: remember the verdicts of ``verify_svid`` for that many certificates (it is
+    deterministic; a fuzzer sends the same certificate again and again, and each check costs
+    an ML-DSA verification).
+    """
+    from x0tta6bl4.crypto.errors import CryptoError
     from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
     from x0tta6bl4.protocol.handshake import Credential, HandshakeConfig
 
     bundle = TrustBundle.from_pem(TRUST_DOMAIN, ca_cert_pem())
+    verdicts: dict[bytes, Any] = {}
+
+    def verify_peer(der: bytes) -> Any:
+        verdict = verdicts.get(der)
+        if verdict is None:
+            try:
+                verdict = verify_svid(der, bundle, NOW)
+            except CryptoError as exc:
+                verdict = exc
+            if len(verdicts) >= memo:
+                verdicts.clear()
+            if memo:
+                verdicts[der] = verdict
+        if isinstance(verdict, CryptoError):
+            raise copy.copy(verdict)  # a fresh exception: no traceback piling up
+        return verdict
+
     return HandshakeConfig(
         credential=Credential(
             cert_der=node_cert_der(name), signing_key=signing_key(f"node/{name}")
         ),
-        verify_peer=lambda der: verify_svid(der, bundle, NOW),
+        verify_peer=verify_peer,
         authorize=lambda _peer: True,
     )

@@ -37,8 +37,8 @@ with fuzzlib.instrumented():
 
 INITIATOR_INDEX = 0x11223344
 RESPONDER_INDEX = 0x55667788
-_ALICE = fuzzlib.handshake_config("node-a")
-_BOB = fuzzlib.handshake_config("node-b")
+_ALICE = fuzzlib.handshake_config("node-a", memo=256)
+_BOB = fuzzlib.handshake_config("node-b", memo=256)
 _AUTH_FAILURES = {
     HandshakeErrorCode.CERTIFICATE_REJECTED,
     HandshakeErrorCode.BAD_SIGNATURE,
