@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import fuzzlib
@@ -75,7 +73,7 @@ CREDENTIALS: tuple[str | None, ...] = (
 
 
 def _build() -> tuple[asyncio.AbstractEventLoop, Any, Any]:
-    state = Path(tempfile.mkdtemp(prefix="x0-fuzz-api-"))
+    state = fuzzlib.scratch("api")
     (state / "admin-token").write_text(ADMIN_TOKEN + "\n")
     settings = ControllerSettings(
         listen="127.0.0.1:0",

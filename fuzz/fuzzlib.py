@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ __all__ = [
     "mesh_ca",
     "node_cert_der",
     "run",
+    "scratch",
     "signing_key",
     "split",
 ]
@@ -65,6 +69,21 @@ def run(test_one_input: Callable[[bytes], None]) -> None:
 def split(data: bytes, limit: int = 64) -> list[bytes]:
     """The parts of a sequence input (at most ``limit``; the rest is ignored)."""
     return data.split(SEP, limit)[:limit]
+
+
+def scratch(what: str) -> Path:
+    """A new temporary directory for this process (``$TMPDIR/x0-fuzz-<pid>-<what>-…``).
+
+    libFuzzer ends the process without running ``atexit`` handlers, so a harness cannot clean
+    up after itself; instead, directories left by harness processes that are gone are removed
+    here. ``make fuzz`` and the tests run harnesses in a private ``TMPDIR`` they remove.
+    """
+    base = Path(tempfile.gettempdir())
+    for old in base.glob("x0-fuzz-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"x0-fuzz-{os.getpid()}-{what}-"))
 
 
 def signing_key(label: str) -> Any:
@@ -97,8 +116,6 @@ def node_cert_der(name: str) -> bytes:
 def jwt_authority() -> Any:
     """The embedded issuer's :class:`~x0tta6bl4.identity.issuer.authority.Authority` with a
     deterministic JWT signing key (EC P-256), so corpus tokens verify."""
-    import tempfile
-
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -107,7 +124,7 @@ def jwt_authority() -> Any:
 
     secret = int.from_bytes(hashlib.sha256(b"x0tta6bl4-fuzz/jwt").digest(), "big")
     key = ec.derive_private_key(secret % (2**255), ec.SECP256R1())
-    state = Path(tempfile.mkdtemp(prefix="x0-fuzz-issuer-"))
+    state = scratch("issuer")
     identity = state / "identity"
     identity.mkdir(mode=0o700)
     pem = key.private_bytes(

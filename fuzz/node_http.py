@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import fuzzlib
@@ -36,9 +34,7 @@ PATHS = ("/health", "/ready", "/metrics", "/v1/status", "/v1/ping", "RAW")
 
 
 async def _start() -> tuple[NodeAgent, Any, LocalMesh]:
-    agent = NodeAgent(
-        NodeSettings(node_id="node-a", state_dir=Path(tempfile.mkdtemp(prefix="x0-fuzz-node-")))
-    )
+    agent = NodeAgent(NodeSettings(node_id="node-a", state_dir=fuzzlib.scratch("node")))
     mesh = LocalMesh(1, prefix="peer")
     await mesh.start()
     identity = issue_identity(mesh.ca, "node-a")

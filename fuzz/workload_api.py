@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import tempfile
-from pathlib import Path
 
 import grpc
 
@@ -45,7 +43,7 @@ _ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCod
 
 
 def _start() -> tuple[EmbeddedIssuer, grpc.Channel]:
-    directory = Path(tempfile.mkdtemp(prefix="x0-fuzz-wl-"))
+    directory = fuzzlib.scratch("wl")
     td = parse_trust_domain(fuzzlib.TRUST_DOMAIN)
     issuer = EmbeddedIssuer(
         IssuerConfig(
