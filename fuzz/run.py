@@ -123,7 +123,8 @@ def run_one(name: str, runs: int, max_time: int | None, work: Path) -> Result:
         inputs = int(done.group(1))
     artifacts = sorted(str(p) for p in set(crashes.glob(f"{name}-*")) - before)
     findings = len(artifacts) or (1 if proc.returncode != 0 else 0)
-    shown = " ".join(a if " " not in a else repr(a) for a in args[1:])
+    repo = str(ROOT.parent) + "/"
+    shown = " ".join(a.replace(repo, "") for a in args[1:])
     return Result(
         harness=name,
         inputs=inputs,

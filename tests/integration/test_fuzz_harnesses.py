@@ -8,6 +8,7 @@ mutated inputs or up to 20 seconds, whichever comes first. Any crash, uncaught e
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -93,3 +94,34 @@ def test_harness_short_run(name: str, scratch: Path) -> None:
     assert done is not None, tail
     seeds = sum(1 for _ in (FUZZ / "corpus" / name).iterdir())
     assert int(done.group(1)) >= min(_RUNS, seeds + 100), tail
+
+
+def test_make_fuzz_runner_reports_figures(scratch: Path) -> None:
+    """``fuzz/run.py`` (what ``make fuzz`` runs): one JSON document with the figures."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(FUZZ / "run.py"),
+            "--runs",
+            "500",
+            "--work",
+            str(scratch),
+            "--json",
+            "fragments",
+            "frames",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert [r["harness"] for r in results] == ["fragments", "frames"]
+    for r in results:
+        assert r["inputs"] >= 500
+        assert r["findings"] == 0
+        assert r["cov"] > 0
+        assert r["ft"] >= r["cov"]
+        assert r["exec_per_s"] > 0
+        assert r["command"].startswith(f"python fuzz/{r['harness']}.py ")
