@@ -5,6 +5,12 @@ not a terminal (in a cluster) or when ``--log-format json`` is given, and a read
 rendering otherwise. Standard-library loggers (uvicorn, asyncio) go through the same
 renderer.
 
+Warnings and errors are rate-limited per message (:class:`RateLimitFilter`, on the handler):
+outside input can trigger some of them (a malformed HTTP request, a failed accept, a damaged
+store record), and a flood of input must not become a flood of log. At most
+:data:`LOG_BURST` lines of one message pass at once, then one per :data:`LOG_INTERVAL`
+seconds; the next line let through says how many were suppressed.
+
 A processor, :func:`redact_secrets`, replaces the value of every event key whose name looks
 like it holds a secret (``token``, ``key``, ``secret``, ``authorization``, ``password`` …,
 also nested in dicts) with ``"[redacted]"``, so a careless ``log.info("x", token=t)`` never
@@ -15,16 +21,22 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import structlog
 
 __all__ = [
+    "LOG_BURST",
     "LOG_FORMATS",
+    "LOG_INTERVAL",
     "LOG_LEVELS",
+    "LOG_MAX_KEYS",
     "REDACTED",
     "LogFormat",
+    "RateLimitFilter",
     "configure_logging",
     "get_logger",
     "is_secret_key",
@@ -35,6 +47,13 @@ LogFormat = Literal["json", "console"]
 LOG_FORMATS: tuple[str, ...] = ("json", "console")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 REDACTED = "[redacted]"
+
+LOG_BURST = 10
+"""Warnings or errors of one message let through at once before rate limiting starts."""
+LOG_INTERVAL = 10.0
+"""Then one line of that message per this many seconds."""
+LOG_MAX_KEYS = 256
+"""Distinct messages tracked; beyond, the rest share one budget."""
 
 _SECRET_WORDS = ("token", "key", "secret", "authorization", "password", "passwd", "cookie")
 # Keys that contain a secret word but name no secret.
@@ -74,6 +93,67 @@ def redact_secrets(
         else:
             event_dict[name] = _redact(event_dict[name])
     return event_dict
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets WARNING and above through at most :data:`LOG_BURST` lines per (logger, message)
+    at once, then one per :data:`LOG_INTERVAL` seconds (a token bucket per message). The next
+    line let through after a suppression carries the count (``suppressed`` in structured
+    events, ``[N similar lines suppressed]`` after plain messages). Thread-safe."""
+
+    def __init__(
+        self,
+        burst: int = LOG_BURST,
+        interval: float = LOG_INTERVAL,
+        *,
+        clock: Any = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._burst = burst
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> [tokens, last refill, suppressed since the last line let through]
+        self._buckets: dict[tuple[str, str], list[float]] = {}
+
+    @staticmethod
+    def _message(record: logging.LogRecord) -> str:
+        msg = record.msg
+        if isinstance(msg, Mapping):  # a structlog event on its way to the formatter
+            msg = msg.get("event", "")
+        return str(msg).split("\n", 1)[0][:120]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, self._message(record))
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= LOG_MAX_KEYS:
+                    key = ("", "(other messages)")
+                    bucket = self._buckets.setdefault(key, [float(self._burst), now, 0.0])
+                else:
+                    bucket = self._buckets[key] = [float(self._burst), now, 0.0]
+            tokens = min(float(self._burst), bucket[0] + (now - bucket[1]) / self._interval)
+            bucket[1] = now
+            if tokens < 1.0:
+                bucket[0] = tokens
+                bucket[2] += 1
+                return False
+            bucket[0] = tokens - 1.0
+            suppressed, bucket[2] = int(bucket[2]), 0.0
+        if suppressed:
+            _annotate(record, suppressed)
+        return True
+
+
+def _annotate(record: logging.LogRecord, suppressed: int) -> None:
+    if isinstance(record.msg, MutableMapping):
+        record.msg["suppressed"] = suppressed
+    elif isinstance(record.msg, str) and not record.args:
+        record.msg = f"{record.msg} [{suppressed} similar lines suppressed]"
 
 
 def configure_logging(
@@ -127,6 +207,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(RateLimitFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -154,3 +154,133 @@ async def test_random_methods_do_not_grow_metrics_or_memory(
         assert growth_mb < 30
         assert 'method="OTHER"' in metrics
         assert "AAAA" not in metrics.replace("x0tta6bl4", "")
+
+
+async def test_malformed_requests_do_not_flood_the_log(tmp_path: Path, identity: Identity) -> None:
+    """Log lines outside input can trigger are rate-limited: 2,000 malformed requests and 500
+    upgrade requests (uvicorn logs a warning for each) add a few kB of log, not 400 kB."""
+    with running_controller(tmp_path, identity) as (_, base, log):
+        host, port = base.removeprefix("http://").split(":")
+        size_before = log.stat().st_size
+
+        async def one(raw: bytes) -> None:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(raw)
+                await writer.drain()
+                await asyncio.wait_for(reader.read(-1), 30)
+            finally:
+                writer.close()
+
+        garbage = b"\x16\x03\x01 not http at all\r\n\r\n"
+        upgrade = (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        gate = asyncio.Semaphore(32)
+
+        async def gated(raw: bytes) -> None:
+            async with gate:
+                await one(raw)
+
+        await asyncio.gather(*(gated(garbage) for _ in range(2000)))
+        await asyncio.gather(*(gated(upgrade) for _ in range(500)))
+        await asyncio.sleep(0.5)  # let the last lines reach the file
+        growth = log.stat().st_size - size_before
+        print(f"malformed flood: log +{growth} B")
+        assert growth < 50_000
+
+
+# --------------------------------------------------------------------------- row 6
+
+
+class _Slowloris:
+    """Holds ``count`` connections to ``host:port`` open, each idle or with half-sent headers
+    (alternately), reopening every one the server closes, until stopped."""
+
+    def __init__(self, host: str, port: int, count: int) -> None:
+        self.host, self.port, self.count = host, port, count
+        self.opened = 0
+        self.closed_by_server = 0
+        self.refused = 0
+        self._stop = asyncio.Event()
+
+    async def _hold(self, index: int) -> None:
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                self.refused += 1
+                await asyncio.sleep(0.05)
+                continue
+            self.opened += 1
+            try:
+                if index % 2:
+                    writer.write(b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    await writer.drain()
+                stop = asyncio.ensure_future(self._stop.wait())
+                eof = asyncio.ensure_future(reader.read(65536))
+                done, _ = await asyncio.wait({stop, eof}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (stop, eof):
+                    task.cancel()
+                if eof in done:
+                    self.closed_by_server += 1
+            except OSError:
+                self.closed_by_server += 1
+            finally:
+                writer.close()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._hold(i) for i in range(self.count)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def _probe(base: str, seconds: float) -> list[float | None]:
+    """``GET /ready`` on a fresh connection every 0.5 s for ``seconds``: each latency, or None
+    for a probe not answered 200 within 2 s."""
+    latencies: list[float | None] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        start = loop.time()
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=5.0) as client:
+                r = await asyncio.wait_for(client.get("/ready"), 2.0)
+            latencies.append(loop.time() - start if r.status_code == 200 else None)
+        except (httpx.HTTPError, TimeoutError):
+            latencies.append(None)
+        await asyncio.sleep(max(0.0, 0.5 - (loop.time() - start)))
+    return latencies
+
+
+async def test_ready_answers_while_200_slow_connections_are_held(
+    tmp_path: Path, identity: Identity
+) -> None:
+    """Row 6: with 200 file descriptors, 200 idle or half-sent-header connections held open
+    (and reopened when closed) left ``/ready`` unanswered and wrote 125 MB of log in 25 s."""
+    with running_controller(tmp_path, identity, nofile=200) as (proc, base, log):
+        host, port = base.removeprefix("http://").split(":")
+        size_before = log.stat().st_size
+        attack = _Slowloris(host, int(port), 200)
+        attacker = asyncio.ensure_future(attack.run())
+        try:
+            await asyncio.sleep(3.0)  # let the connections pile up first
+            latencies = await _probe(base, 20.0)
+        finally:
+            attack.stop()
+            await attacker
+        growth = log.stat().st_size - size_before
+        answered = [x for x in latencies if x is not None]
+        print(
+            f"row 6: {len(answered)}/{len(latencies)} /ready answered, slowest "
+            f"{max(answered, default=float('nan')):.3f} s, median "
+            f"{sorted(answered)[len(answered) // 2] if answered else float('nan'):.3f} s; "
+            f"log +{growth} B; attacker opened "
+            f"{attack.opened}, closed by server {attack.closed_by_server}, refused "
+            f"{attack.refused}"
+        )
+        assert proc.poll() is None
+        assert len(answered) == len(latencies), latencies
+        assert growth < 5 * 2**20

@@ -89,7 +89,14 @@ LAYERS: dict[str, Layer] = {
     "crypto": Layer(("x0tta6bl4.crypto",), ()),
     "identity": Layer(("x0tta6bl4.identity",), ("base",)),
     "base": Layer(
-        ("x0tta6bl4", "x0tta6bl4._version", "x0tta6bl4.logging", "x0tta6bl4.records"), ()
+        (
+            "x0tta6bl4",
+            "x0tta6bl4._version",
+            "x0tta6bl4.httpserver",
+            "x0tta6bl4.logging",
+            "x0tta6bl4.records",
+        ),
+        (),
     ),
 }
 

@@ -9,7 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from x0tta6bl4.logging import REDACTED, configure_logging, get_logger, is_secret_key
+from x0tta6bl4.logging import (
+    LOG_BURST,
+    LOG_INTERVAL,
+    LOG_MAX_KEYS,
+    REDACTED,
+    RateLimitFilter,
+    configure_logging,
+    get_logger,
+    is_secret_key,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +87,44 @@ def test_secret_key_names() -> None:
         assert is_secret_key(name), name
     for name in ("node_id", "event", "kid", "spiffe_id", "overlay_ip"):
         assert not is_secret_key(name), name
+
+
+def test_warnings_are_rate_limited_per_message() -> None:
+    """Outside input can trigger warnings (a malformed request, a failed accept): a flood of
+    them becomes LOG_BURST lines, then one per LOG_INTERVAL carrying the suppressed count."""
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    clock = [0.0]
+    handler = logging.getLogger().handlers[0]
+    handler.filters[:] = [RateLimitFilter(clock=lambda: clock[0])]
+    log = get_logger("flood")
+    stdlib = logging.getLogger("uvicorn.error")
+    for _ in range(1000):
+        log.warning("store error", error="bad record")
+        stdlib.warning("Invalid HTTP request received.")
+        log.info("node registered")  # below WARNING: never limited
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert sum(line["event"] == "store error" for line in lines) == LOG_BURST
+    assert sum(line["event"] == "Invalid HTTP request received." for line in lines) == LOG_BURST
+    assert sum(line["event"] == "node registered" for line in lines) == 1000
+    clock[0] = LOG_INTERVAL
+    log.warning("store error", error="bad record")
+    stdlib.warning("Invalid HTTP request received.")
+    stdlib.warning("%s", "with args")  # plain text with arguments is let through unchanged
+    tail = [json.loads(line) for line in out.getvalue().splitlines()[len(lines) :]]
+    assert tail[0]["event"] == "store error"
+    assert tail[0]["suppressed"] == 1000 - LOG_BURST
+    assert tail[1]["event"] == (
+        f"Invalid HTTP request received. [{1000 - LOG_BURST} similar lines suppressed]"
+    )
+    assert tail[2]["event"] == "with args"
+
+
+def test_rate_limit_keys_are_bounded() -> None:
+    limiter = RateLimitFilter(burst=1, interval=3600.0, clock=lambda: 0.0)
+    passed = 0
+    for index in range(LOG_MAX_KEYS + 500):
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, f"message {index}", (), None)
+        passed += limiter.filter(record)
+    # The first LOG_MAX_KEYS messages each pass once; the rest share one budget of one line.
+    assert passed == LOG_MAX_KEYS + 1

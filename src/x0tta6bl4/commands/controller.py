@@ -102,6 +102,14 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         float | None,
         typer.Option("--node-ttl", envvar="X0_NODE_TTL", help="expire nodes silent this long"),
     ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            envvar="X0_MAX_CONNECTIONS",
+            help="cap on open HTTP connections (default 2048; lowered to fit RLIMIT_NOFILE)",
+        ),
+    ] = None,
     log_format: LogFormatOption = None,
     log_level: Annotated[
         str | None,
@@ -131,6 +139,7 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         "overlay_cidr": overlay_cidr,
         "pq_svid_ttl": pq_svid_ttl,
         "node_ttl": node_ttl,
+        "max_connections": max_connections,
         "log_format": log_format,
         "log_level": log_level,
     }

@@ -51,6 +51,7 @@ from x0tta6bl4.controller.state import ControllerState
 from x0tta6bl4.controller.store.base import Store
 from x0tta6bl4.controller.store.errors import StoreError, StoreUnavailableError
 from x0tta6bl4.controller.store.url import open_store
+from x0tta6bl4.httpserver import ConnectionLimiter
 from x0tta6bl4.logging import get_logger
 
 __all__ = ["EXPIRY_LEADER_NAME", "ControllerApp", "create_app", "openapi_document"]
@@ -379,16 +380,20 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     expiry: bool = True,
+    limiter: ConnectionLimiter | None = None,
 ) -> ControllerApp:
     """Build the controller app for ``settings``.
 
     ``jwt_bundle_fetch`` returns the JWT bundles (default: fetched from the Workload API at
     ``settings.spiffe_socket``); ``store`` replaces the store named by ``settings.store_url``
-    (it is opened and closed by the app's lifespan either way). Raises
+    (it is opened and closed by the app's lifespan either way); ``limiter``, the connection
+    limiter of the server's listeners, is reported in the metrics. Raises
     :class:`~x0tta6bl4.controller.ca.CaConfigError` or :class:`ValueError` for an unusable
     CA or admin token file, before anything starts.
     """
     metrics = ControllerMetrics()
+    if limiter is not None:
+        metrics.bind_connections(limiter)
     ca = CaHolder.from_settings(
         trust_domain=settings.trust_domain,
         state_dir=settings.state_dir,

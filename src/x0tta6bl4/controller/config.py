@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from x0tta6bl4.controller.ipam import DEFAULT_OVERLAY_CIDR, parse_overlay_cidr
 from x0tta6bl4.controller.store.url import default_store_url
+from x0tta6bl4.httpserver import MAX_CONNECTIONS, MIN_CONNECTIONS
 from x0tta6bl4.identity.spiffe_ids import (
     DEFAULT_TRUST_DOMAIN,
     parse_spiffe_id,
@@ -84,6 +85,7 @@ class ControllerSettings(BaseSettings):
     clock_skew_seconds: int = Field(default=60, ge=1, le=3600)
     watch_max_timeout: float = Field(default=60.0, gt=0, le=600)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
+    max_connections: int = Field(default=MAX_CONNECTIONS, ge=MIN_CONNECTIONS, le=1_000_000)
 
     @field_validator("listen")
     @classmethod

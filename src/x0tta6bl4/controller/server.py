@@ -4,6 +4,10 @@ On SIGTERM (Kubernetes stopping the pod) or SIGINT uvicorn stops accepting conne
 running requests finish (up to ``graceful_timeout`` seconds; long-poll watches are cut at that
 point and nodes simply watch again elsewhere), then runs the app's shutdown: background work
 stops, the leader lease is released, the store is closed.
+
+Every listener is built by :func:`x0tta6bl4.httpserver.limited_config` (read and keep-alive
+timeouts, the connection cap, header size) and shares one
+:class:`~x0tta6bl4.httpserver.ConnectionLimiter` of ``--max-connections``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import uvicorn
 
 from x0tta6bl4.controller.app import create_app
 from x0tta6bl4.controller.config import ControllerSettings
+from x0tta6bl4.httpserver import ConnectionLimiter, limited_config
 
 __all__ = ["build_server", "serve"]
 
@@ -21,18 +26,16 @@ def build_server(settings: ControllerSettings, *, graceful_timeout: int = 10) ->
 
     Raises the errors of :func:`~x0tta6bl4.controller.app.create_app` (CA, admin token).
     """
-    app = create_app(settings)
-    config = uvicorn.Config(
+    limiter = ConnectionLimiter(settings.max_connections)
+    app = create_app(settings, limiter=limiter)
+    config = limited_config(
         app,
-        host=settings.listen_host,
-        port=settings.listen_port,
+        settings.listen_host,
+        settings.listen_port,
+        limiter=limiter,
         lifespan="on",
-        log_config=None,  # x0tta6bl4.logging configures the root logger
-        access_log=False,
         proxy_headers=False,
-        server_header=False,
         timeout_graceful_shutdown=graceful_timeout,
-        timeout_keep_alive=30,
     )
     return uvicorn.Server(config)
 

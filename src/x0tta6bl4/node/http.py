@@ -19,12 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from x0tta6bl4.httpserver import NODE_MAX_BODY_BYTES, BodyLimit, ConnectionLimiter, limited_config
 from x0tta6bl4.node.metrics import node_registry
 
 if TYPE_CHECKING:
     from x0tta6bl4.node.agent import NodeAgent
 
-__all__ = ["build_app", "serve_http"]
+__all__ = ["NODE_MAX_CONNECTIONS", "build_app", "serve_http"]
+
+NODE_MAX_CONNECTIONS = 64
+"""Cap on the open connections of the node's HTTP API (probes, Prometheus, ``check``)."""
 
 
 def build_app(agent: NodeAgent) -> Starlette:
@@ -104,15 +108,14 @@ def build_app(agent: NodeAgent) -> Starlette:
 
 
 async def serve_http(agent: NodeAgent, listen: tuple[str, int], stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set."""
-    config = uvicorn.Config(
-        build_app(agent),
-        host=listen[0],
-        port=listen[1],
+    """Serve until ``stop`` is set, with the limits of :mod:`x0tta6bl4.httpserver` (at most
+    :data:`NODE_MAX_CONNECTIONS` connections, bodies of :data:`NODE_MAX_BODY_BYTES`)."""
+    config = limited_config(
+        BodyLimit(build_app(agent), NODE_MAX_BODY_BYTES),
+        listen[0],
+        listen[1],
+        limiter=ConnectionLimiter(NODE_MAX_CONNECTIONS),
         lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
