@@ -40,7 +40,16 @@ class Layer:
 
 _NODE_CORE = tuple(
     f"x0tta6bl4.node.{name}"
-    for name in ("core", "neighbourhood", "channels", "reassembly", "overlay", "peers", "model")
+    for name in (
+        "core",
+        "neighbourhood",
+        "channels",
+        "reassembly",
+        "overlay",
+        "peers",
+        "model",
+        "drops",
+    )
 )
 _EVERYTHING_BELOW_COMMANDS = (
     "check",

@@ -123,7 +123,7 @@ def test_lsdb_own_adverts() -> None:
     assert held is not None
     assert held.lsa.seq == 10  # never installed from the network
     assert db.expire(1e9) == []  # own advert never ages out
-    with pytest.raises(ValueError, match="own"):
+    with pytest.raises(LocalProtocolError, match="own"):
         db.install_own(LinkStateAdvert("a", 1, 0), b"", b"", 0.0)
 
 

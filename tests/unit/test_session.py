@@ -29,12 +29,12 @@ from x0tta6bl4.protocol.keys import TransportKeys
 from x0tta6bl4.protocol.replay import WINDOW_SIZE
 from x0tta6bl4.protocol.session import (
     MIN_TRANSPORT_DATAGRAM_SIZE,
-    DropReason,
+    TRANSPORT_DROPS,
     OpenResult,
     Session,
 )
 
-REASONS = {r.value for r in DropReason}
+REASONS = {r.value for r in TRANSPORT_DROPS}
 
 
 def paired_keys(

@@ -37,7 +37,7 @@ from x0tta6bl4 import __version__
 from x0tta6bl4.controller import ui
 from x0tta6bl4.controller.api import routes_mesh, routes_nodes
 from x0tta6bl4.controller.api.deps import State
-from x0tta6bl4.controller.api.errors import ApiError, error_body, from_refusal
+from x0tta6bl4.controller.api.errors import ApiError, RequestFailure, error_body, from_refusal
 from x0tta6bl4.controller.api.schemas import HealthResponse, ReadyResponse
 from x0tta6bl4.controller.auth import Authenticator, read_admin_token
 from x0tta6bl4.controller.ca import CaHolder
@@ -234,13 +234,17 @@ def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
         where = ".".join(str(p) for p in first.get("loc", ()))
         if first.get("type") == "json_invalid":
-            rejected(request, "malformed_json")
-            return _error(400, "malformed_json", f"the body is not valid JSON: {first['msg']}")
+            rejected(request, RequestFailure.MALFORMED_JSON)
+            return _error(
+                400, RequestFailure.MALFORMED_JSON, f"the body is not valid JSON: {first['msg']}"
+            )
         if first.get("type") == "extra_forbidden":
-            rejected(request, "unknown_field")
-            return _error(422, "unknown_field", f"{where}: unknown field")
-        rejected(request, "invalid_request")
-        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+            rejected(request, RequestFailure.UNKNOWN_FIELD)
+            return _error(422, RequestFailure.UNKNOWN_FIELD, f"{where}: unknown field")
+        rejected(request, RequestFailure.INVALID_REQUEST)
+        return _error(
+            422, RequestFailure.INVALID_REQUEST, f"{where}: {first.get('msg', 'invalid')}"
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -249,11 +253,11 @@ def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         return _error(exc.status_code, reason, str(exc.detail), dict(exc.headers or {}))
 
     async def store_error(request: Request, exc: Exception) -> Response:
-        rejected(request, "store_unavailable")
+        rejected(request, RequestFailure.STORE_UNAVAILABLE)
         if isinstance(exc, StoreUnavailableError):
             return _error(
                 503,
-                "store_unavailable",
+                RequestFailure.STORE_UNAVAILABLE,
                 "the store did not answer; retry",
                 {"Retry-After": "1"},
             )

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from x0tta6bl4.crypto.pqsvid import PeerIdentity
+from x0tta6bl4.node.drops import NodeDrop, handshake_label
 from x0tta6bl4.protocol.constants import MessageType
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 from x0tta6bl4.protocol.events import FinishRetransmitted, HandshakeCompleted, HandshakeFailed
 from x0tta6bl4.protocol.handshake import (
     HandshakeConfig,
@@ -233,7 +234,7 @@ class Channels(Generic[A]):
     def receive(self, data: bytes, addr: A, now: float) -> None:
         """Process one datagram from ``addr``. Never raises for bad input."""
         if not data:
-            self.dropped["empty"] += 1
+            self.dropped[NodeDrop.EMPTY] += 1
             return
         kind = data[0]
         self._now = now
@@ -248,7 +249,7 @@ class Channels(Generic[A]):
         elif kind == _COOKIE:
             self._receive_handshake(data, 1, addr, now)
         else:
-            self.dropped["bad_type"] += 1
+            self.dropped[DropReason.BAD_TYPE] += 1
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -363,11 +364,11 @@ class Channels(Generic[A]):
 
     def _receive_transport(self, data: bytes, now: float) -> None:
         if len(data) < 5:
-            self.dropped["bad_length"] += 1
+            self.dropped[DropReason.BAD_LENGTH] += 1
             return
         channel = self._transport.get(_U32.unpack_from(data, 1)[0])
         if channel is None:
-            self.dropped["unknown_index"] += 1
+            self.dropped[DropReason.UNKNOWN_INDEX] += 1
             return
         try:
             result = channel.session.open(data, now)
@@ -390,11 +391,11 @@ class Channels(Generic[A]):
         self._addr_of.setdefault(key, addr)
         channel = self._by_addr.get(key)
         if channel is not None and channel.handshaking and self.self_id < channel.node_id:
-            self.dropped["init_collision"] += 1
+            self.dropped[NodeDrop.INIT_COLLISION] += 1
             return
         responder = self._listener.receive_datagram(data, key, now)
         for reason, count in self._listener.dropped.items():
-            self.dropped[f"handshake_{reason}"] += count
+            self.dropped[handshake_label(reason)] += count
         self._listener.dropped.clear()
         if responder is None:
             return
@@ -403,17 +404,17 @@ class Channels(Generic[A]):
 
     def _receive_handshake(self, data: bytes, offset: int, addr: A, now: float) -> None:
         if len(data) < offset + 4:
-            self.dropped["bad_length"] += 1
+            self.dropped[DropReason.BAD_LENGTH] += 1
             return
         entry = self._handshakes.get(_U32.unpack_from(data, offset)[0])
         if entry is None:
-            self.dropped["unknown_index"] += 1
+            self.dropped[DropReason.UNKNOWN_INDEX] += 1
             return
         handshake, _ = entry
         before = sum(handshake.dropped.values())
         handshake.receive_datagram(data, now)
         if sum(handshake.dropped.values()) > before:
-            self.dropped["handshake_rejected"] += 1
+            self.dropped[NodeDrop.HANDSHAKE_REJECTED] += 1
         self._handshakes[handshake.local_index] = (handshake, addr)
         self._drain(handshake, addr, now)
 

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import PeerIdentity, verify_svid
 from x0tta6bl4.node.channels import ChannelData, Channels, ChannelUp, HandshakeDone
+from x0tta6bl4.node.drops import NodeDrop, e2e_label
 from x0tta6bl4.node.model import (
     PING_CHANNEL,
     Addr,
@@ -210,7 +211,8 @@ class NodeCore:
         # core stays deterministic for tests.
         self._cost_sent = now
         self._cost_jitter = random.Random(self.node_id).random  # noqa: S311 - timing only
-        #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``).
+        #: Datagrams and frames dropped, by reason (``x0tta6bl4_node_packets_dropped_total``;
+        #: every key is a label of :mod:`x0tta6bl4.node.drops`).
         self.dropped: Counter[str] = Counter()
         #: ``handshakes_ok``, ``handshakes_failed``, ``link_down_events``, ``forwarded``, ...
         self.counters: Counter[str] = Counter()
@@ -272,7 +274,7 @@ class NodeCore:
                 try:
                     identity = verify_svid(member.cert_der, self.identity.bundle, self._wall(now))
                 except CryptoError:
-                    self.dropped["member_cert_rejected"] += 1
+                    self.dropped[NodeDrop.MEMBER_CERT_REJECTED] += 1
                 else:
                     if identity.node_id == member.node_id:
                         self._learn(identity, now)
@@ -536,7 +538,7 @@ class NodeCore:
                     self.e2e.send(dest, plaintext, now)
                 progressed = True
         for reason, count in self.e2e.dropped.items():
-            self.dropped[f"e2e_{reason}"] += count
+            self.dropped[e2e_label(reason)] += count
         self.e2e.dropped.clear()
         for datagram, dest in self.e2e.datagrams_to_send():
             progressed = True
@@ -659,7 +661,7 @@ class NodeCore:
         for frame in frames:
             if isinstance(frame, Fragment):
                 if nested:
-                    self.dropped["fragment_nested"] += 1
+                    self.dropped[NodeDrop.FRAGMENT_NESTED] += 1
                     continue
                 reassembly = link.reassembly
                 if frame.offset == 0 and self._held_advert(frame.data):
@@ -697,7 +699,7 @@ class NodeCore:
             elif isinstance(frame, LsdbSummary):
                 self.router.receive_summary(node_id, frame.entries, now)
             elif isinstance(frame, AppData):
-                self.dropped["unexpected_frame"] += 1
+                self.dropped[NodeDrop.UNEXPECTED_FRAME] += 1
 
     def _held_advert(self, head: bytes) -> bool:
         """Whether ``head`` starts a LINK_STATE_ADVERT frame holding an advert the router has
@@ -717,11 +719,11 @@ class NodeCore:
             return
         ttl = frame.ttl if from_peer is None else frame.ttl - 1
         if ttl <= 0:
-            self.dropped["ttl_expired"] += 1
+            self.dropped[NodeDrop.TTL_EXPIRED] += 1
             return
         hop = self.router.next_hop(frame.dst)
         if hop is None or hop == from_peer:
-            self.dropped["no_route"] += 1
+            self.dropped[NodeDrop.NO_ROUTE] += 1
             return
         if from_peer is not None:
             self.counters["forwarded"] += 1
@@ -735,11 +737,11 @@ class NodeCore:
         try:
             frames = decode_frames(plaintext)
         except RemoteProtocolError as exc:
-            self.dropped[f"e2e_{exc.reason}"] += 1
+            self.dropped[e2e_label(exc.reason)] += 1
             return
         for frame in frames:
             if not isinstance(frame, AppData):
-                self.dropped["e2e_unexpected_frame"] += 1
+                self.dropped[e2e_label(NodeDrop.UNEXPECTED_FRAME)] += 1
             elif frame.channel == PING_CHANNEL:
                 self._on_ping(src, frame.payload, now)
             else:
@@ -747,7 +749,7 @@ class NodeCore:
 
     def _on_ping(self, src: str, payload: bytes, now: float) -> None:
         if len(payload) != _PING.size:
-            self.dropped["bad_ping"] += 1
+            self.dropped[NodeDrop.BAD_PING] += 1
             return
         kind, seq, stamp = _PING.unpack(payload)
         if kind == 0:
@@ -759,7 +761,7 @@ class NodeCore:
     def _queue(self, node_id: str, frame: Frame) -> None:
         link = self._link.get(node_id)
         if link is None:
-            self.dropped["no_link"] += 1
+            self.dropped[NodeDrop.NO_LINK] += 1
             return
         if not link.frames:
             self._to_flush.append(link)
@@ -775,7 +777,7 @@ class NodeCore:
             link.frames = []
             channel = self.links.get(node_id)
             if channel is None or not channel.session.can_send:
-                self.dropped["no_link"] += len(frames)
+                self.dropped[NodeDrop.NO_LINK] += len(frames)
                 continue
             budget = channel.session.max_plaintext_size
             if any(len(encoded) > budget for encoded in frames):
@@ -802,7 +804,7 @@ class NodeCore:
             try:
                 pieces = split_frame(encoded, link.next_msg_id, budget)
             except LocalProtocolError:
-                self.dropped["frame_too_large"] += 1
+                self.dropped[NodeDrop.FRAME_TOO_LARGE] += 1
                 continue
             link.next_msg_id = (link.next_msg_id + 1) & 0xFFFFFFFF
             self.counters["frames_fragmented"] += 1

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from x0tta6bl4.node.core import MAX_APP_PAYLOAD
+from x0tta6bl4.node.drops import NodeDrop
 from x0tta6bl4.node.model import Member
 
 __all__ = [
@@ -62,7 +63,7 @@ _ICMP_ECHO_TYPES = (0, 8)
 class PacketError(ValueError):
     """A packet that is not a well-formed IPv4 packet; ``reason`` is the drop counter key."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: NodeDrop, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -83,18 +84,21 @@ class IPv4Header:
 def parse_ipv4(packet: bytes) -> IPv4Header:
     """Check ``packet`` is IPv4 with consistent lengths; raise :class:`PacketError` if not."""
     if len(packet) < _IPV4_MIN_HEADER:
-        raise PacketError("tun_short_packet", f"{len(packet)} bytes is shorter than an IPv4 header")
+        raise PacketError(
+            NodeDrop.TUN_SHORT_PACKET, f"{len(packet)} bytes is shorter than an IPv4 header"
+        )
     version, ihl = packet[0] >> 4, packet[0] & 0x0F
     if version != 4:
-        raise PacketError("tun_not_ipv4", f"IP version {version}, expected 4")
+        raise PacketError(NodeDrop.TUN_NOT_IPV4, f"IP version {version}, expected 4")
     header_length = ihl * 4
     if header_length < _IPV4_MIN_HEADER or header_length > len(packet):
-        raise PacketError("tun_bad_header", f"IPv4 header length {header_length} is invalid")
+        raise PacketError(NodeDrop.TUN_BAD_HEADER, f"IPv4 header length {header_length} is invalid")
     (total_length,) = struct.unpack_from("!H", packet, 2)
     (flags_offset,) = struct.unpack_from("!H", packet, 6)
     if total_length < header_length or total_length > len(packet):
         raise PacketError(
-            "tun_bad_length", f"IPv4 total length {total_length} does not match {len(packet)}"
+            NodeDrop.TUN_BAD_LENGTH,
+            f"IPv4 total length {total_length} does not match {len(packet)}",
         )
     return IPv4Header(
         src=bytes(packet[12:16]),
@@ -197,10 +201,10 @@ class Overlay:
             self.dropped[exc.reason] += 1
             return _DROP
         if header.src != self.local_ip:
-            self.dropped["tun_bad_source"] += 1
+            self.dropped[NodeDrop.TUN_BAD_SOURCE] += 1
             return _DROP
         if header.total_length > self.mtu:
-            self.dropped["tun_too_big"] += 1
+            self.dropped[NodeDrop.TUN_TOO_BIG] += 1
             if not header.dont_fragment:
                 return _DROP
             reply = frag_needed(packet, header, self.local_ip, self.mtu)
@@ -209,7 +213,7 @@ class Overlay:
             return Outbound(reply=reply)
         dest = self._by_ip.get(header.dst)
         if dest is None:
-            self.dropped["tun_no_destination"] += 1
+            self.dropped[NodeDrop.TUN_NO_DESTINATION] += 1
             return _DROP
         body = bytes(packet[: header.total_length])
         self.counters["packets_out"] += 1
@@ -225,10 +229,10 @@ class Overlay:
             return None
         expected = self._ip_of.get(src_node)
         if expected is None or header.src != expected:
-            self.dropped["tun_spoofed_source"] += 1
+            self.dropped[NodeDrop.TUN_SPOOFED_SOURCE] += 1
             return None
         if header.dst != self.local_ip:
-            self.dropped["tun_not_for_us"] += 1
+            self.dropped[NodeDrop.TUN_NOT_FOR_US] += 1
             return None
         body = bytes(packet[: header.total_length])
         self.counters["packets_in"] += 1

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
+from x0tta6bl4.node.drops import NodeDrop
 from x0tta6bl4.protocol.errors import LocalProtocolError
 from x0tta6bl4.protocol.frames import FRAME_HEADER_SIZE, Fragment, encode_frames
 
@@ -115,14 +116,14 @@ class FrameReassembler:
             self.skipped += 1
             return None
         if fragment.total > self.max_size:
-            self.dropped["fragment_too_large"] += 1
+            self.dropped[NodeDrop.FRAGMENT_TOO_LARGE] += 1
             return None
         partial = self._partials.get(fragment.msg_id)
         if partial is None:
             if len(self._partials) >= self.max_partials:
                 oldest = min(self._partials, key=lambda k: self._partials[k].started)
                 del self._partials[oldest]
-                self.dropped["fragment_evicted"] += 1
+                self.dropped[NodeDrop.FRAGMENT_EVICTED] += 1
             partial = self._partials[fragment.msg_id] = _Partial(fragment.total, now)
         size = len(fragment.data)
         if (
@@ -131,7 +132,7 @@ class FrameReassembler:
             or partial.received + size > partial.total
         ):
             del self._partials[fragment.msg_id]
-            self.dropped["fragment_inconsistent"] += 1
+            self.dropped[NodeDrop.FRAGMENT_INCONSISTENT] += 1
             return None
         partial.pieces[fragment.offset] = fragment.data
         partial.received += size
@@ -142,7 +143,7 @@ class FrameReassembler:
         parts = []
         for offset in sorted(partial.pieces):
             if offset != position:
-                self.dropped["fragment_inconsistent"] += 1
+                self.dropped[NodeDrop.FRAGMENT_INCONSISTENT] += 1
                 return None
             data = partial.pieces[offset]
             parts.append(data)
@@ -166,4 +167,4 @@ class FrameReassembler:
         limit = now - self.timeout
         for msg_id in [k for k, p in self._partials.items() if p.started <= limit]:
             del self._partials[msg_id]
-            self.dropped["fragment_expired"] += 1
+            self.dropped[NodeDrop.FRAGMENT_EXPIRED] += 1

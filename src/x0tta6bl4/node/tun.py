@@ -32,6 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.node.core import NodeCore
+from x0tta6bl4.node.drops import NodeDrop
 from x0tta6bl4.node.model import AppMessage, Member
 from x0tta6bl4.node.overlay import TUN_CHANNEL, TUN_MTU, Overlay
 from x0tta6bl4.node.udp import MeshEndpoint
@@ -264,4 +265,4 @@ def _send_all(core: NodeCore, sends: list[tuple[str, bytes]], now: float) -> Non
         try:
             core.send_app(dest, TUN_CHANNEL, packet, now)
         except ValueError:
-            core.dropped["tun_no_route"] += 1
+            core.dropped[NodeDrop.TUN_NO_ROUTE] += 1

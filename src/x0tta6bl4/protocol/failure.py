@@ -59,7 +59,7 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.errors import InvalidConfigError, LocalProtocolError
 from x0tta6bl4.protocol.lsa import MAX_COST
 
 __all__ = [
@@ -121,17 +121,21 @@ class FailureDetectorConfig:
             and self.cost_unit > 0
             and self.cost_window > 0
         ):
-            raise ValueError("interval, down_interval, cost_unit and cost_window must be positive")
+            raise InvalidConfigError(
+                "interval, down_interval, cost_unit and cost_window must be positive"
+            )
         if self.cost_min_change < 0:
-            raise ValueError("cost_min_change must not be negative")
+            raise InvalidConfigError("cost_min_change must not be negative")
         if self.dead_after < 1 or self.max_outstanding < 1 or self.cost_floor < 1:
-            raise ValueError("dead_after, max_outstanding and cost_floor must be at least 1")
+            raise InvalidConfigError(
+                "dead_after, max_outstanding and cost_floor must be at least 1"
+            )
         if not (0 < self.alpha <= 1 and self.hysteresis >= 0):
-            raise ValueError("alpha must be in (0, 1] and hysteresis non-negative")
+            raise InvalidConfigError("alpha must be in (0, 1] and hysteresis non-negative")
         if not self.stall_fraction > 0:
-            raise ValueError("stall_fraction must be positive")
+            raise InvalidConfigError("stall_fraction must be positive")
         if not 0 <= self.early_fraction < 1:
-            raise ValueError("early_fraction must be in [0, 1)")
+            raise InvalidConfigError("early_fraction must be in [0, 1)")
 
     @property
     def detection_time(self) -> float:

@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from x0tta6bl4.protocol.errors import InvalidConfigError
+
 __all__ = ["FLOODING_COUNTERS", "Flooding"]
 
 #: The counters :attr:`Flooding.counters` holds (the router exports them).
@@ -72,7 +74,7 @@ class Flooding:
         max_origins: Callable[[], int] = lambda: 4096,
     ) -> None:
         if request_timeout <= 0 or max_requests < 1:
-            raise ValueError("request_timeout must be positive and max_requests at least 1")
+            raise InvalidConfigError("request_timeout must be positive and max_requests at least 1")
         self._held_seq = held_seq
         self._max_origins = max_origins
         self.request_timeout = request_timeout

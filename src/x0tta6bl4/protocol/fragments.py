@@ -39,7 +39,7 @@ from x0tta6bl4.protocol.constants import (
     REASSEMBLY_TIMEOUT,
     MessageType,
 )
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "HANDSHAKE_TYPES",
@@ -116,32 +116,38 @@ def fragment_message(
 def parse_fragment(datagram: bytes) -> Fragment:
     """Parse one fragment datagram; raise :class:`RemoteProtocolError` if it is malformed."""
     if len(datagram) > MAX_DATAGRAM_SIZE:
-        raise RemoteProtocolError("datagram_too_large", "datagram exceeds the maximum size")
+        raise RemoteProtocolError(
+            DropReason.DATAGRAM_TOO_LARGE, "datagram exceeds the maximum size"
+        )
     if len(datagram) < FRAGMENT_HEADER_SIZE:
-        raise RemoteProtocolError("truncated", "fragment shorter than its header")
+        raise RemoteProtocolError(DropReason.TRUNCATED, "fragment shorter than its header")
     msg_type, sender, receiver, seq, total, offset, length, cookie_len = _HEADER.unpack_from(
         datagram
     )
     expected_seq = HANDSHAKE_TYPES.get(msg_type)
     if expected_seq is None:
-        raise RemoteProtocolError("bad_type", "not a handshake fragment")
+        raise RemoteProtocolError(DropReason.BAD_TYPE, "not a handshake fragment")
     if seq != expected_seq:
-        raise RemoteProtocolError("bad_message_seq", "message sequence does not match type")
+        raise RemoteProtocolError(
+            DropReason.BAD_MESSAGE_SEQ, "message sequence does not match type"
+        )
     if cookie_len not in (0, COOKIE_SIZE) or (
         cookie_len and msg_type != MessageType.HANDSHAKE_INIT
     ):
-        raise RemoteProtocolError("bad_cookie_length", "invalid cookie length")
+        raise RemoteProtocolError(DropReason.BAD_COOKIE_LENGTH, "invalid cookie length")
     if msg_type == MessageType.HANDSHAKE_INIT and receiver != 0:
-        raise RemoteProtocolError("bad_index", "INIT must carry receiver index 0")
+        raise RemoteProtocolError(DropReason.BAD_INDEX, "INIT must carry receiver index 0")
     if msg_type != MessageType.HANDSHAKE_INIT and receiver == 0:
-        raise RemoteProtocolError("bad_index", "receiver index 0 is reserved for INIT")
+        raise RemoteProtocolError(DropReason.BAD_INDEX, "receiver index 0 is reserved for INIT")
     if not 0 < total <= MAX_HANDSHAKE_MESSAGE_SIZE:
-        raise RemoteProtocolError("message_too_large", "message length out of range")
+        raise RemoteProtocolError(DropReason.MESSAGE_TOO_LARGE, "message length out of range")
     start = FRAGMENT_HEADER_SIZE + cookie_len
     if length == 0 or len(datagram) - start != length:
-        raise RemoteProtocolError("bad_length", "fragment length does not match the datagram")
+        raise RemoteProtocolError(
+            DropReason.BAD_LENGTH, "fragment length does not match the datagram"
+        )
     if offset + length > total:
-        raise RemoteProtocolError("bad_offset", "fragment extends past the message end")
+        raise RemoteProtocolError(DropReason.BAD_OFFSET, "fragment extends past the message end")
     return Fragment(
         msg_type=msg_type,
         sender_index=sender,
@@ -175,7 +181,7 @@ class _Partial:
             lo, hi = max(start, offset), min(stop, end)
             if lo < hi and buf[lo:hi] != data[lo - offset : hi - offset]:
                 raise RemoteProtocolError(
-                    "fragment_mismatch", "overlapping fragments carry different bytes"
+                    DropReason.FRAGMENT_MISMATCH, "overlapping fragments carry different bytes"
                 )
         buf[offset:end] = data
         merged: list[tuple[int, int]] = []
@@ -229,7 +235,9 @@ class Reassembler:
         """
         self.expire(now)
         if fragment.total_length > self._max_message_size:
-            raise RemoteProtocolError("message_too_large", "message exceeds the reassembly bound")
+            raise RemoteProtocolError(
+                DropReason.MESSAGE_TOO_LARGE, "message exceeds the reassembly bound"
+            )
         if fragment.offset == 0 and len(fragment.data) == fragment.total_length:
             return fragment.data
         key = (
@@ -242,7 +250,7 @@ class Reassembler:
         if partial is None:
             if len(self._partials) >= self._max_partials:
                 raise RemoteProtocolError(
-                    "too_many_partials", "too many partial messages in flight"
+                    DropReason.TOO_MANY_PARTIALS, "too many partial messages in flight"
                 )
             partial = _Partial(fragment.total_length, now + self._timeout)
             self._partials[key] = partial

@@ -46,7 +46,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "FRAME_HEADER_SIZE",
@@ -91,7 +91,7 @@ _U64 = struct.Struct("!Q")
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 _FRAGMENT = struct.Struct("!IHH")
 _U32_MAX = 0xFFFFFFFF
-_BAD = "bad_frame"
+_BAD = DropReason.BAD_FRAME
 
 
 class FrameType(enum.IntEnum):
@@ -382,7 +382,7 @@ def _decode_body(kind: int, body: bytes) -> Frame | None:
         return Padding(len(body))
     if kind & IGNORABLE_FRAME_BIT:
         return None
-    raise RemoteProtocolError("unknown_frame", f"unknown frame type 0x{kind:02x}")
+    raise RemoteProtocolError(DropReason.UNKNOWN_FRAME, f"unknown frame type 0x{kind:02x}")
 
 
 def decode_frames(data: bytes | bytearray | memoryview) -> list[Frame]:

@@ -62,7 +62,7 @@ from x0tta6bl4.protocol.constants import (
     RESP_CLEAR_SIZE,
     MessageType,
 )
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 from x0tta6bl4.protocol.events import (
     Event,
     FinishRetransmitted,
@@ -192,7 +192,7 @@ class _Handshake:
         self._events: deque[Event] = deque()
         self._peer: PeerIdentity | None = None
         #: Datagrams dropped, by :attr:`RemoteProtocolError.reason`.
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason] = Counter()
         #: Flights sent again (by timer or on a peer's retransmission).
         self.retransmissions = 0
 
@@ -230,7 +230,7 @@ class _Handshake:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Process one datagram addressed to this handshake. Never raises for bad input."""
         if self.done:
-            self.dropped["closed"] += 1
+            self.dropped[DropReason.CLOSED] += 1
             return
         try:
             self._receive(data, now)
@@ -387,24 +387,26 @@ class InitiatorHandshake(_Handshake):
             return
         fragment = parse_fragment(data)
         if fragment.receiver_index != self._local_index:
-            raise RemoteProtocolError("unknown_index", "fragment is not addressed to us")
+            raise RemoteProtocolError(DropReason.UNKNOWN_INDEX, "fragment is not addressed to us")
         if fragment.msg_type != MessageType.HANDSHAKE_RESP:
-            raise RemoteProtocolError("unexpected_message", "initiator expects RESP")
+            raise RemoteProtocolError(DropReason.UNEXPECTED_MESSAGE, "initiator expects RESP")
         if self._state is not HandshakeState.WAIT_RESP:
-            raise RemoteProtocolError("duplicate", "RESP was already accepted")
+            raise RemoteProtocolError(DropReason.DUPLICATE, "RESP was already accepted")
         message = self._reassembler.add(fragment, now)
         if message is not None:
             self._on_resp(message, fragment.sender_index, now)
 
     def _on_cookie(self, reply: CookieReply, now: float) -> None:
         if reply.receiver_index != self._local_index:
-            raise RemoteProtocolError("unknown_index", "cookie reply is not addressed to us")
+            raise RemoteProtocolError(
+                DropReason.UNKNOWN_INDEX, "cookie reply is not addressed to us"
+            )
         if self._state is not HandshakeState.WAIT_RESP:
-            raise RemoteProtocolError("unexpected_message", "cookie reply after RESP")
+            raise RemoteProtocolError(DropReason.UNEXPECTED_MESSAGE, "cookie reply after RESP")
         if reply.cookie == self._cookie:
-            raise RemoteProtocolError("duplicate", "cookie already in use")
+            raise RemoteProtocolError(DropReason.DUPLICATE, "cookie already in use")
         if now - self._cookie_at < RESEND_MIN_INTERVAL:
-            raise RemoteProtocolError("rate_limited", "cookie replies arrive too fast")
+            raise RemoteProtocolError(DropReason.RATE_LIMITED, "cookie replies arrive too fast")
         self._cookie = reply.cookie
         self._cookie_at = now
         self.retransmissions += 1
@@ -415,13 +417,17 @@ class InitiatorHandshake(_Handshake):
     def _on_resp(self, message: bytes, fragment_sender: int, now: float) -> None:
         resp = RespMessage.parse(message)
         if resp.sender_index != fragment_sender:
-            raise RemoteProtocolError("index_mismatch", "RESP indices differ from its fragments")
+            raise RemoteProtocolError(
+                DropReason.INDEX_MISMATCH, "RESP indices differ from its fragments"
+            )
         kem = self._kem
         assert kem is not None
         try:
             shared = kem.decapsulate(resp.share)
         except InvalidKeyError as exc:
-            raise RemoteProtocolError("bad_share", "responder key share is invalid") from exc
+            raise RemoteProtocolError(
+                DropReason.BAD_SHARE, "responder key share is invalid"
+            ) from exc
         clear = message[:RESP_CLEAR_SIZE]
         transcript = self._transcript.fork()
         transcript.add(clear)
@@ -430,7 +436,7 @@ class InitiatorHandshake(_Handshake):
         try:
             plaintext = responder_keys.aead.open(responder_keys.iv, resp.sealed, clear)
         except DecryptError as exc:
-            raise RemoteProtocolError("decrypt_failed", "RESP does not decrypt") from exc
+            raise RemoteProtocolError(DropReason.DECRYPT_FAILED, "RESP does not decrypt") from exc
         payload = AuthPayload.parse(plaintext)
         transcript.add(plaintext[: len(plaintext) - len(payload.signature)])
         identity = self._authenticate(
@@ -509,7 +515,9 @@ class ResponderHandshake(_Handshake):
         try:
             share, shared = hybrid_encapsulate(message.share)
         except InvalidKeyError as exc:
-            raise RemoteProtocolError("bad_share", "initiator key share is invalid") from exc
+            raise RemoteProtocolError(
+                DropReason.BAD_SHARE, "initiator key share is invalid"
+            ) from exc
         super().__init__(config, now, random_index() if local_index is None else local_index)
         self._remote_index = message.sender_index
         self._init = init
@@ -568,11 +576,11 @@ class ResponderHandshake(_Handshake):
             self._on_init_again(fragment, now)
             return
         if fragment.receiver_index != self._local_index:
-            raise RemoteProtocolError("unknown_index", "fragment is not addressed to us")
+            raise RemoteProtocolError(DropReason.UNKNOWN_INDEX, "fragment is not addressed to us")
         if fragment.msg_type != MessageType.HANDSHAKE_FINISH:
-            raise RemoteProtocolError("unexpected_message", "responder expects FINISH")
+            raise RemoteProtocolError(DropReason.UNEXPECTED_MESSAGE, "responder expects FINISH")
         if fragment.sender_index != self._remote_index:
-            raise RemoteProtocolError("index_mismatch", "FINISH from another sender index")
+            raise RemoteProtocolError(DropReason.INDEX_MISMATCH, "FINISH from another sender index")
         if self._state is HandshakeState.COMPLETED:
             self._on_finish_again(fragment, now)
             return
@@ -584,12 +592,12 @@ class ResponderHandshake(_Handshake):
         """The initiator retransmitted INIT: it is missing (part of) RESP."""
         if not self.matches_init(fragment):
             raise RemoteProtocolError(
-                "unexpected_message", "INIT that this responder did not answer"
+                DropReason.UNEXPECTED_MESSAGE, "INIT that this responder did not answer"
             )
         if self._state is not HandshakeState.WAIT_FINISH:
-            raise RemoteProtocolError("duplicate", "INIT after FINISH")
+            raise RemoteProtocolError(DropReason.DUPLICATE, "INIT after FINISH")
         if now - self._resent_at < RESEND_MIN_INTERVAL:
-            raise RemoteProtocolError("rate_limited", "RESP was re-sent moments ago")
+            raise RemoteProtocolError(DropReason.RATE_LIMITED, "RESP was re-sent moments ago")
         self._resent_at = now
         self.retransmissions += 1
         self._outbox.extend(self._flight)
@@ -601,16 +609,22 @@ class ResponderHandshake(_Handshake):
         if fragment.total_length != len(accepted) or accepted[fragment.offset : end] != (
             fragment.data
         ):
-            raise RemoteProtocolError("replayed_finish", "FINISH differs from the accepted one")
+            raise RemoteProtocolError(
+                DropReason.REPLAYED_FINISH, "FINISH differs from the accepted one"
+            )
         if now - self._resent_at < RESEND_MIN_INTERVAL:
-            raise RemoteProtocolError("rate_limited", "keepalive was requested moments ago")
+            raise RemoteProtocolError(
+                DropReason.RATE_LIMITED, "keepalive was requested moments ago"
+            )
         self._resent_at = now
         self._events.append(FinishRetransmitted(local_index=self._local_index))
 
     def _on_finish(self, message: bytes) -> None:
         finish = FinishMessage.parse(message)
         if finish.sender_index != self._remote_index or finish.receiver_index != self._local_index:
-            raise RemoteProtocolError("index_mismatch", "FINISH indices differ from its fragments")
+            raise RemoteProtocolError(
+                DropReason.INDEX_MISMATCH, "FINISH indices differ from its fragments"
+            )
         keys = self._initiator_keys
         hs_secret = self._hs_secret
         assert keys is not None
@@ -619,7 +633,7 @@ class ResponderHandshake(_Handshake):
         try:
             plaintext = keys.aead.open(keys.iv, finish.sealed, clear)
         except DecryptError as exc:
-            raise RemoteProtocolError("decrypt_failed", "FINISH does not decrypt") from exc
+            raise RemoteProtocolError(DropReason.DECRYPT_FAILED, "FINISH does not decrypt") from exc
         payload = AuthPayload.parse(plaintext)
         transcript = self._transcript.fork()
         transcript.add(clear, plaintext[: len(plaintext) - len(payload.signature)])

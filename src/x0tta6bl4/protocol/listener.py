@@ -33,7 +33,7 @@ from x0tta6bl4.protocol.constants import (
     MessageType,
 )
 from x0tta6bl4.protocol.cookie import CookieJar
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 from x0tta6bl4.protocol.fragments import Fragment, Reassembler, parse_fragment
 from x0tta6bl4.protocol.handshake import (
     HandshakeConfig,
@@ -78,7 +78,7 @@ class HandshakeListener:
         #: When True the listener behaves as under load regardless of the threshold.
         self.force_under_load = False
         #: Datagrams dropped, by :attr:`RemoteProtocolError.reason`.
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason] = Counter()
         #: ``cookie_replies``, ``responders`` (created), ``init_retransmissions`` (routed).
         self.stats: Counter[str] = Counter()
 
@@ -132,9 +132,9 @@ class HandshakeListener:
     def _receive(self, data: bytes, addr: bytes, now: float) -> ResponderHandshake | None:
         fragment = parse_fragment(data)
         if fragment.msg_type != MessageType.HANDSHAKE_INIT:
-            raise RemoteProtocolError("unexpected_message", "the listener takes INIT only")
+            raise RemoteProtocolError(DropReason.UNEXPECTED_MESSAGE, "the listener takes INIT only")
         if fragment.total_length != INIT_MESSAGE_SIZE:
-            raise RemoteProtocolError("bad_length", "INIT has the wrong length")
+            raise RemoteProtocolError(DropReason.BAD_LENGTH, "INIT has the wrong length")
         existing = self._responders.get((addr, fragment.sender_index))
         matched = existing is not None and existing.matches_init(fragment)
         if matched:
@@ -158,7 +158,9 @@ class HandshakeListener:
             return existing if matched else None
         init = InitMessage.parse(message)
         if init.sender_index != fragment.sender_index:
-            raise RemoteProtocolError("index_mismatch", "INIT index differs from its fragments")
+            raise RemoteProtocolError(
+                DropReason.INDEX_MISMATCH, "INIT index differs from its fragments"
+            )
         responder = ResponderHandshake(self._config, message, now, local_index=self._new_index())
         self._responders[(addr, init.sender_index)] = responder
         self.stats["responders"] += 1
@@ -170,7 +172,9 @@ class HandshakeListener:
             if fragment.offset == 0 and len(fragment.data) == fragment.total_length:
                 return fragment.data
             if len(self._pending) >= self._max_pending:
-                raise RemoteProtocolError("too_many_pending", "too many INITs being reassembled")
+                raise RemoteProtocolError(
+                    DropReason.TOO_MANY_PENDING, "too many INITs being reassembled"
+                )
             reassembler = Reassembler(
                 max_message_size=INIT_MESSAGE_SIZE,
                 max_partials=self._config.max_partial_messages,

@@ -45,7 +45,7 @@ from x0tta6bl4.crypto.suite import (
     SigningKey,
     verify_signature,
 )
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "FLAG_TRANSIT_OFF",
@@ -185,7 +185,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         end = self.pos + n
         if end > len(self.data):
-            raise RemoteProtocolError("lsa_truncated", "link-state advert is truncated")
+            raise RemoteProtocolError(DropReason.LSA_TRUNCATED, "link-state advert is truncated")
         chunk = self.data[self.pos : end]
         self.pos = end
         return chunk
@@ -193,11 +193,11 @@ class _Reader:
     def node_id(self, what: str) -> str:
         length = self.take(1)[0]
         if not 1 <= length <= MAX_NODE_ID_BYTES:
-            raise RemoteProtocolError("lsa_bad_node_id", f"{what} has an invalid length")
+            raise RemoteProtocolError(DropReason.LSA_BAD_NODE_ID, f"{what} has an invalid length")
         try:
             return self.take(length).decode("utf-8")
         except UnicodeDecodeError:
-            raise RemoteProtocolError("lsa_bad_node_id", f"{what} is not UTF-8") from None
+            raise RemoteProtocolError(DropReason.LSA_BAD_NODE_ID, f"{what} is not UTF-8") from None
 
 
 def decode_signed(data: bytes) -> tuple[LinkStateAdvert, bytes, bytes]:
@@ -208,17 +208,19 @@ def decode_signed(data: bytes) -> tuple[LinkStateAdvert, bytes, bytes]:
     nothing else.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise RemoteProtocolError("lsa_truncated", "link-state advert is not bytes")
+        raise RemoteProtocolError(DropReason.LSA_TRUNCATED, "link-state advert is not bytes")
     data = bytes(data)
     if len(data) > MAX_ENCODED_SIZE:
-        raise RemoteProtocolError("lsa_too_large", "link-state advert is too large")
+        raise RemoteProtocolError(DropReason.LSA_TOO_LARGE, "link-state advert is too large")
     if len(data) < MLDSA65_SIGNATURE_SIZE:
-        raise RemoteProtocolError("lsa_truncated", "link-state advert is truncated")
+        raise RemoteProtocolError(DropReason.LSA_TRUNCATED, "link-state advert is truncated")
     body, signature = data[:-MLDSA65_SIGNATURE_SIZE], data[-MLDSA65_SIGNATURE_SIZE:]
     r = _Reader(body)
     version, flags = r.take(2)
     if version != LSA_VERSION:
-        raise RemoteProtocolError("lsa_bad_version", "unsupported link-state advert version")
+        raise RemoteProtocolError(
+            DropReason.LSA_BAD_VERSION, "unsupported link-state advert version"
+        )
     origin = r.node_id("origin")
     seq, issued_at_ms = _SEQ_TIME.unpack(r.take(_SEQ_TIME.size))
     count = r.take(1)[0]
@@ -230,19 +232,19 @@ def decode_signed(data: bytes) -> tuple[LinkStateAdvert, bytes, bytes]:
         (cost,) = _COST.unpack(r.take(_COST.size))
         raw = node_id.encode("utf-8")
         if cost == 0:
-            raise RemoteProtocolError("lsa_bad_cost", "link cost 0 is not allowed")
+            raise RemoteProtocolError(DropReason.LSA_BAD_COST, "link cost 0 is not allowed")
         if raw == origin_raw or (previous is not None and raw <= previous):
             raise RemoteProtocolError(
-                "lsa_not_canonical", "neighbours must be sorted, unique and not the origin"
+                DropReason.LSA_NOT_CANONICAL, "neighbours must be sorted, unique and not the origin"
             )
         previous = raw
         neighbours.append((node_id, cost))
     if r.pos != len(body):
-        raise RemoteProtocolError("lsa_truncated", "link-state advert has a bad length")
+        raise RemoteProtocolError(DropReason.LSA_TRUNCATED, "link-state advert has a bad length")
     try:
         lsa = LinkStateAdvert(origin, seq, issued_at_ms, tuple(neighbours), flags)
     except LocalProtocolError as exc:  # pragma: no cover - every field was checked above
-        raise RemoteProtocolError("lsa_not_canonical", str(exc)) from None
+        raise RemoteProtocolError(DropReason.LSA_NOT_CANONICAL, str(exc)) from None
     return lsa, body, signature
 
 
@@ -278,8 +280,12 @@ def verify_signed(
     """Check the origin's signature. Reasons: ``unknown_origin``, ``bad_signature``."""
     key = key_for(lsa.origin)
     if key is None:
-        raise RemoteProtocolError("unknown_origin", "advert from a node with no verified key")
+        raise RemoteProtocolError(
+            DropReason.UNKNOWN_ORIGIN, "advert from a node with no verified key"
+        )
     try:
         verify_signature(key, SignatureContext.LINK_STATE_ADVERT, signed_part, signature)
     except (BadSignatureError, CryptoError):
-        raise RemoteProtocolError("bad_signature", "advert signature does not verify") from None
+        raise RemoteProtocolError(
+            DropReason.BAD_SIGNATURE, "advert signature does not verify"
+        ) from None

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from x0tta6bl4.protocol.errors import RemoteProtocolError
+from x0tta6bl4.protocol.errors import InvalidConfigError, LocalProtocolError, RemoteProtocolError
 from x0tta6bl4.protocol.lsa import (
     MAX_NODE_ID_BYTES,
     KeyLookup,
@@ -112,7 +112,7 @@ class LinkStateDatabase:
         self, own_id: str, key_for: KeyLookup, *, max_age: float = DEFAULT_MAX_AGE
     ) -> None:
         if max_age <= 0:
-            raise ValueError("max_age must be positive")
+            raise InvalidConfigError("max_age must be positive")
         self.own_id = own_id
         self.max_age = max_age
         self._key_for = key_for
@@ -163,7 +163,7 @@ class LinkStateDatabase:
     def install_own(self, lsa: LinkStateAdvert, data: bytes, body: bytes, now: float) -> bool:
         """Install this node's own freshly signed advert; True when its topology changed."""
         if lsa.origin != self.own_id:
-            raise ValueError("install_own takes this node's own advert")
+            raise LocalProtocolError("install_own takes this node's own advert")
         previous = self._entries.get(lsa.origin)
         self._entries[lsa.origin] = LsdbEntry(lsa, data, body, now)
         self._highest_seq[lsa.origin] = max(lsa.seq, self._highest_seq.get(lsa.origin, 0))

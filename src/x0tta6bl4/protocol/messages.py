@@ -54,7 +54,7 @@ from x0tta6bl4.protocol.constants import (
     RESP_CLEAR_SIZE,
     MessageType,
 )
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "AuthPayload",
@@ -82,19 +82,19 @@ _SEALED_MIN = _AUTH_MIN + AEAD_TAG_SIZE
 def _check_version_suite(data: bytes) -> None:
     version, suite = _VS.unpack_from(data)
     if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError("bad_version", "unsupported protocol version")
+        raise RemoteProtocolError(DropReason.BAD_VERSION, "unsupported protocol version")
     if suite != SUITE_ID:
-        raise RemoteProtocolError("bad_suite", "unsupported cipher suite")
+        raise RemoteProtocolError(DropReason.BAD_SUITE, "unsupported cipher suite")
 
 
 def _check_index(index: int) -> None:
     if index == 0:
-        raise RemoteProtocolError("bad_index", "index 0 is reserved")
+        raise RemoteProtocolError(DropReason.BAD_INDEX, "index 0 is reserved")
 
 
 def _check_sealed(sealed: bytes) -> None:
     if len(sealed) < _SEALED_MIN:
-        raise RemoteProtocolError("truncated", "sealed part too short")
+        raise RemoteProtocolError(DropReason.TRUNCATED, "sealed part too short")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ class InitMessage:
     @classmethod
     def parse(cls, data: bytes) -> InitMessage:
         if len(data) != INIT_MESSAGE_SIZE:
-            raise RemoteProtocolError("bad_length", "INIT has the wrong length")
+            raise RemoteProtocolError(DropReason.BAD_LENGTH, "INIT has the wrong length")
         _check_version_suite(data)
         _, _, sender = _INIT_HEAD.unpack_from(data)
         _check_index(sender)
@@ -145,7 +145,7 @@ class RespMessage:
     @classmethod
     def parse(cls, data: bytes) -> RespMessage:
         if not RESP_CLEAR_SIZE + _SEALED_MIN <= len(data) <= MAX_HANDSHAKE_MESSAGE_SIZE:
-            raise RemoteProtocolError("bad_length", "RESP has the wrong length")
+            raise RemoteProtocolError(DropReason.BAD_LENGTH, "RESP has the wrong length")
         _check_version_suite(data)
         _, _, sender, receiver = _RESP_HEAD.unpack_from(data)
         _check_index(sender)
@@ -174,7 +174,7 @@ class FinishMessage:
     @classmethod
     def parse(cls, data: bytes) -> FinishMessage:
         if not FINISH_CLEAR_SIZE + _SEALED_MIN <= len(data) <= MAX_HANDSHAKE_MESSAGE_SIZE:
-            raise RemoteProtocolError("bad_length", "FINISH has the wrong length")
+            raise RemoteProtocolError(DropReason.BAD_LENGTH, "FINISH has the wrong length")
         _check_version_suite(data)
         _, _, sender, receiver = _FINISH_HEAD.unpack_from(data)
         _check_index(sender)
@@ -206,12 +206,14 @@ class AuthPayload:
     @classmethod
     def parse(cls, data: bytes) -> AuthPayload:
         if len(data) < _AUTH_MIN:
-            raise RemoteProtocolError("truncated", "auth payload too short")
+            raise RemoteProtocolError(DropReason.TRUNCATED, "auth payload too short")
         (cert_len,) = _U16.unpack_from(data)
         if not 0 < cert_len <= MAX_CERTIFICATE_SIZE:
-            raise RemoteProtocolError("bad_certificate_length", "certificate length out of range")
+            raise RemoteProtocolError(
+                DropReason.BAD_CERTIFICATE_LENGTH, "certificate length out of range"
+            )
         if len(data) != _U16.size + cert_len + MLDSA65_SIGNATURE_SIZE:
-            raise RemoteProtocolError("bad_length", "auth payload has the wrong length")
+            raise RemoteProtocolError(DropReason.BAD_LENGTH, "auth payload has the wrong length")
         end = _U16.size + cert_len
         return cls(certificate=data[_U16.size : end], signature=data[end:])
 
@@ -231,9 +233,9 @@ class CookieReply:
     @classmethod
     def parse(cls, data: bytes) -> CookieReply:
         if len(data) != COOKIE_REPLY_SIZE:
-            raise RemoteProtocolError("bad_length", "COOKIE_REPLY has the wrong length")
+            raise RemoteProtocolError(DropReason.BAD_LENGTH, "COOKIE_REPLY has the wrong length")
         msg_type, receiver = _COOKIE_REPLY.unpack_from(data)
         if msg_type != MessageType.COOKIE_REPLY:
-            raise RemoteProtocolError("bad_type", "not a COOKIE_REPLY")
+            raise RemoteProtocolError(DropReason.BAD_TYPE, "not a COOKIE_REPLY")
         _check_index(receiver)
         return cls(receiver_index=receiver, cookie=data[_COOKIE_REPLY.size :])

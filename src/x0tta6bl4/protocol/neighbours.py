@@ -39,6 +39,8 @@ import heapq
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+from x0tta6bl4.protocol.errors import InvalidConfigError
+
 __all__ = [
     "Candidate",
     "LinkPolicy",
@@ -81,9 +83,11 @@ class SelectionConfig:
 
     def __post_init__(self) -> None:
         if self.degree < 2 or self.random_links < 0 or self.random_links > self.degree - 2:
-            raise ValueError("degree must be at least 2 and leave room for the two ring links")
+            raise InvalidConfigError(
+                "degree must be at least 2 and leave room for the two ring links"
+            )
         if self.small_mesh < 1 or self.max_degree < self.degree:
-            raise ValueError("small_mesh must be positive and max_degree at least degree")
+            raise InvalidConfigError("small_mesh must be positive and max_degree at least degree")
 
 
 def _allow_all(a: str, b: str) -> bool:

@@ -21,6 +21,7 @@ calls.
 from __future__ import annotations
 
 from x0tta6bl4.protocol.constants import REPLAY_RING_BLOCKS, REPLAY_WINDOW_SIZE
+from x0tta6bl4.protocol.errors import InvalidConfigError
 
 __all__ = ["WINDOW_SIZE", "ReplayFilter"]
 
@@ -28,12 +29,12 @@ _BLOCK_BITS = 64
 _RING_BLOCKS = REPLAY_RING_BLOCKS
 _BLOCK_MASK = _RING_BLOCKS - 1
 if _RING_BLOCKS & _BLOCK_MASK:  # pragma: no cover - a constants mistake, caught at import
-    raise ValueError("REPLAY_RING_BLOCKS must be a power of two")
+    raise InvalidConfigError("REPLAY_RING_BLOCKS must be a power of two")
 
 #: Counters up to this far behind the highest counter seen are still accepted.
 WINDOW_SIZE = REPLAY_WINDOW_SIZE
 if WINDOW_SIZE != (_RING_BLOCKS - 1) * _BLOCK_BITS:  # pragma: no cover - constants mistake
-    raise ValueError("REPLAY_WINDOW_SIZE must be (REPLAY_RING_BLOCKS - 1) * 64")
+    raise InvalidConfigError("REPLAY_WINDOW_SIZE must be (REPLAY_RING_BLOCKS - 1) * 64")
 
 
 class ReplayFilter:

@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from x0tta6bl4.crypto.suite import SigningKey
-from x0tta6bl4.protocol.errors import LocalProtocolError
+from x0tta6bl4.protocol.errors import InvalidConfigError, LocalProtocolError
 from x0tta6bl4.protocol.flooding import Flooding
 from x0tta6bl4.protocol.lsa import (
     FLAG_TRANSIT_OFF,
@@ -151,21 +151,23 @@ class RouterConfig:
             self.request_timeout,
         )
         if self.loss_burst < 1 or self.loss_window <= 0:
-            raise ValueError("loss_burst must be at least 1 and loss_window positive")
+            raise InvalidConfigError("loss_burst must be at least 1 and loss_window positive")
         if self.max_requests < 1 or self.request_timeout <= 0:
-            raise ValueError("max_requests must be at least 1 and request_timeout positive")
+            raise InvalidConfigError("max_requests must be at least 1 and request_timeout positive")
         if self.max_waiting_for_key < 0:
-            raise ValueError("max_waiting_for_key must not be negative")
+            raise InvalidConfigError("max_waiting_for_key must not be negative")
         if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
-            raise ValueError("router timers must be non-negative (refresh and ageing positive)")
+            raise InvalidConfigError(
+                "router timers must be non-negative (refresh and ageing positive)"
+            )
         if self.spf_max_delay < self.spf_delay:
-            raise ValueError("spf_max_delay must be at least spf_delay")
+            raise InvalidConfigError("spf_max_delay must be at least spf_delay")
         if not self.lsa_min_interval <= self.lsa_batch_interval <= self.lsa_max_batch_interval:
-            raise ValueError(
+            raise InvalidConfigError(
                 "need lsa_min_interval <= lsa_batch_interval <= lsa_max_batch_interval"
             )
         if self.max_age <= self.refresh_interval:
-            raise ValueError("max_age must exceed refresh_interval")
+            raise InvalidConfigError("max_age must exceed refresh_interval")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ Rules of the state machine (``docs/transport.md`` draws them):
 Input and output: ``seal(plaintext, now) -> datagram``, ``open(datagram, now) -> OpenResult``,
 ``get_timer()`` / ``handle_timer(now)``; ``now`` is the caller's monotonic clock in seconds.
 Bad datagrams raise :class:`~x0tta6bl4.protocol.errors.RemoteProtocolError` whose ``reason``
-is one of :class:`DropReason` and are counted in :attr:`Session.stats`; nothing else changes.
+is one of :data:`TRANSPORT_DROPS` and are counted in :attr:`Session.stats`; nothing else changes.
 API misuse raises :class:`~x0tta6bl4.protocol.errors.LocalProtocolError`.
 
 Concurrency: a session is not thread-safe; one task owns it.
@@ -39,7 +39,6 @@ Concurrency: a session is not thread-safe; one task owns it.
 
 from __future__ import annotations
 
-import enum
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -59,13 +58,18 @@ from x0tta6bl4.protocol.constants import (
     TRANSPORT_HEADER_SIZE,
     MessageType,
 )
-from x0tta6bl4.protocol.errors import LocalProtocolError, RemoteProtocolError
+from x0tta6bl4.protocol.errors import (
+    DropReason,
+    InvalidConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from x0tta6bl4.protocol.keypairs import Keypair, Keypairs
 from x0tta6bl4.protocol.keys import TransportKeys
 
 __all__ = [
     "MIN_TRANSPORT_DATAGRAM_SIZE",
-    "DropReason",
+    "TRANSPORT_DROPS",
     "OpenResult",
     "Session",
     "SessionStats",
@@ -82,22 +86,24 @@ _new_tuple = tuple.__new__
 _TRANSPORT = int(MessageType.TRANSPORT)
 
 
-class DropReason(enum.StrEnum):
-    """``RemoteProtocolError.reason`` of a rejected transport datagram."""
-
-    #: Shorter than header + tag, or longer than the configured maximum.
-    BAD_LENGTH = "bad_length"
-    #: The first byte is not the TRANSPORT message type.
-    BAD_TYPE = "bad_type"
-    #: The receiver index names none of our live keypairs.
-    UNKNOWN_INDEX = "unknown_index"
-    #: The AEAD tag does not verify (tampered, or another key).
-    DECRYPT_FAILED = "decrypt_failed"
-    #: Authentic, but the counter was seen before or is behind the replay window.
-    REPLAY = "replay"
-    #: The keypair is older than ``reject_after_time`` or the counter reached
-    #: ``reject_after_messages``.
-    EXPIRED = "expired"
+TRANSPORT_DROPS: frozenset[DropReason] = frozenset(
+    {
+        #: Shorter than header + tag, or longer than the configured maximum.
+        DropReason.BAD_LENGTH,
+        #: The first byte is not the TRANSPORT message type.
+        DropReason.BAD_TYPE,
+        #: The receiver index names none of our live keypairs.
+        DropReason.UNKNOWN_INDEX,
+        #: The AEAD tag does not verify (tampered, or another key).
+        DropReason.DECRYPT_FAILED,
+        #: Authentic, but the counter was seen before or is behind the replay window.
+        DropReason.REPLAY,
+        #: The keypair is older than ``reject_after_time`` or the counter reached
+        #: ``reject_after_messages``.
+        DropReason.EXPIRED,
+    }
+)
+"""The :class:`~x0tta6bl4.protocol.errors.DropReason` values :meth:`Session.open` raises."""
 
 
 class OpenResult(NamedTuple):
@@ -120,7 +126,7 @@ class SessionStats:
     keypairs_installed: int = 0
     keypairs_promoted: int = 0
     keypairs_expired: int = 0
-    #: Datagrams rejected by :meth:`Session.open`, by :class:`DropReason` value.
+    #: Datagrams rejected by :meth:`Session.open`, by reason (:data:`TRANSPORT_DROPS`).
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -157,19 +163,19 @@ class Session:
         max_datagram_size: int = MAX_TRANSPORT_DATAGRAM_SIZE,
     ) -> None:
         if not 0 < rekey_after_time + responder_rekey_delay < reject_after_time:
-            raise ValueError(
+            raise InvalidConfigError(
                 "need 0 < rekey_after_time + responder_rekey_delay < reject_after_time"
             )
         if responder_rekey_delay < 0:
-            raise ValueError("responder_rekey_delay must not be negative")
+            raise InvalidConfigError("responder_rekey_delay must not be negative")
         if not 0 < rekey_after_messages <= reject_after_messages <= REJECT_AFTER_MESSAGES:
-            raise ValueError(
+            raise InvalidConfigError(
                 "need 0 < rekey_after_messages <= reject_after_messages <= REJECT_AFTER_MESSAGES"
             )
         if keepalive_timeout <= 0:
-            raise ValueError("keepalive_timeout must be positive")
+            raise InvalidConfigError("keepalive_timeout must be positive")
         if not MIN_TRANSPORT_DATAGRAM_SIZE <= max_datagram_size <= MAX_UDP_PAYLOAD_SIZE:
-            raise ValueError(
+            raise InvalidConfigError(
                 f"max_datagram_size must be within "
                 f"[{MIN_TRANSPORT_DATAGRAM_SIZE}, {MAX_UDP_PAYLOAD_SIZE}]"
             )
@@ -246,7 +252,7 @@ class Session:
     def open(self, datagram: bytes, now: float) -> OpenResult:
         """Authenticate and decrypt one transport datagram.
 
-        Raises :class:`RemoteProtocolError` (``reason`` in :class:`DropReason`) for anything
+        Raises :class:`RemoteProtocolError` (``reason`` in :data:`TRANSPORT_DROPS`) for anything
         that must be dropped; then only :attr:`stats` changes.
         """
         # The hot path (a packet under `current`) is kept short: every line costs about as
@@ -362,4 +368,4 @@ class Session:
         dropped = self.stats.dropped
         key = reason.value
         dropped[key] = dropped.get(key, 0) + 1
-        return RemoteProtocolError(reason.value, message)
+        return RemoteProtocolError(reason, message)

@@ -10,12 +10,20 @@ humans and never holds a token or a key.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from x0tta6bl4.controller.errors import AdmissionRefusal, AuthFailure, RequestRefusedError
 
-__all__ = ["REFUSALS", "ApiError", "error_body", "from_refusal"]
+__all__ = [
+    "REFUSALS",
+    "REGISTRATION_REJECTIONS",
+    "ApiError",
+    "RequestFailure",
+    "error_body",
+    "from_refusal",
+]
 
 _WWW_AUTH: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Bearer realm="x0tta6bl4"'})
 _NONE: Mapping[str, str] = MappingProxyType({})
@@ -42,6 +50,22 @@ REFUSALS: Mapping[AuthFailure | AdmissionRefusal, tuple[int, Mapping[str, str]]]
     }
 )
 """Each domain refusal's HTTP status and extra headers."""
+
+
+class RequestFailure(enum.StrEnum):
+    """Refusals of the API layer itself (the request never reached the domain)."""
+
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_REQUEST = "invalid_request"
+    STORE_UNAVAILABLE = "store_unavailable"
+
+
+REGISTRATION_REJECTIONS: frozenset[str] = (
+    frozenset(AuthFailure) | frozenset(AdmissionRefusal) | frozenset(RequestFailure)
+) - {AuthFailure.ADMIN_REQUIRED}  # registration needs a node's JWT-SVID, never an admin
+"""Every ``reason`` of ``x0tta6bl4_registrations_rejected_total`` (``docs/metrics.md`` lists
+exactly these; a test holds them equal)."""
 
 
 class ApiError(Exception):
