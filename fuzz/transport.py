@@ -23,15 +23,15 @@ import hashlib
 import fuzzlib
 
 with fuzzlib.instrumented():
-    from x0tta6bl4.protocol.errors import RemoteProtocolError
+    from x0tta6bl4.protocol.errors import DropReason, RemoteProtocolError
     from x0tta6bl4.protocol.frames import decode_frames, encode_frames
     from x0tta6bl4.protocol.keys import TransportKeys
-    from x0tta6bl4.protocol.session import DropReason, Session
+    from x0tta6bl4.protocol.session import TRANSPORT_DROPS, Session
 
 _KEY_A = hashlib.sha256(b"x0tta6bl4-fuzz/transport/a->b").digest()
 _KEY_B = hashlib.sha256(b"x0tta6bl4-fuzz/transport/b->a").digest()
 _INDEX_A, _INDEX_B = 0x0A0A0A0A, 0x0B0B0B0B
-_REASONS = {r.value for r in DropReason}
+_REASONS = {r.value for r in TRANSPORT_DROPS}
 
 
 def _session(send: bytes, recv: bytes, local: int, remote: int) -> Session:
