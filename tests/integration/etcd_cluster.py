@@ -1,7 +1,9 @@
 """Real etcd processes for tests: one member or a cluster on loopback, ephemeral ports.
 
-    with EtcdCluster(tmp_path, size=3) as cluster:
+    with EtcdCluster(tmp_path, size=3, tls=True) as cluster:
         cluster.endpoints            # [("127.0.0.1", port), ...]
+        cluster.url()                # etcds://127.0.0.1:port,... (etcd:// without tls)
+        cluster.client_tls           # the controllers' EtcdTlsFiles (with tls)
         leader = cluster.leader()    # asks each member over etcd's HTTP gateway
         cluster.kill(leader)         # SIGKILL
         cluster.restart(leader)      # same data dir, rejoins
@@ -11,7 +13,9 @@ The binary comes from Debian's ``etcd-server`` package (``scripts/setup-system.s
 The binary lookup, the environment and each member's command line are those of ``up``
 (:mod:`x0tta6bl4.local.etcd`), whose fast elections (heartbeat 50 ms, election timeout
 500 ms) keep failover tests short. Each member logs to ``<data-dir>.log``; a start failure
-reports the log's tail.
+reports the log's tail. With ``tls=True`` the members serve client and peer ports over TLS
+and require client certificates (a fresh etcd CA under the base directory), as the chart's
+and ``up``'s do; the test's own HTTP probes present the client certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from x0tta6bl4.controller.store.etcd_tls import EtcdPki, EtcdTlsFiles, write_etcd_pki
 from x0tta6bl4.local.etcd import etcd_binary, etcd_env, member_argv
 
 __all__ = ["ETCD_MISSING_REASON", "EtcdCluster", "EtcdMember", "etcd_binary"]
@@ -62,14 +68,19 @@ class EtcdMember:
     data_dir: Path
     args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.ssl_context is None else "https"
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
 
     @property
     def log_path(self) -> Path:
@@ -87,7 +98,7 @@ class EtcdMember:
 
     def _post(self, path: str, timeout: float = 2.0) -> dict[str, object]:
         request = urllib.request.Request(self.client_url + path, data=b"{}", method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context) as response:
             result: dict[str, object] = json.load(response)
         return result
 
@@ -105,7 +116,9 @@ class EtcdMember:
         if not self.running:
             return False
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=2.0) as response:
+            with urllib.request.urlopen(
+                self.client_url + "/health", timeout=2.0, context=self.ssl_context
+            ) as response:
                 return bool(json.load(response).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False
@@ -114,7 +127,7 @@ class EtcdMember:
 class EtcdCluster:
     """``size`` etcd members on loopback under ``base_dir`` (see the module docstring)."""
 
-    def __init__(self, base_dir: Path, size: int = 1) -> None:
+    def __init__(self, base_dir: Path, size: int = 1, *, tls: bool = False) -> None:
         binary = etcd_binary()
         if binary is None:
             raise RuntimeError(ETCD_MISSING_REASON)
@@ -122,6 +135,24 @@ class EtcdCluster:
         self.base_dir = Path(base_dir)
         self.size = size
         self.members: list[EtcdMember] = []
+        self.pki: EtcdPki | None = None
+        if tls:
+            self.pki = write_etcd_pki(self.base_dir / "pki", ["127.0.0.1", "localhost"], days=2)
+
+    @property
+    def client_tls(self) -> EtcdTlsFiles:
+        """The client certificate files a controller uses (``tls=True`` only)."""
+        if self.pki is None:
+            raise RuntimeError("this cluster runs without TLS")
+        return self.pki.client
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.pki is None:
+            return None
+        files = self.pki.client
+        ctx = ssl.create_default_context(cafile=str(files.ca_file))
+        ctx.load_cert_chain(str(files.cert_file), str(files.key_file))
+        return ctx
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -152,6 +183,7 @@ class EtcdCluster:
                 client_port=ports[2 * index],
                 peer_port=ports[2 * index + 1],
                 data_dir=self.base_dir / f"m{index}",
+                ssl_context=self._ssl_context(),
             )
             for index in range(self.size)
         ]
@@ -165,6 +197,9 @@ class EtcdCluster:
                 peer_url=member.peer_url,
                 initial_cluster=initial,
                 token=token,
+                tls=None
+                if self.pki is None
+                else (self.pki.ca, self.pki.server_cert, self.pki.server_key),
             )
             self._spawn(member)
         try:
@@ -236,9 +271,10 @@ class EtcdCluster:
         return [("127.0.0.1", member.client_port) for member in self.members]
 
     def url(self, members: list[EtcdMember] | None = None) -> str:
-        """An ``etcd://`` store URL naming ``members`` (default: all)."""
+        """An ``etcd://`` (``etcds://`` with TLS) store URL naming ``members`` (default: all)."""
         chosen = self.members if members is None else members
-        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in chosen)
+        scheme = "etcd" if self.pki is None else "etcds"
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{m.client_port}" for m in chosen)
 
     def leader(self, timeout: float = _START_TIMEOUT) -> EtcdMember:
         """The member that is currently raft leader (waits for an election)."""

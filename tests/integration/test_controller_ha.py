@@ -1,5 +1,9 @@
 """HA: three controller processes on a three-member etcd cluster, under failures.
 
+The etcd cluster speaks TLS only, client and peer ports, and requires client certificates
+(as the chart's and ``up``'s do): the controllers reach it with ``etcds://`` and their client
+certificate, and the test checks on the same members that a client without one is refused.
+
 1000 registrations are spread across the controllers; part-way the etcd raft leader is
 SIGKILLed, later one controller is SIGKILLed. Every registration must end in success, or in a
 retryable answer (503 with Retry-After, or a dropped connection to the killed controller) after
@@ -17,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aetcd
+import grpc
 import httpx
 import pytest
 
@@ -35,6 +41,7 @@ from tests.integration.controller_support import (
 )
 from tests.integration.etcd_cluster import ETCD_MISSING_REASON, EtcdCluster, etcd_binary
 from x0tta6bl4.controller.ca import init_ca_dir
+from x0tta6bl4.controller.store.etcd_tls import TlsEtcdClient
 from x0tta6bl4.crypto.suite import SigningKey
 
 pytestmark = [
@@ -73,6 +80,12 @@ class Fleet:
                         f"127.0.0.1:{port}",
                         "--store",
                         cluster.url(),
+                        "--etcd-ca-file",
+                        str(cluster.client_tls.ca_file),
+                        "--etcd-cert-file",
+                        str(cluster.client_tls.cert_file),
+                        "--etcd-key-file",
+                        str(cluster.client_tls.key_file),
                         "--state-dir",
                         str(base / f"c{index}"),
                         "--ca-cert-file",
@@ -193,13 +206,41 @@ async def _run(fleet: Fleet, cluster: EtcdCluster, tokens: dict[str, str]) -> di
     return {"stats": stats, "results": results}
 
 
+async def _clients_without_certificate(cluster: EtcdCluster) -> list[BaseException | None]:
+    """Try a read on every member without a client certificate; the errors (None = served)."""
+    ca = cluster.client_tls.ca_file.read_bytes()
+    outcomes: list[BaseException | None] = []
+    for host, port in cluster.endpoints:
+        for client in (
+            TlsEtcdClient(
+                host=host,
+                port=port,
+                timeout=3,
+                credentials=lambda: grpc.ssl_channel_credentials(root_certificates=ca),
+            ),
+            aetcd.Client(host=host, port=port, timeout=3),
+        ):
+            try:
+                async with asyncio.timeout(10):
+                    await client.connect()
+                    await client.get(b"/x0tta6bl4/meta/schema")
+                outcomes.append(None)
+            except Exception as err:
+                outcomes.append(err)
+            finally:
+                await client.close()
+    return outcomes
+
+
 def test_registrations_survive_etcd_leader_and_controller_loss(
     tmp_path: Path, identity: Identity
 ) -> None:
     tokens = {sid: identity.token(sid) for sid in (NODE_A, NODE_B, NODE_DEV)}
-    with EtcdCluster(tmp_path / "etcd", size=3) as cluster:
+    with EtcdCluster(tmp_path / "etcd", size=3, tls=True) as cluster:
+        assert cluster.url().startswith("etcds://")
         fleet = Fleet(tmp_path, cluster, identity)
         try:
+            refusals = asyncio.run(_clients_without_certificate(cluster))
             outcome = asyncio.run(_run(fleet, cluster, tokens))
             survivor = next(i for i in range(3) if fleet.alive[i])
             listing = httpx.get(
@@ -210,6 +251,9 @@ def test_registrations_survive_etcd_leader_and_controller_loss(
             raise
         finally:
             fleet.stop()
+    # Every member refuses a client without a certificate (TLS without one, or plain gRPC).
+    assert len(refusals) == 2 * len(cluster.endpoints)
+    assert all(err is not None for err in refusals), refusals
     stats = outcome["stats"]
     results: dict[int, dict[str, Any]] = outcome["results"]
     print(dict(stats))

@@ -365,12 +365,68 @@ def test_etcd_statefulset_members_and_volumes_from_persistence(staging: Index) -
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     args = container(sts, "etcd")["args"]
     cluster = next(a for a in args if a.startswith("--initial-cluster="))
-    assert cluster.count("=http://") == 3
+    assert cluster.count("=https://") == 3
     assert f".x0tta6bl4-etcd.{NS}.svc:2380" in cluster
     assert staging["Service", "x0tta6bl4-etcd"]["spec"]["clusterIP"] == "None"
     store = container(staging["Deployment", "x0tta6bl4-controller"], "controller")["args"]
     url = store[store.index("--store") + 1]
-    assert url == "etcd://" + ",".join(f"x0tta6bl4-etcd-{i}.x0tta6bl4-etcd:2379" for i in range(3))
+    assert url == "etcds://" + ",".join(f"x0tta6bl4-etcd-{i}.x0tta6bl4-etcd:2379" for i in range(3))
+
+
+def test_etcd_speaks_tls_with_client_certificates_only(staging: Index) -> None:
+    """Client and peer ports: TLS, client certificates required (issue #12: whoever writes
+    etcd rewrites the membership); certificates from the operator's Secrets; only the
+    probe/metrics port 2381 is plain."""
+    sts = staging["StatefulSet", "x0tta6bl4-etcd"]
+    args = container(sts, "etcd")["args"]
+    flags = {a.split("=", 1)[0]: [*a.split("=", 1), ""][1] for a in args}
+    for flag in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls",
+                 "--initial-advertise-peer-urls"):  # fmt: skip
+        assert flags[flag].startswith("https://"), (flag, flags[flag])
+    assert flags["--listen-metrics-urls"] == "http://0.0.0.0:2381"
+    assert "--client-cert-auth" in flags
+    assert "--peer-client-cert-auth" in flags
+    for flag in ("--trusted-ca-file", "--peer-trusted-ca-file"):
+        assert flags[flag] == "/etc/etcd/tls/ca.crt"
+    for flag in ("--cert-file", "--peer-cert-file"):
+        assert flags[flag] == "/etc/etcd/tls/tls.crt"
+    pod = sts["spec"]["template"]["spec"]
+    tls = {v["name"]: v for v in pod["volumes"]}["tls"]
+    assert tls["secret"]["secretName"] == "x0tta6bl4-etcd-server-tls"
+    assert {i["key"] for i in tls["secret"]["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+    probes = container(sts, "etcd")
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probes[kind]["httpGet"]["port"] == "metrics"
+    ctl = staging["Deployment", "x0tta6bl4-controller"]
+    env = {e["name"]: e.get("value") for e in container(ctl, "controller")["env"]}
+    assert env["X0_ETCD_CA_FILE"] == "/etc/x0tta6bl4/etcd-client/ca.crt"
+    assert env["X0_ETCD_CERT_FILE"] == "/etc/x0tta6bl4/etcd-client/tls.crt"
+    assert env["X0_ETCD_KEY_FILE"] == "/etc/x0tta6bl4/etcd-client/tls.key"
+    volumes = {v["name"]: v for v in ctl["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["etcd-client-tls"]["secret"]["secretName"] == "x0tta6bl4-etcd-client-tls"
+    # The controller never gets the members' key, nor the members the controllers' key.
+    assert "x0tta6bl4-etcd-server-tls" not in str(ctl)
+    assert "x0tta6bl4-etcd-client-tls" not in str(sts)
+
+
+@pytest.mark.parametrize(("tls", "scheme"), [("true", "etcds"), ("false", "etcd")])
+def test_external_etcd_tls_follows_its_value(tls: str, scheme: str) -> None:
+    objs = by_kind_name(
+        render(
+            STAGING,
+            {
+                "x0tta6bl4.store.mode": "external",
+                "x0tta6bl4.store.external.endpoints[0]": "etcd.example:2379",
+                "x0tta6bl4.store.external.tls": tls,
+            },
+            namespace=NS,
+        )
+    )
+    ctl = container(objs["Deployment", "x0tta6bl4-controller"], "controller")
+    assert ctl["args"][ctl["args"].index("--store") + 1] == f"{scheme}://etcd.example:2379"
+    env = {e["name"] for e in ctl["env"]}
+    assert ("X0_ETCD_CERT_FILE" in env) is (tls == "true")
+    assert ("StatefulSet", "x0tta6bl4-etcd") not in objs
 
 
 # --------------------------------------------------------------------------- runtime contract

@@ -10,10 +10,13 @@ probes (path and port as rendered) until they pass, and checks that the two node
 link to each other, a route to each other and answer a mesh ping.
 
 Around the processes run real equivalents of what the cluster provides: a real 3-member etcd
-cluster (``tests/integration/etcd_cluster.py``) for the StatefulSet, a real embedded SPIFFE
+cluster (``tests/integration/etcd_cluster.py``, TLS with client certificates as the chart's
+members serve it) for the StatefulSet, a real embedded SPIFFE
 issuer (``x0tta6bl4 identity serve``) on a Unix socket for the SPIRE agent, and a mesh CA made
 by ``x0tta6bl4 controller ca init --out DIR`` for the Secret ``x0tta6bl4-mesh-ca``. The
-issuer's entry is the SPIFFE ID the chart's ClusterSPIFFEID template yields for the pods.
+issuer's entries give each pod's process the SPIFFE ID the chart's ClusterSPIFFEID for its
+pods yields (controller: ``…/controller``; each node: ``…/node/<its Kubernetes node>``), by
+process (``pid:PID@START``), as SPIRE's k8s attestor tells pods apart.
 
 Everything else is passed verbatim. The rewrites, each recorded by the test (which fails if a
 rewritten field is missing from this list):
@@ -34,7 +37,10 @@ rewritten field is missing from this list):
   for that volume: ``X0_STATE_DIR`` (emptyDir / the SQLite PVC ``/var/lib/x0tta6bl4``),
   ``--store`` in SQLite mode (``sqlite:////var/lib/x0tta6bl4/controller.db``, on that PVC),
   ``X0_CA_CERT_FILE`` / ``X0_CA_KEY_FILE`` (the Secret ``x0tta6bl4-mesh-ca`` mounted at
-  ``/etc/x0tta6bl4/mesh-ca``) and ``X0_SPIFFE_SOCKET`` (the SPIRE agent socket directory
+  ``/etc/x0tta6bl4/mesh-ca``), ``X0_ETCD_CA_FILE`` / ``X0_ETCD_CERT_FILE`` /
+  ``X0_ETCD_KEY_FILE`` (etcd mode: the Secret ``x0tta6bl4-etcd-client-tls`` at
+  ``/etc/x0tta6bl4/etcd-client``, here the local TLS cluster's client files) and
+  ``X0_SPIFFE_SOCKET`` (the SPIRE agent socket directory
   ``/run/spire/agent-sockets``, here the embedded issuer's socket directory).
 - FieldRefs: ``X0_POD_IP`` (``status.podIP``) -> ``127.0.0.1``; ``X0_NODE_NAME``
   (``spec.nodeName``) -> a test Kubernetes node name (``kind-worker``, ``kind-worker2``).
@@ -76,6 +82,7 @@ from tests.integration.chart_helpers import (
     runtime_containers,
 )
 from tests.integration.etcd_cluster import ETCD_MISSING_REASON, EtcdCluster, etcd_binary
+from x0tta6bl4.identity.issuer.entries import process_start_time
 
 pytestmark = [
     pytest.mark.helm,
@@ -92,6 +99,7 @@ CONSOLE_SCRIPT = REPO_ROOT / ".venv" / "bin" / "x0tta6bl4"
 TEST_NODES = ("kind-worker", "kind-worker2")
 POD_IP = "127.0.0.1"
 DEADLINE = 90.0
+CLIENT_TLS_SECRET = "x0tta6bl4-etcd-client-tls"
 SQLITE_SETS = {
     "x0tta6bl4.store.mode": "sqlite",
     "x0tta6bl4.replicaCount": "1",
@@ -209,6 +217,8 @@ class Volumes:
     ca_dir: Path
     socket_dir: Path
     ca_secret: str = "x0tta6bl4-mesh-ca"
+    #: Other operator Secrets: name -> host directory holding their keys as files.
+    secrets: dict[str, Path] = field(default_factory=dict)
 
     def mounts(self, workload: Obj, name: str, instance: str) -> dict[str, Path]:
         """mountPath -> host directory for container ``name`` of ``workload``."""
@@ -218,10 +228,12 @@ class Volumes:
             volume = volumes[mount["name"]]
             if "secret" in volume:
                 secret = volume["secret"]
-                assert secret["secretName"] == self.ca_secret, f"unknown Secret {secret}"
+                directories = {self.ca_secret: self.ca_dir, **self.secrets}
+                assert secret["secretName"] in directories, f"unknown Secret {secret}"
+                directory = directories[secret["secretName"]]
                 for item in secret.get("items", []):
-                    assert (self.ca_dir / item["path"]).is_file(), item
-                out[mount["mountPath"]] = self.ca_dir
+                    assert (directory / item["path"]).is_file(), item
+                out[mount["mountPath"]] = directory
             elif volume.get("csi", {}).get("driver") == "csi.spiffe.io" or "hostPath" in volume:
                 out[mount["mountPath"]] = self.socket_dir
             elif "emptyDir" in volume or "persistentVolumeClaim" in volume:
@@ -318,17 +330,28 @@ def wait_probes(procs: Processes, run: LocalRun, spec: ContainerSpec) -> None:
 # -- the cluster's services, locally --------------------------------------------------------
 
 
-def spiffe_id_of(objs: list[Obj], workload: Obj, trust_domain: str) -> str:
-    """The SPIFFE ID the chart's ClusterSPIFFEID template gives the workload's pods."""
+def spiffe_id_of(
+    objs: list[Obj], workload: Obj, trust_domain: str, node_name: str | None = None
+) -> str:
+    """The SPIFFE ID the chart's ClusterSPIFFEID for the workload's pods gives the pod (on
+    Kubernetes node ``node_name``)."""
     index = by_kind_name(objs)
-    spiffe = [o for (kind, _), o in index.items() if kind == "ClusterSPIFFEID"]
-    assert len(spiffe) == 1, "values-staging.yaml turns SPIFFE on: one ClusterSPIFFEID"
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    spiffe = [
+        o
+        for (kind, _), o in index.items()
+        if kind == "ClusterSPIFFEID"
+        and o["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert len(spiffe) == 1, "exactly one ClusterSPIFFEID selects each workload's pods"
     template = str(spiffe[0]["spec"]["spiffeIDTemplate"])
     values = {
         "{{ .TrustDomain }}": trust_domain,
         "{{ .PodMeta.Namespace }}": NAMESPACE,
         "{{ .PodSpec.ServiceAccountName }}": pod_spec(workload)["serviceAccountName"],
     }
+    if node_name is not None:
+        values["{{ .PodSpec.NodeName }}"] = node_name
     for key, value in values.items():
         template = template.replace(key, value)
     assert "{{" not in template, f"unresolved template: {template}"
@@ -361,9 +384,29 @@ def api_host(objs: list[Obj], controller_ports: Mapping[int, int]) -> dict[str, 
     return out
 
 
+class IssuerEntries:
+    """The SPIRE registration entries of the pods, as the embedded issuer's entries file: each
+    pod's process gets exactly its own SPIFFE ID (``pid:PID@START``), as SPIRE's k8s attestor
+    gives each pod its ClusterSPIFFEID's ID."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, proc: Proc, spiffe_id: str) -> None:
+        start = process_start_time(proc.process.pid)
+        assert start is not None, f"{proc.name} is not running"
+        self.lines.append(f"pid:{proc.process.pid}@{start}={spiffe_id}")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in self.lines))
+        tmp.chmod(0o600)
+        os.replace(tmp, self.path)
+
+
 @contextlib.contextmanager
-def issuer(directory: Path, socket_path: Path, trust_domain: str, spiffe_id: str) -> Iterator[None]:
-    """``x0tta6bl4 identity serve`` at ``socket_path``, giving this uid ``spiffe_id``."""
+def issuer(directory: Path, socket_path: Path, trust_domain: str) -> Iterator[IssuerEntries]:
+    """``x0tta6bl4 identity serve`` at ``socket_path``, with an (empty) entries file."""
+    entries = IssuerEntries(directory / "issuer-entries")
     procs = Processes(directory)
     procs.start(
         "identity",
@@ -371,17 +414,30 @@ def issuer(directory: Path, socket_path: Path, trust_domain: str, spiffe_id: str
             str(CONSOLE_SCRIPT), "identity", "serve",
             "--socket", str(socket_path),
             "--trust-domain", trust_domain,
-            "--entry", f"{os.geteuid()}={spiffe_id}",
+            "--entries-file", str(entries.path),
             "--state-dir", str(directory / "issuer-state"),
         ],
-        {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+        {**os.environ},
         directory,
     )  # fmt: skip
     try:
         wait_for(procs, socket_path.exists, "the identity issuer's socket")
-        yield
+        yield entries
     finally:
         procs.close()
+
+
+def etcd_client_secret(workdir: Path, cluster: EtcdCluster) -> Path:
+    """The Secret ``x0tta6bl4-etcd-client-tls`` (keys ``ca.crt``, ``tls.crt``, ``tls.key``) for
+    the local TLS etcd cluster, as ``x0tta6bl4 controller etcd-certs`` prints it."""
+    directory = workdir / "etcd-client-tls"
+    directory.mkdir(mode=0o700)
+    files = cluster.client_tls
+    for name, source in (("ca.crt", files.ca_file), ("tls.crt", files.cert_file),
+                         ("tls.key", files.key_file)):  # fmt: skip
+        shutil.copyfile(source, directory / name)
+    (directory / "tls.key").chmod(0o600)
+    return directory
 
 
 def make_ca(out: Path, trust_domain: str) -> None:
@@ -436,18 +492,20 @@ def test_rendered_containers_run_and_pass_their_own_probes(mode: str, workdir: P
 
     volumes = Volumes(workdir, workdir / "mesh-ca", workdir / "spire")
     make_ca(volumes.ca_dir, trust_domain)
-    spiffe_id = spiffe_id_of(objs, daemonset, trust_domain)
-    assert spiffe_id == spiffe_id_of(objs, deployment, trust_domain)
+    controller_id = spiffe_id_of(objs, deployment, trust_domain)
+    node_ids = {name: spiffe_id_of(objs, daemonset, trust_domain, name) for name in TEST_NODES}
+    assert len({controller_id, *node_ids.values()}) == 1 + len(TEST_NODES)  # one ID each
     socket_path = volumes.socket_dir / Path(socket_value).name
 
     with contextlib.ExitStack() as stack:
         hosts: dict[str, str] = {}
         if mode == "etcd":
-            cluster = stack.enter_context(EtcdCluster(workdir / "etcd", size=3))
+            cluster = stack.enter_context(EtcdCluster(workdir / "etcd", size=3, tls=True))
             hosts |= etcd_hosts(objs, cluster)
+            volumes.secrets[CLIENT_TLS_SECRET] = etcd_client_secret(workdir, cluster)
         else:
             assert "etcd" not in " ".join(ctl_spec.argv)
-        stack.enter_context(issuer(workdir, socket_path, trust_domain, spiffe_id))
+        entries = stack.enter_context(issuer(workdir, socket_path, trust_domain))
         procs = Processes(workdir)
         stack.callback(procs.close)
 
@@ -462,7 +520,8 @@ def test_rendered_containers_run_and_pass_their_own_probes(mode: str, workdir: P
         )
         assert ctl_run.mounts[socket_dir_in_pod] == volumes.socket_dir
         # All pods start together, as in a fresh install; the nodes retry until the API answers.
-        procs.start("controller", ctl_run.argv(ctl_spec), ctl_run.env(ctl_spec), workdir)
+        ctl_proc = procs.start("controller", ctl_run.argv(ctl_spec), ctl_run.env(ctl_spec), workdir)
+        entries.add(ctl_proc, controller_id)
 
         node_runs: dict[str, LocalRun] = {}
         for node_name in TEST_NODES:
@@ -474,7 +533,10 @@ def test_rendered_containers_run_and_pass_their_own_probes(mode: str, workdir: P
                 {"spec.nodeName": node_name, "status.podIP": POD_IP},
             )
             node_runs[node_name] = run
-            procs.start(f"node-{node_name}", run.argv(node_spec), run.env(node_spec), workdir)
+            proc = procs.start(
+                f"node-{node_name}", run.argv(node_spec), run.env(node_spec), workdir
+            )
+            entries.add(proc, node_ids[node_name])
         wait_probes(procs, ctl_run, ctl_spec)
         for run in node_runs.values():
             wait_probes(procs, run, node_spec)
@@ -500,7 +562,7 @@ def test_rendered_containers_run_and_pass_their_own_probes(mode: str, workdir: P
             got = status(node_name)
             assert got["registered"] is True
             assert got["node_id"] == node_name  # from the spec.nodeName FieldRef
-            assert got["spiffe_id"] == spiffe_id
+            assert got["spiffe_id"] == node_ids[node_name]
             mesh_port = node_runs[node_name].ports[node_spec.ports["mesh"][0]]
             assert got["advertise"] == f"{POD_IP}:{mesh_port}"  # from the status.podIP FieldRef
 
@@ -516,6 +578,15 @@ def test_rendered_containers_run_and_pass_their_own_probes(mode: str, workdir: P
         ("controller", "X0_CA_KEY_FILE"),
         ("controller", "X0_SPIFFE_SOCKET"),
         ("controller", "--store"),
+        *(
+            (
+                ("controller", "X0_ETCD_CA_FILE"),
+                ("controller", "X0_ETCD_CERT_FILE"),
+                ("controller", "X0_ETCD_KEY_FILE"),
+            )
+            if mode == "etcd"
+            else ()
+        ),
         ("node", "command"),
         ("node", "--controller"),
         ("node", "--listen-udp"),

@@ -77,7 +77,7 @@ LAYERS: dict[str, Layer] = {
         ("x0tta6bl4.bench",),
         ("node", "node.core", "controller", "dataplane", "protocol", "crypto", "identity", "base"),
     ),
-    "local": Layer(("x0tta6bl4.local",), ("controller", "protocol", "base")),
+    "local": Layer(("x0tta6bl4.local",), ("controller", "protocol", "identity", "base")),
     "node": Layer(
         ("x0tta6bl4.node",),
         ("node.core", "dataplane", "policy", "protocol", "crypto", "identity", "base"),

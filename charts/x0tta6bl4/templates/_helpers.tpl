@@ -76,21 +76,35 @@ capabilities:
 {{- end -}}
 
 {{/*
+x0tta6bl4.storeTLS: "true" when the controllers reach etcd over TLS with a client certificate
+(always for the chart's etcd; store.external.tls for an external one), else "".
+Usage: {{ if include "x0tta6bl4.storeTLS" . }}...{{ end }}
+*/}}
+{{- define "x0tta6bl4.storeTLS" -}}
+{{- $store := .Values.x0tta6bl4.store -}}
+{{- if or (eq $store.mode "etcd") (and (eq $store.mode "external") $store.external.tls) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
 x0tta6bl4.storeURL: the controller's --store URL for the configured store mode:
-etcd://member-0.x0tta6bl4-etcd:2379,... for the chart's etcd, etcd://<endpoints> for an
-external etcd, sqlite:////var/lib/x0tta6bl4/controller.db for SQLite.
+etcds://member-0.x0tta6bl4-etcd:2379,... for the chart's etcd (TLS), etcds:// (or etcd://
+without TLS) with the endpoints of an external etcd, sqlite:////var/lib/x0tta6bl4/controller.db
+for SQLite.
 Usage: {{ include "x0tta6bl4.storeURL" . }}
 */}}
 {{- define "x0tta6bl4.storeURL" -}}
 {{- $store := .Values.x0tta6bl4.store -}}
+{{- $scheme := ternary "etcds" "etcd" (eq (include "x0tta6bl4.storeTLS" .) "true") -}}
 {{- if eq $store.mode "etcd" -}}
 {{- $members := list -}}
 {{- range $i := until (int $store.etcd.replicas) -}}
 {{- $members = append $members (printf "x0tta6bl4-etcd-%d.x0tta6bl4-etcd:2379" $i) -}}
 {{- end -}}
-{{- printf "etcd://%s" (join "," $members) -}}
+{{- printf "%s://%s" $scheme (join "," $members) -}}
 {{- else if eq $store.mode "external" -}}
-{{- printf "etcd://%s" (join "," $store.external.endpoints) -}}
+{{- printf "%s://%s" $scheme (join "," $store.external.endpoints) -}}
 {{- else -}}
 sqlite:////var/lib/x0tta6bl4/controller.db
 {{- end -}}

@@ -47,9 +47,23 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         typer.Option(
             "--store",
             envvar="X0_STORE",
-            help="sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...] "
-            "(default: SQLite under the state directory)",
+            help="sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...] or etcds://... (TLS with a "
+            "client certificate: --etcd-*-file) (default: SQLite under the state directory)",
         ),
+    ] = None,
+    etcd_ca_file: Annotated[
+        Path | None,
+        typer.Option("--etcd-ca-file", envvar="X0_ETCD_CA_FILE", help="etcd CA (etcds://)"),
+    ] = None,
+    etcd_cert_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--etcd-cert-file", envvar="X0_ETCD_CERT_FILE", help="client certificate for etcd"
+        ),
+    ] = None,
+    etcd_key_file: Annotated[
+        Path | None,
+        typer.Option("--etcd-key-file", envvar="X0_ETCD_KEY_FILE", help="its private key"),
     ] = None,
     state_dir: Annotated[
         Path | None,
@@ -128,6 +142,9 @@ def controller(  # noqa: PLR0917 - one parameter per flag
     given: dict[str, Any] = {
         "listen": listen,
         "store": store,
+        "etcd_ca_file": etcd_ca_file,
+        "etcd_cert_file": etcd_cert_file,
+        "etcd_key_file": etcd_key_file,
         "state_dir": state_dir,
         "trust_domain": trust_domain,
         "spiffe_socket": spiffe_socket,
@@ -206,3 +223,49 @@ def ca_rotate(
         _fail(str(err))
         return
     typer.echo(f"rotated the mesh CA in {directory}: new signer {ca!r}")
+
+
+@app.command("etcd-certs")
+def etcd_certs(
+    out: Annotated[
+        Path, typer.Option("--out", envvar="X0_ETCD_CERTS_OUT", help="directory for the files")
+    ],
+    namespace: Annotated[
+        str,
+        typer.Option("--namespace", envvar="X0_NAMESPACE", help="the release namespace"),
+    ] = "x0tta6bl4-staging",
+    replicas: Annotated[
+        int, typer.Option("--replicas", envvar="X0_ETCD_REPLICAS", help="etcd members")
+    ] = 3,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="another name or IP the members are reached by (repeatable)"),
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="validity of the certificates")] = 730,
+) -> None:
+    """Create the etcd TLS files for the chart: a CA, the members' certificate (client and peer
+    ports) and the controllers' client certificate; prints the kubectl commands that make the
+    Secrets x0tta6bl4-etcd-server-tls and x0tta6bl4-etcd-client-tls. Never overwrites."""
+    from x0tta6bl4.controller.store.etcd_tls import chart_hosts, write_etcd_pki
+
+    if not 1 <= replicas <= 7:
+        _fail("--replicas must be 1..7")
+    if not 1 <= days <= 3650:
+        _fail("--days must be 1..3650")
+    try:
+        pki = write_etcd_pki(out, [*chart_hosts(namespace, replicas), *(host or [])], days=days)
+    except (FileExistsError, OSError) as err:
+        _fail(str(err))
+        return
+    d = pki.directory
+    typer.echo(f"wrote the etcd CA, member and client certificates to {d} (keep ca.key offline)")
+    typer.echo(
+        f"kubectl -n {namespace} create secret generic x0tta6bl4-etcd-server-tls "
+        f"--from-file=ca.crt={d / 'ca.crt'} --from-file=tls.crt={d / 'server.crt'} "
+        f"--from-file=tls.key={d / 'server.key'}"
+    )
+    typer.echo(
+        f"kubectl -n {namespace} create secret generic x0tta6bl4-etcd-client-tls "
+        f"--from-file=ca.crt={d / 'ca.crt'} --from-file=tls.crt={d / 'client.crt'} "
+        f"--from-file=tls.key={d / 'client.key'}"
+    )

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 @app.command("serve")
-def serve(
+def serve(  # noqa: PLR0917 - one parameter per flag
     socket_path: Annotated[
         Path,
         typer.Option(
@@ -38,9 +38,18 @@ def serve(
             "--entry",
             envvar="X0_IDENTITY_ENTRIES",
             help=(
-                "UID=SPIFFE_ID: callers running as this uid (or user name) get this SPIFFE ID. "
-                "Repeatable; the variable takes space-separated entries."
+                "SELECTOR=SPIFFE_ID: callers running as this uid (UID, uid:UID, user:NAME) or "
+                "exactly this process (pid:PID[@START]) get this SPIFFE ID. Repeatable; the "
+                "variable takes space-separated entries."
             ),
+        ),
+    ] = None,
+    entries_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--entries-file",
+            envvar="X0_IDENTITY_ENTRIES_FILE",
+            help="A file of further entries (one per line), read again whenever it changes.",
         ),
     ] = None,
     svid_ttl: Annotated[
@@ -60,7 +69,7 @@ def serve(
         ),
     ] = Path("/var/lib/x0tta6bl4"),
 ) -> None:
-    """Serve the SPIFFE Workload API with a local CA, attesting callers by Unix uid."""
+    """Serve the SPIFFE Workload API with a local CA, attesting callers by uid or process."""
     from x0tta6bl4.identity.errors import IdentityError
     from x0tta6bl4.identity.issuer import EmbeddedIssuer, IssuerConfig, parse_entry
     from x0tta6bl4.identity.spiffe_ids import parse_trust_domain
@@ -73,6 +82,7 @@ def serve(
             state_dir=state_dir,
             trust_domain=td,
             entries=parsed,
+            entries_file=entries_file,
             svid_ttl=svid_ttl,
         )
         issuer = EmbeddedIssuer(config)
@@ -88,7 +98,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if not parsed:
+        if not parsed and entries_file is None:
             typer.echo("warning: no --entry given: every caller will be denied", err=True)
         typer.echo(
             f"serving the SPIFFE Workload API on {issuer.endpoint} "

@@ -410,7 +410,10 @@ def create_app(
         store
         if store is not None
         else open_store(
-            settings.store_url, state_dir=settings.state_dir, node_ttl=int(settings.node_ttl)
+            settings.store_url,
+            state_dir=settings.state_dir,
+            node_ttl=int(settings.node_ttl),
+            etcd_tls=settings.etcd_tls,
         )
     )
     bundles = JwtBundleCache(jwt_bundle_fetch or _default_fetch(settings))

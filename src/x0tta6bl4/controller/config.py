@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from x0tta6bl4.controller.ipam import DEFAULT_OVERLAY_CIDR, parse_overlay_cidr
+from x0tta6bl4.controller.store.etcd_tls import EtcdTlsFiles
 from x0tta6bl4.controller.store.url import default_store_url
 from x0tta6bl4.httpserver import MAX_CONNECTIONS, MIN_CONNECTIONS
 from x0tta6bl4.identity.spiffe_ids import (
@@ -72,6 +73,9 @@ class ControllerSettings(BaseSettings):
         ),
     )
     ca_cert_file: Path | None = None
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
     ca_key_file: Path | None = None
     local_ca: bool = False
     admin_token_file: Path | None = None
@@ -98,8 +102,11 @@ class ControllerSettings(BaseSettings):
     def _check_store(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith(("sqlite:///", "etcd://")):
-            raise ValueError("store must be sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...]")
+        if not value.startswith(("sqlite:///", "etcd://", "etcds://")):
+            raise ValueError(
+                "store must be sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...] or "
+                "etcds://HOST:PORT[,HOST:PORT...] (TLS)"
+            )
         return value
 
     @field_validator("trust_domain")
@@ -135,6 +142,11 @@ class ControllerSettings(BaseSettings):
     def _check_ca(self) -> ControllerSettings:
         if (self.ca_cert_file is None) != (self.ca_key_file is None):
             raise ValueError("--ca-cert-file and --ca-key-file must be given together")
+        etcd_files = (self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
+        if any(f is not None for f in etcd_files) and not all(f is not None for f in etcd_files):
+            raise ValueError(
+                "--etcd-ca-file, --etcd-cert-file and --etcd-key-file must be given together"
+            )
         return self
 
     @property
@@ -146,6 +158,13 @@ class ControllerSettings(BaseSettings):
     def listen_port(self) -> int:
         """Port part of :attr:`listen`."""
         return parse_listen(self.listen)[1]
+
+    @property
+    def etcd_tls(self) -> EtcdTlsFiles | None:
+        """The etcd client certificate files (for an ``etcds://`` store), or None."""
+        if self.etcd_ca_file is None or self.etcd_cert_file is None or self.etcd_key_file is None:
+            return None
+        return EtcdTlsFiles(self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
 
     @property
     def store_url(self) -> str:

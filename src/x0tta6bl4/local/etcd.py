@@ -1,5 +1,10 @@
 """A local etcd cluster for ``up --store etcd``: members from Debian's ``etcd`` binary.
 
+The cluster speaks TLS only, as the chart's does: a fresh etcd CA under the state directory
+(:func:`~x0tta6bl4.controller.store.etcd_tls.write_etcd_pki`) signs the members' certificate
+(client and peer ports, ``127.0.0.1``/``localhost``) and the controllers' client certificate;
+members require a client certificate on both ports, and the controllers use ``etcds://``.
+
 :class:`EtcdPlan` chooses names, ports and data directories and builds the command line of
 each member (``--initial-cluster-state=new`` on a fresh data directory, ``existing`` when a
 kept ``--state-dir`` already holds one, so a rerun finds its data again). The members run under
@@ -17,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from x0tta6bl4.controller.store.etcd_tls import EtcdPki, member_tls_args, write_etcd_pki
 from x0tta6bl4.local.errors import PrerequisiteError
 from x0tta6bl4.local.ports import PortAllocator
 from x0tta6bl4.local.supervisor import ProcessSpec
@@ -71,13 +77,16 @@ def member_argv(
     peer_url: str,
     initial_cluster: str,
     token: str,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> list[str]:
     """The command line of one loopback member of a new cluster.
 
     ``initial_cluster`` is ``NAME=PEER_URL,…`` for every member; ``token`` names the
     cluster. Elections are tuned fast (heartbeat 50 ms, election timeout 500 ms); the log
-    (zap, warnings and worse) goes to stderr.
+    (zap, warnings and worse) goes to stderr. ``tls`` = (CA, certificate, key): serve both
+    ports with TLS and require client certificates (the URLs must then be ``https://``).
     """
+    extra = [] if tls is None else member_tls_args(*tls)
     return [
         binary,
         f"--name={name}",
@@ -94,6 +103,7 @@ def member_argv(
         "--logger=zap",
         "--log-outputs=stderr",
         "--log-level=warn",
+        *extra,
     ]
 
 
@@ -108,11 +118,11 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"https://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"https://127.0.0.1:{self.peer_port}"
 
 
 class EtcdPlan:
@@ -137,11 +147,17 @@ class EtcdPlan:
         for member in self.members:
             if member.data_dir.exists():
                 shutil.rmtree(member.data_dir)
+        # A fresh etcd CA each run (ports and so on are new too): nothing to trust from before.
+        pki_dir = base / "pki"
+        if pki_dir.exists():
+            shutil.rmtree(pki_dir)
+        self.pki: EtcdPki = write_etcd_pki(pki_dir, ["127.0.0.1", "localhost"], days=30)
 
     @property
     def store_url(self) -> str:
-        """The controllers' ``--store`` URL naming every member."""
-        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+        """The controllers' ``--store`` URL naming every member (TLS: :attr:`pki`'s client
+        files go with it as ``--etcd-ca-file`` … ``--etcd-key-file``)."""
+        return "etcds://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
 
     def env(self) -> dict[str, str]:
         """Environment for the members (see :func:`etcd_env`)."""
@@ -164,6 +180,7 @@ class EtcdPlan:
                     peer_url=member.peer_url,
                     initial_cluster=initial,
                     token=token,
+                    tls=(self.pki.ca, self.pki.server_cert, self.pki.server_key),
                 ),
             )
             for member in self.members

@@ -4,20 +4,24 @@
 readiness signal, and stops everything again::
 
     identity issuer  (x0tta6bl4 identity serve)  ready: its Workload API socket accepts
-    etcd × 3         (--store etcd)              ready: /health on each client port
+    etcd × 3         (--store etcd)              ready: /health on each client port (TLS)
     controller × M   (x0tta6bl4 controller)      ready: GET /ready = 200
     node × N         (x0tta6bl4 node)            ready: GET /ready = 200 (registered, linked)
 
-Every local process runs as the same uid, so the issuer has one entry (this uid →
-``spiffe://<td>/ns/local/sa/x0tta6bl4-app``): all nodes share that SPIFFE ID and are told apart
-by node ID, as in the cluster (docs/runtime-contract.md, "Identities"). One mesh CA (created
-under the state directory on first use, reused later) signs for every controller.
+Every controller and node has a SPIFFE ID of its own (docs/identity.md, "Names"):
+``spiffe://<td>/ns/local/sa/x0tta6bl4-app/node/<node-id>`` and ``…/controller``. The local
+processes all run as one uid, so the issuer cannot tell them apart by uid; instead ``up``
+writes, right after starting each process, a process entry (``pid:PID@START``) into the
+issuer's entries file (``STATE_DIR/identity-entries``), and removes it when the process is
+killed or restarted. One mesh CA (created under the state directory on first use, reused
+later) signs for every controller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +30,8 @@ from typing import Protocol
 
 import httpx
 
+from x0tta6bl4.identity.issuer.entries import process_start_time
+from x0tta6bl4.identity.node_ids import node_spiffe_id, role_spiffe_id
 from x0tta6bl4.local.config import UpConfig
 from x0tta6bl4.local.descriptor import MeshDescriptor, remove_descriptor, write_descriptor
 from x0tta6bl4.local.errors import StartupError
@@ -90,6 +96,7 @@ class Staging:
         self.nodes: dict[str, NodeHandle] = {}
         self.spiffe_socket: Path | None = None
         self.etcd: EtcdPlan | None = None
+        self._entries: dict[str, str] = {}
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.startup_s = 0.0
@@ -103,7 +110,44 @@ class Staging:
 
     @property
     def spiffe_id(self) -> str:
+        """The namespace/service-account prefix every local identity shares."""
         return f"spiffe://{self.config.trust_domain}/ns/local/sa/x0tta6bl4-app"
+
+    def node_spiffe_id(self, node_id: str) -> str:
+        """The SPIFFE ID of local node ``node_id``."""
+        return str(node_spiffe_id(self.config.trust_domain, "local", "x0tta6bl4-app", node_id))
+
+    @property
+    def controller_spiffe_id(self) -> str:
+        """The SPIFFE ID of every local controller replica."""
+        return str(role_spiffe_id(self.config.trust_domain, "local", "x0tta6bl4-app", "controller"))
+
+    # ----------------------------------------------------------------- identities
+
+    @property
+    def entries_path(self) -> Path:
+        """The issuer's entries file (``STATE_DIR/identity-entries``)."""
+        assert self.state is not None
+        return self.state.root / "identity-entries"
+
+    def _attest(self, name: str, managed: Managed, spiffe_id: str) -> None:
+        """Give exactly the process of ``managed`` the identity ``spiffe_id``."""
+        pid = managed.pid
+        start = None if pid is None else process_start_time(pid)
+        if pid is None or start is None:
+            self._entries.pop(name, None)
+        else:
+            self._entries[name] = f"pid:{pid}@{start}={spiffe_id}"
+        self._write_entries()
+
+    def _write_entries(self) -> None:
+        path = self.entries_path
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("# written by x0tta6bl4 up: one process entry per controller and node\n")
+            out.writelines(f"{line}\n" for _, line in sorted(self._entries.items()))
+        os.replace(tmp, path)
 
     @property
     def controller_url(self) -> str:
@@ -166,6 +210,7 @@ class Staging:
         assert self.state is not None
         progress.phase("identity issuer", 1)
         self.spiffe_socket = self.state.socket("workload.sock")
+        self._write_entries()  # none yet: each process gets its entry once started
         managed = self.supervisor.start(
             self._spec(
                 "issuer",
@@ -177,8 +222,8 @@ class Staging:
                     str(self.spiffe_socket),
                     "--trust-domain",
                     self.config.trust_domain,
-                    "--entry",
-                    f"{os.getuid()}={self.spiffe_id}",
+                    "--entries-file",
+                    str(self.entries_path),
                     "--state-dir",
                     str(self.state.root),
                 ),
@@ -206,20 +251,27 @@ class Staging:
         progress.phase("etcd", len(plan.members))
         token = f"x0up-{os.getpid()}-{time.time_ns()}"
         started = {spec.name: self.supervisor.start(spec) for spec in plan.specs(token)}
+        files = plan.pki.client
+        tls = ssl.create_default_context(cafile=str(files.ca_file))
+        tls.load_cert_chain(str(files.cert_file), str(files.key_file))
 
-        def healthy(url: str) -> Callable[[], Awaitable[bool]]:
-            async def probe() -> bool:
-                try:
-                    answer = await client.get(f"{url}/health", timeout=2.0)
-                    return bool(answer.status_code == 200 and answer.json().get("health") == "true")
-                except (httpx.HTTPError, ValueError):
-                    return False
+        async with httpx.AsyncClient(verify=tls) as etcd_client:
 
-            return probe
+            def healthy(url: str) -> Callable[[], Awaitable[bool]]:
+                async def probe() -> bool:
+                    try:
+                        answer = await etcd_client.get(f"{url}/health", timeout=2.0)
+                        return bool(
+                            answer.status_code == 200 and answer.json().get("health") == "true"
+                        )
+                    except (httpx.HTTPError, ValueError):
+                        return False
 
-        await self._wait(
-            {m.name: healthy(m.client_url) for m in plan.members}, started, progress, "etcd"
-        )
+                return probe
+
+            await self._wait(
+                {m.name: healthy(m.client_url) for m in plan.members}, started, progress, "etcd"
+            )
         return plan.store_url
 
     def _ensure_mesh_ca(self) -> None:
@@ -245,7 +297,7 @@ class Staging:
             url = f"http://{self.config.host}:{port}"
             self.controller_urls.append(url)
             store = store_url or f"sqlite:///{state_dir / 'controller.db'}"
-            started[name] = self.supervisor.start(
+            started[name] = managed = self.supervisor.start(
                 self._spec(
                     name,
                     "controller",
@@ -267,11 +319,27 @@ class Staging:
                         str(ca_dir / "ca.key"),
                         "--log-format",
                         "json",
+                        *self._etcd_client_args(),
                     ),
                 )
             )
+            self._attest(name, managed, self.controller_spiffe_id)
             probes[name] = self._http_ready(client, url)
         await self._wait(probes, started, progress, "controllers")
+
+    def _etcd_client_args(self) -> list[str]:
+        """The controllers' etcd client certificate flags (with --store etcd)."""
+        if self.etcd is None:
+            return []
+        files = self.etcd.pki.client
+        return [
+            "--etcd-ca-file",
+            str(files.ca_file),
+            "--etcd-cert-file",
+            str(files.cert_file),
+            "--etcd-key-file",
+            str(files.key_file),
+        ]
 
     def _node_spec(self, handle: NodeHandle) -> ProcessSpec:
         assert self.spiffe_socket is not None
@@ -320,6 +388,7 @@ class Staging:
             )
             self.nodes[node_id] = handle
             started[node_id] = self.supervisor.start(self._node_spec(handle))
+            self._attest(node_id, started[node_id], self.node_spiffe_id(node_id))
             probes[node_id] = self._http_ready(client, handle.url)
         await self._wait(probes, started, progress, "nodes")
 
@@ -410,10 +479,13 @@ class Staging:
     def kill_node(self, node_id: str) -> None:
         """SIGKILL a node's process group (chaos)."""
         self.supervisor.kill(node_id)
+        self._entries.pop(node_id, None)
+        self._write_entries()
 
     def restart_node(self, node_id: str) -> None:
         """Start a killed node again: same identity, same ports."""
-        self.supervisor.restart(node_id)
+        managed = self.supervisor.restart(node_id)
+        self._attest(node_id, managed, self.node_spiffe_id(node_id))
         self.write_descriptor()  # its pid changed
 
     # ----------------------------------------------------------------- stop

@@ -71,6 +71,7 @@ from x0tta6bl4.controller.store.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from x0tta6bl4.controller.store.etcd_tls import EtcdTlsFiles, TlsEtcdClient
 from x0tta6bl4.policy import Policy
 from x0tta6bl4.records import ModelError
 
@@ -183,7 +184,9 @@ class EtcdStore(Store):
         prefix: str = DEFAULT_PREFIX,
         node_ttl: int = 60,
         timeout: float = 5.0,
+        tls: EtcdTlsFiles | None = None,
     ) -> None:
+        """``tls``: reach etcd over TLS with these client certificate files (etcds://)."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is required")
         if not prefix.startswith("/") or not prefix.endswith("/"):
@@ -195,6 +198,9 @@ class EtcdStore(Store):
         self._p = prefix.encode()
         self._node_ttl = node_ttl
         self._timeout = timeout
+        self._tls = tls
+        if tls is not None:
+            tls.check()
         self._index = 0
         self._generation = 0
         self._client: aetcd.Client | None = None
@@ -203,7 +209,8 @@ class EtcdStore(Store):
 
     def __repr__(self) -> str:
         hosts = ",".join(f"{host}:{port}" for host, port in self.endpoints)
-        return f"EtcdStore(etcd://{hosts}, prefix={self.prefix!r})"
+        scheme = "etcd" if self._tls is None else "etcds"
+        return f"EtcdStore({scheme}://{hosts}, prefix={self.prefix!r})"
 
     @property
     def failovers(self) -> int:
@@ -229,17 +236,21 @@ class EtcdStore(Store):
             raise StoreError("the store is closed")
         if self._client is None:
             host, port = self.endpoints[self._index]
-            self._client = aetcd.Client(
-                host=host,
-                port=port,
-                timeout=self._timeout,
-                connect_wait_timeout=max(1, math.ceil(self._timeout)),
-                options={
+            settings: dict[str, Any] = {
+                "host": host,
+                "port": port,
+                "timeout": self._timeout,
+                "connect_wait_timeout": max(1, math.ceil(self._timeout)),
+                "options": {
                     "grpc.max_receive_message_length": 256 * 1024 * 1024,
                     "grpc.keepalive_time_ms": 10_000,
                     "grpc.keepalive_timeout_ms": 5_000,
                 },
-            )
+            }
+            if self._tls is None:
+                self._client = aetcd.Client(**settings)
+            else:
+                self._client = TlsEtcdClient(**settings, credentials=self._tls.channel_credentials)
         return self._client, self._generation
 
     def _rotate(self, generation: int) -> None:

@@ -33,7 +33,7 @@ from spiffe._proto import workload_pb2_grpc
 
 from x0tta6bl4.identity.errors import IssuerError
 from x0tta6bl4.identity.issuer.authority import Authority
-from x0tta6bl4.identity.issuer.entries import Entry
+from x0tta6bl4.identity.issuer.entries import EntriesFile, Entry
 from x0tta6bl4.identity.issuer.peercred import AttestingRelay, PeerTable
 from x0tta6bl4.identity.issuer.servicer import WorkloadApiServicer
 from x0tta6bl4.identity.issuer.store import SvidStore
@@ -60,6 +60,8 @@ class IssuerConfig:
     state_dir: Path
     trust_domain: TrustDomain = field(default_factory=lambda: TrustDomain(DEFAULT_TRUST_DOMAIN))
     entries: Sequence[Entry] = ()
+    #: A file of further entries, read again whenever it changes (None: only ``entries``).
+    entries_file: Path | None = None
     svid_ttl: float = DEFAULT_SVID_TTL
     jwt_ttl: float | None = None  # None: min(svid_ttl, MAX_JWT_TTL)
 
@@ -256,7 +258,10 @@ class EmbeddedIssuer:
         assert self._private_dir is not None
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        store = SvidStore(authority, cfg.entries, cfg.svid_ttl, time.time())
+        entries_file = (
+            None if cfg.entries_file is None else EntriesFile(cfg.entries_file, cfg.trust_domain)
+        )
+        store = SvidStore(authority, cfg.entries, cfg.svid_ttl, time.time(), entries_file)
         peers = PeerTable()
         server = grpc.aio.server()
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(  # type: ignore[no-untyped-call]

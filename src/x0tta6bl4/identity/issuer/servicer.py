@@ -4,7 +4,8 @@ It implements the five RPCs of the official ``workload.proto`` (stubs shipped by
 ``spiffe._proto``). Every call must carry the metadata ``workload.spiffe.io: true``
 (InvalidArgument otherwise, as SPIRE answers) and must come through the
 :class:`~x0tta6bl4.identity.issuer.peercred.AttestingRelay`; the caller's uid then selects its
-entries. No entry → PermissionDenied ``no identity issued``.
+and pid then select its entries (uid entries, and process entries naming exactly this
+process). No entry → PermissionDenied ``no identity issued``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 "could not attest the caller: the connection did not come through the "
                 "Workload API socket",
             )
-        ids = self._store.ids_for_uid(creds.uid)
+        ids = self._store.ids_for(creds.uid, creds.pid)
         if not ids:
             _log.info("identity.issuer.no_entry", uid=creds.uid, pid=creds.pid)
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, "no identity issued")

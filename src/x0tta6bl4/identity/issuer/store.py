@@ -1,7 +1,8 @@
 """The issuer's current SVIDs and their rotation at half-life.
 
 One X.509-SVID per distinct SPIFFE ID of the entries, shared by every caller entitled to it
-(as a SPIRE agent caches SVIDs per entry). :meth:`SvidStore.rotate_due` replaces those past
+(as a SPIRE agent caches SVIDs per entry); an ID that first appears in the entries file is
+issued when a caller first asks for it. :meth:`SvidStore.rotate_due` replaces those past
 half-life and wakes every stream waiting in :meth:`SvidStore.wait_for_change`.
 
 Concurrency: an instance belongs to one asyncio loop; :meth:`snapshot` may be called from any
@@ -11,32 +12,34 @@ thread (it reads an immutable mapping).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from spiffe import SpiffeId
 
 from x0tta6bl4.identity.issuer.authority import Authority, IssuedX509Svid
-from x0tta6bl4.identity.issuer.entries import Entry
+from x0tta6bl4.identity.issuer.entries import EntriesFile, Entry
 
 __all__ = ["SvidStore"]
 
 
 class SvidStore:
-    """Current X.509-SVIDs by SPIFFE ID, and which uid gets which IDs."""
+    """Current X.509-SVIDs by SPIFFE ID, and which caller gets which IDs."""
 
     def __init__(
-        self, authority: Authority, entries: Sequence[Entry], ttl: float, now: float
+        self,
+        authority: Authority,
+        entries: Sequence[Entry],
+        ttl: float,
+        now: float,
+        entries_file: EntriesFile | None = None,
     ) -> None:
         self._authority = authority
         self._ttl = ttl
-        by_uid: dict[int, list[SpiffeId]] = {}
-        for entry in entries:
-            ids = by_uid.setdefault(entry.uid, [])
-            if entry.spiffe_id not in ids:
-                ids.append(entry.spiffe_id)
-        self._by_uid = {uid: tuple(ids) for uid, ids in by_uid.items()}
-        unique = {sid for ids in self._by_uid.values() for sid in ids}
+        self._entries = tuple(entries)
+        self._file = entries_file
+        unique = {entry.spiffe_id for entry in self._entries}
         self._svids: Mapping[SpiffeId, IssuedX509Svid] = MappingProxyType(
             {sid: authority.issue_x509_svid(sid, ttl, now) for sid in unique}
         )
@@ -54,9 +57,22 @@ class SvidStore:
         """The authority that signs the SVIDs."""
         return self._authority
 
-    def ids_for_uid(self, uid: int) -> tuple[SpiffeId, ...]:
-        """The SPIFFE IDs a caller with ``uid`` is entitled to (empty: none)."""
-        return self._by_uid.get(uid, ())
+    def ids_for(self, uid: int, pid: int) -> tuple[SpiffeId, ...]:
+        """The SPIFFE IDs a caller (its uid and pid) is entitled to, in entry order (empty:
+        none); an ID without an SVID yet gets one now."""
+        entries = self._entries if self._file is None else (*self._entries, *self._file.entries())
+        ids: list[SpiffeId] = []
+        for entry in entries:
+            if entry.spiffe_id not in ids and entry.matches(uid, pid):
+                ids.append(entry.spiffe_id)
+        missing = [sid for sid in ids if sid not in self._svids]
+        if missing:
+            now = time.time()
+            fresh = dict(self._svids)
+            for sid in missing:
+                fresh[sid] = self._authority.issue_x509_svid(sid, self._ttl, now)
+            self._svids = MappingProxyType(fresh)
+        return tuple(ids)
 
     def snapshot(self) -> Mapping[SpiffeId, IssuedX509Svid]:
         """The current SVIDs (an immutable mapping)."""
