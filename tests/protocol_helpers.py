@@ -142,14 +142,26 @@ class HandshakeLink:
         *,
         clock: Clock | None = None,
         expected_node_id: str | None = None,
-        **listener_options: int,
+        validated: bool = True,
+        **listener_options: float,
     ) -> HandshakeLink:
+        """A fresh link; with ``validated`` the cookie round trip is done already, so the
+        initiator's queue holds INIT with the cookie (what the responder answers)."""
         clock = clock if clock is not None else Clock()
         initiator = InitiatorHandshake(
             initiator_config, clock.now, expected_node_id=expected_node_id
         )
         listener = HandshakeListener(responder_config, clock.now, **listener_options)  # type: ignore[arg-type]
-        return cls(initiator=initiator, listener=listener, clock=clock)
+        link = cls(initiator=initiator, listener=listener, clock=clock)
+        if validated:
+            link.exchange_cookie()
+        return link
+
+    def exchange_cookie(self) -> None:
+        """INIT to the listener, its cookie replies back: the initiator re-sends INIT with
+        the cookie (left in its queue)."""
+        self.transfer_to_responder()
+        self.transfer_to_initiator()
 
     @property
     def responder(self) -> ResponderHandshake | None:

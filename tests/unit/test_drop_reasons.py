@@ -73,7 +73,7 @@ def test_a_reason_outside_the_set_is_a_bug_not_a_label() -> None:
 
 def test_labels_are_the_enums_and_their_prefixed_forms() -> None:
     assert is_drop_label(NodeDrop.NO_ROUTE)
-    assert is_drop_label(handshake_label(DropReason.TOO_MANY_PENDING))
+    assert is_drop_label(handshake_label(DropReason.OVER_BUDGET))
     assert is_drop_label(e2e_label(handshake_label(DropReason.BAD_LENGTH)))
     assert is_drop_label(e2e_label(NodeDrop.UNEXPECTED_FRAME))
     for bogus in ("no_such", "handshake_no_route", "e2e_e2e_replay", "HANDSHAKE_REPLAY", ""):

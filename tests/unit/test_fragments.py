@@ -99,32 +99,37 @@ def test_message_too_big_for_the_bound() -> None:
     assert len(reassembler) == 0
 
 
-def test_too_many_partial_messages() -> None:
+def test_too_many_partial_messages_evicts_the_oldest() -> None:
     reassembler = Reassembler(max_partials=2)
-    for sender in (1, 2):
-        d = fragment_message(RESP, _message(3_000), sender_index=sender, receiver_index=9)[0]
-        reassembler.add(parse_fragment(d), 0.0)
-    third = fragment_message(RESP, _message(3_000), sender_index=3, receiver_index=9)[0]
-    with pytest.raises(RemoteProtocolError) as info:
-        reassembler.add(parse_fragment(third), 0.0)
-    assert _reason(info) == "too_many_partials"
+    firsts = {}
+    for sender in (1, 2, 3):
+        datagrams = fragment_message(
+            RESP, _message(3_000, sender), sender_index=sender, receiver_index=9
+        )
+        firsts[sender] = datagrams
+        reassembler.add(parse_fragment(datagrams[0]), float(sender))
     assert len(reassembler) == 2
+    assert reassembler.evictions == 1
+    # Sender 1's partial was the oldest and went; 2 and 3 still complete.
+    for sender in (2, 3):
+        results = [reassembler.add(parse_fragment(d), 4.0) for d in firsts[sender][1:]]
+        assert results[-1] == _message(3_000, sender)
+    assert reassembler.add(parse_fragment(firsts[1][1]), 4.0) is None  # starts over
+    assert len(reassembler) == 1
 
 
-def test_partials_expire_after_the_timeout_without_progress() -> None:
+def test_partials_expire_after_the_timeout_whatever_arrives() -> None:
     reassembler = Reassembler(timeout=3.0)
     datagrams = _frags(_message(4_000))
     reassembler.add(parse_fragment(datagrams[0]), 10.0)
     assert reassembler.next_deadline() == pytest.approx(13.0)
-    reassembler.add(parse_fragment(datagrams[1]), 12.0)  # progress: the deadline moves
-    assert reassembler.next_deadline() == pytest.approx(15.0)
-    reassembler.add(parse_fragment(datagrams[1]), 14.0)  # a duplicate is no progress
-    assert reassembler.next_deadline() == pytest.approx(15.0)
-    assert reassembler.expire(14.9) == 0
-    assert reassembler.expire(15.0) == 1
+    reassembler.add(parse_fragment(datagrams[1]), 12.0)  # new bytes do not move the deadline
+    assert reassembler.next_deadline() == pytest.approx(13.0)
+    assert reassembler.expire(12.9) == 0
+    assert reassembler.expire(13.0) == 1
     assert reassembler.next_deadline() is None
     # Expired partials free their slot for new messages; stale fragments start over.
-    assert reassembler.add(parse_fragment(datagrams[2]), 16.0) is None
+    assert reassembler.add(parse_fragment(datagrams[2]), 14.0) is None
     assert len(reassembler) == 1
 
 

@@ -30,6 +30,7 @@ from x0tta6bl4.protocol.events import (
     HandshakeErrorCode,
     HandshakeFailed,
 )
+from x0tta6bl4.protocol.fragments import fragment_message
 from x0tta6bl4.protocol.handshake import (
     Credential,
     HandshakeState,
@@ -233,11 +234,14 @@ def test_loss_makes_retransmissions() -> None:
     link.advance_to_next_timer()
     assert link.initiator.retransmissions == 1
     link.transfer_to_responder()
-    link.drop_from_responder()  # RESP lost; the responder retransmits on its own timer
-    assert link.responder is not None
-    link.advance_to_next_timer()
-    link.advance_to_next_timer()
-    assert link.responder.retransmissions >= 1
+    link.drop_from_responder()  # RESP lost: the responder has no timer of its own ...
+    responder = link.responder
+    assert responder is not None
+    assert responder.get_timer() == pytest.approx(link.clock.now + HANDSHAKE_GIVE_UP_AFTER)
+    link.advance_to_next_timer()  # ... the initiator retransmits INIT, which brings RESP again
+    assert link.initiator.retransmissions == 2
+    link.transfer_to_responder()
+    assert responder.retransmissions == 1
     link.run()
     _assert_matching(link)
 
@@ -289,8 +293,28 @@ def test_duplicate_finish_after_completion_is_idempotent() -> None:
     for d in finish:
         link.deliver_to_responder(d)
     assert responder.next_event() == FinishRetransmitted(responder.local_index)
-    assert responder.next_event() is None  # one request per burst, no new keys
+    assert responder.next_event() is None  # one request per FINISH, no new keys
     assert responder.state is HandshakeState.COMPLETED
+    # Compared as a whole message: its fragments are neither drops nor extra requests.
+    assert responder.dropped == {}
+    # Cut differently (smaller datagrams), the same FINISH is still the same message.
+    link.clock.advance(0.5)
+    message = bytearray()
+    for d in finish:
+        message += d[18:]
+    recut = fragment_message(
+        MessageType.HANDSHAKE_FINISH,
+        bytes(message),
+        sender_index=link.initiator.local_index,
+        receiver_index=responder.local_index,
+        max_datagram_size=700,
+    )
+    assert len(recut) > len(finish)
+    for d in reversed(recut):
+        link.deliver_to_responder(d)
+    assert responder.next_event() == FinishRetransmitted(responder.local_index)
+    assert responder.next_event() is None
+    assert responder.dropped == {}
 
 
 def test_confirm_misuse_is_a_local_error() -> None:
@@ -363,16 +387,22 @@ def test_replayed_finish_is_rejected() -> None:
     assert isinstance(first.next_event(), HandshakeCompleted)
     link.clock.advance(1)
     tampered = old_finish[-1][:-1] + bytes([old_finish[-1][-1] ^ 1])
-    first.receive_datagram(tampered, link.clock.now)
-    assert first.dropped["replayed_finish"] == 1
+    first.receive_datagram(tampered, link.clock.now)  # one fragment: not a whole message yet
+    assert sum(first.dropped.values()) == 0
+    for d in old_finish[:-1]:
+        first.receive_datagram(d, link.clock.now)  # the whole message differs: rejected
+    assert first.dropped == {"replayed_finish": 1}
     assert first.next_event() is None
+    for d in old_finish:  # the genuine retransmission is still answered
+        first.receive_datagram(d, link.clock.now)
+    assert first.next_event() == FinishRetransmitted(first.local_index)
 
 
 @pytest.mark.parametrize(("offset", "reason"), [(0, "bad_version"), (1, "bad_suite")])
 def test_version_and_suite_tampering_is_detected(offset: int, reason: str) -> None:
     link = _link()
     init = link.from_initiator()
-    header = 18  # the first fragment starts with the message's version and suite bytes
+    header = 18 + 16  # after the header and the cookie: the message's version and suite
     tampered = bytearray(init[0])
     tampered[header + offset] ^= 0x02
     link.deliver_to_responder(bytes(tampered))

@@ -7,17 +7,23 @@ of each is its name, as the end-to-end use of ``Channels`` keys peers by node id
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
 
 from x0tta6bl4.crypto.pqsvid import MeshCA, PeerIdentity, verify_svid
+from x0tta6bl4.crypto.suite import HybridKemKeyPair
 from x0tta6bl4.node.channels import ChannelData, ChannelEvent, Channels, ChannelUp, HandshakeDone
 from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.protocol.constants import NONCE_SIZE, MessageType
+from x0tta6bl4.protocol.fragments import fragment_message
 from x0tta6bl4.protocol.handshake import Credential, HandshakeConfig
+from x0tta6bl4.protocol.messages import CookieReply, InitMessage
 from x0tta6bl4.protocol.session import Session
 
 T0 = 10.0
+_SHARE = HybridKemKeyPair().share
 
 
 def _allow(peer: PeerIdentity) -> bool:
@@ -277,3 +283,113 @@ def test_cached_timer_still_wakes_for_the_passive_keepalive() -> None:
     else:
         raise AssertionError("bravo never sent its keepalive")
     assert pair.now <= sent_at + 10.0
+
+
+# --- the unauthenticated (issue #13) -----------------------------------------------------------
+
+
+def _init_fragments(index: int) -> list[bytes]:
+    """A cookie-less INIT (what any sender can produce), fragmented."""
+    init = InitMessage(index, bytes(NONCE_SIZE), _SHARE).encode()
+    return fragment_message(MessageType.HANDSHAKE_INIT, init, sender_index=index, receiver_index=0)
+
+
+def test_inits_from_ever_new_addresses_leave_no_state() -> None:
+    """Row 2: nothing is kept per source address before the listener validates it."""
+    pair = Pair()
+    b = pair.ends["bravo"]
+    probes = [b"\x01", _init_fragments(7)[1]]
+    b.receive(probes[0], "warm-up", pair.now)
+    b.receive(probes[1], "warm-up", pair.now)
+    b.datagrams_to_send()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n in range(20_000):
+            b.receive(probes[n % 2], f"spoofed-{n}", pair.now)
+            assert len(b.datagrams_to_send()) == n % 2  # a cookie reply, sent at once
+        growth = sum(
+            stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename")
+        )
+    finally:
+        tracemalloc.stop()
+    assert growth < 64 * 1024  # bytes, for 20,000 sources (it was ~200 bytes per source)
+    assert b.listener.pending == 0
+    assert b.listener.responders == 0
+    assert b.dropped == {"handshake_truncated": 10_001}
+
+
+def test_one_init_from_a_silent_address_draws_at_most_three_times_its_bytes() -> None:
+    """Row 3 at the node's channel layer: over 12 s, bytes out <= 3x bytes in."""
+    pair = Pair()
+    b = pair.ends["bravo"]
+    received = 0
+    sent = 0
+    for datagram in _init_fragments(9):
+        received += len(datagram)
+        b.receive(datagram, "victim-of-spoofing", pair.now)
+    end = pair.now + 12.0
+    while True:
+        sent += sum(len(d) for d, addr in b.datagrams_to_send() if addr == "victim-of-spoofing")
+        timer = b.get_timer()
+        if timer is None or timer > end:
+            break
+        pair.now = max(pair.now, timer)
+        b.handle_timer(pair.now)
+    assert received == 1290
+    assert sent == 2 * 21
+    assert sent <= 3 * received
+
+
+def test_a_datagram_from_another_address_does_not_redirect_a_handshake() -> None:
+    pair = Pair()
+    a = pair.ends["alpha"]
+    a.connect("bravo", "bravo", pair.now)
+    init = [d for d, _ in a.datagrams_to_send()]
+    index = int.from_bytes(init[0][1:5], "big")
+    # A forged cookie reply for the initiator's index, from an address of the attacker's
+    # choosing: it may make the initiator re-send INIT, but only to bravo.
+    forged = CookieReply(receiver_index=index, cookie=b"\x07" * 16).encode()
+    a.receive(forged, "victim-of-spoofing", pair.now)
+    pair.tick(0.5)
+    for _ in range(10):
+        pair.now += 0.5
+        a.handle_timer(pair.now)
+        assert {addr for _, addr in a.datagrams_to_send()} <= {"bravo"}
+
+
+def test_finish_rejections_count_distinct_reasons() -> None:
+    """A tampered FINISH and a different late FINISH are told apart in the counters."""
+    pair = Pair()
+    a, b = pair.ends["alpha"], pair.ends["bravo"]
+    a.connect("bravo", "bravo", pair.now)
+    for _ in range(10):  # INIT -> cookie -> INIT with the cookie -> RESP; FINISH held
+        batch = [
+            (data, dst, src)
+            for src, end in pair.ends.items()
+            for data, dst in end.datagrams_to_send()
+        ]
+        for data, dst, src in batch:
+            if data[0] == MessageType.HANDSHAKE_FINISH:
+                pair.held.append((src, data, dst))
+            else:
+                pair.ends[dst].receive(data, src, pair.now)
+    finish = [data for _, data, _ in pair.held]
+    assert finish
+    tampered = bytearray(finish[-1])
+    tampered[-1] ^= 1
+    for data in [*finish[:-1], bytes(tampered)]:
+        b.receive(data, "alpha", pair.now)
+    assert b.dropped == {"handshake_decrypt_failed": 1}
+    for data in finish:  # the genuine FINISH completes the handshake
+        b.receive(data, "alpha", pair.now)
+    assert b.can_send("alpha")
+    pair.now += 1.0
+    for data in [*finish[:-1], bytes(tampered)]:  # late, and not the accepted one
+        b.receive(data, "alpha", pair.now)
+    assert b.dropped == {"handshake_decrypt_failed": 1, "handshake_replayed_finish": 1}
+    b.datagrams_to_send()
+    for data in finish:  # late and identical: one keepalive, no drop
+        b.receive(data, "alpha", pair.now)
+    assert len(b.datagrams_to_send()) == 1
+    assert b.dropped == {"handshake_decrypt_failed": 1, "handshake_replayed_finish": 1}

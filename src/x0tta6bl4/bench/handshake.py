@@ -1,7 +1,8 @@
 """``x0tta6bl4 bench handshake``: full in-memory handshakes vs their primitives alone.
 
 Each iteration runs one complete handshake between two in-memory nodes — initiator, listener,
-responder; INIT, RESP and FINISH fragmented and reassembled; both certificates verified with
+responder; the cookie round trip that validates the initiator's address; INIT, RESP and FINISH
+fragmented and reassembled; both certificates verified with
 :func:`~x0tta6bl4.crypto.pqsvid.verify_svid` — and then, in the same process, the same
 cryptographic operations called directly on pyca/cryptography:
 
@@ -90,7 +91,11 @@ def _handshake(a: _Node, listener: HandshakeListener, now: float) -> ResponderHa
     """One complete handshake, no loss; raises RuntimeError if it does not complete."""
     initiator = InitiatorHandshake(a.config, now)
     responder: ResponderHandshake | None = None
-    for datagram in initiator.datagrams_to_send():
+    for datagram in initiator.datagrams_to_send():  # INIT: answered with a cookie
+        listener.receive_datagram(datagram, _ADDR, now)
+    for reply, _ in listener.datagrams_to_send():
+        initiator.receive_datagram(reply, now)
+    for datagram in initiator.datagrams_to_send():  # INIT with the cookie: RESP
         responder = listener.receive_datagram(datagram, _ADDR, now) or responder
     if responder is None:
         raise RuntimeError("the listener did not answer INIT")

@@ -219,3 +219,77 @@ def dataplane(
 
     result = run(duration=duration, window=window)
     _emit(result, as_json, format_table)
+
+
+@app.command("flood")
+def flood(  # noqa: PLR0917 - one parameter per flag
+    as_json: JsonOption = False,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            envvar="X0_BENCH_TRIALS",
+            min=1,
+            help="Times the legitimate peer restarts and links, per scenario.",
+        ),
+    ] = 5,
+    partials: Annotated[
+        int,
+        typer.Option(
+            "--partials",
+            envvar="X0_BENCH_PARTIALS",
+            min=1,
+            help="Slowloris sources, each holding a partial INIT (one more byte every 2 s).",
+        ),
+    ] = 1030,
+    rate: Annotated[
+        float,
+        typer.Option(
+            "--rate",
+            envvar="X0_BENCH_RATE",
+            min=0.1,
+            help="INITs per second echoing valid cookies (cookie flood).",
+        ),
+    ] = 400.0,
+    hosts: Annotated[
+        int,
+        typer.Option(
+            "--hosts",
+            envvar="X0_BENCH_HOSTS",
+            min=1,
+            help="Source IP addresses of the cookie flood (8 ports each).",
+        ),
+    ] = 4,
+    spoofed_rate: Annotated[
+        float,
+        typer.Option(
+            "--spoofed-rate",
+            envvar="X0_BENCH_SPOOFED_RATE",
+            min=1.0,
+            help="Datagrams per second from forged sources (root only).",
+        ),
+    ] = 20_000.0,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scenario",
+            envvar="X0_BENCH_SCENARIO",
+            help="slowloris, cookie_flood, spoofed (repeatable; default: all).",
+        ),
+    ] = None,
+) -> None:
+    """A node under handshake floods: the rate it sustains, a legitimate peer's time to link."""
+    from x0tta6bl4.bench.flood import format_table, run
+
+    try:
+        result = run(
+            trials=trials,
+            partials=partials,
+            rate=rate,
+            hosts=hosts,
+            spoofed_rate=spoofed_rate,
+            scenarios=tuple(scenario) if scenario else ("slowloris", "cookie_flood", "spoofed"),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    _emit(result, as_json, format_table)

@@ -132,6 +132,7 @@ class Channels(Generic[A]):
         *,
         session_factory: Callable[[], Session],
         addr_key: Callable[[A], bytes],
+        source_key: Callable[[A], bytes] | None = None,
         stale_after: float | None = None,
     ) -> None:
         self.self_id = self_id
@@ -141,10 +142,13 @@ class Channels(Generic[A]):
         self._config = config
         self._session_factory = session_factory
         self._addr_key = addr_key
+        #: The listener's per-source limit key (the IP address for UDP); default addr_key.
+        self._source_key = source_key if source_key is not None else addr_key
         self._listener = HandshakeListener(config, now)
         self._channels: dict[str, Channel[A]] = {}
         self._by_addr: dict[bytes, Channel[A]] = {}
-        self._addr_of: dict[bytes, A] = {}
+        # The address each handshake sends to: the peer's endpoint for an initiator, the
+        # validated INIT's address for a responder. Never moved by unauthenticated input.
         self._handshakes: dict[int, tuple[_Handshake, A]] = {}
         self._transport: dict[int, Channel[A]] = {}
         self._outbox: list[tuple[bytes, A]] = []
@@ -168,6 +172,11 @@ class Channels(Generic[A]):
 
     def __len__(self) -> int:
         return len(self._channels)
+
+    @property
+    def listener(self) -> HandshakeListener:
+        """The INIT listener (read its ``stats``, ``pending``, ``responders``; do not feed it)."""
+        return self._listener
 
     def can_send(self, node_id: str) -> bool:
         channel = self._channels.get(node_id)
@@ -317,10 +326,6 @@ class Channels(Generic[A]):
 
     def datagrams_to_send(self) -> list[tuple[bytes, A]]:
         out, self._outbox = self._outbox, []
-        for datagram, key in self._listener.datagrams_to_send():
-            addr = self._addr_of.get(key)
-            if addr is not None:
-                out.append((datagram, addr))
         return out
 
     def next_event(self) -> ChannelEvent | None:
@@ -342,9 +347,7 @@ class Channels(Generic[A]):
             )
             self._timer_valid = False
             self._channels[node_id] = channel
-            key = self._addr_key(addr)
-            self._by_addr[key] = channel
-            self._addr_of[key] = addr
+            self._by_addr[self._addr_key(addr)] = channel
         elif channel.addr != addr:
             self._move(channel, addr)
         return channel
@@ -354,9 +357,7 @@ class Channels(Generic[A]):
         if self._by_addr.get(old) is channel:
             del self._by_addr[old]
         channel.addr = addr
-        key = self._addr_key(addr)
-        self._by_addr[key] = channel
-        self._addr_of[key] = addr
+        self._by_addr[self._addr_key(addr)] = channel
 
     def _rekey(self, channel: Channel[A], now: float) -> None:
         if channel.initiator is None or channel.initiator.done:
@@ -387,16 +388,24 @@ class Channels(Generic[A]):
         self._events.append(ChannelData(channel.node_id, result.plaintext))
 
     def _receive_init(self, data: bytes, addr: A, now: float) -> None:
+        # Nothing here is kept per address before the listener validates it: the cookie
+        # replies it queues are for this address and leave with it now.
         key = self._addr_key(addr)
-        self._addr_of.setdefault(key, addr)
         channel = self._by_addr.get(key)
         if channel is not None and channel.handshaking and self.self_id < channel.node_id:
             self.dropped[NodeDrop.INIT_COLLISION] += 1
             return
-        responder = self._listener.receive_datagram(data, key, now)
-        for reason, count in self._listener.dropped.items():
+        listener = self._listener
+        responder = listener.receive_datagram(data, key, now, source=self._source_key(addr))
+        for reply, _ in listener.datagrams_to_send():
+            self._outbox.append((reply, addr))
+        for reason, count in listener.dropped.items():
             self.dropped[handshake_label(reason)] += count
-        self._listener.dropped.clear()
+        listener.dropped.clear()
+        for evicted in listener.evicted_responders():
+            entry = self._handshakes.get(evicted.local_index)
+            if entry is not None and entry[0] is evicted:
+                del self._handshakes[evicted.local_index]
         if responder is None:
             return
         self._handshakes[responder.local_index] = (responder, addr)
@@ -410,15 +419,17 @@ class Channels(Generic[A]):
         if entry is None:
             self.dropped[DropReason.UNKNOWN_INDEX] += 1
             return
-        handshake, _ = entry
-        before = sum(handshake.dropped.values())
+        # The handshake keeps sending to its own address: a datagram from elsewhere (forged,
+        # or a copy) must not redirect its flights (docs/protocol.md, section 6).
+        handshake, handshake_addr = entry
         handshake.receive_datagram(data, now)
-        if sum(handshake.dropped.values()) > before:
-            self.dropped[NodeDrop.HANDSHAKE_REJECTED] += 1
-        self._handshakes[handshake.local_index] = (handshake, addr)
-        self._drain(handshake, addr, now)
+        self._drain(handshake, handshake_addr, now)
 
     def _drain(self, handshake: _Handshake, addr: A, now: float) -> None:
+        if handshake.dropped:
+            for reason, count in handshake.dropped.items():
+                self.dropped[handshake_label(reason)] += count
+            handshake.dropped.clear()
         for datagram in handshake.datagrams_to_send():
             self._outbox.append((datagram, addr))
         while (event := handshake.next_event()) is not None:

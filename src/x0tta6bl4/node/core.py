@@ -27,6 +27,7 @@ counters (:attr:`dropped`, :attr:`counters`). Not thread-safe: one owner drives 
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 from collections import Counter, deque
@@ -106,6 +107,18 @@ def _addr_key(addr: Addr) -> bytes:
     return f"{addr[0]}|{addr[1]}".encode()
 
 
+def _source_key(addr: Addr) -> bytes:
+    """The handshake listener's per-source limit key: the IP address (an IPv6 /64), so that
+    one host does not multiply its handshake budget by using many ports or addresses."""
+    host = addr[0]
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Network(f"{host}/64", strict=False).network_address.packed
+        except ValueError:
+            pass
+    return host.encode()
+
+
 def _allow(a: str, b: str) -> bool:
     return True
 
@@ -156,6 +169,7 @@ class NodeCore:
                 max_datagram_size=MAX_TRANSPORT_DATAGRAM_SIZE,
             ),
             addr_key=_addr_key,
+            source_key=_source_key,
         )
         self.e2e: Channels[str] = Channels(
             self.node_id,

@@ -8,7 +8,7 @@ A label is one of:
 * a :class:`NodeDrop`: the node itself refused it (no route, no link, TUN checks, link-layer
   reassembly, ...);
 * ``handshake_`` + a :class:`~x0tta6bl4.protocol.errors.DropReason`: the handshake listener
-  refused an INIT;
+  or a handshake machine refused a handshake datagram;
 * ``e2e_`` + any of the above: the same on an end-to-end session (inside ROUTED frames).
 
 Both enums are closed and ``docs/metrics.md`` lists every member of each (a test holds them
@@ -40,7 +40,6 @@ class NodeDrop(enum.StrEnum):
     # datagrams (channels.py)
     EMPTY = "empty"
     INIT_COLLISION = "init_collision"
-    HANDSHAKE_REJECTED = "handshake_rejected"
     # membership (core.py)
     MEMBER_CERT_REJECTED = "member_cert_rejected"
     # inner frames and forwarding (core.py)
@@ -70,7 +69,7 @@ class NodeDrop(enum.StrEnum):
 
 
 def handshake_label(reason: DropReason) -> str:
-    """The label of an INIT the handshake listener refused for ``reason``."""
+    """The label of a handshake datagram the listener or a machine refused for ``reason``."""
     return HANDSHAKE_PREFIX + reason
 
 

@@ -12,23 +12,31 @@ import enum
 __all__ = [
     "COOKIE_REPLY_SIZE",
     "COOKIE_ROTATION_INTERVAL",
+    "COOKIE_SECRET_SIZE",
     "COOKIE_SIZE",
     "FINISH_CLEAR_SIZE",
     "FRAGMENT_HEADER_SIZE",
     "HANDSHAKE_GIVE_UP_AFTER",
     "INITIAL_RETRANSMIT_TIMEOUT",
     "INIT_MESSAGE_SIZE",
+    "MAX_ADDRESS_SIZE",
     "MAX_CERTIFICATE_SIZE",
     "MAX_DATAGRAM_SIZE",
     "MAX_HANDSHAKE_MESSAGE_SIZE",
     "MAX_PARTIAL_MESSAGES",
     "MAX_PENDING_INITS",
+    "MAX_RESPONDERS",
     "MAX_RETRANSMIT_TIMEOUT",
+    "MAX_TRACKED_SOURCES",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
     "REASSEMBLY_TIMEOUT",
     "RESEND_MIN_INTERVAL",
+    "RESPONDER_BURST",
+    "RESPONDER_RATE",
     "RESP_CLEAR_SIZE",
+    "SOURCE_RESPONDER_BURST",
+    "SOURCE_RESPONDER_RATE",
     "UNDER_LOAD_THRESHOLD",
     "MessageType",
 ]
@@ -93,23 +101,55 @@ MAX_RETRANSMIT_TIMEOUT = 2.0
 #: seconds after it started fails with reason ``timeout`` (``not_confirmed``).
 HANDSHAKE_GIVE_UP_AFTER = 10.0
 
-#: A partially reassembled message is discarded when no new bytes of it arrived for this long.
+#: A partially reassembled message is discarded this many seconds after its first fragment
+#: arrived. New bytes do not extend it (a sender trickling bytes cannot hold a buffer longer).
 REASSEMBLY_TIMEOUT = 3.0
 
 #: Partially reassembled messages held at once per peer (per machine, per address for INIT).
 MAX_PARTIAL_MESSAGES = 4
 
-#: Partially reassembled INIT messages a listener holds at once over all addresses.
+#: Addresses with a partially reassembled INIT at a listener; when full, the address whose
+#: partial INIT is the oldest is evicted to make room.
 MAX_PENDING_INITS = 1024
 
-#: A responder re-sends its RESP flight at most this often when INIT is retransmitted.
+#: Responder machines a listener holds at once (waiting for FINISH, or completed and answering
+#: retransmitted FINISHes); when full, the oldest is aborted to make room.
+MAX_RESPONDERS = 256
+
+#: A responder re-sends its RESP flight at most this often when INIT is retransmitted; the
+#: same interval limits keepalive requests after completion and the initiator's cookie echoes.
 RESEND_MIN_INTERVAL = 0.1
 
 #: The listener's cookie secret rotates this often (seconds); the previous one stays valid.
 COOKIE_ROTATION_INTERVAL = 120.0
 
-#: A listener with this many responder handshakes in progress is "under load" and answers
-#: INIT without a valid cookie with a COOKIE_REPLY.
+#: Size of the listener's random cookie secret (bytes; the HMAC-SHA-256 key).
+COOKIE_SECRET_SIZE = 32
+
+#: Largest opaque address (bytes) an owner may hand to the listener (its length is one byte
+#: of the cookie MAC input).
+MAX_ADDRESS_SIZE = 255
+
+#: CPU budget for new responders (each costs an ML-KEM encapsulation and an ML-DSA-65
+#: signature, about 1 ms): a token bucket of this many per second over all sources ...
+RESPONDER_RATE = 100.0
+
+#: ... holding at most this many tokens (a burst of handshakes after a restart).
+RESPONDER_BURST = 50
+
+#: Under load, each source (owner-chosen: the IP address for UDP) gets new responders from
+#: its own token bucket of this many per second ...
+SOURCE_RESPONDER_RATE = 2.0
+
+#: ... holding at most this many tokens.
+SOURCE_RESPONDER_BURST = 4
+
+#: Per-source token buckets are kept in a fixed-size table; the least recently used entry is
+#: evicted when it is full (an evicted source starts again with a full bucket).
+MAX_TRACKED_SOURCES = 4096
+
+#: A listener with this many responders waiting for FINISH plus partially reassembled INITs
+#: is "under load": new responders are then also limited per source.
 UNDER_LOAD_THRESHOLD = 32
 
 

@@ -1,9 +1,9 @@
-"""Stateless cookies: the responder's defence against INIT floods (WireGuard's cookie reply,
-QUIC's Retry).
+"""Stateless cookies: the responder's address validation (WireGuard's cookie reply, QUIC's
+Retry).
 
-A responder under load does not reassemble, decapsulate or sign anything for an INIT fragment
-that does not echo a valid cookie; it answers with a 21-byte COOKIE_REPLY instead (smaller
-than the fragment that caused it, so it cannot be used for amplification). The cookie is::
+A responder does not reassemble, decapsulate or sign anything for an INIT fragment that does
+not echo a valid cookie; it answers with a 21-byte COOKIE_REPLY instead (at most 21/19 of the
+fragment that caused it, so it cannot be used for amplification). The cookie is::
 
     cookie = HMAC-SHA-256(secret, uint8(len(addr)) ‖ addr ‖ uint32(initiator index))[:16]
 
@@ -23,13 +23,16 @@ import hmac
 import secrets
 import struct
 
-from x0tta6bl4.protocol.constants import COOKIE_ROTATION_INTERVAL, COOKIE_SIZE
+from x0tta6bl4.protocol.constants import (
+    COOKIE_ROTATION_INTERVAL,
+    COOKIE_SECRET_SIZE,
+    COOKIE_SIZE,
+    MAX_ADDRESS_SIZE,
+)
 from x0tta6bl4.protocol.errors import LocalProtocolError
 
 __all__ = ["CookieJar"]
 
-_SECRET_SIZE = 32
-_MAX_ADDR = 255
 _U32 = struct.Struct("!I")
 
 
@@ -42,7 +45,7 @@ class CookieJar:
         if rotation_interval <= 0:
             raise LocalProtocolError("cookie rotation interval must be positive")
         self._interval = rotation_interval
-        self._current = secrets.token_bytes(_SECRET_SIZE)
+        self._current = secrets.token_bytes(COOKIE_SECRET_SIZE)
         self._previous: bytes | None = None
         self._rotated_at = now
 
@@ -53,13 +56,13 @@ class CookieJar:
         periods = int(elapsed // self._interval)
         # After two or more periods both secrets are too old to be accepted.
         self._previous = self._current if periods == 1 else None
-        self._current = secrets.token_bytes(_SECRET_SIZE)
+        self._current = secrets.token_bytes(COOKIE_SECRET_SIZE)
         self._rotated_at += periods * self._interval
 
     @staticmethod
     def _mac(secret: bytes, addr: bytes, initiator_index: int) -> bytes:
-        if len(addr) > _MAX_ADDR:
-            raise LocalProtocolError("address longer than 255 bytes")
+        if len(addr) > MAX_ADDRESS_SIZE:
+            raise LocalProtocolError(f"address longer than {MAX_ADDRESS_SIZE} bytes")
         message = bytes([len(addr)]) + addr + _U32.pack(initiator_index)
         return hmac.new(secret, message, hashlib.sha256).digest()[:COOKIE_SIZE]
 

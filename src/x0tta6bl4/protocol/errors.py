@@ -59,7 +59,8 @@ class DropReason(enum.StrEnum):
     BAD_SHARE = "bad_share"
     REPLAYED_FINISH = "replayed_finish"
     CLOSED = "closed"
-    TOO_MANY_PENDING = "too_many_pending"
+    SOURCE_RATE_LIMITED = "source_rate_limited"
+    OVER_BUDGET = "over_budget"
     # inner frames (frames.py)
     BAD_FRAME = "bad_frame"
     UNKNOWN_FRAME = "unknown_frame"

@@ -19,8 +19,10 @@ Fragment headers are not authenticated; the reassembled message is (by the trans
 the AEAD), so a tampered header can at worst make a message fail to reassemble.
 
 :class:`Reassembler` accepts fragments in any order, with duplicates and arbitrary overlaps,
-and enforces bounds: a maximum message size, a maximum number of partial messages, and a
-timeout: a partial message that received no new bytes for that long is discarded.
+and enforces bounds: a maximum message size, a maximum number of partial messages (the oldest
+is evicted to make room for a new one), and a
+timeout: a partial message that is not complete that long after its first fragment arrived
+is discarded (new bytes do not extend it, so trickling bytes cannot hold a buffer).
 Overlapping fragments whose bytes differ are rejected, and the partial message they hit is
 discarded (a retransmission rebuilds it).
 """
@@ -44,6 +46,7 @@ from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProt
 __all__ = [
     "HANDSHAKE_TYPES",
     "Fragment",
+    "PartialMessage",
     "Reassembler",
     "fragment_message",
     "parse_fragment",
@@ -163,8 +166,10 @@ def parse_fragment(datagram: bytes) -> Fragment:
 _Key = tuple[int, int, int, int]
 
 
-class _Partial:
-    """One message being reassembled: a buffer and the sorted, merged ranges received."""
+class PartialMessage:
+    """One message being reassembled: a buffer and the sorted, merged ranges received.
+
+    ``deadline`` is when it is discarded if still incomplete (fixed when it is created)."""
 
     __slots__ = ("buffer", "deadline", "ranges")
 
@@ -194,19 +199,16 @@ class _Partial:
         self.ranges = merged
         return merged == [(0, len(buf))]
 
-    def covers(self, offset: int, end: int) -> bool:
-        return any(start <= offset and end <= stop for start, stop in self.ranges)
-
 
 class Reassembler:
     """Bounded reassembly of fragmented messages for one peer. Not thread-safe.
 
     Partial messages are keyed by (type, sender index, receiver index, total length), so a
     fragment whose header was tampered with starts its own partial message instead of
-    spoiling the real one; such strays expire ``timeout`` seconds after their last new bytes.
+    spoiling the real one; such strays expire ``timeout`` seconds after their first fragment.
     """
 
-    __slots__ = ("_max_message_size", "_max_partials", "_partials", "_timeout")
+    __slots__ = ("_max_message_size", "_max_partials", "_partials", "_timeout", "evictions")
 
     def __init__(
         self,
@@ -220,7 +222,9 @@ class Reassembler:
         self._max_message_size = max_message_size
         self._max_partials = max_partials
         self._timeout = timeout
-        self._partials: dict[_Key, _Partial] = {}
+        self._partials: dict[_Key, PartialMessage] = {}
+        #: Partial messages discarded to make room for a new one.
+        self.evictions = 0
 
     def __len__(self) -> int:
         """Number of partial messages held."""
@@ -229,9 +233,9 @@ class Reassembler:
     def add(self, fragment: Fragment, now: float) -> bytes | None:
         """Add a fragment; return the whole message once it is complete, else None.
 
-        Raises :class:`RemoteProtocolError` for a message over the size bound, a new partial
-        message beyond the partial-message bound, or an inconsistent overlap (the partial
-        message is then discarded).
+        Raises :class:`RemoteProtocolError` for a message over the size bound or an
+        inconsistent overlap (the partial message is then discarded). A new partial message
+        beyond the partial-message bound evicts the oldest one (counted in :attr:`evictions`).
         """
         self.expire(now)
         if fragment.total_length > self._max_message_size:
@@ -249,15 +253,15 @@ class Reassembler:
         partial = self._partials.get(key)
         if partial is None:
             if len(self._partials) >= self._max_partials:
-                raise RemoteProtocolError(
-                    DropReason.TOO_MANY_PARTIALS, "too many partial messages in flight"
-                )
-            partial = _Partial(fragment.total_length, now + self._timeout)
+                # Full: the oldest partial goes (dicts keep insertion order). A genuine
+                # message completes within a round trip of its first fragment, so strays
+                # that crowd the table cannot keep it out.
+                del self._partials[next(iter(self._partials))]
+                self.evictions += 1
+            partial = PartialMessage(fragment.total_length, now + self._timeout)
             self._partials[key] = partial
-        end = fragment.offset + len(fragment.data)
-        if not partial.covers(fragment.offset, end):
-            # New bytes: the partial message is making progress, keep it longer.
-            partial.deadline = now + self._timeout
+        # The deadline stays where the first fragment put it: a sender that trickles new
+        # bytes cannot keep a buffer alive longer than ``timeout``.
         try:
             complete = partial.add(fragment.offset, fragment.data)
         except RemoteProtocolError:

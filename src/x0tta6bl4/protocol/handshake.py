@@ -21,7 +21,10 @@ Rules of the state machines (``docs/protocol.md`` draws them)::
     any          --authentication fails--> FAILED  COMPLETED --deadline--> CLOSED
     any          --abort()--> FAILED aborted
 
-Unanswered flights (INIT, RESP, FINISH) are retransmitted with exponential backoff.
+The initiator retransmits its unanswered flights (INIT, FINISH) with exponential backoff.
+The responder has no retransmission timer: it re-sends RESP only when INIT arrives again
+(at most once per ``RESEND_MIN_INTERVAL``), so everything it sends answers something it
+received (docs/protocol.md, "Anti-amplification").
 
 Error contract (Nebula-like): a datagram that is malformed, misaddressed, a duplicate, or does
 not decrypt raises :class:`~x0tta6bl4.protocol.errors.RemoteProtocolError` internally; the
@@ -36,6 +39,8 @@ wrongly raises :class:`~x0tta6bl4.protocol.errors.LocalProtocolError`.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable
@@ -282,10 +287,14 @@ class _Handshake:
     def _on_deadline(self) -> None:
         raise NotImplementedError
 
-    def _send_flight(self, datagrams: list[bytes], now: float) -> None:
+    def _send_flight(self, datagrams: list[bytes], now: float, *, retransmit: bool = True) -> None:
+        """Send a flight; with ``retransmit`` it is sent again on the backoff timer."""
         self._flight = datagrams
         self._outbox.extend(datagrams)
-        self._backoff.arm(now)
+        if retransmit:
+            self._backoff.arm(now)
+        else:
+            self._backoff.disarm()
 
     def _stop_flight(self) -> None:
         self._flight = []
@@ -404,12 +413,11 @@ class InitiatorHandshake(_Handshake):
         if self._state is not HandshakeState.WAIT_RESP:
             raise RemoteProtocolError(DropReason.UNEXPECTED_MESSAGE, "cookie reply after RESP")
         if reply.cookie == self._cookie:
-            raise RemoteProtocolError(DropReason.DUPLICATE, "cookie already in use")
+            return  # the listener answers every INIT fragment: the same cookie again is normal
         if now - self._cookie_at < RESEND_MIN_INTERVAL:
             raise RemoteProtocolError(DropReason.RATE_LIMITED, "cookie replies arrive too fast")
         self._cookie = reply.cookie
         self._cookie_at = now
-        self.retransmissions += 1
         self._send_flight(
             self._fragments(MessageType.HANDSHAKE_INIT, self._init, self._cookie), now
         )
@@ -498,7 +506,12 @@ class ResponderHandshake(_Handshake):
 
     ``init`` is a whole reassembled INIT message; a malformed one raises
     :class:`RemoteProtocolError` (nothing is allocated or signed then). Normally built by
-    :class:`~x0tta6bl4.protocol.listener.HandshakeListener`.
+    :class:`~x0tta6bl4.protocol.listener.HandshakeListener`, which first validates the
+    initiator's address with a cookie. RESP is re-sent only when INIT arrives again, never on
+    a timer. After completion, a FINISH that arrives again is reassembled and compared with
+    the accepted one as a whole message: the same bytes ask the owner for a keepalive
+    (:class:`~x0tta6bl4.protocol.events.FinishRetransmitted`, at most one per
+    ``RESEND_MIN_INTERVAL``); other bytes are dropped as ``replayed_finish``.
     """
 
     is_initiator = False
@@ -542,10 +555,14 @@ class ResponderHandshake(_Handshake):
         )
         self._transcript.add(signature)
         sealed = responder_keys.aead.seal(responder_keys.iv, certificate + signature, clear)
-        self._finish_message = b""
+        #: Length and SHA-256 of the accepted FINISH (a retransmission is compared whole).
+        self._finish_length = 0
+        self._finish_digest = b""
         self._resent_at = now
         self._state = HandshakeState.WAIT_FINISH
-        self._send_flight(self._fragments(MessageType.HANDSHAKE_RESP, clear + sealed), now)
+        self._send_flight(
+            self._fragments(MessageType.HANDSHAKE_RESP, clear + sealed), now, retransmit=False
+        )
 
     @property
     def init_message(self) -> bytes:
@@ -603,12 +620,20 @@ class ResponderHandshake(_Handshake):
         self._outbox.extend(self._flight)
 
     def _on_finish_again(self, fragment: Fragment, now: float) -> None:
-        """After completion: a retransmitted FINISH means the initiator is not confirmed yet."""
-        accepted = self._finish_message
-        end = fragment.offset + len(fragment.data)
-        if fragment.total_length != len(accepted) or accepted[fragment.offset : end] != (
-            fragment.data
-        ):
+        """After completion: a retransmitted FINISH means the initiator is not confirmed yet.
+
+        The retransmission is reassembled and compared with the accepted FINISH as a whole
+        message, so one retransmitted FINISH asks for one keepalive however it was cut.
+        """
+        if fragment.total_length != self._finish_length:
+            raise RemoteProtocolError(
+                DropReason.REPLAYED_FINISH, "FINISH differs from the accepted one"
+            )
+        message = self._reassembler.add(fragment, now)
+        if message is None:
+            return
+        digest = hashlib.sha256(message).digest()
+        if not hmac.compare_digest(digest, self._finish_digest):
             raise RemoteProtocolError(
                 DropReason.REPLAYED_FINISH, "FINISH differs from the accepted one"
             )
@@ -649,7 +674,8 @@ class ResponderHandshake(_Handshake):
         self._hs_secret = None
         self._initiator_keys = None
         self._peer = identity
-        self._finish_message = message
+        self._finish_length = len(message)
+        self._finish_digest = hashlib.sha256(message).digest()
         self._state = HandshakeState.COMPLETED
         self._stop_flight()
         self._events.append(

@@ -1,24 +1,43 @@
 """The responder side of a local endpoint: INIT datagrams in, responder handshakes out.
 
 :class:`HandshakeListener` receives every INIT fragment that reaches the endpoint, from any
-address. It
+address, and spends nothing on an address before the address is **validated**
+(docs/protocol.md, "Address validation and anti-amplification"):
 
-1. routes a retransmitted INIT to the responder already answering it (which re-sends RESP);
-   an INIT from the same address and index that differs from the one answered is a new
-   INIT (the first may have been corrupted in flight) and gets its own responder;
-2. when **under load** (``in_progress >= under_load_threshold``, or ``force_under_load``),
-   answers an INIT fragment that does not echo a valid cookie with a stateless COOKIE_REPLY:
-   nothing is reassembled, decapsulated, signed or stored for it
-   (:mod:`x0tta6bl4.protocol.cookie`);
-3. otherwise reassembles INIT (bounded per address and overall) and builds a
-   :class:`~x0tta6bl4.protocol.handshake.ResponderHandshake`, which signs and queues RESP.
+1. An INIT fragment whose header does not echo a valid cookie for (address, initiator index)
+   is answered with one stateless 21-byte COOKIE_REPLY and forgotten: nothing is reassembled,
+   decapsulated, signed or stored (:mod:`x0tta6bl4.protocol.cookie`). Every INIT fragment is
+   at least 19 bytes, so what an unvalidated address receives from us is at most 21/19 of what
+   it sent — within QUIC's factor of 3 (RFC 9000, section 8.1).
+2. A fragment with a valid cookie that belongs to the INIT a responder already answers is
+   routed to it (it re-sends RESP, rate-limited); an INIT from the same address and index
+   that differs from the one answered is a new INIT (the first may have been corrupted in
+   flight): it replaces that responder.
+3. Other fragments are reassembled in a bounded table of partial INITs keyed by (address,
+   initiator index): at most ``max_partial_messages`` per address (more are refused,
+   ``too_many_partials``) and ``max_pending_inits`` in all (when full, the oldest partial is
+   evicted). A partial INIT is discarded ``reassembly_timeout`` seconds after its first
+   fragment, whatever arrives later.
+4. A complete INIT becomes a :class:`~x0tta6bl4.protocol.handshake.ResponderHandshake` (which
+   encapsulates, signs and queues RESP) only within the CPU budget: a token bucket of
+   ``responder_rate`` per second over all sources (``over_budget``), and, while the listener
+   is **under load** (responders waiting for FINISH plus partial INITs reach
+   ``under_load_threshold``, or ``force_under_load``), one bucket of ``source_rate`` per
+   second per source (``source_rate_limited``). At most ``max_responders`` are held; the
+   oldest is aborted to make room.
 
 ``receive_datagram`` returns the responder that took the datagram (new or existing) so the
 owner can register it under its ``local_index`` (FINISH datagrams carry that index and go to
-the responder directly) and drain its ``datagrams_to_send()`` / ``next_event()``. Cookie
-replies are collected with :meth:`HandshakeListener.datagrams_to_send` as
-``(datagram, addr)`` pairs. ``addr`` is opaque bytes chosen by the owner (for UDP: packed IP
-address and port), at most 255 bytes.
+the responder directly) and drain its ``datagrams_to_send()`` / ``next_event()``. Responders
+the listener aborted (evicted or replaced) are handed back once by
+:meth:`HandshakeListener.evicted_responders` so that the owner can unregister them. Cookie
+replies are collected with :meth:`HandshakeListener.datagrams_to_send` as ``(datagram,
+addr)`` pairs.
+
+``addr`` is opaque bytes chosen by the owner (for UDP: the packed IP address and port), at
+most :data:`~x0tta6bl4.protocol.constants.MAX_ADDRESS_SIZE` bytes; ``source`` (default:
+``addr``) is the coarser key of the per-source limit (for UDP: the IP address, so that one
+host cannot multiply its budget by using many ports).
 """
 
 from __future__ import annotations
@@ -28,13 +47,20 @@ from collections.abc import Callable
 
 from x0tta6bl4.protocol.constants import (
     INIT_MESSAGE_SIZE,
+    MAX_ADDRESS_SIZE,
     MAX_PENDING_INITS,
+    MAX_RESPONDERS,
+    MAX_TRACKED_SOURCES,
+    RESPONDER_BURST,
+    RESPONDER_RATE,
+    SOURCE_RESPONDER_BURST,
+    SOURCE_RESPONDER_RATE,
     UNDER_LOAD_THRESHOLD,
     MessageType,
 )
 from x0tta6bl4.protocol.cookie import CookieJar
 from x0tta6bl4.protocol.errors import DropReason, LocalProtocolError, RemoteProtocolError
-from x0tta6bl4.protocol.fragments import Fragment, Reassembler, parse_fragment
+from x0tta6bl4.protocol.fragments import Fragment, PartialMessage, parse_fragment
 from x0tta6bl4.protocol.handshake import (
     HandshakeConfig,
     HandshakeState,
@@ -42,17 +68,18 @@ from x0tta6bl4.protocol.handshake import (
     random_index,
 )
 from x0tta6bl4.protocol.messages import CookieReply, InitMessage
+from x0tta6bl4.protocol.ratelimit import SourceLimiter, TokenBucket
 
 __all__ = ["HandshakeListener"]
 
-_MAX_ADDR = 255
+_Key = tuple[bytes, int]
 
 
 class HandshakeListener:
-    """Accepts INIT for one local endpoint, with the cookie defence. Not thread-safe.
+    """Accepts INIT for one local endpoint: address validation, bounds, budgets.
 
-    ``new_index`` allocates the local index of each new responder (the owner's index table
-    should make sure it is unused); by default a random non-zero u32.
+    Not thread-safe. ``new_index`` allocates the local index of each new responder (the
+    owner's index table should make sure it is unused); by default a random non-zero u32.
     """
 
     def __init__(
@@ -62,25 +89,41 @@ class HandshakeListener:
         *,
         under_load_threshold: int = UNDER_LOAD_THRESHOLD,
         max_pending_inits: int = MAX_PENDING_INITS,
+        max_responders: int = MAX_RESPONDERS,
+        responder_rate: float = RESPONDER_RATE,
+        responder_burst: int = RESPONDER_BURST,
+        source_rate: float = SOURCE_RESPONDER_RATE,
+        source_burst: int = SOURCE_RESPONDER_BURST,
+        max_sources: int = MAX_TRACKED_SOURCES,
         cookie_jar: CookieJar | None = None,
         new_index: Callable[[], int] | None = None,
     ) -> None:
-        if under_load_threshold < 0 or max_pending_inits <= 0:
+        if under_load_threshold < 0 or max_pending_inits <= 0 or max_responders <= 0:
             raise LocalProtocolError("listener bounds must be positive")
         self._config = config
         self._threshold = under_load_threshold
         self._max_pending = max_pending_inits
+        self._max_responders = max_responders
+        self._budget = TokenBucket(responder_rate, responder_burst, now)
+        self._sources = SourceLimiter(source_rate, source_burst, max_sources)
         self._jar = cookie_jar if cookie_jar is not None else CookieJar(now)
         self._new_index = new_index if new_index is not None else random_index
-        self._pending: dict[bytes, Reassembler] = {}
-        self._responders: dict[tuple[bytes, int], ResponderHandshake] = {}
+        # Insertion order is creation order, and every partial lives the same timeout, so the
+        # first entry is both the oldest and the next to expire.
+        self._pending: dict[_Key, PartialMessage] = {}
+        self._pending_per_addr: Counter[bytes] = Counter()
+        self._responders: dict[_Key, ResponderHandshake] = {}
+        self._evicted: list[ResponderHandshake] = []
         self._outbox: list[tuple[bytes, bytes]] = []
         #: When True the listener behaves as under load regardless of the threshold.
         self.force_under_load = False
         #: Datagrams dropped, by :attr:`RemoteProtocolError.reason`.
         self.dropped: Counter[DropReason] = Counter()
-        #: ``cookie_replies``, ``responders`` (created), ``init_retransmissions`` (routed).
+        #: ``cookie_replies``, ``responders`` (created), ``init_retransmissions`` (routed),
+        #: ``partials_evicted``, ``responders_evicted``, ``responders_replaced``.
         self.stats: Counter[str] = Counter()
+
+    # --- state --------------------------------------------------------------------------------
 
     @property
     def in_progress(self) -> int:
@@ -88,40 +131,59 @@ class HandshakeListener:
         return sum(1 for r in self._responders.values() if r.state is HandshakeState.WAIT_FINISH)
 
     @property
-    def under_load(self) -> bool:
-        return self.force_under_load or self.in_progress >= self._threshold
+    def pending(self) -> int:
+        """Partially reassembled INITs held."""
+        return len(self._pending)
 
-    def receive_datagram(self, data: bytes, addr: bytes, now: float) -> ResponderHandshake | None:
+    @property
+    def responders(self) -> int:
+        """Responder machines held (waiting for FINISH, or completed and not yet closed)."""
+        return len(self._responders)
+
+    @property
+    def under_load(self) -> bool:
+        """True when new responders are also limited per source."""
+        return self.force_under_load or self.in_progress + len(self._pending) >= self._threshold
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def receive_datagram(
+        self, data: bytes, addr: bytes, now: float, *, source: bytes | None = None
+    ) -> ResponderHandshake | None:
         """Process one INIT datagram from ``addr``; return the responder that took it, if any.
 
         Never raises for bad input (it is dropped and counted in :attr:`dropped`).
         """
-        if len(addr) > _MAX_ADDR:
-            raise LocalProtocolError("address longer than 255 bytes")
-        self._prune()
+        if len(addr) > MAX_ADDRESS_SIZE:
+            raise LocalProtocolError(f"address longer than {MAX_ADDRESS_SIZE} bytes")
         try:
-            return self._receive(data, addr, now)
+            return self._receive(data, addr, addr if source is None else source, now)
         except RemoteProtocolError as exc:
             self.dropped[exc.reason] += 1
             return None
+
+    def handle_timer(self, now: float) -> None:
+        """Discard partial INITs whose reassembly timeout passed; forget finished responders."""
+        self._expire(now)
+        self._prune()
+
+    # --- outputs ------------------------------------------------------------------------------
 
     def datagrams_to_send(self) -> list[tuple[bytes, bytes]]:
         """``(datagram, addr)`` pairs to send now: cookie replies (the queue is emptied)."""
         out, self._outbox = self._outbox, []
         return out
 
-    def get_timer(self) -> float | None:
-        """When partially reassembled INITs expire, or None."""
-        deadlines = [r.next_deadline() for r in self._pending.values()]
-        return min((d for d in deadlines if d is not None), default=None)
+    def evicted_responders(self) -> list[ResponderHandshake]:
+        """Responders aborted by the listener since the last call (the list is emptied)."""
+        out, self._evicted = self._evicted, []
+        return out
 
-    def handle_timer(self, now: float) -> None:
-        """Discard partially reassembled INITs whose reassembly timeout passed."""
-        for addr, reassembler in list(self._pending.items()):
-            reassembler.expire(now)
-            if not len(reassembler):
-                del self._pending[addr]
-        self._prune()
+    def get_timer(self) -> float | None:
+        """When the oldest partial INIT expires, or None."""
+        for partial in self._pending.values():
+            return partial.deadline
+        return None
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -129,60 +191,113 @@ class HandshakeListener:
         for key in [k for k, r in self._responders.items() if r.done]:
             del self._responders[key]
 
-    def _receive(self, data: bytes, addr: bytes, now: float) -> ResponderHandshake | None:
+    def _expire(self, now: float) -> None:
+        while self._pending:
+            key, partial = next(iter(self._pending.items()))
+            if partial.deadline > now:
+                break
+            self._drop_pending(key)
+
+    def _drop_pending(self, key: _Key) -> None:
+        del self._pending[key]
+        addr = key[0]
+        self._pending_per_addr[addr] -= 1
+        if self._pending_per_addr[addr] <= 0:
+            del self._pending_per_addr[addr]
+
+    def _evict(self, key: _Key, stat: str) -> None:
+        responder = self._responders.pop(key)
+        responder.abort()
+        self._evicted.append(responder)
+        self.stats[stat] += 1
+
+    def _receive(
+        self, data: bytes, addr: bytes, source: bytes, now: float
+    ) -> ResponderHandshake | None:
         fragment = parse_fragment(data)
         if fragment.msg_type != MessageType.HANDSHAKE_INIT:
             raise RemoteProtocolError(DropReason.UNEXPECTED_MESSAGE, "the listener takes INIT only")
         if fragment.total_length != INIT_MESSAGE_SIZE:
             raise RemoteProtocolError(DropReason.BAD_LENGTH, "INIT has the wrong length")
-        existing = self._responders.get((addr, fragment.sender_index))
-        matched = existing is not None and existing.matches_init(fragment)
-        if matched:
-            assert existing is not None
-            self.stats["init_retransmissions"] += 1
-            existing.receive_datagram(data, now)
-            if addr not in self._pending:
-                return existing
-            # Another INIT from this address is being reassembled (the one we answered may
-            # have been corrupted in flight): this fragment may be part of it too.
-        elif self.under_load and not self._jar.check(
-            fragment.cookie, addr, fragment.sender_index, now
-        ):
-            cookie = self._jar.make(addr, fragment.sender_index, now)
-            reply = CookieReply(receiver_index=fragment.sender_index, cookie=cookie)
+        index = fragment.sender_index
+        if not self._jar.check(fragment.cookie, addr, index, now):
+            # Not validated: one 21-byte datagram back, and nothing else happens.
+            cookie = self._jar.make(addr, index, now)
+            reply = CookieReply(receiver_index=index, cookie=cookie)
             self._outbox.append((reply.encode(), addr))
             self.stats["cookie_replies"] += 1
             return None
-        message = self._reassemble(fragment, addr, now)
-        if message is None or (existing is not None and message == existing.init_message):
-            return existing if matched else None
+        key = (addr, index)
+        existing = self._responders.get(key)
+        if existing is not None and existing.done:
+            del self._responders[key]
+            existing = None
+        if existing is not None and existing.matches_init(fragment):
+            self.stats["init_retransmissions"] += 1
+            existing.receive_datagram(data, now)
+            if key not in self._pending:
+                return existing
+            # Another INIT from this address and index is being reassembled (the one we
+            # answered may have been corrupted in flight): this fragment may be part of it.
+            message = self._reassemble(key, fragment, now)
+            if message is None or message == existing.init_message:
+                return existing
+        else:
+            message = self._reassemble(key, fragment, now)
+            if message is None:
+                return None
         init = InitMessage.parse(message)
-        if init.sender_index != fragment.sender_index:
+        if init.sender_index != index:
             raise RemoteProtocolError(
                 DropReason.INDEX_MISMATCH, "INIT index differs from its fragments"
             )
-        responder = ResponderHandshake(self._config, message, now, local_index=self._new_index())
-        self._responders[(addr, init.sender_index)] = responder
-        self.stats["responders"] += 1
-        return responder
+        return self._new_responder(key, message, source, now)
 
-    def _reassemble(self, fragment: Fragment, addr: bytes, now: float) -> bytes | None:
-        reassembler = self._pending.get(addr)
-        if reassembler is None:
+    def _reassemble(self, key: _Key, fragment: Fragment, now: float) -> bytes | None:
+        self._expire(now)
+        partial = self._pending.get(key)
+        if partial is None:
             if fragment.offset == 0 and len(fragment.data) == fragment.total_length:
                 return fragment.data
-            if len(self._pending) >= self._max_pending:
+            addr = key[0]
+            if self._pending_per_addr[addr] >= self._config.max_partial_messages:
                 raise RemoteProtocolError(
-                    DropReason.TOO_MANY_PENDING, "too many INITs being reassembled"
+                    DropReason.TOO_MANY_PARTIALS, "too many INITs from one address"
                 )
-            reassembler = Reassembler(
-                max_message_size=INIT_MESSAGE_SIZE,
-                max_partials=self._config.max_partial_messages,
-                timeout=self._config.reassembly_timeout,
-            )
-            self._pending[addr] = reassembler
+            if len(self._pending) >= self._max_pending:
+                self._drop_pending(next(iter(self._pending)))
+                self.stats["partials_evicted"] += 1
+            partial = PartialMessage(fragment.total_length, now + self._config.reassembly_timeout)
+            self._pending[key] = partial
+            self._pending_per_addr[addr] += 1
         try:
-            return reassembler.add(fragment, now)
-        finally:
-            if not len(reassembler):
-                del self._pending[addr]
+            complete = partial.add(fragment.offset, fragment.data)
+        except RemoteProtocolError:
+            self._drop_pending(key)
+            raise
+        if not complete:
+            return None
+        self._drop_pending(key)
+        return bytes(partial.buffer)
+
+    def _new_responder(
+        self, key: _Key, message: bytes, source: bytes, now: float
+    ) -> ResponderHandshake:
+        self._prune()
+        limited = self.under_load
+        if limited and not self._sources.take(source, now):
+            raise RemoteProtocolError(
+                DropReason.SOURCE_RATE_LIMITED, "this source's budget is spent"
+            )
+        if not self._budget.take(now):
+            if limited:
+                self._sources.give_back(source)
+            raise RemoteProtocolError(DropReason.OVER_BUDGET, "the responder budget is spent")
+        responder = ResponderHandshake(self._config, message, now, local_index=self._new_index())
+        if key in self._responders:
+            self._evict(key, "responders_replaced")
+        elif len(self._responders) >= self._max_responders:
+            self._evict(next(iter(self._responders)), "responders_evicted")
+        self._responders[key] = responder
+        self.stats["responders"] += 1
+        return responder

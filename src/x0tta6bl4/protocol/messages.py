@@ -9,7 +9,7 @@ INIT (1254 bytes)::
 
 RESP::
 
-    clear part (1164 bytes):
+    clear part (1162 bytes):
         version u8 ‖ suite u8 ‖ sender index u32 ‖ receiver index u32 ‖ nonce[32] ‖
         responder share[1120] = ML-KEM-768 ciphertext[1088] ‖ X25519 public key[32]
     sealed part: AES-256-GCM(responder handshake key, iv, aad = clear part, auth payload)
