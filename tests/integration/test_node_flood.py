@@ -178,10 +178,11 @@ def test_spoofed_source_flood_leaves_no_state_behind(node: _Node) -> None:
                 src = bytes([127, rng.randrange(256), rng.randrange(256), rng.randrange(1, 255)])
                 sport = rng.randrange(1024, 65536)
                 sources.add((src, sport))
+                # Half of them the one-byte 0x01 datagram; the rest one of each kind
+                # (a full-size INIT fragment twice in 16).
                 kind = sent % 16
-                # Mostly small datagrams; one full-size INIT fragment in 16.
-                payload = kinds[2] if kind == 0 else kinds[kind % 8 if kind % 8 != 2 else 1]
-                if kind == 1:
+                payload = kinds[0] if kind < 8 else kinds[(kind - 8) or 2]
+                if kind == 15:
                     kinds = _payloads(rng)  # fresh indices and cookies now and then
                 raw.sendto(_packet(src, sport, port, payload), ("127.0.0.1", 0))
                 sent += 1
