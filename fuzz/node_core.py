@@ -28,8 +28,9 @@ import fuzzlib
 
 with fuzzlib.instrumented():
     from x0tta6bl4.crypto.pqsvid import MeshCA
+    from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
     from x0tta6bl4.node.core import NodeCore
-    from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+    from x0tta6bl4.node.localmesh import issue_identity
     from x0tta6bl4.node.model import Member
 
 START = 100.0
@@ -41,7 +42,7 @@ class Wire:
     """node-a and node-b, an in-memory wire between them and a simulated clock."""
 
     def __init__(self) -> None:
-        ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+        ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
         self.now = START
         offset = time.time() - START
         self.cores = {

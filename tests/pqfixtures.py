@@ -18,13 +18,13 @@ from typing import Final
 from x0tta6bl4.crypto.pqsvid import (
     DEFAULT_CA_TTL_SECONDS,
     DEFAULT_LEAF_TTL_SECONDS,
-    DEFAULT_TRUST_DOMAIN,
     MeshCA,
     PeerIdentity,
     TrustBundle,
     verify_svid,
 )
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 
 __all__ = [
     "CA_CREATED_AT",

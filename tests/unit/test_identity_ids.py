@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from spiffe import SpiffeId, TrustDomain
 
+import x0tta6bl4
 import x0tta6bl4.identity as identity
 from x0tta6bl4.identity import (
     DEFAULT_TRUST_DOMAIN,
@@ -356,3 +359,48 @@ def test_glob_bench_runs_its_cases_within_the_limits() -> None:
     assert result["pairs"] == len(cases()) * 5
     assert result["target_worst_us"] == TARGET_WORST_US
     assert set(result["worst_us_by_pattern"]) == set(cases())
+
+
+# --- one identity vocabulary -----------------------------------------------------------------
+
+
+def _definitions(name: str) -> list[str]:
+    """Modules of src/x0tta6bl4 that define ``name`` (a class, or an assignment at top level)."""
+    root = Path(x0tta6bl4.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.ClassDef) and node.name == name:
+                found.append(str(path.relative_to(root)))
+            elif isinstance(node, ast.Assign):
+                targets = list(node.targets)
+            elif isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("InvalidSpiffeIdError", "identity/errors.py"),
+        ("InvalidTrustDomainError", "identity/errors.py"),
+        ("WrongTrustDomainError", "identity/errors.py"),
+        ("DEFAULT_TRUST_DOMAIN", "defaults.py"),
+    ],
+)
+def test_each_identity_name_is_defined_once(name: str, home: str) -> None:
+    assert _definitions(name) == [home]
+
+
+def test_the_default_trust_domain_is_written_out_once() -> None:
+    root = Path(x0tta6bl4.__file__).parent
+    holders = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value == "x0tta6bl4.mesh"
+    )
+    assert holders == ["defaults.py"]

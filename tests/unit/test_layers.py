@@ -95,12 +95,13 @@ LAYERS: dict[str, Layer] = {
     "dataplane": Layer(("x0tta6bl4.dataplane",), ("protocol", "base")),
     "protocol": Layer(("x0tta6bl4.protocol",), ("crypto",), io_free=True),
     "policy": Layer(("x0tta6bl4.policy",), ("identity", "base"), io_free=True),
-    "crypto": Layer(("x0tta6bl4.crypto",), ()),
+    "crypto": Layer(("x0tta6bl4.crypto",), ("identity", "base")),
     "identity": Layer(("x0tta6bl4.identity",), ("base",)),
     "base": Layer(
         (
             "x0tta6bl4",
             "x0tta6bl4._version",
+            "x0tta6bl4.defaults",
             "x0tta6bl4.httpserver",
             "x0tta6bl4.logging",
             "x0tta6bl4.records",

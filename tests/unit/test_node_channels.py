@@ -14,8 +14,9 @@ import pytest
 
 from x0tta6bl4.crypto.pqsvid import MeshCA, PeerIdentity, verify_svid
 from x0tta6bl4.crypto.suite import HybridKemKeyPair
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.node.channels import ChannelData, ChannelEvent, Channels, ChannelUp, HandshakeDone
-from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.protocol.constants import NONCE_SIZE, MessageType
 from x0tta6bl4.protocol.fragments import fragment_message
 from x0tta6bl4.protocol.handshake import Credential, HandshakeConfig
@@ -40,7 +41,7 @@ class Pair:
         authorize: Callable[[PeerIdentity], bool] = _allow,
         rekey_after_time: float = 120.0,
     ) -> None:
-        ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+        ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
         self.now = T0
         offset = time.time() - T0
         self.ends: dict[str, Channels[str]] = {}

@@ -15,8 +15,9 @@ import pytest
 
 from x0tta6bl4.crypto.pqsvid import MeshCA
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.node.core import MAX_APP_PAYLOAD, NodeCore
-from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.node.model import PING_CHANNEL, Addr, AppMessage, CoreConfig, LinkFilter, Member
 from x0tta6bl4.protocol.errors import LocalProtocolError
 from x0tta6bl4.protocol.frames import Fragment, LinkStateAdvert, Routed, encode_frames
@@ -39,7 +40,7 @@ class Net:
     """N cores, an in-memory wire and a simulated clock."""
 
     def __init__(self, n: int, *, config: CoreConfig | None = None) -> None:
-        self.ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+        self.ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
         self.now = START
         self.offset = time.time() - START
         self.ids = [f"node-{i:03d}" for i in range(n)]

@@ -9,12 +9,13 @@ import time
 import pytest
 
 from x0tta6bl4.crypto.pqsvid import MeshCA
-from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.node.udp import RECV_BATCH, MeshEndpoint, bind_udp, open_endpoint
 
 
 async def test_one_readiness_callback_drains_a_batch_of_datagrams() -> None:
-    ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+    ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
     endpoint = await open_endpoint(issue_identity(ca, "node-000"), ("127.0.0.1", 0))
     try:
         count = RECV_BATCH + 36
@@ -35,7 +36,7 @@ async def test_one_readiness_callback_drains_a_batch_of_datagrams() -> None:
 
 
 async def test_attach_twice_and_closed_endpoint() -> None:
-    ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+    ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
     endpoint = MeshEndpoint(issue_identity(ca, "node-000"))
     with pytest.raises(RuntimeError, match="no socket"):
         _ = endpoint.local_addr

@@ -30,8 +30,6 @@ from x0tta6bl4.crypto.pqsvid import (
     CaAsLeafError,
     ExpiredError,
     InvalidNodeIdError,
-    InvalidSpiffeIdError,
-    InvalidTrustDomainError,
     KeyMismatchError,
     MalformedCertificateError,
     MeshCA,
@@ -43,13 +41,17 @@ from x0tta6bl4.crypto.pqsvid import (
     PqSvidError,
     TrustBundle,
     UnknownIssuerError,
-    WrongTrustDomainError,
     pop_message,
     proof_of_possession,
     verify_proof_of_possession,
     verify_svid,
 )
 from x0tta6bl4.crypto.suite import SignatureContext, SigningKey
+from x0tta6bl4.identity.errors import (
+    InvalidSpiffeIdError,
+    InvalidTrustDomainError,
+    WrongTrustDomainError,
+)
 
 TD = "x0tta6bl4.mesh"
 SID = default_spiffe_id(TD)
@@ -367,6 +369,16 @@ def test_wrong_trust_domain() -> None:
     der = build_cert(uris=("spiffe://evil.example/ns/x0tta6bl4/sa/x0tta6bl4-node",))
     with pytest.raises(WrongTrustDomainError):
         verify_svid(der, make_ca().bundle(), NOW)
+    # One vocabulary: the identity error catches it, and so does the data plane's
+    # ``except CryptoError`` (everything wrong with a certificate is one).
+    with pytest.raises(pqsvid.ForeignTrustDomainError) as info:
+        verify_svid(der, make_ca().bundle(), NOW)
+    assert isinstance(info.value, CryptoError)
+    bad = build_cert(uris=("spiffe://X0TTA6BL4.mesh/ns/a/sa/b",))
+    with pytest.raises(pqsvid.SpiffeIdSanError) as san:
+        verify_svid(bad, make_ca().bundle(), NOW)
+    assert isinstance(san.value, InvalidSpiffeIdError)
+    assert isinstance(san.value, CryptoError)
 
 
 def test_unknown_critical_extension_is_malformed() -> None:

@@ -36,6 +36,8 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+
 __all__ = ["bare_app", "format_table", "load", "run"]
 
 _BARE_BODY = b'{"status":"ok"}'
@@ -162,14 +164,14 @@ async def _seed(store_url: str, state_dir: Path, ca_dir: Path, nodes: int) -> No
     from x0tta6bl4.controller.store.url import open_store
     from x0tta6bl4.crypto.suite import SigningKey
 
-    ca = load_ca_files(ca_dir / "ca.crt", ca_dir / "ca.key", trust_domain="x0tta6bl4.mesh")
+    ca = load_ca_files(ca_dir / "ca.crt", ca_dir / "ca.key", trust_domain=DEFAULT_TRUST_DOMAIN)
     network = parse_overlay_cidr("100.96.0.0/16")
     now = time.time()
     key = SigningKey.generate()  # one key is enough: the store does not care, the SVIDs differ
     async with open_store(store_url, state_dir=state_dir) as store:
         for i in range(nodes):
             node_id = f"bench-node-{i:04d}"
-            spiffe_id = f"spiffe://x0tta6bl4.mesh/ns/bench/sa/node-{i:04d}"
+            spiffe_id = f"spiffe://{DEFAULT_TRUST_DOMAIN}/ns/bench/sa/node-{i:04d}"
             der = ca.signer.issue(
                 spiffe_id=spiffe_id, node_id=node_id, public_key=key.public_bytes, now=now
             )
@@ -237,8 +239,8 @@ def run(
     from x0tta6bl4.identity.spiffe_ids import parse_trust_domain
     from x0tta6bl4.identity.workload_source import WorkloadSource
 
-    td = parse_trust_domain("x0tta6bl4.mesh")
-    reader_id = "spiffe://x0tta6bl4.mesh/ns/bench/sa/reader"
+    td = parse_trust_domain(DEFAULT_TRUST_DOMAIN)
+    reader_id = f"spiffe://{DEFAULT_TRUST_DOMAIN}/ns/bench/sa/reader"
     with tempfile.TemporaryDirectory(prefix="x0-bench-api-") as tmp:
         base = Path(tmp)
         ca_dir = base / "ca"

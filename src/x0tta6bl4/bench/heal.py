@@ -60,7 +60,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from x0tta6bl4.crypto.pqsvid import MeshCA
-from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.node.model import CoreConfig, Member
 from x0tta6bl4.node.udp import MeshEndpoint, open_endpoint
 
@@ -268,7 +269,7 @@ class _Pool:
     """The worker processes and the request/response protocol over their pipes."""
 
     def __init__(self, slices: list[list[str]], config: CoreConfig) -> None:
-        ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+        ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []

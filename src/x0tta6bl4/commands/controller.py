@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from x0tta6bl4.commands._options import LogFormatOption, SpiffeSocketOption
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 
 __all__ = ["app"]
 
@@ -186,15 +187,16 @@ def ca_init(
     ],
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="trust domain")
-    ] = "x0tta6bl4.mesh",
+    ] = DEFAULT_TRUST_DOMAIN,
 ) -> None:
     """Create a new mesh CA (ML-DSA-65): writes ca.crt and ca.key (0600); never overwrites."""
     from x0tta6bl4.controller.ca import CaConfigError, init_ca_dir
     from x0tta6bl4.crypto.errors import CryptoError
+    from x0tta6bl4.identity.errors import IdentityError
 
     try:
         ca = init_ca_dir(out, trust_domain=trust_domain)
-    except (CaConfigError, CryptoError, OSError) as err:
+    except (CaConfigError, CryptoError, IdentityError, OSError) as err:
         _fail(str(err))
         return
     typer.echo(f"wrote {out / 'ca.crt'} and {out / 'ca.key'} ({ca!r})")
@@ -211,15 +213,16 @@ def ca_rotate(
     ],
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="trust domain")
-    ] = "x0tta6bl4.mesh",
+    ] = DEFAULT_TRUST_DOMAIN,
 ) -> None:
     """Rotate the mesh CA: a new key signs; ca.crt keeps the previous CA(s) for trust."""
     from x0tta6bl4.controller.ca import CaConfigError, rotate_ca_dir
     from x0tta6bl4.crypto.errors import CryptoError
+    from x0tta6bl4.identity.errors import IdentityError
 
     try:
         ca = rotate_ca_dir(directory, trust_domain=trust_domain)
-    except (CaConfigError, CryptoError, OSError) as err:
+    except (CaConfigError, CryptoError, IdentityError, OSError) as err:
         _fail(str(err))
         return
     typer.echo(f"rotated the mesh CA in {directory}: new signer {ca!r}")

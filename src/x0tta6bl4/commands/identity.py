@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+
 app = typer.Typer(
     help="SPIFFE identity: the embedded development Workload API issuer.",
     no_args_is_help=True,
@@ -31,7 +33,7 @@ def serve(  # noqa: PLR0917 - one parameter per flag
     ],
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain.")
-    ] = "x0tta6bl4.mesh",
+    ] = DEFAULT_TRUST_DOMAIN,
     entries: Annotated[
         list[str] | None,
         typer.Option(

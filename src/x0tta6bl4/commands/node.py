@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from x0tta6bl4.commands._options import LogFormatOption, SpiffeSocketOption
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
 __all__ = ["node"]
@@ -50,7 +51,7 @@ def node(  # noqa: PLR0917 - one parameter per flag
     spiffe_socket: SpiffeSocketOption = None,
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain")
-    ] = "x0tta6bl4.mesh",
+    ] = DEFAULT_TRUST_DOMAIN,
     tun: Annotated[
         bool, typer.Option("--tun", envvar="X0_TUN", help="create the overlay TUN interface")
     ] = False,

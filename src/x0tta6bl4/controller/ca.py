@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import MeshCA, TrustBundle
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.identity.errors import IdentityError
 
 __all__ = [
     "CA_CERT_NAME",
@@ -99,7 +100,7 @@ def load_ca_files(
     for cert in certs:
         try:
             candidate = MeshCA(trust_domain, cert, key)
-        except CryptoError:
+        except (CryptoError, IdentityError):
             continue
         signer = candidate
         break
@@ -115,7 +116,7 @@ def load_ca_files(
     ]
     try:
         bundle = TrustBundle(trust_domain, published)
-    except CryptoError as err:
+    except (CryptoError, IdentityError) as err:
         raise CaConfigError(f"{cert_file}: {err}") from None
     return LoadedCa(signer=signer, bundle=bundle)
 

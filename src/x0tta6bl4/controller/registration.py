@@ -40,6 +40,7 @@ from x0tta6bl4.controller.store.base import Store
 from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import verify_proof_of_possession
+from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.policy import PolicyEngine, default_policy
 from x0tta6bl4.records import ModelError
@@ -198,7 +199,7 @@ class Registrar:
                 now=now,
                 ttl_seconds=self._svid_ttl,
             )
-        except CryptoError as err:
+        except (CryptoError, IdentityError) as err:
             raise AdmissionError(
                 AdmissionRefusal.INVALID_REQUEST, f"cannot issue a PQ SVID: {err}"
             ) from None

@@ -4,7 +4,8 @@ A PQ X.509-SVID is a standard X.509 v3 certificate whose subject key and signatu
 ML-DSA-65 (FIPS 204, RFC 9881 encoding: empty context string), with the node's SPIFFE ID as its
 only URI SAN and the node ID as subject CN. ``docs/pqsvid.md`` lists every field and extension.
 
-Errors (all are :class:`~x0tta6bl4.crypto.errors.CryptoError`)::
+Errors about a certificate are :class:`~x0tta6bl4.crypto.errors.CryptoError` (so one
+``except CryptoError`` covers everything wrong with a certificate)::
 
     PqSvidError
     ├── MalformedCertificateError  not DER, unparseable, or missing a required field
@@ -14,13 +15,21 @@ Errors (all are :class:`~x0tta6bl4.crypto.errors.CryptoError`)::
     ├── ExpiredError               the leaf (or its CA) expired before ``now``
     ├── NotYetValidError           the leaf (or its CA) is not valid yet at ``now``
     ├── MissingSpiffeIdError       no URI SAN
-    ├── InvalidSpiffeIdError       the URI SAN (or a given SPIFFE ID) is not a valid SPIFFE ID
+    ├── SpiffeIdSanError           the URI SAN is not a canonical SPIFFE ID with a path
+    │                              (also an identity InvalidSpiffeIdError)
     ├── MultipleSpiffeIdsError     more than one URI SAN
-    ├── WrongTrustDomainError      a SPIFFE ID (or CA) of another trust domain
+    ├── ForeignTrustDomainError    a leaf or CA of another trust domain
+    │                              (also an identity WrongTrustDomainError)
     ├── InvalidNodeIdError         missing/invalid subject CN (node ID)
-    ├── InvalidTrustDomainError    a trust domain name that is not valid
     ├── NotCaError                 a non-CA certificate where a CA is required
     └── KeyMismatchError           a CA private key that does not match its certificate
+
+SPIFFE IDs and trust domains given as arguments are parsed by
+:mod:`x0tta6bl4.identity.spiffe_ids` (canonical form required) and refused with its errors:
+:class:`~x0tta6bl4.identity.errors.InvalidSpiffeIdError`,
+:class:`~x0tta6bl4.identity.errors.InvalidTrustDomainError`,
+:class:`~x0tta6bl4.identity.errors.WrongTrustDomainError` (one vocabulary: ``except`` the
+identity error and it catches the certificate's too).
 
 Time is always passed in as ``now``: wall-clock UNIX seconds (``time.time()``), because X.509
 validity is absolute time. Messages never contain key material.
@@ -48,8 +57,6 @@ from cryptography.x509.oid import (
     NameOID,
     SignatureAlgorithmOID,
 )
-from spiffe import SpiffeId, TrustDomain
-from spiffe.errors import PySpiffeError
 
 from x0tta6bl4.crypto.errors import BadSignatureError, CryptoError
 from x0tta6bl4.crypto.suite import (
@@ -59,18 +66,23 @@ from x0tta6bl4.crypto.suite import (
     load_verifying_key,
     verify_signature,
 )
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from x0tta6bl4.identity.errors import (
+    IdentityError,
+    InvalidSpiffeIdError,
+    WrongTrustDomainError,
+)
+from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
     "DEFAULT_CA_TTL_SECONDS",
     "DEFAULT_LEAF_TTL_SECONDS",
-    "DEFAULT_TRUST_DOMAIN",
     "NODE_ID_MAX_LENGTH",
     "CaAsLeafError",
     "ExpiredError",
+    "ForeignTrustDomainError",
     "InvalidNodeIdError",
-    "InvalidSpiffeIdError",
-    "InvalidTrustDomainError",
     "KeyMismatchError",
     "MalformedCertificateError",
     "MeshCA",
@@ -81,9 +93,9 @@ __all__ = [
     "NotYetValidError",
     "PeerIdentity",
     "PqSvidError",
+    "SpiffeIdSanError",
     "TrustBundle",
     "UnknownIssuerError",
-    "WrongTrustDomainError",
     "pop_message",
     "proof_of_possession",
     "validate_node_id",
@@ -91,7 +103,6 @@ __all__ = [
     "verify_svid",
 ]
 
-DEFAULT_TRUST_DOMAIN: Final = "x0tta6bl4.mesh"
 #: Certificates start this many seconds before ``now`` to tolerate clock skew between nodes.
 CLOCK_SKEW_SECONDS: Final = 60
 DEFAULT_LEAF_TTL_SECONDS: Final = 3600
@@ -99,7 +110,6 @@ DEFAULT_CA_TTL_SECONDS: Final = 10 * 365 * 86400
 #: X.509's upper bound for a common name (``ub-common-name``).
 NODE_ID_MAX_LENGTH: Final = 64
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_MAX_SPIFFE_ID_LENGTH: Final = 2048
 _MAX_POP_FIELD: Final = 0xFFFF
 # BIT STRING, long length 0x0cee (3310), 0 unused bits: the tail of every ML-DSA-65 certificate.
 _MLDSA65_SIGNATURE_PREFIX: Final = (
@@ -153,24 +163,20 @@ class MissingSpiffeIdError(PqSvidError):
     """The certificate carries no URI SAN."""
 
 
-class InvalidSpiffeIdError(PqSvidError):
-    """A URI SAN or a given SPIFFE ID is not a valid (canonical, non-root) SPIFFE ID."""
+class SpiffeIdSanError(PqSvidError, InvalidSpiffeIdError):
+    """A certificate's URI SAN is not a valid (canonical, non-root) SPIFFE ID."""
 
 
 class MultipleSpiffeIdsError(PqSvidError):
     """The certificate carries more than one URI SAN."""
 
 
-class WrongTrustDomainError(PqSvidError):
-    """A SPIFFE ID or CA belongs to another trust domain."""
+class ForeignTrustDomainError(PqSvidError, WrongTrustDomainError):
+    """A certificate (a leaf's SPIFFE ID, or a CA) belongs to another trust domain."""
 
 
 class InvalidNodeIdError(PqSvidError):
     """The node ID (subject CN) is missing or not 1-64 characters of ``[A-Za-z0-9._-]``."""
-
-
-class InvalidTrustDomainError(PqSvidError):
-    """A trust domain name is not valid."""
 
 
 class NotCaError(PqSvidError):
@@ -195,37 +201,22 @@ def _serial() -> int:
 
 
 def _parse_trust_domain(trust_domain: str) -> str:
-    if not isinstance(trust_domain, str) or not trust_domain:
-        raise InvalidTrustDomainError("trust domain must be a non-empty string")
-    try:
-        name: str = TrustDomain(trust_domain).name
-    except PySpiffeError as exc:
-        raise InvalidTrustDomainError(f"invalid trust domain {trust_domain!r}: {exc}") from exc
-    if name != trust_domain:
-        raise InvalidTrustDomainError(
-            f"trust domain {trust_domain!r} is not in canonical form (expected {name!r})"
-        )
-    return name
+    """A canonical trust domain name, else an identity error."""
+    return str(parse_trust_domain(trust_domain, canonical=True).name)
 
 
-def _parse_spiffe_id(value: str) -> tuple[str, str]:
-    """Return ``(spiffe_id, trust_domain)`` for a canonical workload SPIFFE ID."""
-    if not isinstance(value, str) or not value:
-        raise InvalidSpiffeIdError("SPIFFE ID must be a non-empty string")
-    if len(value) > _MAX_SPIFFE_ID_LENGTH:
-        raise InvalidSpiffeIdError(f"SPIFFE ID is longer than {_MAX_SPIFFE_ID_LENGTH} characters")
+def _san_spiffe_id(uri: str, trust_domain: str) -> str:
+    """A leaf's URI SAN as a canonical SPIFFE ID of ``trust_domain``, else a PqSvidError."""
     try:
-        parsed = SpiffeId(value)
-    except PySpiffeError as exc:
-        raise InvalidSpiffeIdError(str(exc)) from exc
-    canonical = str(parsed)
-    if canonical != value:
-        raise InvalidSpiffeIdError(
-            f"SPIFFE ID {value!r} is not in canonical form (expected {canonical!r})"
+        parsed = parse_spiffe_id(uri, canonical=True)
+    except IdentityError as exc:
+        raise SpiffeIdSanError(f"URI SAN is not a valid SPIFFE ID: {exc}") from exc
+    td = str(parsed.trust_domain.name)
+    if td != trust_domain:
+        raise ForeignTrustDomainError(
+            f"SPIFFE ID {str(parsed)!r} is in trust domain {td!r}, expected {trust_domain!r}"
         )
-    if not parsed.path:
-        raise InvalidSpiffeIdError(f"SPIFFE ID {value!r} has no path (a trust domain ID)")
-    return canonical, str(parsed.trust_domain.name)
+    return str(parsed)
 
 
 def validate_node_id(node_id: str) -> str:
@@ -301,9 +292,9 @@ def _ca_trust_domain(cert: x509.Certificate) -> str | None:
     for uri in san.value.get_values_for_type(x509.UniformResourceIdentifier):
         if isinstance(uri, str) and uri.startswith("spiffe://"):
             try:
-                return str(SpiffeId(uri).trust_domain.name)
-            except PySpiffeError as exc:
-                raise InvalidSpiffeIdError(f"CA URI SAN is not a SPIFFE ID: {exc}") from exc
+                return str(parse_spiffe_id(uri, require_path=False).trust_domain.name)
+            except IdentityError as exc:
+                raise SpiffeIdSanError(f"CA URI SAN is not a SPIFFE ID: {exc}") from exc
     return None
 
 
@@ -376,7 +367,7 @@ class MeshCA:
             raise KeyMismatchError("the CA private key does not match the CA certificate")
         named = _ca_trust_domain(self.cert)
         if named is not None and named != self.trust_domain:
-            raise WrongTrustDomainError(
+            raise ForeignTrustDomainError(
                 f"CA certificate names trust domain {named!r}, expected {self.trust_domain!r}"
             )
 
@@ -443,7 +434,7 @@ class MeshCA:
         The trust domain comes from the CA's ``spiffe://<td>`` URI SAN (as :meth:`create`
         writes it); pass ``trust_domain`` for a CA without one. Raises
         :class:`MalformedCertificateError`, :class:`NotCaError`, :class:`NotMlDsaKeyError`,
-        :class:`KeyMismatchError`, :class:`WrongTrustDomainError` or
+        :class:`KeyMismatchError`, :class:`ForeignTrustDomainError` or
         :class:`~x0tta6bl4.crypto.errors.InvalidKeyError` (an unreadable or non-ML-DSA key).
         """
         try:
@@ -486,18 +477,16 @@ class MeshCA:
         """Issue a DER leaf PQ SVID for ``public_key`` (raw ML-DSA-65, 1952 bytes).
 
         Valid from ``now - 60 s`` to ``min(now + ttl_seconds, CA notAfter)``. Raises
-        :class:`InvalidNodeIdError`, :class:`InvalidSpiffeIdError`,
-        :class:`WrongTrustDomainError`, :class:`~x0tta6bl4.crypto.errors.InvalidKeyError`,
+        :class:`InvalidNodeIdError`, the identity errors
+        :class:`~x0tta6bl4.identity.errors.InvalidSpiffeIdError` and
+        :class:`~x0tta6bl4.identity.errors.WrongTrustDomainError` (``spiffe_id`` is not a
+        canonical SPIFFE ID of the CA's trust domain),
+        :class:`~x0tta6bl4.crypto.errors.InvalidKeyError`,
         :class:`ExpiredError`/:class:`NotYetValidError` (the CA at ``now``), or
         :class:`ValueError` for a non-positive ``ttl_seconds``.
         """
         validate_node_id(node_id)
-        sid, td = _parse_spiffe_id(spiffe_id)
-        if td != self.trust_domain:
-            raise WrongTrustDomainError(
-                f"SPIFFE ID {sid!r} is in trust domain {td!r}, "
-                f"this CA issues for {self.trust_domain!r}"
-            )
+        sid = str(parse_spiffe_id(spiffe_id, canonical=True, trust_domain=self.trust_domain))
         subject_key = load_verifying_key(public_key)
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
@@ -570,9 +559,10 @@ class TrustBundle:
     def __init__(self, trust_domain: str, cas: Sequence[x509.Certificate]) -> None:
         """Validate that every certificate is an ML-DSA-65 CA of ``trust_domain``.
 
-        Raises :class:`InvalidTrustDomainError`, :class:`NotCaError`,
-        :class:`NotMlDsaKeyError`, :class:`MalformedCertificateError` (no SKI, or no CA at all)
-        or :class:`WrongTrustDomainError` (a CA whose SPIFFE URI SAN names another domain).
+        Raises :class:`~x0tta6bl4.identity.errors.InvalidTrustDomainError`,
+        :class:`NotCaError`, :class:`NotMlDsaKeyError`, :class:`MalformedCertificateError` (no
+        SKI, or no CA at all) or :class:`ForeignTrustDomainError` (a CA whose SPIFFE URI SAN
+        names another domain).
         """
         self.trust_domain: str = _parse_trust_domain(trust_domain)
         unique: dict[bytes, x509.Certificate] = {}
@@ -589,7 +579,7 @@ class TrustBundle:
             key = _require_mldsa_ca(cert, what)
             named = _ca_trust_domain(cert)
             if named is not None and named != self.trust_domain:
-                raise WrongTrustDomainError(
+                raise ForeignTrustDomainError(
                     f"{what} names trust domain {named!r}, expected {self.trust_domain!r}"
                 )
             ski = _ski(cert)
@@ -687,8 +677,8 @@ def verify_svid(cert_der: bytes, bundle: TrustBundle, now: float) -> PeerIdentit
     SKI, signature (:class:`UnknownIssuerError`); the leaf's validity window, then the CA's
     (:class:`NotYetValidError`, :class:`ExpiredError`); exactly one URI SAN
     (:class:`MissingSpiffeIdError`, :class:`MultipleSpiffeIdsError`) that is a canonical SPIFFE
-    ID with a path (:class:`InvalidSpiffeIdError`) in the bundle's trust domain
-    (:class:`WrongTrustDomainError`); exactly one subject CN that is a valid node ID
+    ID with a path (:class:`SpiffeIdSanError`) in the bundle's trust domain
+    (:class:`ForeignTrustDomainError`); exactly one subject CN that is a valid node ID
     (:class:`InvalidNodeIdError`).
     """
     # 1. parse (cryptography parses some parts lazily: touch everything used below)
@@ -755,11 +745,7 @@ def verify_svid(cert_der: bytes, bundle: TrustBundle, now: float) -> PeerIdentit
         raise MultipleSpiffeIdsError(
             f"certificate has {len(uris)} URI SANs; a PQ SVID has exactly one SPIFFE ID"
         )
-    spiffe_id, td = _parse_spiffe_id(uris[0])
-    if td != bundle.trust_domain:
-        raise WrongTrustDomainError(
-            f"SPIFFE ID {spiffe_id!r} is in trust domain {td!r}, expected {bundle.trust_domain!r}"
-        )
+    spiffe_id = _san_spiffe_id(uris[0], bundle.trust_domain)
 
     # 9. node ID = the only subject CN
     cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -28,6 +28,7 @@ from typing import Final, TypeAlias
 from spiffe import SpiffeId, TrustDomain
 from spiffe.errors import PySpiffeError
 
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.identity.errors import (
     InvalidSpiffeIdError,
     InvalidTrustDomainError,
@@ -48,8 +49,6 @@ __all__ = [
     "require_trust_domain",
     "workload_id",
 ]
-
-DEFAULT_TRUST_DOMAIN: Final = "x0tta6bl4.mesh"
 
 _SCHEME: Final = "spiffe://"
 # Trust domain and path segment character sets of the SPIFFE ID standard.
@@ -80,11 +79,13 @@ tried at every position of the ID's segment (a run without ``?`` is found by ``s
 its length multiplies the cost of a match."""
 
 
-def parse_trust_domain(value: str | TrustDomain) -> TrustDomain:
+def parse_trust_domain(value: str | TrustDomain, *, canonical: bool = False) -> TrustDomain:
     """Parse a trust domain name (``x0tta6bl4.mesh``) or the ID form (``spiffe://x0tta6bl4.mesh``).
 
     Raises :class:`InvalidTrustDomainError` for anything else, including names with a path,
-    a port, upper case letters after normalisation, or an empty string.
+    a port, upper case letters after normalisation, or an empty string. With ``canonical``
+    only the name exactly as it is canonically written is accepted (no ``spiffe://``, no
+    upper case): what a certificate must carry.
     """
     if isinstance(value, TrustDomain):
         return value
@@ -100,9 +101,14 @@ def parse_trust_domain(value: str | TrustDomain) -> TrustDomain:
             f"trust domain {value!r} may only contain letters, digits, '.', '-' and '_'"
         )
     try:
-        return TrustDomain(name)
+        parsed = TrustDomain(name)
     except PySpiffeError as err:  # pragma: no cover - our checks are stricter
         raise InvalidTrustDomainError(f"invalid trust domain {value!r}: {err}") from err
+    if canonical and parsed.name != value:
+        raise InvalidTrustDomainError(
+            f"trust domain {value!r} is not in canonical form (expected {parsed.name!r})"
+        )
+    return parsed
 
 
 def parse_spiffe_id(
@@ -110,12 +116,14 @@ def parse_spiffe_id(
     *,
     trust_domain: str | TrustDomain | None = None,
     require_path: bool = True,
+    canonical: bool = False,
 ) -> SpiffeId:
     """Parse and validate a SPIFFE ID.
 
     With ``trust_domain`` the ID must belong to it (:class:`WrongTrustDomainError` otherwise).
     With ``require_path`` (the default) a bare trust domain ID such as ``spiffe://td`` is
-    rejected: workloads always have a path.
+    rejected: workloads always have a path. With ``canonical`` the text must be exactly the
+    ID's canonical form (what a certificate must carry: no upper case in the trust domain).
     """
     if isinstance(value, SpiffeId):
         spiffe_id = value
@@ -132,6 +140,10 @@ def parse_spiffe_id(
             spiffe_id = SpiffeId(value)
         except PySpiffeError as err:
             raise InvalidSpiffeIdError(str(err)) from err
+        if canonical and str(spiffe_id) != value:
+            raise InvalidSpiffeIdError(
+                f"SPIFFE ID {value!r} is not in canonical form (expected {str(spiffe_id)!r})"
+            )
     if require_path and not spiffe_id.path:
         raise InvalidSpiffeIdError(f"SPIFFE ID {str(spiffe_id)!r} has no path")
     if trust_domain is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.local.errors import LocalStagingError, PrerequisiteError
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
@@ -30,7 +31,7 @@ class UpConfig:
     state_dir: Path | None = None
     port: int = 0
     host: str = "127.0.0.1"
-    trust_domain: str = "x0tta6bl4.mesh"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     heartbeat_interval: float = DEFAULT_INTERVAL
     dead_after: int = DEFAULT_DEAD_AFTER
     ready_timeout: float = 120.0

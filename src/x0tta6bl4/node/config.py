@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.identity.node_ids import MAX_NODE_ID_LENGTH, NODE_ID_RE, node_id_from_name
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
@@ -42,7 +43,7 @@ class NodeSettings:
     node_id: str | None = None
     state_dir: Path = Path("/var/lib/x0tta6bl4")
     spiffe_socket: str | None = None
-    trust_domain: str = "x0tta6bl4.mesh"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     tun: bool = False
     heartbeat_interval: float = DEFAULT_INTERVAL
     dead_after: int = DEFAULT_DEAD_AFTER

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 
 from x0tta6bl4.crypto.pqsvid import MeshCA
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.node.model import AppMessage, CoreConfig, Member, NodeIdentity
 from x0tta6bl4.node.udp import MeshEndpoint, open_endpoint
 
 __all__ = ["LocalMesh", "LocalNode", "issue_identity"]
-
-TRUST_DOMAIN = "x0tta6bl4.mesh"
 
 
 def issue_identity(
@@ -85,7 +84,7 @@ class LocalMesh:
         self.config = config or CoreConfig()
         self.host = host
         self.ids = [f"{prefix}-{i:03d}" for i in range(n)]
-        self.ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+        self.ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
         self.nodes: dict[str, LocalNode] = {}
         self._seq = 0
 
