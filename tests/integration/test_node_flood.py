@@ -42,7 +42,8 @@ RSS_BOUND_MB = 30
 _NODE = r"""
 import asyncio, json, sys, time
 from x0tta6bl4.crypto.pqsvid import MeshCA
-from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.node.udp import open_endpoint
 
 def rss_kb():
@@ -52,7 +53,7 @@ def rss_kb():
                 return int(line.split()[1])
 
 async def main():
-    ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+    ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
     ep = await open_endpoint(issue_identity(ca, "victim"), ("127.0.0.1", 0))
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

@@ -51,7 +51,8 @@ from typing import Any
 
 from x0tta6bl4.crypto.pqsvid import MeshCA
 from x0tta6bl4.crypto.suite import HybridKemKeyPair
-from x0tta6bl4.node.localmesh import TRUST_DOMAIN, issue_identity
+from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.node.model import CoreConfig, Member, NodeIdentity
 from x0tta6bl4.node.udp import MeshEndpoint, bind_udp, open_endpoint
 from x0tta6bl4.protocol.constants import (
@@ -484,7 +485,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown scenarios: {sorted(unknown)}")
     config = config or CoreConfig()
-    ca = MeshCA.create(TRUST_DOMAIN, now=time.time())
+    ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
     victim = _Process(_victim_main, (ca.cert_pem(), ca.key_pem(), config), "x0-bench-victim")
     try:
         return asyncio.run(
