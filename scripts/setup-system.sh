@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and `x0tta6bl4 up --store etcd` use: etcd-server
-# (a real etcd for the store tests), iproute2 (network namespaces), chromium (the UI test).
+# (a real etcd for the store tests), iproute2 (network namespaces), chromium (the UI test),
+# and what `x0tta6bl4 bench tun` drives: iperf3, wireguard-tools (`wg`, to configure the
+# wireguard-go it measures against) and iputils-ping (round trips over the overlay).
 # Idempotent; does nothing when everything is present.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

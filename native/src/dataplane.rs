@@ -67,6 +67,8 @@ pub const COUNTER_NAMES: &[&str] = &[
     "bad_ping",
     "tun_packets_in",
     "tun_packets_out",
+    "tun_bytes_in",
+    "tun_bytes_out",
     "tun_short_packet",
     "tun_not_ipv4",
     "tun_bad_header",
@@ -75,7 +77,7 @@ pub const COUNTER_NAMES: &[&str] = &[
     "tun_not_for_us",
     "tun_bad_source",
     "tun_no_destination",
-    "tun_write_errors",
+    "tun_write_failed",
     "pings_answered",
     "recv_truncated",
     // per drop reason of the link / end-to-end sessions (bad_length ... expired)
@@ -210,7 +212,8 @@ pub struct Config {
 /// Everything the I/O thread and the Python side share.
 pub struct Shared {
     pub config: Config,
-    pub sock: OwnedFd,
+    /// The UDP socket; None once closed (the port is free again for a restart).
+    sock: RwLock<Option<Arc<OwnedFd>>>,
     pub local_addr: SocketAddr,
     tun: Mutex<Option<Arc<OwnedFd>>>,
     tun_raw: AtomicI32,
@@ -293,7 +296,7 @@ impl Shared {
         let sock = OwnedFd::from(std_sock);
         Ok(Arc::new(Shared {
             config,
-            sock,
+            sock: RwLock::new(Some(Arc::new(sock))),
             local_addr,
             tun: Mutex::new(None),
             tun_raw: AtomicI32::new(-1),
@@ -306,6 +309,16 @@ impl Shared {
             bench: Mutex::new(None),
             bench_cv: Condvar::new(),
         }))
+    }
+
+    pub fn socket(&self) -> Option<Arc<OwnedFd>> {
+        self.sock.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Drop our reference to the socket (the I/O thread must have stopped): it closes.
+    pub fn close_socket(&self) {
+        *self.sock.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_tun(None).ok();
     }
 
     fn tables(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
@@ -418,9 +431,13 @@ impl Shared {
         Ok(())
     }
 
-    pub fn last_received(&self) -> Vec<(String, f64)> {
-        self.tables()
-            .links
+    pub fn last_received(&self, kind: Kind) -> Vec<(String, f64)> {
+        let t = self.tables();
+        let table = match kind {
+            Kind::Link => &t.links,
+            Kind::E2e => &t.e2e,
+        };
+        table
             .values()
             .filter_map(|p| p.last_received().map(|t| (p.node_id.clone(), t)))
             .collect()
@@ -473,7 +490,8 @@ impl Shared {
             None => packets.to_vec(),
             Some(b) => packets.iter().filter(|(_, a)| !b.contains(&a.port())).cloned().collect(),
         };
-        let sent = sys::send_batch(&self.sock, &filtered).unwrap_or(0);
+        let Some(sock) = self.socket() else { return 0 };
+        let sent = sys::send_batch(&sock, &filtered).unwrap_or(0);
         self.counters.add("tx_datagrams", sent as u64);
         if sent < filtered.len() {
             self.counters.add("send_errors", (filtered.len() - sent) as u64);
@@ -631,7 +649,12 @@ impl Shared {
                             self.counters.add("probes_answered", 1);
                         }
                     }
+                    let at = control.len();
                     control.extend_from_slice(&plaintext[range.clone()]);
+                    if answered {
+                        // Python sees the heartbeat without the PROBE bit: it was answered.
+                        control[at + frames::HEADER + 4] &= !frames::HEARTBEAT_PROBE;
+                    }
                 }
                 _ => control.extend_from_slice(&plaintext[range.clone()]),
             }
@@ -738,8 +761,9 @@ impl Shared {
         if let Some(fd) = tun {
             if sys::write_packet(&fd, &packet[..total]) {
                 self.counters.add("tun_packets_in", 1);
+                self.counters.add("tun_bytes_in", total as u64);
             } else {
-                self.counters.add("tun_write_errors", 1);
+                self.counters.add("tun_write_failed", 1);
             }
         }
     }
@@ -777,6 +801,7 @@ impl Shared {
         if let (true, Some(peer)) = (ready, e2e) {
             if self.send_e2e(&peer, now, out, |b| frames::put_app_data(b, TUN_CHANNEL, &packet[..total])) {
                 self.counters.add("tun_packets_out", 1);
+                self.counters.add("tun_bytes_out", total as u64);
                 return;
             }
         }
@@ -882,7 +907,8 @@ pub fn run(shared: Arc<Shared>) {
     let mut batch = RecvBatch::new(RECV_BUF);
     let mut out = Outbox::new();
     let mut tun_buf = vec![0u8; RECV_BUF];
-    let sock = shared.sock.as_raw_fd();
+    let Some(socket) = shared.socket() else { return };
+    let sock = socket.as_raw_fd();
     let wake = shared.wake.as_raw_fd();
     while !shared.stop.load(Ordering::Relaxed) {
         let tun_fd = shared.tun_raw.load(Ordering::Relaxed);
@@ -897,7 +923,7 @@ pub fn run(shared: Arc<Shared>) {
         if ready[0] != 0 {
             // Drain the socket, up to 8 batches before the TUN gets a turn.
             for _ in 0..8 {
-                let n = match sys::recv_batch(&shared.sock, &mut batch) {
+                let n = match sys::recv_batch(&socket, &mut batch) {
                     Ok(n) => n,
                     Err(_) => {
                         shared.counters.add("send_errors", 1); // an ICMP error queued on the socket

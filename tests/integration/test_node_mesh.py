@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.dataplane import native_error, native_module
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.localmesh import LocalMesh
 from x0tta6bl4.node.model import CoreConfig, LinkFilter
@@ -33,8 +34,10 @@ def _edges(*pairs: str) -> LinkFilter:
 
 @pytest.fixture
 async def mesh(request: pytest.FixtureRequest) -> AsyncIterator[LocalMesh]:
-    n, link_filter = getattr(request, "param", (4, None))
-    m = LocalMesh(n, config=CoreConfig(link_filter=link_filter))
+    n, link_filter, *rest = getattr(request, "param", (4, None))
+    m = LocalMesh(
+        n, config=CoreConfig(link_filter=link_filter), dataplane=rest[0] if rest else None
+    )
     await m.start()
     try:
         assert await m.wait_for(m.converged, TIMEOUT), "mesh did not converge"
@@ -103,8 +106,9 @@ async def test_killing_the_relay_reroutes(mesh: LocalMesh) -> None:
     assert await mesh.ping("node-000", "node-003") >= 0
 
 
-@pytest.mark.parametrize("mesh", [(3, _edges("0-1", "1-2"))], indirect=True)
+@pytest.mark.parametrize("mesh", [(3, _edges("0-1", "1-2"), "python")], indirect=True)
 async def test_relay_forwards_ciphertext_it_cannot_read(mesh: LocalMesh) -> None:
+    # The reference data plane, whose relay has a diagnostic tap on what it forwards.
     relay = mesh.nodes["node-001"].endpoint.core
     seen: list[Routed] = []
     relay.on_transit = seen.append
@@ -121,6 +125,21 @@ async def test_relay_forwards_ciphertext_it_cannot_read(mesh: LocalMesh) -> None
     # The relay holds no end-to-end keys for the pair.
     assert relay.e2e.get("node-000") is None
     assert relay.e2e.get("node-002") is None
+
+
+@pytest.mark.parametrize("mesh", [(3, _edges("0-1", "1-2"), "native")], indirect=True)
+async def test_native_relay_forwards_without_end_to_end_keys(mesh: LocalMesh) -> None:
+    if native_module() is None:
+        pytest.skip(f"no Rust toolchain here: {native_error()}")
+    relay = mesh.nodes["node-001"].endpoint
+    secret = os.urandom(16) + b"top-secret-payload"
+    mesh.nodes["node-000"].endpoint.call(lambda c, now: c.send_app("node-002", 7, secret, now))
+    message = await asyncio.wait_for(mesh.nodes["node-002"].inbox.get(), TIMEOUT)
+    assert message.payload == secret
+    assert relay.dataplane == "native"
+    assert relay.native_counters()["forwarded"] >= 2  # the handshake and the datagram
+    assert relay.core.e2e.get("node-000") is None
+    assert relay.core.e2e.get("node-002") is None
 
 
 async def test_garbage_datagrams_are_dropped_and_counted(mesh: LocalMesh) -> None:

@@ -143,10 +143,14 @@ def test_probe_is_answered_natively_with_an_echo(line: tuple[Node, Node, Node]) 
         )
     )
     assert answer.seq >= 0x80000000
-    assert answer.probe  # b's detector has not said the link is up
+    # b's answer probes too (its detector has not said the link is up), so a's data plane
+    # answers it once; b does not answer an answer to its own answer: no ping-pong.
+    time.sleep(0.2)
     assert b.dp.counters()["probes_answered"] == 1
+    assert a.dp.counters()["probes_answered"] == 1
     handed = [e for e in b.collect() if e[0] == 1 and e[5]]
-    assert handed  # and Python still sees the heartbeat, marked as answered
+    assert handed  # Python still sees the heartbeat, marked as answered, without its PROBE bit
+    assert decode_frames(handed[0][2]) == [Heartbeat(seq=77)]
 
 
 def test_routed_frames_are_forwarded_natively(line: tuple[Node, Node, Node]) -> None:
@@ -245,3 +249,12 @@ def test_ping_request_is_answered_to_python_origin(line: tuple[Node, Node, Node]
     a.send_link("node-b", [Routed("node-a", "node-c", 8, 0, request)], b.addr)
     reply = wait_for(lambda: next((e for e in a.collect() if e[0] == 3), None))
     assert decode_frames(reply[2]) == [AppData(0xFFFF, PING.pack(1, 9, 123))]
+
+
+def test_every_native_drop_counter_is_a_documented_drop_label() -> None:
+    from x0tta6bl4.node.core import _NATIVE_NOT_DROPS
+    from x0tta6bl4.node.drops import is_drop_label
+
+    drops = [name for name in native.DATAPLANE_COUNTERS if name not in _NATIVE_NOT_DROPS]
+    assert drops
+    assert [name for name in drops if not is_drop_label(name)] == []

@@ -60,7 +60,7 @@ class Pair:
                 name,
                 config,
                 T0,
-                session_factory=lambda: Session(
+                session_factory=lambda _node, _addr: Session(
                     rekey_after_time=rekey_after_time, reject_after_time=600.0
                 ),
                 addr_key=lambda addr: addr.encode(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from x0tta6bl4_native._native import (
     AEAD_IMPLEMENTATION,
+    DATAPLANE_COUNTERS,
     VERSION,
     Dataplane,
     KeypairInfo,
@@ -27,6 +28,7 @@ from x0tta6bl4_native._native import (
 
 __all__ = [
     "AEAD_IMPLEMENTATION",
+    "DATAPLANE_COUNTERS",
     "VERSION",
     "Dataplane",
     "KeypairInfo",

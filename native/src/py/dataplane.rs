@@ -47,6 +47,7 @@ impl PyDataplane {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+        self.shared.close_socket();
     }
 }
 
@@ -207,9 +208,11 @@ impl PyDataplane {
         Ok(out)
     }
 
-    /// Monotonic time of the last authentic packet on each link.
-    fn last_received(&self) -> HashMap<String, f64> {
-        self.shared.last_received().into_iter().collect()
+    /// Monotonic time of the last authentic packet from each link (or end-to-end) peer.
+    #[pyo3(signature = (*, e2e = false))]
+    fn last_received(&self, e2e: bool) -> HashMap<String, f64> {
+        let kind = if e2e { Kind::E2e } else { Kind::Link };
+        self.shared.last_received(kind).into_iter().collect()
     }
 
     /// Packet counters and drops by reason (only the non-zero ones).

@@ -44,6 +44,7 @@ pub(crate) fn local_error(py: Python<'_>, message: &str) -> PyErr {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AEAD_IMPLEMENTATION", "ring 0.17 (AES-256-GCM)")?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
+    m.add("DATAPLANE_COUNTERS", crate::dataplane::COUNTER_NAMES.to_vec())?;
     session::register(m)?;
     dataplane::register(m)?;
     Ok(())

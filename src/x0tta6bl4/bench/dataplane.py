@@ -27,6 +27,16 @@ other processes hits all of them; each figure is its best round (noise only slow
 complete than a one-hop mesh path (1.0 would mean the mesh adds nothing). Every node runs in
 this one process and one event loop (so a 3-hop echo makes 8 socket crossings, all on one
 core); the figures are the per-packet cost of the Python data plane, not of a network.
+
+**Native data plane** (``dataplane: native``, the default when built): the four nodes run the
+Rust packet path (each its own I/O thread); the mesh echo is driven natively too
+(``Dataplane.echo_bench``: ``window`` echoes in flight from ``dp-000``'s data plane, each reply
+sending the next, the destination's data plane answering), run from a worker thread while the
+event loop keeps the control plane (heartbeats, routing) going. ``raw_native_pps`` is raw UDP
+echo between two loopback sockets in native code with the same recvmmsg/sendmmsg batching
+(``raw_echo_bench``), measured in the same rounds; ``native_ratio`` = ``pps_1hop`` ÷
+``raw_native_pps`` (goal ≥ 0.5). ``raw_pps`` stays the asyncio raw echo, so ``ratio`` keeps
+its meaning. Latencies are medians of echoes sent one at a time (window 1).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from x0tta6bl4.dataplane import native_module, resolve
 from x0tta6bl4.node.localmesh import LocalMesh
 from x0tta6bl4.node.model import CoreConfig
 
@@ -115,8 +126,33 @@ async def _rate(exchange: Exchange, window: int, duration: float) -> tuple[float
     return done / elapsed, cpu_used / max(done, 1) * 1e6
 
 
+def _native_rate(
+    bench: Callable[..., tuple[int, float, list[float]]], window: int, duration: float
+) -> tuple[float, float]:
+    """``(echoes per second, CPU µs of this process per echo)`` of a native echo run."""
+    cpu = time.process_time()
+    done, seconds, _ = bench(window, duration)
+    cpu_used = time.process_time() - cpu
+    return done / seconds, cpu_used / max(done, 1) * 1e6
+
+
+def _native_latency(
+    bench: Callable[..., tuple[int, float, list[float]]], samples: int, duration: float
+) -> float:
+    _, _, rtts = bench(1, duration, samples)
+    if not rtts:
+        raise RuntimeError("no native echo came back")
+    return statistics.median(rtts) * 1e6
+
+
 async def _measure(
-    samples: int, window: int, duration: float, rounds: int, config: CoreConfig
+    samples: int,
+    window: int,
+    duration: float,
+    rounds: int,
+    config: CoreConfig,
+    *,
+    dataplane: str = "python",
 ) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     server_transport, _ = await loop.create_datagram_endpoint(
@@ -126,7 +162,7 @@ async def _measure(
     client_transport, client = await loop.create_datagram_endpoint(
         _EchoClient, remote_addr=server_addr
     )
-    mesh = LocalMesh(4, config=config, prefix="dp")
+    mesh = LocalMesh(4, config=config, prefix="dp", dataplane=dataplane)
     out: dict[str, float] = {}
     try:
         await mesh.start()
@@ -148,6 +184,11 @@ async def _measure(
             exchanges[f"{hops}hop"] = mesh_exchange(f"dp-{hops:03d}")
         for exchange in exchanges.values():
             await exchange()  # warm: end-to-end sessions, caches
+        if dataplane == "native":
+            await _measure_native(
+                mesh, samples=samples, window=window, duration=duration, rounds=rounds, out=out
+            )
+            exchanges = {"raw": client.exchange}
         names = list(exchanges)
         for round_ in range(rounds):
             # Rotate the order so that noise from other processes hits every contender.
@@ -165,6 +206,39 @@ async def _measure(
     return out
 
 
+async def _measure_native(
+    mesh: LocalMesh,
+    *,
+    samples: int,
+    window: int,
+    duration: float,
+    rounds: int,
+    out: dict[str, float],
+) -> None:
+    """The native contenders: raw native echo and 1/2/3-hop native mesh echo."""
+    native: Any = native_module()
+    dp = mesh.nodes["dp-000"].endpoint.native
+    benches: dict[str, Callable[..., tuple[int, float, list[float]]]] = {
+        "raw_native": lambda w, d, n=1000: native.raw_echo_bench(w, d, 13, n),
+    }
+    for hops in _HOPS:
+        benches[f"{hops}hop"] = lambda w, d, n=1000, dst=f"dp-{hops:03d}": dp.echo_bench(
+            dst, w, d, n
+        )
+    names = list(benches)
+    per_round = duration / rounds
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            bench = benches[name]
+            latency = await asyncio.to_thread(
+                _native_latency, bench, samples, min(1.0, per_round / 2)
+            )
+            pps, cpu_us = await asyncio.to_thread(_native_rate, bench, window, per_round)
+            out[f"latency_us_{name}"] = min(out.get(f"latency_us_{name}", latency), latency)
+            out[f"pps_{name}"] = max(out.get(f"pps_{name}", pps), pps)
+            out[f"cpu_us_{name}"] = min(out.get(f"cpu_us_{name}", cpu_us), cpu_us)
+
+
 def run(
     *,
     samples: int = 500,
@@ -172,16 +246,27 @@ def run(
     duration: float = 6.0,
     rounds: int = 3,
     config: CoreConfig | None = None,
+    dataplane: str | None = None,
 ) -> dict[str, Any]:
     """Measure raw UDP echo and 1/2/3-hop mesh echo in one event loop (see the module doc)."""
     if samples < 1 or window < 1 or rounds < 1 or duration <= 0:
         raise ValueError("samples, window and rounds must be positive, duration > 0")
+    if window > 4096:
+        raise ValueError("window must be at most 4096")
     config = config or CoreConfig()
+    chosen = resolve(dataplane)
 
     config = dataclasses.replace(config, link_filter=_line)
-    m = asyncio.run(_measure(samples, window, duration, rounds, config))
+    m = asyncio.run(_measure(samples, window, duration, rounds, config, dataplane=chosen))
+    native = chosen == "native"
     result: dict[str, Any] = {
-        "mode": "4 nodes in one process and event loop, real UDP sockets on loopback",
+        "dataplane": chosen,
+        "mode": (
+            "4 nodes in one process, native data planes (one I/O thread each), "
+            "real UDP sockets on loopback; echo driven natively"
+            if native
+            else "4 nodes in one process and event loop, real UDP sockets on loopback"
+        ),
         "payload_bytes": _ECHO.size + 1,
         "samples": samples,
         "window": window,
@@ -200,6 +285,15 @@ def run(
     result["ratio"] = round(m["pps_raw"] / m["pps_1hop"], 2)
     result["ratio_definition"] = "raw_pps / pps_1hop"
     result["cpu_ratio_1hop"] = round(m["cpu_us_1hop"] / m["cpu_us_raw"], 2)
+    if native:
+        result["raw_native_pps"] = round(m["pps_raw_native"])
+        result["raw_native_latency_us"] = round(m["latency_us_raw_native"], 1)
+        result["raw_native_cpu_us_per_echo"] = round(m["cpu_us_raw_native"], 1)
+        result["native_ratio"] = round(m["pps_1hop"] / m["pps_raw_native"], 3)
+        result["native_ratio_definition"] = "pps_1hop / raw_native_pps (goal >= 0.5)"
+        for hops in _HOPS:
+            added = m[f"latency_us_{hops}hop"] - m["latency_us_raw_native"]
+            result[f"added_latency_us_{hops}hop"] = round(added, 1)
     return result
 
 
@@ -219,4 +313,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"ratio (raw_pps / pps_1hop): {result['ratio']}; "
         f"CPU per echo, 1 hop / raw: {result['cpu_ratio_1hop']}"
     )
+    if "raw_native_pps" in result:
+        lines.append(
+            f"native: raw echo {result['raw_native_pps']}/s, rtt "
+            f"{result['raw_native_latency_us']} µs; pps_1hop / raw_native_pps = "
+            f"{result['native_ratio']} (goal >= 0.5)"
+        )
+    lines.insert(0, f"data plane: {result['dataplane']}")
     return "\n".join(lines)

@@ -60,6 +60,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from x0tta6bl4.crypto.pqsvid import MeshCA
+from x0tta6bl4.dataplane import resolve
 from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.node.localmesh import issue_identity
 from x0tta6bl4.node.model import CoreConfig, Member
@@ -97,8 +98,16 @@ class _Watch:
 class _Worker:
     """One process's slice of the mesh, driven by commands from the coordinator's pipe."""
 
-    def __init__(self, conn: Connection, ca: MeshCA, ids: list[str], config: CoreConfig) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        ca: MeshCA,
+        ids: list[str],
+        config: CoreConfig,
+        dataplane: str = "python",
+    ) -> None:
         self.conn = conn
+        self.dataplane = dataplane
         self.ca = ca
         self.ids = ids
         self.config = config
@@ -121,6 +130,7 @@ class _Worker:
                 config=self.config,
                 on_pong=self._on_pong,
                 on_output=self._observer(node_id),
+                dataplane=self.dataplane,
             )
             self.endpoints[node_id] = endpoint
             self.alive.add(node_id)
@@ -255,11 +265,16 @@ def _table(endpoint: MeshEndpoint) -> dict[str, str]:
     return {dest: route.next_hop for dest, route in endpoint.core.router.routes().items()}
 
 
-def _worker_main(
-    conn: Connection, ca_cert: bytes, ca_key: bytes, ids: list[str], config: CoreConfig
+def _worker_main(  # noqa: PLR0917 - multiprocessing passes args positionally
+    conn: Connection,
+    ca_cert: bytes,
+    ca_key: bytes,
+    ids: list[str],
+    config: CoreConfig,
+    dataplane: str,
 ) -> None:  # pragma: no cover - runs in a child process
     ca = MeshCA.load(ca_cert, ca_key)
-    asyncio.run(_Worker(conn, ca, ids, config).main())
+    asyncio.run(_Worker(conn, ca, ids, config, dataplane).main())
 
 
 # --- coordinator side -------------------------------------------------------------------------
@@ -268,7 +283,7 @@ def _worker_main(
 class _Pool:
     """The worker processes and the request/response protocol over their pipes."""
 
-    def __init__(self, slices: list[list[str]], config: CoreConfig) -> None:
+    def __init__(self, slices: list[list[str]], config: CoreConfig, dataplane: str) -> None:
         ca = MeshCA.create(DEFAULT_TRUST_DOMAIN, now=time.time())
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
@@ -278,7 +293,7 @@ class _Pool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker_main,
-                args=(child, ca.cert_pem(), ca.key_pem(), ids, config),
+                args=(child, ca.cert_pem(), ca.key_pem(), ids, config, dataplane),
                 daemon=True,
                 name=f"x0-bench-heal-{index}",
             )
@@ -503,8 +518,10 @@ def run(
     repair_timeout: float = 15.0,
     join_batch: int | None = None,
     config: CoreConfig | None = None,
+    dataplane: str | None = None,
 ) -> dict[str, Any]:
     """Start ``nodes`` real nodes in ``workers`` processes, converge, kill ``events`` of them."""
+    chosen = resolve(dataplane)
     if nodes < 3:
         raise ValueError("nodes must be at least 3 (a kill must leave a pair to repair)")
     if not 0 <= events <= nodes - 2:
@@ -522,7 +539,7 @@ def run(
     ids = [f"node-{i:03d}" for i in range(nodes)]
     slices = [ids[i::workers] for i in range(workers)]
     load_before = os.getloadavg()[0]
-    pool = _Pool(slices, config)
+    pool = _Pool(slices, config, chosen)
     try:
         started = time.monotonic()
         step = join_batch or nodes
@@ -571,6 +588,7 @@ def run(
     mttr = [float(d["mttr_ms"]) for d in ok if d["affected_pairs"]]
     result: dict[str, Any] = {
         "mode": f"in-process nodes, real UDP sockets on loopback, {workers} worker processes",
+        "dataplane": chosen,
         "nodes": nodes,
         "workers": workers,
         "join": "all at once" if join_batch in (None, nodes) else f"{join_batch} nodes per step",

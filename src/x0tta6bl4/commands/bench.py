@@ -182,6 +182,7 @@ def heal(  # noqa: PLR0917 - one parameter per flag
             help="Grow the membership by this many nodes at a time (default: all at once).",
         ),
     ] = None,
+    dataplane: DataplaneOption = None,
 ) -> None:
     """Real nodes on loopback UDP: convergence, then MTTD/MTTR per killed node."""
     from x0tta6bl4.bench.heal import format_table, run
@@ -194,7 +195,13 @@ def heal(  # noqa: PLR0917 - one parameter per flag
     )
     try:
         result = run(
-            nodes, events=events, workers=workers, seed=seed, join_batch=join_batch, config=config
+            nodes,
+            events=events,
+            workers=workers,
+            seed=seed,
+            join_batch=join_batch,
+            config=config,
+            dataplane=dataplane,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -213,11 +220,45 @@ def dataplane(
     window: Annotated[
         int, typer.Option("--window", envvar="X0_BENCH_WINDOW", min=1, help="Echoes in flight.")
     ] = 16,
+    dataplane: DataplaneOption = None,
 ) -> None:
     """Mesh echo over 1/2/3-hop paths vs raw UDP echo on the same kind of sockets."""
     from x0tta6bl4.bench.dataplane import format_table, run
 
-    result = run(duration=duration, window=window)
+    result = run(duration=duration, window=window, dataplane=dataplane)
+    _emit(result, as_json, format_table)
+
+
+@app.command("tun")
+def tun(
+    as_json: JsonOption = False,
+    seconds: Annotated[
+        float,
+        typer.Option(
+            "--seconds", envvar="X0_BENCH_SECONDS", min=0.5, help="Seconds per iperf3 run."
+        ),
+    ] = 5.0,
+    rounds: Annotated[
+        int, typer.Option("--rounds", envvar="X0_BENCH_ROUNDS", min=1, help="Rounds per contender.")
+    ] = 3,
+    dataplane: DataplaneOption = None,
+    wireguard_go: Annotated[
+        str | None,
+        typer.Option(
+            "--wireguard-go",
+            envvar="X0_WIREGUARD_GO",
+            help="wireguard-go binary (default: the components cache, then PATH)",
+        ),
+    ] = None,
+) -> None:
+    """TCP through the TUN overlay (1 and 2 hops) vs wireguard-go on the same namespaces."""
+    from x0tta6bl4.bench.tun import TunBenchError, format_table, run
+
+    try:
+        result = run(seconds=seconds, rounds=rounds, dataplane=dataplane, wireguard_go=wireguard_go)
+    except TunBenchError as exc:
+        typer.echo(f"bench tun: {exc}", err=True)
+        raise typer.Exit(1) from exc
     _emit(result, as_json, format_table)
 
 

@@ -34,9 +34,8 @@ from cryptography.hazmat.primitives import serialization
 
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
-from x0tta6bl4.hostport import parse_hostport
 from x0tta6bl4.logging import get_logger
-from x0tta6bl4.node.config import NodeSettings
+from x0tta6bl4.node.config import NodeSettings, parse_hostport
 from x0tta6bl4.node.control import Admission, ControlClient, ControllerError
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.model import AppMessage, CoreConfig, Member, NodeIdentity
@@ -130,6 +129,11 @@ class NodeAgent:
         }
         if core is not None:
             base.update(core.status())
+        if self.endpoint is not None:
+            base["dataplane"] = self.endpoint.dataplane
+            native = self.endpoint.native_counters()
+            if native:
+                base["native"] = native
         if self.tun is not None:
             base["tun"] = self.tun.status()
         return base
@@ -279,7 +283,11 @@ class NodeAgent:
             identity = self.identity
             assert identity is not None
             protocol = MeshEndpoint(
-                identity, config=self.config, on_app=self._on_app, on_pong=self._on_pong
+                identity,
+                config=self.config,
+                on_app=self._on_app,
+                on_pong=self._on_pong,
+                dataplane=self.settings.dataplane,
             )
             protocol.attach(sock)
             self.endpoint = protocol

@@ -34,7 +34,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from x0tta6bl4.crypto.pqsvid import PeerIdentity
 from x0tta6bl4.node.drops import NodeDrop, handshake_label
@@ -47,10 +47,46 @@ from x0tta6bl4.protocol.handshake import (
     InitiatorHandshake,
     ResponderHandshake,
 )
+from x0tta6bl4.protocol.keys import TransportKeys
 from x0tta6bl4.protocol.listener import HandshakeListener
-from x0tta6bl4.protocol.session import Session
+from x0tta6bl4.protocol.session import OpenResult
 
-__all__ = ["Channel", "ChannelData", "ChannelEvent", "ChannelUp", "Channels", "HandshakeDone"]
+__all__ = [
+    "Channel",
+    "ChannelData",
+    "ChannelEvent",
+    "ChannelUp",
+    "Channels",
+    "HandshakeDone",
+    "TransportSession",
+]
+
+
+class _KeypairLookup(Protocol):
+    def lookup(self, local_index: int, /) -> object | None: ...
+
+
+class TransportSession(Protocol):
+    """What a channel needs of its transport session: the Python reference
+    (:class:`~x0tta6bl4.protocol.session.Session`) or the native data plane's
+    (``x0tta6bl4_native.Session``, same behaviour; docs/transport.md)."""
+
+    @property
+    def can_send(self) -> bool: ...
+    @property
+    def keepalive_timeout(self) -> float: ...
+    @property
+    def max_plaintext_size(self) -> int: ...
+    @property
+    def keypairs(self) -> _KeypairLookup: ...
+    def install(self, keys: TransportKeys, now: float) -> None: ...
+    def seal(self, plaintext: bytes, now: float) -> bytes: ...
+    def open(self, datagram: bytes, now: float) -> OpenResult: ...
+    def needs_rekey(self, now: float) -> bool: ...
+    def needs_keepalive(self, now: float) -> bool: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+
 
 A = TypeVar("A")
 _U32 = struct.Struct("!I")
@@ -105,7 +141,7 @@ class Channel(Generic[A]):
         "unanswered_since",
     )
 
-    def __init__(self, node_id: str, addr: A, session: Session) -> None:
+    def __init__(self, node_id: str, addr: A, session: TransportSession) -> None:
         self.node_id = node_id
         self.addr = addr
         self.session = session
@@ -130,10 +166,12 @@ class Channels(Generic[A]):
         config: HandshakeConfig,
         now: float,
         *,
-        session_factory: Callable[[], Session],
+        session_factory: Callable[[str, A], TransportSession],
         addr_key: Callable[[A], bytes],
         source_key: Callable[[A], bytes] | None = None,
         stale_after: float | None = None,
+        on_forget: Callable[[str], None] | None = None,
+        on_move: Callable[[str, A], None] | None = None,
     ) -> None:
         self.self_id = self_id
         #: Re-handshake when data sent this long ago got no packet back (the peer may have
@@ -141,6 +179,10 @@ class Channels(Generic[A]):
         self.stale_after = stale_after
         self._config = config
         self._session_factory = session_factory
+        #: Told when a peer's state is dropped / its address changes (the native data plane
+        #: removes the peer's keys / updates its link address).
+        self._on_forget = on_forget
+        self._on_move = on_move
         self._addr_key = addr_key
         #: The listener's per-source limit key (the IP address for UDP); default addr_key.
         self._source_key = source_key if source_key is not None else addr_key
@@ -223,6 +265,8 @@ class Channels(Generic[A]):
             self._handshakes.pop(channel.initiator.local_index, None)
         for index in [i for i, c in self._transport.items() if c is channel]:
             del self._transport[index]
+        if self._on_forget is not None:
+            self._on_forget(node_id)
 
     def send(self, node_id: str, plaintext: bytes, now: float) -> bool:
         """Seal ``plaintext`` to ``node_id``; False (nothing sent) without usable keys."""
@@ -341,7 +385,7 @@ class Channels(Generic[A]):
     def _channel(self, node_id: str, addr: A) -> Channel[A]:
         channel = self._channels.get(node_id)
         if channel is None:
-            channel = Channel(node_id, addr, self._session_factory())
+            channel = Channel(node_id, addr, self._session_factory(node_id, addr))
             self._keepalive_horizon = min(
                 self._keepalive_horizon, channel.session.keepalive_timeout
             )
@@ -358,6 +402,8 @@ class Channels(Generic[A]):
             del self._by_addr[old]
         channel.addr = addr
         self._by_addr[self._addr_key(addr)] = channel
+        if self._on_move is not None:
+            self._on_move(channel.node_id, addr)
 
     def _rekey(self, channel: Channel[A], now: float) -> None:
         if channel.initiator is None or channel.initiator.done:
@@ -376,16 +422,24 @@ class Channels(Generic[A]):
         except RemoteProtocolError as exc:
             self.dropped[exc.reason] += 1
             return
+        self._opened(channel, result.plaintext, result.keypair_promoted, now)
+
+    def opened(self, node_id: str, plaintext: bytes, promoted: bool, now: float) -> None:
+        """A transport packet from ``node_id`` that the native data plane authenticated and
+        decrypted (``plaintext``: the frames it hands up; ``promoted``: it promoted the next
+        keypair). The same bookkeeping as a packet opened here."""
+        channel = self._channels.get(node_id)
+        if channel is not None:
+            self._now = now
+            self._opened(channel, plaintext, promoted, now)
+
+    def _opened(self, channel: Channel[A], plaintext: bytes, promoted: bool, now: float) -> None:
         channel.last_received = now
         channel.unanswered_since = None
         initiator = channel.initiator
-        if (
-            result.keypair_promoted
-            and initiator is not None
-            and initiator.state is HandshakeState.WAIT_CONFIRM
-        ):
+        if promoted and initiator is not None and initiator.state is HandshakeState.WAIT_CONFIRM:
             initiator.confirm(now)
-        self._events.append(ChannelData(channel.node_id, result.plaintext))
+        self._events.append(ChannelData(channel.node_id, plaintext))
 
     def _receive_init(self, data: bytes, addr: A, now: float) -> None:
         # Nothing here is kept per address before the listener validates it: the cookie

@@ -32,13 +32,19 @@ import random
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import PeerIdentity, verify_svid
-from x0tta6bl4.node.channels import ChannelData, Channels, ChannelUp, HandshakeDone
+from x0tta6bl4.node.channels import (
+    ChannelData,
+    Channels,
+    ChannelUp,
+    HandshakeDone,
+    TransportSession,
+)
 from x0tta6bl4.node.drops import NodeDrop, e2e_label
 from x0tta6bl4.node.model import (
     PING_CHANNEL,
@@ -81,7 +87,7 @@ from x0tta6bl4.protocol.neighbours import accept_inbound
 from x0tta6bl4.protocol.router import WAITING_FOR_KEY, Router
 from x0tta6bl4.protocol.session import MIN_TRANSPORT_DATAGRAM_SIZE, Session
 
-__all__ = ["E2E_MAX_DATAGRAM", "MAX_APP_PAYLOAD", "NodeCore", "PolicyCheck"]
+__all__ = ["E2E_MAX_DATAGRAM", "MAX_APP_PAYLOAD", "DataplaneHooks", "NodeCore", "PolicyCheck"]
 
 #: An end-to-end datagram inside a ROUTED frame inside a link packet still fits one
 #: 1472-byte UDP payload (two 64-byte node ids, frame headers, the link's header and tag).
@@ -101,6 +107,53 @@ _COALESCE = 1400
 _PENDING_PER_DEST = 64
 _PING = struct.Struct("!BIQ")
 _LSA_FRAME = int(FrameType.LINK_STATE_ADVERT)
+
+
+class DataplaneHooks(Protocol):
+    """What the core tells a native data plane (``x0tta6bl4.node.native``) and asks of it.
+
+    The data plane holds the sessions the core creates through it, so it seals and opens
+    packets itself; the core keeps it told about forgotten peers, moved links, routes and link
+    states, and reads its per-peer time stamps of the last authentic packet.
+    """
+
+    def session(self, node_id: str, addr: Addr | None, *, e2e: bool, **limits: Any) -> Any:
+        """A new transport session for ``node_id``, attached to the data plane."""
+
+    def forget(self, node_id: str, *, e2e: bool) -> None:
+        """``node_id``'s link (or end-to-end) state was dropped: remove its keys."""
+
+    def move(self, node_id: str, addr: Addr) -> None:
+        """The link to ``node_id`` now uses ``addr``."""
+
+    def routes_changed(self, routes: dict[str, str]) -> None:
+        """The forwarding table (destination → next hop) changed."""
+
+    def link_up(self, node_id: str, up: bool) -> None:
+        """The failure detector's verdict on the link to ``node_id``."""
+
+    def liveness(self, *, e2e: bool) -> dict[str, float]:
+        """Per peer, the monotonic time of its last authentic packet seen natively."""
+
+    def counters(self) -> dict[str, int]:
+        """The data plane's packet counters and drops by reason."""
+
+
+#: Native data plane counters that are not drops (everything else it counts is one).
+_NATIVE_NOT_DROPS = frozenset(
+    {
+        "rx_datagrams",
+        "tx_datagrams",
+        "send_errors",
+        "forwarded",
+        "probes_answered",
+        "pings_answered",
+        "tun_packets_in",
+        "tun_packets_out",
+        "tun_bytes_in",
+        "tun_bytes_out",
+    }
+)
 
 
 def _addr_key(addr: Addr) -> bytes:
@@ -146,8 +199,11 @@ class NodeCore:
         config: CoreConfig | None = None,
         may_link: PolicyCheck | None = None,
         may_talk: PolicyCheck | None = None,
+        dataplane: DataplaneHooks | None = None,
     ) -> None:
         self.config = config or CoreConfig()
+        #: The native data plane, or None (the Python reference opens and forwards).
+        self.dataplane = dataplane
         self.identity = identity
         self.node_id = identity.node_id
         self._wall_offset = wall_offset
@@ -159,29 +215,47 @@ class NodeCore:
             interval=self.config.heartbeat_interval, dead_after=self.config.dead_after
         )
         cfg = self.config
+
+        def link_session(node_id: str, addr: Addr) -> TransportSession:
+            limits = {
+                "rekey_after_time": cfg.rekey_after_time,
+                "reject_after_time": cfg.reject_after_time,
+                "max_datagram_size": MAX_TRANSPORT_DATAGRAM_SIZE,
+            }
+            if dataplane is not None:
+                session: TransportSession = dataplane.session(node_id, addr, e2e=False, **limits)
+                return session
+            return Session(**limits)  # type: ignore[arg-type]
+
+        def e2e_session(node_id: str, _addr: str) -> TransportSession:
+            limits = {
+                "rekey_after_time": cfg.rekey_after_time,
+                "reject_after_time": cfg.reject_after_time,
+                "max_datagram_size": E2E_MAX_DATAGRAM,
+            }
+            if dataplane is not None:
+                session: TransportSession = dataplane.session(node_id, None, e2e=True, **limits)
+                return session
+            return Session(**limits)  # type: ignore[arg-type]
+
         self.links: Channels[Addr] = Channels(
             self.node_id,
             self._handshake_config(self._authorize_link),
             now,
-            session_factory=lambda: Session(
-                rekey_after_time=cfg.rekey_after_time,
-                reject_after_time=cfg.reject_after_time,
-                max_datagram_size=MAX_TRANSPORT_DATAGRAM_SIZE,
-            ),
+            session_factory=link_session,
             addr_key=_addr_key,
             source_key=_source_key,
+            on_forget=None if dataplane is None else lambda n: dataplane.forget(n, e2e=False),
+            on_move=None if dataplane is None else dataplane.move,
         )
         self.e2e: Channels[str] = Channels(
             self.node_id,
             self._handshake_config(self._authorize_talk),
             now,
-            session_factory=lambda: Session(
-                rekey_after_time=cfg.rekey_after_time,
-                reject_after_time=cfg.reject_after_time,
-                max_datagram_size=E2E_MAX_DATAGRAM,
-            ),
+            session_factory=e2e_session,
             addr_key=lambda node_id: node_id.encode(),
             stale_after=cfg.e2e_stale_after,
+            on_forget=None if dataplane is None else lambda n: dataplane.forget(n, e2e=True),
         )
         self.router = Router(
             self.node_id,
@@ -310,6 +384,26 @@ class NodeCore:
         self.links.receive(data, addr, now)
         self._process(now)
 
+    def receive_link_frames(self, peer: str, plaintext: bytes, promoted: bool, now: float) -> None:
+        """Frames of a link packet the native data plane opened (what it does not handle
+        itself: control frames, heartbeats, a keypair promotion)."""
+        self._now = now
+        self.links.opened(peer, plaintext, promoted, now)
+        self._process(now)
+
+    def receive_e2e_datagram(self, src: str, payload: bytes, now: float) -> None:
+        """An end-to-end datagram for us that the native data plane does not open (handshake)."""
+        self._now = now
+        self.e2e.receive(payload, src, now)
+        self._process(now)
+
+    def receive_e2e_frames(self, src: str, plaintext: bytes, promoted: bool, now: float) -> None:
+        """Frames of an end-to-end packet the native data plane opened (channels it does not
+        serve itself, echo replies, a keypair promotion)."""
+        self._now = now
+        self.e2e.opened(src, plaintext, promoted, now)
+        self._process(now)
+
     def send_app(self, dest: str, channel: int, payload: bytes, now: float) -> None:
         """Send an application datagram to node ``dest`` over an end-to-end session.
 
@@ -355,6 +449,8 @@ class NodeCore:
     def handle_timer(self, now: float) -> None:
         self._now = now
         self._link_timer = None
+        if self.dataplane is not None:
+            self._native_liveness()
         self.links.handle_timer(now)
         self.e2e.handle_timer(now)
         for link in list(self._link.values()):
@@ -372,6 +468,24 @@ class NodeCore:
             self._apply_costs(now)
         neighbourhood.maintain(self._members, now)
         self._process(now)
+
+    def _native_liveness(self) -> None:
+        """Packets the native data plane opened without handing them up still prove the peer
+        alive: its time stamps feed the failure detectors and the end-to-end stale check."""
+        assert self.dataplane is not None
+        for peer, stamp in self.dataplane.liveness(e2e=False).items():
+            link = self._link.get(peer)
+            if link is not None and link.fd is not None:
+                link.fd.on_packet_received(stamp)
+        for peer, stamp in self.dataplane.liveness(e2e=True).items():
+            channel = self.e2e.get(peer)
+            if channel is None:
+                continue
+            if channel.last_received is None or stamp > channel.last_received:
+                channel.last_received = stamp
+            since = channel.unanswered_since
+            if since is not None and stamp >= since:
+                channel.unanswered_since = None
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -407,6 +521,21 @@ class NodeCore:
     def next_pong(self) -> tuple[str, int, float] | None:
         """``(src, seq, rtt seconds)`` of the next echo reply, or None."""
         return self._pongs.popleft() if self._pongs else None
+
+    def all_dropped(self) -> dict[str, int]:
+        """Drops by reason, the native data plane's included
+        (``x0tta6bl4_node_packets_dropped_total``)."""
+        out = Counter(self.dropped)
+        if self.dataplane is not None:
+            for key, value in self.dataplane.counters().items():
+                if key not in _NATIVE_NOT_DROPS:
+                    out[key] += value
+        return dict(out)
+
+    def forwarded(self) -> int:
+        """ROUTED frames relayed for other nodes (natively or here)."""
+        native = 0 if self.dataplane is None else self.dataplane.counters().get("forwarded", 0)
+        return self.counters["forwarded"] + native
 
     def link_state(self, peer: str) -> str:
         link = self._link.get(peer)
@@ -455,8 +584,10 @@ class NodeCore:
             "routes": routes,
             "sessions": sessions,
             "lsa_seq": self.router.seq,
-            "dropped": dict(self.dropped),
-            "counters": dict(self.counters) | self.router.all_counters(),
+            "dropped": self.all_dropped(),
+            "counters": dict(self.counters)
+            | self.router.all_counters()
+            | {"forwarded": self.forwarded()},
         }
 
     # --- internals: authorization and keys ----------------------------------------------------
@@ -583,9 +714,13 @@ class NodeCore:
         for peer, data in self.router.lsas_to_send():
             progressed = True
             self._queue(peer, LinkStateAdvert(data))
+        changed = False
         while self.router.next_event() is not None:
-            progressed = True
+            changed = progressed = True
             self.counters["route_changes"] += 1
+        if changed and self.dataplane is not None:
+            routes = self.router.routes()
+            self.dataplane.routes_changed({d: r.next_hop for d, r in routes.items()})
         return progressed
 
     def _drain_failure(self, now: float) -> bool:
@@ -618,6 +753,8 @@ class NodeCore:
                     link.attempt_due = None
                     self.router.neighbour_up(node_id, event.cost, now)
                     self.neighbourhood.reselect(now)
+                    if self.dataplane is not None:
+                        self.dataplane.link_up(node_id, True)
                 elif isinstance(event, LinkDown):
                     self.counters["link_down_events"] += 1
                     self._pending_cost.pop(node_id, None)
@@ -625,6 +762,8 @@ class NodeCore:
                     link.attempt_due = now
                     self.router.neighbour_down(node_id, now)
                     self.neighbourhood.reselect(now)
+                    if self.dataplane is not None:
+                        self.dataplane.link_up(node_id, False)
                 elif isinstance(event, LinkCostChanged):
                     self._pending_cost[node_id] = event.cost
                     if self._cost_due is None:

@@ -66,6 +66,11 @@ class NodeDrop(enum.StrEnum):
     TUN_SPOOFED_SOURCE = "tun_spoofed_source"
     TUN_NOT_FOR_US = "tun_not_for_us"
     TUN_NO_ROUTE = "tun_no_route"
+    TUN_WRITE_FAILED = "tun_write_failed"
+    # the native data plane (node/native.py, native/src/dataplane.rs)
+    HANDUP_OVERFLOW = "handup_overflow"
+    RECV_TRUNCATED = "recv_truncated"
+    TUN_NO_BRIDGE = "tun_no_bridge"
 
 
 def handshake_label(reason: DropReason) -> str:

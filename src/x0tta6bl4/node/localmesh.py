@@ -77,10 +77,13 @@ class LocalMesh:
         config: CoreConfig | None = None,
         prefix: str = "node",
         host: str = "127.0.0.1",
+        dataplane: str | None = None,
     ) -> None:
         if n < 1:
             raise ValueError("a mesh needs at least one node")
         self.n = n
+        #: ``native`` / ``python`` / None (``X0_DATAPLANE``, else native when built).
+        self.dataplane = dataplane
         self.config = config or CoreConfig()
         self.host = host
         self.ids = [f"{prefix}-{i:03d}" for i in range(n)]
@@ -112,7 +115,12 @@ class LocalMesh:
 
         port = old.endpoint.local_addr[1] if old is not None else 0
         endpoint = await open_endpoint(
-            identity, (self.host, port), config=self.config, on_app=on_app, on_pong=on_pong
+            identity,
+            (self.host, port),
+            config=self.config,
+            on_app=on_app,
+            on_pong=on_pong,
+            dataplane=self.dataplane,
         )
         node = LocalNode(identity, endpoint)
         holder.append(node)

@@ -69,7 +69,7 @@ class NodeCollector(Collector):
         dropped = CounterMetricFamily(
             "x0tta6bl4_node_packets_dropped", "Datagrams and frames dropped", labels=["reason"]
         )
-        for reason, count in sorted(core.dropped.items()):
+        for reason, count in sorted(core.all_dropped().items()):
             dropped.add_metric([reason], float(count))
         yield dropped
         routes = GaugeMetricFamily("x0tta6bl4_node_route_count", "Destinations with a route")
@@ -95,7 +95,7 @@ class NodeCollector(Collector):
         forwarded = CounterMetricFamily(
             "x0tta6bl4_node_forwarded_frames", "Routed frames relayed for other nodes"
         )
-        forwarded.add_metric([], float(core.counters["forwarded"]))
+        forwarded.add_metric([], float(core.forwarded()))
         yield forwarded
 
 

@@ -8,11 +8,17 @@ keeps one ``/32`` route per mesh member's overlay address through it (the regist
 answer carries our address, not the overlay network, and per-member routes send into the
 TUN exactly what some node can receive). Netlink calls go through pyroute2's ``IPRoute``.
 
-:class:`TunBridge` joins the device to a node's data plane: packets read from the TUN
-(``loop.add_reader``) go through :class:`~x0tta6bl4.node.overlay.Overlay` to
-``NodeCore.send_app(owner, TUN_CHANNEL, packet)``; packets that arrive on that channel are
-checked (anti-spoofing) and written to the TUN. :meth:`TunDevice.write` never blocks (a full
-queue drops). One TUN node per network namespace: two would fight over the same routes.
+:class:`TunBridge` joins the device to a node's data plane. With the Python reference,
+packets read from the TUN (``loop.add_reader``) go through
+:class:`~x0tta6bl4.node.overlay.Overlay` to ``NodeCore.send_app(owner, TUN_CHANNEL, packet)``;
+packets that arrive on that channel are checked (anti-spoofing) and written to the TUN. With
+the native data plane, the bridge hands it a duplicate of the TUN descriptor and the overlay
+map (``set_tun``, ``set_overlay``): the data plane's thread reads and writes the TUN and seals
+packets into end-to-end sessions itself, with the same checks and drop reasons; it hands up
+only packets for a destination without an established session (``send_app`` queues them and
+starts the handshake) and packets over the MTU (answered here with ICMP "fragmentation
+needed"). :meth:`TunDevice.write` never blocks (a full queue drops). One TUN node per network
+namespace: two would fight over the same routes.
 """
 
 from __future__ import annotations
@@ -199,14 +205,45 @@ class TunBridge:
         self.overlay = Overlay(overlay_ip, mtu=self.mtu, dropped=endpoint.core.dropped)
         await asyncio.to_thread(self.device.configure, overlay_ip, self.mtu)
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.device.fd, self._readable)
-        _log.info("node.tun_up", interface=self.device.name, address=overlay_ip, mtu=self.mtu)
+        if endpoint.native is not None:
+            endpoint.on_tun = self._from_native
+            self._push_overlay()
+            endpoint.native.set_tun(os.dup(self.device.fd))
+        else:
+            self._loop.add_reader(self.device.fd, self._readable)
+        _log.info(
+            "node.tun_up",
+            interface=self.device.name,
+            address=overlay_ip,
+            mtu=self.mtu,
+            dataplane=endpoint.dataplane,
+        )
+
+    def _push_overlay(self) -> None:
+        """The native data plane's copy of the overlay map (address → owner node)."""
+        endpoint, overlay = self._endpoint, self.overlay
+        if endpoint is None or endpoint.native is None or overlay is None:
+            return
+        members = {m.overlay_ip: m.node_id for m in self._members if m.overlay_ip is not None}
+        endpoint.native.set_overlay(_unpack(overlay.local_ip), overlay.mtu, members)
+
+    def _from_native(self, dest: str, packet: bytes, now: float) -> None:
+        """A TUN packet the native data plane hands up (no session yet, or over the MTU)."""
+        overlay, endpoint = self.overlay, self._endpoint
+        if overlay is None or endpoint is None:
+            return
+        decision = overlay.outbound(packet)
+        if decision.reply is not None:
+            self.device.write(decision.reply)
+        if decision.dest is not None:
+            _send_all(endpoint.core, [(decision.dest, decision.packet)], now)
 
     async def set_address(self, overlay_ip: str) -> None:
         """Our overlay address changed (the controller re-registered us)."""
         if self.overlay is None or self.device.address == overlay_ip:
             return
         self.overlay.set_local_ip(overlay_ip)
+        self._push_overlay()
         await asyncio.to_thread(self.device.configure, overlay_ip, self.mtu)
         await self.set_members(self._members)
 
@@ -216,6 +253,7 @@ class TunBridge:
         if self.overlay is None:
             return
         self.overlay.set_members(members)
+        self._push_overlay()
         failed = await asyncio.to_thread(self.device.set_routes, self.overlay.addresses())
         if failed:
             _log.warning("node.tun_route_failed", addresses=failed[:8], count=len(failed))
@@ -244,16 +282,28 @@ class TunBridge:
 
     def status(self) -> dict[str, Any]:
         overlay = self.overlay
+        counters: dict[str, int] = {} if overlay is None else dict(overlay.counters)
+        endpoint = self._endpoint
+        if endpoint is not None:
+            # Packets the native data plane carried itself (the rest went through `overlay`).
+            native = endpoint.native_counters()
+            for key in ("packets_in", "packets_out", "bytes_in", "bytes_out"):
+                if f"tun_{key}" in native:
+                    counters[key] = counters.get(key, 0) + native[f"tun_{key}"]
         return {
             "interface": self.device.name,
             "address": self.device.address,
             "mtu": self.mtu,
             "routes": len(self.device.routes),
             "write_errors": self.device.write_errors,
-            "counters": {} if overlay is None else dict(overlay.counters),
+            "counters": counters,
         }
 
     def close(self) -> None:
+        endpoint = self._endpoint
+        if endpoint is not None and endpoint.native is not None and not endpoint.closed:
+            with contextlib.suppress(OSError, RuntimeError):
+                endpoint.native.set_tun(None)
         if self._loop is not None and not self.device.closed:
             with contextlib.suppress(ValueError, OSError, RuntimeError):
                 self._loop.remove_reader(self.device.fd)
@@ -266,3 +316,7 @@ def _send_all(core: NodeCore, sends: list[tuple[str, bytes]], now: float) -> Non
             core.send_app(dest, TUN_CHANNEL, packet, now)
         except ValueError:
             core.dropped[NodeDrop.TUN_NO_ROUTE] += 1
+
+
+def _unpack(packed: bytes) -> str:
+    return ".".join(str(b) for b in packed)

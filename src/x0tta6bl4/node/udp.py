@@ -15,7 +15,13 @@ are seen before the silence limit is checked. Sends go straight to ``sendto``; a
 buffer drops the datagram (counted in :attr:`MeshEndpoint.send_errors`), as a lossy link
 would.
 
-Concurrency: everything runs on the event loop's thread; the core is never shared.
+**Native data plane** (``dataplane="native"``, default when built; :mod:`x0tta6bl4.node.native`):
+the endpoint hands the socket to ``x0tta6bl4_native.Dataplane``, whose I/O thread does the
+packet path; the endpoint reads its hand-up queue when its eventfd is readable (instead of the
+socket), feeds the core, and sends the core's output through it (sendmmsg).
+
+Concurrency: everything runs on the event loop's thread; the core is never shared (the native
+data plane's thread touches only the sessions and tables, behind their own locks).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from x0tta6bl4.dataplane import Dataplane, native_module, resolve
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.model import Addr, AppMessage, CoreConfig, NodeIdentity
+from x0tta6bl4.node.native import NativeHooks, PortSet, dispatch
 
 __all__ = ["RECV_BATCH", "MeshEndpoint", "bind_udp", "open_endpoint"]
 
@@ -59,12 +67,24 @@ class MeshEndpoint:
         on_app: Callable[[AppMessage], None] | None = None,
         on_pong: Callable[[str, int, float], None] | None = None,
         on_output: Callable[[], None] | None = None,
+        dataplane: str | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         now = self._loop.time()
+        #: ``native`` or ``python`` (``--dataplane``; native when built).
+        self.dataplane: Dataplane = resolve(dataplane)
+        self._hooks = NativeHooks() if self.dataplane == "native" else None
         self.core = NodeCore(
-            identity, now, wall_offset=time.time() - now, config=config or CoreConfig()
+            identity,
+            now,
+            wall_offset=time.time() - now,
+            config=config or CoreConfig(),
+            dataplane=self._hooks,
         )
+        #: The native data plane (``x0tta6bl4_native.Dataplane``) once attached.
+        self.native: Any = None
+        #: TUN packets the native data plane hands up (no session yet, too big).
+        self.on_tun: Callable[[str, bytes, float], None] | None = None
         self._sock: socket.socket | None = None
         self._local_addr: Addr | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -78,19 +98,35 @@ class MeshEndpoint:
         #: Datagrams read from the socket.
         self.datagrams_received = 0
         #: Fault injection: datagrams to or from these ports are dropped (a partition).
-        self.blocked_ports: set[int] = set()
+        self.blocked_ports: set[int] = (
+            set() if self._hooks is None else PortSet(self._push_blocked_ports)
+        )
+
+    def _push_blocked_ports(self, ports: set[int]) -> None:
+        if self.native is not None:
+            self.native.set_blocked_ports(ports)
 
     def attach(self, sock: socket.socket) -> None:
         """Take ownership of a bound UDP socket and start reading and timing."""
-        if self._sock is not None:
+        if self._sock is not None or self.native is not None:
             raise RuntimeError("the endpoint already has a socket")
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-        self._sock = sock
         host, port = sock.getsockname()[:2]
         self._local_addr = (str(host), int(port))
+        if self._hooks is not None:
+            module: Any = native_module()
+            self.native = module.Dataplane(
+                sock.detach(), self.core.node_id, ttl=self.core.config.ttl
+            )
+            self._hooks.bind(self.native)
+            self._push_blocked_ports(set(self.blocked_ports))
+            self._loop.add_reader(self.native.notify_fd, self._events_ready)
+            self._service()
+            return
+        self._sock = sock
         self._loop.add_reader(sock.fileno(), self._read_ready)
         self._service()
 
@@ -117,6 +153,16 @@ class MeshEndpoint:
             received += 1
         if received:
             self.datagrams_received += received
+            self._service()
+
+    def _events_ready(self) -> None:
+        """The native data plane handed events up: feed them to the core, then transmit."""
+        native = self.native
+        if self.closed or native is None:
+            return
+        events = native.drain()
+        if events:
+            self.datagrams_received += dispatch(self.core, events, self.on_tun, self._loop.time())
             self._service()
 
     # --- API ----------------------------------------------------------------------------------
@@ -148,6 +194,17 @@ class MeshEndpoint:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        if self.native is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.remove_reader(self.native.notify_fd)
+            self.native.close()
+
+    def native_counters(self) -> dict[str, int]:
+        """The native data plane's packet counters and drops (empty with the reference)."""
+        if self.native is None:
+            return {}
+        counters: dict[str, int] = self.native.counters()
+        return counters
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -160,18 +217,24 @@ class MeshEndpoint:
         self._service()
 
     def _service(self) -> None:
-        if self.closed or self._sock is None:
+        if self.closed or (self._sock is None and self.native is None):
             return
         core = self.core
-        sendto = self._sock.sendto
-        blocked = self.blocked_ports
-        for datagram, addr in core.datagrams_to_send():
-            if blocked and addr[1] in blocked:
-                continue
-            try:
-                sendto(datagram, addr)
-            except OSError:
-                self.send_errors += 1
+        if self.native is not None:
+            out = core.datagrams_to_send()
+            if out:
+                self.native.send(out)  # blocked ports and send errors: counted natively
+        else:
+            assert self._sock is not None
+            sendto = self._sock.sendto
+            blocked = self.blocked_ports
+            for datagram, addr in core.datagrams_to_send():
+                if blocked and addr[1] in blocked:
+                    continue
+                try:
+                    sendto(datagram, addr)
+                except OSError:
+                    self.send_errors += 1
         if self._on_app is not None:
             while (message := core.next_app()) is not None:
                 self._on_app(message)
@@ -218,10 +281,16 @@ async def open_endpoint(
     on_app: Callable[[AppMessage], None] | None = None,
     on_pong: Callable[[str, int, float], None] | None = None,
     on_output: Callable[[], None] | None = None,
+    dataplane: str | None = None,
 ) -> MeshEndpoint:
     """Bind ``local_addr`` (UDP) and start a node's data plane on it."""
     endpoint = MeshEndpoint(
-        identity, config=config, on_app=on_app, on_pong=on_pong, on_output=on_output
+        identity,
+        config=config,
+        on_app=on_app,
+        on_pong=on_pong,
+        on_output=on_output,
+        dataplane=dataplane,
     )
     endpoint.attach(bind_udp(local_addr))
     return endpoint
