@@ -15,8 +15,9 @@ from x0tta6bl4.controller.ca import (
     load_ca_files,
     rotate_ca_dir,
 )
-from x0tta6bl4.controller.config import ControllerSettings, parse_listen
+from x0tta6bl4.controller.config import ControllerSettings
 from x0tta6bl4.crypto.pqsvid import MeshCA
+from x0tta6bl4.hostport import parse_hostport
 
 TD = "x0tta6bl4.mesh"
 
@@ -77,7 +78,7 @@ def test_invalid_settings_are_refused(kwargs: dict[str, object]) -> None:
 
 
 def test_parse_listen_ipv6() -> None:
-    assert parse_listen("[::1]:8080") == ("::1", 8080)
+    assert parse_hostport("[::1]:8080", "listen address") == ("::1", 8080)
 
 
 def test_ca_init_load_and_refuse_overwrite(tmp_path: Path) -> None:

@@ -102,6 +102,7 @@ LAYERS: dict[str, Layer] = {
             "x0tta6bl4",
             "x0tta6bl4._version",
             "x0tta6bl4.defaults",
+            "x0tta6bl4.hostport",
             "x0tta6bl4.httpserver",
             "x0tta6bl4.logging",
             "x0tta6bl4.records",

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from x0tta6bl4.commands._options import LogFormatOption, SpiffeSocketOption
-from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from x0tta6bl4.defaults import (
+    DEFAULT_CONTROLLER,
+    DEFAULT_NODE_HTTP,
+    DEFAULT_NODE_LISTEN_UDP,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TRUST_DOMAIN,
+)
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
 __all__ = ["node"]
@@ -23,14 +29,29 @@ def _fail(message: str) -> None:
 
 def node(  # noqa: PLR0917 - one parameter per flag
     controller: Annotated[
-        str, typer.Option("--controller", envvar="X0_CONTROLLER", help="controller base URL")
-    ] = "http://x0tta6bl4-api:8080",
+        str | None,
+        typer.Option(
+            "--controller",
+            envvar="X0_CONTROLLER",
+            help=f"controller base URL (default: {DEFAULT_CONTROLLER})",
+        ),
+    ] = None,
     listen_udp: Annotated[
-        str, typer.Option("--listen-udp", envvar="X0_LISTEN_UDP", help="mesh UDP HOST:PORT")
-    ] = "0.0.0.0:7810",
+        str | None,
+        typer.Option(
+            "--listen-udp",
+            envvar="X0_LISTEN_UDP",
+            help=f"mesh UDP HOST:PORT (default: {DEFAULT_NODE_LISTEN_UDP})",
+        ),
+    ] = None,
     http: Annotated[
-        str, typer.Option("--http", envvar="X0_HTTP", help="node HTTP server HOST:PORT")
-    ] = "0.0.0.0:7811",
+        str | None,
+        typer.Option(
+            "--http",
+            envvar="X0_HTTP",
+            help=f"node HTTP server HOST:PORT (default: {DEFAULT_NODE_HTTP})",
+        ),
+    ] = None,
     advertise: Annotated[
         str | None,
         typer.Option(
@@ -46,25 +67,42 @@ def node(  # noqa: PLR0917 - one parameter per flag
         ),
     ] = None,
     state_dir: Annotated[
-        Path, typer.Option("--state-dir", envvar="X0_STATE_DIR", help="node key directory")
-    ] = Path("/var/lib/x0tta6bl4"),
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            envvar="X0_STATE_DIR",
+            help=f"node key directory (default: {DEFAULT_STATE_DIR})",
+        ),
+    ] = None,
     spiffe_socket: SpiffeSocketOption = None,
     trust_domain: Annotated[
-        str, typer.Option("--trust-domain", envvar="X0_TRUST_DOMAIN", help="SPIFFE trust domain")
-    ] = DEFAULT_TRUST_DOMAIN,
-    tun: Annotated[
-        bool, typer.Option("--tun", envvar="X0_TUN", help="create the overlay TUN interface")
-    ] = False,
-    heartbeat_interval: Annotated[
-        float,
-        typer.Option("--heartbeat-interval", envvar="X0_HEARTBEAT_INTERVAL", help="seconds"),
-    ] = DEFAULT_INTERVAL,
-    dead_after: Annotated[
-        int,
+        str | None,
         typer.Option(
-            "--dead-after", envvar="X0_DEAD_AFTER", help="missed heartbeats before link down"
+            "--trust-domain",
+            envvar="X0_TRUST_DOMAIN",
+            help=f"SPIFFE trust domain (default: {DEFAULT_TRUST_DOMAIN})",
         ),
-    ] = DEFAULT_DEAD_AFTER,
+    ] = None,
+    tun: Annotated[
+        bool | None,
+        typer.Option("--tun", envvar="X0_TUN", help="create the overlay TUN interface"),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="X0_HEARTBEAT_INTERVAL",
+            help=f"seconds (default: {DEFAULT_INTERVAL})",
+        ),
+    ] = None,
+    dead_after: Annotated[
+        int | None,
+        typer.Option(
+            "--dead-after",
+            envvar="X0_DEAD_AFTER",
+            help=f"missed heartbeats before link down (default: {DEFAULT_DEAD_AFTER})",
+        ),
+    ] = None,
     dataplane: Annotated[
         str | None,
         typer.Option(
@@ -79,30 +117,41 @@ def node(  # noqa: PLR0917 - one parameter per flag
     ] = "info",
 ) -> None:
     """Run a mesh node: register, link to neighbours, route, serve /health /ready /metrics."""
+    from pydantic import ValidationError
+
     from x0tta6bl4.logging import configure_logging
     from x0tta6bl4.node.agent import NodeAgent
-    from x0tta6bl4.node.config import NodeSettings, parse_hostport
+    from x0tta6bl4.node.config import NodeSettings
 
+    given: dict[str, Any] = {
+        "controller": controller,
+        "listen_udp": listen_udp,
+        "http": http,
+        "advertise": advertise,
+        "node_id": node_id,
+        "state_dir": state_dir,
+        "spiffe_socket": spiffe_socket,
+        "trust_domain": trust_domain,
+        "tun": tun,
+        "heartbeat_interval": heartbeat_interval,
+        "dead_after": dead_after,
+        "dataplane": dataplane,
+    }
     try:
         configure_logging(log_format, log_level)
-        settings = NodeSettings(
-            controller=controller,
-            listen_udp=parse_hostport(listen_udp, "--listen-udp"),
-            http=parse_hostport(http, "--http"),
-            advertise=None if advertise is None else parse_hostport(advertise, "--advertise"),
-            node_id=node_id,
-            state_dir=state_dir,
-            spiffe_socket=spiffe_socket,
-            trust_domain=trust_domain,
-            tun=tun,
-            heartbeat_interval=heartbeat_interval,
-            dead_after=dead_after,
-            dataplane=dataplane,
-        )
+        settings = NodeSettings(**{k: v for k, v in given.items() if v is not None})
         settings.resolved_node_id()  # a bad or unusable node name fails here, clearly
         from x0tta6bl4.dataplane import resolve
 
-        resolve(dataplane)  # --dataplane native without the extension fails here, clearly
+        resolve(settings.dataplane)  # --dataplane native without the extension fails here
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not message.startswith("--"):
+            where = ".".join(str(p) for p in first["loc"]) or "settings"
+            message = f"invalid --{where.replace('_', '-')}: {message}"
+        _fail(message)
+        return
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
         return

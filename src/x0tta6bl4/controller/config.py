@@ -8,16 +8,17 @@ given; anything not given comes from the environment (``X0_LISTEN``, ``X0_STORE`
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from x0tta6bl4 import defaults
 from x0tta6bl4.controller.ipam import DEFAULT_OVERLAY_CIDR, parse_overlay_cidr
 from x0tta6bl4.controller.store.etcd_tls import EtcdTlsFiles
 from x0tta6bl4.controller.store.url import default_store_url
+from x0tta6bl4.hostport import parse_hostport
 from x0tta6bl4.httpserver import MAX_CONNECTIONS, MIN_CONNECTIONS
 from x0tta6bl4.identity.spiffe_ids import (
     DEFAULT_TRUST_DOMAIN,
@@ -31,28 +32,13 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "JWT_AUDIENCE",
     "ControllerSettings",
-    "parse_listen",
 ]
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
-DEFAULT_STATE_DIR = Path("/var/lib/x0tta6bl4")
+DEFAULT_STATE_DIR = Path(defaults.DEFAULT_STATE_DIR)
 DEFAULT_SPIFFE_SOCKET = "/run/spire/agent-sockets/spire-agent.sock"
 JWT_AUDIENCE = "x0tta6bl4-controller"
 """The audience nodes request their JWT-SVID for."""
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into host and port; raise ValueError."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"listen address {value!r} must be HOST:PORT")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"listen port {port} is out of range")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    return host, port
 
 
 class ControllerSettings(BaseSettings):
@@ -94,7 +80,7 @@ class ControllerSettings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
+        parse_hostport(value, "listen address")
         return value
 
     @field_validator("store")
@@ -152,12 +138,12 @@ class ControllerSettings(BaseSettings):
     @property
     def listen_host(self) -> str:
         """Host part of :attr:`listen`."""
-        return parse_listen(self.listen)[0]
+        return parse_hostport(self.listen, "listen address")[0]
 
     @property
     def listen_port(self) -> int:
         """Port part of :attr:`listen`."""
-        return parse_listen(self.listen)[1]
+        return parse_hostport(self.listen, "listen address")[1]
 
     @property
     def etcd_tls(self) -> EtcdTlsFiles | None:

@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives import serialization
 
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.hostport import parse_hostport
 from x0tta6bl4.logging import get_logger
-from x0tta6bl4.node.config import NodeSettings, parse_hostport
+from x0tta6bl4.node.config import NodeSettings
 from x0tta6bl4.node.control import Admission, ControlClient, ControllerError
 from x0tta6bl4.node.core import NodeCore
 from x0tta6bl4.node.model import AppMessage, CoreConfig, Member, NodeIdentity

@@ -1,69 +1,117 @@
-"""Settings of ``x0tta6bl4 node`` (flags and ``X0_…`` variables: docs/runtime-contract.md)."""
+"""Settings of ``x0tta6bl4 node``: every flag and its ``X0_…`` variable (docs/runtime-contract.md).
+
+:class:`NodeSettings` is a pydantic-settings model, like the controller's: the CLI passes the
+flags it was given; anything not given comes from the environment (``X0_CONTROLLER``,
+``X0_LISTEN_UDP`` …, ``SPIFFE_ENDPOINT_SOCKET`` for the Workload API socket, and the
+Kubernetes downward-API variables ``X0_NODE_NAME`` and ``X0_POD_IP``) and then from the
+defaults. Unknown settings are refused; invalid values fail with the name of the setting.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
-from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from x0tta6bl4.defaults import (
+    DEFAULT_CONTROLLER,
+    DEFAULT_NODE_HTTP,
+    DEFAULT_NODE_LISTEN_UDP,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TRUST_DOMAIN,
+)
+from x0tta6bl4.hostport import format_hostport, parse_hostport
 from x0tta6bl4.identity.node_ids import MAX_NODE_ID_LENGTH, NODE_ID_RE, node_id_from_name
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
-__all__ = ["MAX_NODE_ID_LENGTH", "NodeSettings", "node_id_from_name", "parse_hostport"]
-
-_NODE_ID = NODE_ID_RE
-
-
-def parse_hostport(value: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → ``(host, port)``; ValueError names ``what``."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-    else:
-        host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"{what} must be HOST:PORT, got {value!r}")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{what} port must be 0..65535, got {port}")
-    return host, port
+__all__ = [
+    "MAX_NODE_ID_LENGTH",
+    "HostPort",
+    "NodeSettings",
+    "node_id_from_name",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class NodeSettings:
-    """Validated settings of one node agent."""
+def _hostport(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, str):
+        return parse_hostport(value, f"--{(info.field_name or 'address').replace('_', '-')}")
+    return value
 
-    controller: str = "http://x0tta6bl4-api:8080"
-    listen_udp: tuple[str, int] = ("0.0.0.0", 7810)  # noqa: S104 - a DaemonSet serves the node
-    http: tuple[str, int] = ("0.0.0.0", 7811)  # noqa: S104
-    advertise: tuple[str, int] | None = None
+
+HostPort = Annotated[tuple[str, int], NoDecode, BeforeValidator(_hostport)]
+"""An address given as ``HOST:PORT`` (flag or variable) or as ``(host, port)``."""
+
+
+class NodeSettings(BaseSettings):
+    """Configuration of one node agent (see ``docs/node.md``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="X0_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    controller: str = DEFAULT_CONTROLLER
+    listen_udp: HostPort = parse_hostport(DEFAULT_NODE_LISTEN_UDP, "--listen-udp")
+    http: HostPort = parse_hostport(DEFAULT_NODE_HTTP, "--http")
+    advertise: HostPort | None = None
     node_id: str | None = None
-    state_dir: Path = Path("/var/lib/x0tta6bl4")
-    spiffe_socket: str | None = None
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    spiffe_socket: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "spiffe_socket", "SPIFFE_ENDPOINT_SOCKET", "X0_SPIFFE_SOCKET"
+        ),
+    )
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     tun: bool = False
     heartbeat_interval: float = DEFAULT_INTERVAL
     dead_after: int = DEFAULT_DEAD_AFTER
-    #: ``native`` / ``python``; None: ``X0_DATAPLANE``, else native when built.
+    #: The packet path: ``native`` / ``python``; None: native when built (``x0tta6bl4.dataplane``).
     dataplane: str | None = None
+    #: The Kubernetes node this pod runs on (downward API), the default node ID.
+    node_name: str | None = None
+    #: This pod's IP (downward API), the default advertised host.
+    pod_ip: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.dataplane not in (None, "native", "python"):
-            raise ValueError(f"--dataplane must be native or python, got {self.dataplane!r}")
-        if not self.controller.startswith(("http://", "https://")):
-            raise ValueError(f"--controller must be an http(s) URL, got {self.controller!r}")
-        if not 0.005 <= self.heartbeat_interval <= 60:
+    @field_validator("controller")
+    @classmethod
+    def _check_controller(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"--controller must be an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("heartbeat_interval")
+    @classmethod
+    def _check_heartbeat(cls, value: float) -> float:
+        if not 0.005 <= value <= 60:
             raise ValueError("--heartbeat-interval must be within 0.005..60 seconds")
-        if not 1 <= self.dead_after <= 100:
+        return value
+
+    @field_validator("dead_after")
+    @classmethod
+    def _check_dead_after(cls, value: int) -> int:
+        if not 1 <= value <= 100:
             raise ValueError("--dead-after must be within 1..100")
-        if self.node_id is not None and not _NODE_ID.fullmatch(self.node_id):
+        return value
+
+    @field_validator("dataplane")
+    @classmethod
+    def _check_dataplane(cls, value: str | None) -> str | None:
+        if value not in (None, "native", "python"):
+            raise ValueError(f"--dataplane must be native or python, got {value!r}")
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str | None) -> str | None:
+        if value is not None and not NODE_ID_RE.fullmatch(value):
             raise ValueError(
                 f"--node-id must be 1..{MAX_NODE_ID_LENGTH} letters, digits, '.', '_' or '-', "
-                f"starting and ending with a letter or digit; got {self.node_id!r}"
+                f"starting and ending with a letter or digit; got {value!r}"
             )
+        return value
 
     def resolved_node_id(self) -> str:
         """--node-id, else X0_NODE_NAME (the Kubernetes node), else the hostname; a name
@@ -73,10 +121,9 @@ class NodeSettings:
         """
         if self.node_id is not None:
             return self.node_id
-        from_env = os.environ.get("X0_NODE_NAME")
-        source = "X0_NODE_NAME" if from_env else "the hostname"
-        node_id = node_id_from_name(from_env or socket.gethostname())
-        if not _NODE_ID.fullmatch(node_id):
+        source = "X0_NODE_NAME" if self.node_name else "the hostname"
+        node_id = node_id_from_name(self.node_name or socket.gethostname())
+        if not NODE_ID_RE.fullmatch(node_id):
             raise ValueError(
                 f"{source} {node_id!r} is not a valid node id (letters, digits, '.', '_', '-'); "
                 "pass --node-id"
@@ -86,18 +133,11 @@ class NodeSettings:
     def resolved_advertise(self, bound_port: int) -> str:
         """Where peers reach us: --advertise, else X0_POD_IP, else the bound or a local IP."""
         if self.advertise is not None:
-            host, port = self.advertise
-        else:
-            host = os.environ.get("X0_POD_IP") or self.listen_udp[0]
-            port = bound_port
-            if host in ("0.0.0.0", "::", ""):  # noqa: S104
-                host = _local_ip()
-        try:
-            if ipaddress.ip_address(host).version == 6:
-                return f"[{host}]:{port}"
-        except ValueError:
-            pass
-        return f"{host}:{port}"
+            return format_hostport(*self.advertise)
+        host = self.pod_ip or self.listen_udp[0]
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104
+            host = _local_ip()
+        return format_hostport(host, bound_port)
 
 
 def _local_ip() -> str:
