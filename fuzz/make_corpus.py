@@ -93,21 +93,19 @@ class Capture:
         initiator = InitiatorHandshake(alice, 0.0, local_index=INITIATOR_INDEX)
         listener = HandshakeListener(bob, 0.0, new_index=lambda: RESPONDER_INDEX)
         listener.force_under_load = under_load
-        self.init = initiator.datagrams_to_send()
-        self.cookie_replies: list[bytes] = []
-        self.init_with_cookie: list[bytes] = []
-        responder = None
         now = 0.01
+        # Address validation first: INIT without a cookie draws a COOKIE_REPLY, then the
+        # initiator sends INIT again echoing it (docs/protocol.md section 6).
+        self.init = initiator.datagrams_to_send()
         for datagram in self.init:
+            listener.receive_datagram(datagram, ADDR, now)
+        self.cookie_replies = [d for d, _ in listener.datagrams_to_send()]
+        now += 0.2
+        initiator.receive_datagram(self.cookie_replies[0], now)
+        self.init_with_cookie = initiator.datagrams_to_send()
+        responder = None
+        for datagram in self.init_with_cookie:
             responder = listener.receive_datagram(datagram, ADDR, now) or responder
-        if under_load:
-            self.cookie_replies = [d for d, _ in listener.datagrams_to_send()]
-            now += 0.2
-            for reply in self.cookie_replies[:1]:
-                initiator.receive_datagram(reply, now)
-            self.init_with_cookie = initiator.datagrams_to_send()
-            for datagram in self.init_with_cookie:
-                responder = listener.receive_datagram(datagram, ADDR, now) or responder
         assert responder is not None
         self.resp = responder.datagrams_to_send()
         for datagram in self.resp:
@@ -155,12 +153,14 @@ def _handshake_messages() -> Iterable[bytes]:
     yield b"\x00" + cap.init_message
     yield b"\x01" + resp
     yield b"\x02" + finish
-    yield b"\x04" + loaded.cookie_replies[0]
-    yield b"\x05" + joined(cap.init)
-    yield b"\x05" + joined(cap.init + cap.finish)
+    yield b"\x04" + cap.cookie_replies[0]
+    # 5: cookies made valid by the harness; 7: as sent, under load
+    yield b"\x05" + joined(cap.init_with_cookie)
+    yield b"\x05" + joined(cap.init_with_cookie + cap.finish)
+    yield b"\x05" + joined(cap.init_with_cookie + cap.init_with_cookie[:1] + cap.finish)
     yield b"\x07" + joined(loaded.init + loaded.init_with_cookie)
     yield b"\x06" + joined(cap.resp)
-    yield b"\x06" + joined(loaded.cookie_replies + cap.resp)
+    yield b"\x06" + joined(cap.cookie_replies + cap.resp)
 
 
 @generator("handshake_sealed")
