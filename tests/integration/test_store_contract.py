@@ -51,6 +51,9 @@ from x0tta6bl4.controller.store import (
     SchemaError,
     SqliteUrl,
     Store,
+    StoreCorruptError,
+    StoreError,
+    StoreMissingError,
     StoreUnavailableError,
     default_store_url,
     open_store,
@@ -639,6 +642,138 @@ async def test_bad_arguments_change_nothing(store: Store) -> None:
 # --------------------------------------------------------------------------- schema versions
 
 
+# --------------------------------------------------------------------------- integrity
+
+
+async def _damage(store: Store, key: str, raw: bytes = b'{"node_id": ') -> None:
+    """Write ``raw`` where the record ``key`` (``nodes/<id>`` or ``policy``) lives, behind the
+    store's back (as a disk fault or a foreign writer would)."""
+    if isinstance(store, SqliteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+            if key == "policy":
+                conn.execute(
+                    "INSERT INTO policy (id, revision, document) VALUES (1, 1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET document = excluded.document",
+                    (raw.decode(),),
+                )
+            else:
+                conn.execute(
+                    "UPDATE nodes SET record = ? WHERE node_id = ?",
+                    (raw.decode(), key.removeprefix("nodes/")),
+                )
+    else:
+        assert isinstance(store, EtcdStore)
+        await store._txn([], [_put(store.prefix + key, raw)])
+
+
+async def test_a_damaged_node_record_is_a_store_fault_naming_it(store: Store) -> None:
+    """Issue 13 row 8: a record that does not decode raises StoreCorruptError (a StoreError
+    naming the node), is remembered in ``faults``, and spares every other record."""
+    await store.register_node(reg("good"), NET)
+    await store.register_node(reg("bad"), NET)
+    await _damage(store, "nodes/bad")
+    for read in (store.list_nodes(), store.snapshot(), store.get_node("bad")):
+        with pytest.raises(StoreCorruptError, match="node 'bad'") as caught:
+            await read
+        assert isinstance(caught.value, StoreError)
+        assert caught.value.where == "node 'bad'"
+    assert set(store.faults) == {"node 'bad'"}
+    assert "invalid JSON" in store.faults["node 'bad'"]
+    assert (await store.get_node("good")) is not None
+    with pytest.raises(StoreCorruptError):
+        await store.touch_node("bad", 2000.0)
+    with pytest.raises(StoreCorruptError):
+        await store.register_node(reg("bad"), NET)
+    # A fresh store object finds it by scanning, without an error.
+    assert [n.node_id for n in await store.scan()] == ["good"]
+    assert set(await store.recheck_faults()) == {"node 'bad'"}
+    # Deleting the node (the operator's way out) works and forgets the fault; the address
+    # the damaged record held is free again.
+    assert await store.delete_node("bad")
+    assert store.faults == {}
+    assert [n.node_id for n in await store.list_nodes()] == ["good"]
+    assert await store.verify() == []
+    assert (await store.register_node(reg("bad"), NET)).node_id == "bad"
+
+
+async def test_a_repaired_record_is_forgotten_on_recheck(store: Store) -> None:
+    record = await store.register_node(reg("n1"), NET)
+    await _damage(store, "nodes/n1", b"[]")
+    with pytest.raises(StoreCorruptError, match="must be a JSON object"):
+        await store.get_node("n1")
+    await _damage(store, "nodes/n1", dumps(record.to_json()))
+    assert await store.recheck_faults() == {}
+
+
+async def test_a_damaged_policy_is_a_store_fault(store: Store) -> None:
+    await store.put_policy(Policy(rules=(PolicyRule("*", "*", "link", True),)), None)
+    await _damage(store, "policy", b'{"rules": 5}')
+    with pytest.raises(StoreCorruptError, match="policy"):
+        await store.get_policy()
+    assert list(store.faults) == ["policy"]
+    await store.put_policy(Policy(), None)  # writing a whole one repairs it
+    assert store.faults == {}
+    assert (await store.get_policy()).policy == Policy()
+
+
+async def test_create_false_refuses_an_empty_store_and_writes_nothing(backend: Backend) -> None:
+    first = backend.make()
+    first.create = False
+    with pytest.raises(StoreMissingError):
+        await first.open()
+    await first.close()
+    if backend.kind == "sqlite":
+        assert isinstance(first, SqliteStore)
+        assert not first.path.exists()
+        first.path.parent.mkdir(parents=True, exist_ok=True)
+        first.path.write_bytes(b"")
+        with pytest.raises(StoreMissingError, match=r"is empty \(0 bytes\)"):
+            await first.open()
+        assert first.path.stat().st_size == 0
+    # Once created (create=True), a create=False store opens it.
+    store = await backend.open()
+    await store.register_node(reg("n1"), NET)
+    again = backend.make()
+    again.create = False
+    await again.open()
+    assert [n.node_id for n in await again.list_nodes()] == ["n1"]
+    await again.close()
+
+
+async def test_sqlite_refuses_a_damaged_file_at_open(tmp_path: Path) -> None:
+    """Issue 13 row 9: a random 4 KiB page written into the database, or a file that is not a
+    SQLite database at all, fails the open with StoreCorruptError naming the file."""
+    path = tmp_path / "controller.db"
+    async with SqliteStore(path) as store:
+        for index in range(200):
+            await store.register_node(reg(f"n{index}"), NET)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    pages = path.stat().st_size // 4096
+    assert pages > 4
+    with open(path, "r+b") as raw:
+        raw.seek(4096 * (pages // 2))
+        raw.write(os.urandom(4096))
+    with pytest.raises(StoreCorruptError, match="integrity check failed") as caught:
+        await SqliteStore(path).open()
+    assert caught.value.where == str(path)
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreCorruptError, match="file is not a database"):
+        await SqliteStore(path).open()
+
+
+@pytest.mark.etcd
+async def test_etcd_refuses_data_without_a_schema(etcd_single: EtcdCluster) -> None:
+    prefix = f"/x0-test-{uuid.uuid4().hex}/"
+    async with EtcdStore(etcd_single.endpoints, prefix=prefix) as store:
+        assert isinstance(store, EtcdStore)
+        await store.register_node(reg("n1"), NET)
+        await store._txn([], [_delete(prefix + "meta/schema")])
+    with pytest.raises(StoreCorruptError, match="no meta/schema key"):
+        await EtcdStore(etcd_single.endpoints, prefix=prefix).open()
+
+
 async def test_sqlite_open_waits_for_another_process_holding_the_write_lock(
     tmp_path: Path,
 ) -> None:
@@ -698,6 +833,12 @@ def _put(key: str, value: bytes) -> Any:
     from aetcd import rpc
 
     return rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+
+
+def _delete(key: str) -> Any:
+    from aetcd import rpc
+
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
 
 
 @pytest.mark.etcd

@@ -117,6 +117,15 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         float | None,
         typer.Option("--node-ttl", envvar="X0_NODE_TTL", help="expire nodes silent this long"),
     ] = None,
+    fresh_store: Annotated[
+        bool | None,
+        typer.Option(
+            "--fresh-store/--no-fresh-store",
+            envvar="X0_FRESH_STORE",
+            help="start even though the store this state directory saw holding nodes is "
+            "missing or empty (a new, empty store is created)",
+        ),
+    ] = None,
     max_connections: Annotated[
         int | None,
         typer.Option(
@@ -158,6 +167,7 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         "pq_svid_ttl": pq_svid_ttl,
         "node_ttl": node_ttl,
         "max_connections": max_connections,
+        "fresh_store": fresh_store,
         "log_format": log_format,
         "log_level": log_level,
     }
@@ -173,10 +183,11 @@ def controller(  # noqa: PLR0917 - one parameter per flag
     except ValueError as err:
         _fail(str(err))
     from x0tta6bl4.controller.server import serve
+    from x0tta6bl4.controller.startup import StartupRefusedError
 
     try:
         serve(settings)
-    except (CaConfigError, ValueError) as err:
+    except (CaConfigError, ValueError, StartupRefusedError) as err:
         _fail(str(err))
 
 

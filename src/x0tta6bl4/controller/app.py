@@ -47,9 +47,21 @@ from x0tta6bl4.controller.ipam import parse_overlay_cidr
 from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
 from x0tta6bl4.controller.metrics import CONTENT_TYPE_LATEST, ControllerMetrics, method_label
 from x0tta6bl4.controller.registration import Registrar
+from x0tta6bl4.controller.startup import (
+    FRESH_STORE_HINT,
+    StartupRefusedError,
+    StoreMarker,
+    check_store_at_start,
+)
 from x0tta6bl4.controller.state import ControllerState
 from x0tta6bl4.controller.store.base import Store
-from x0tta6bl4.controller.store.errors import StoreError, StoreUnavailableError
+from x0tta6bl4.controller.store.errors import (
+    SchemaError,
+    StoreCorruptError,
+    StoreError,
+    StoreMissingError,
+    StoreUnavailableError,
+)
 from x0tta6bl4.controller.store.url import open_store
 from x0tta6bl4.httpserver import ConnectionLimiter
 from x0tta6bl4.logging import get_logger
@@ -103,6 +115,9 @@ class ControllerApp(FastAPI):
         self._health_time = metrics.api_duration.labels(method="GET", route="/health")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, self._clean_startup_failure(send))
+            return
         if (
             self._health_count is not None
             and scope["type"] == "http"
@@ -116,6 +131,18 @@ class ControllerApp(FastAPI):
             self._health_time.observe(time.perf_counter() - start)
             return
         await super().__call__(scope, receive, send)
+
+    def _clean_startup_failure(self, send: Send) -> Send:
+        """A refused start (StartupRefusedError) is reported as its message, not as the
+        traceback the framework would send to the server's log."""
+
+        async def wrapped(message: Message) -> None:
+            error = getattr(self.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and error:
+                message = {**message, "message": f"controller refused to start: {error}"}
+            await send(message)
+
+        return wrapped
 
 
 class _Edge:
@@ -253,6 +280,12 @@ def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         return _error(exc.status_code, reason, str(exc.detail), dict(exc.headers or {}))
 
     async def store_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StoreCorruptError):
+            # Rate-limited like every error line (x0tta6bl4.logging): a damaged record read
+            # by every request must not flood the log.
+            rejected(request, RequestFailure.STORE_CORRUPT)
+            _log.error("store record damaged", where=exc.where, fault=exc.fault)
+            return _error(503, "store_corrupt", f"the store is damaged: {exc}")
         rejected(request, RequestFailure.STORE_UNAVAILABLE)
         if isinstance(exc, StoreUnavailableError):
             return _error(
@@ -288,12 +321,22 @@ def _install_system_routes(app: FastAPI) -> None:
         summary="Readiness: store reachable and mesh CA loaded",
     )
     async def ready(state: State) -> Response:
-        """200 when the store answers a ping and the mesh CA is loaded, else 503."""
+        """200 when the store answers a ping, holds no damaged record and the mesh CA is
+        loaded, else 503 with the reasons."""
         reasons: list[str] = []
         store_ok = state.store_open and await state.store.ping()
+        faults: dict[str, str] = {}
+        if store_ok:
+            try:
+                faults = await state.store.recheck_faults()
+            except StoreError:
+                store_ok = False
         state.metrics.store_up.set(1 if store_ok else 0)
+        state.metrics.store_faults.set(len(state.store.faults))
         if not store_ok:
             reasons.append("store_unreachable")
+        if faults:
+            reasons.append("store_corrupt")
         ca_ok = state.ca.current() is not None
         state.metrics.ca_loaded.set(1 if ca_ok else 0)
         if not ca_ok:
@@ -305,6 +348,7 @@ def _install_system_routes(app: FastAPI) -> None:
             "mesh_ca": ca_ok,
             "identity": identity_ok,
             "reasons": reasons,
+            "store_faults": [f"{where}: {fault}" for where, fault in faults.items()][:10],
         }
         return JSONResponse(body, status_code=200 if not reasons else 503)
 
@@ -328,10 +372,16 @@ async def _refresh_gauges(state: ControllerState) -> None:
             async with asyncio.timeout(2.0):
                 ok = await state.store.ping()
                 if ok:
-                    state.metrics.mesh_nodes.set(len(await state.store.list_nodes()))
+                    nodes = len(await state.store.list_nodes())
+                    state.metrics.mesh_nodes.set(nodes)
+                    if nodes and state.marker is not None:
+                        state.marker.record(state.store.location)
+        except StoreCorruptError:
+            pass  # reachable, but a record is damaged: x0tta6bl4_store_faults says so
         except (StoreError, TimeoutError):
             ok = False
     state.metrics.store_up.set(1 if ok else 0)
+    state.metrics.store_faults.set(len(state.store.faults))
     state.metrics.ca_loaded.set(1 if state.ca.current() is not None else 0)
 
 
@@ -404,8 +454,10 @@ def create_app(
         ca_cert_file=settings.ca_cert_file,
         ca_key_file=settings.ca_key_file,
         local_ca=settings.local_ca,
+        defer_create=True,  # created by the lifespan once the store is checked
     )
-    ca.load()
+    if not ca.pending:
+        ca.load()
     the_store = (
         store
         if store is not None
@@ -416,6 +468,10 @@ def create_app(
             etcd_tls=settings.etcd_tls,
         )
     )
+    marker = StoreMarker(settings.state_dir)
+    held_nodes = marker.held_nodes(the_store.location)
+    # A store this state directory saw holding nodes is never silently created anew.
+    the_store.create = settings.fresh_store or not held_nodes
     bundles = JwtBundleCache(jwt_bundle_fetch or _default_fetch(settings))
     admin_token = read_admin_token(settings.admin_token_file) if settings.admin_token_file else None
     auth = Authenticator(
@@ -447,12 +503,39 @@ def create_app(
         bundles=bundles,
         replica_id=f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}",
         clock=clock,
+        marker=marker,
     )
+
+    async def open_checked_store() -> None:
+        try:
+            await the_store.open()
+        except StoreMissingError as exc:
+            raise StartupRefusedError(
+                f"{exc}, but {marker.path} records that this store held nodes: it was lost, "
+                "truncated or replaced. Restore it (e.g. from a backup); "
+                f"{FRESH_STORE_HINT}"
+            ) from None
+        except StoreCorruptError as exc:
+            raise StartupRefusedError(
+                f"the store {exc.where} is damaged ({exc.fault}). Restore it from a backup; "
+                f"{FRESH_STORE_HINT}"
+            ) from None
+        except SchemaError as exc:
+            raise StartupRefusedError(str(exc)) from None
+        state.store_open = True
+        await check_store_at_start(
+            the_store, ca, marker, trust_domain=settings.trust_domain, now=clock()
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await the_store.open()
-        state.store_open = True
+        try:
+            await open_checked_store()
+        except StartupRefusedError as exc:
+            app.state.startup_error = str(exc)  # logged by the server, see __call__
+            state.store_open = False
+            await the_store.close()
+            raise
         await bundles.refresh()
         bundles.start()
         expirer = asyncio.create_task(_expire_forever(state)) if expiry else None
@@ -460,6 +543,7 @@ def create_app(
             "controller started",
             listen=settings.listen,
             store=settings.store_url.split("://")[0],
+            fresh_store=the_store.create,
             trust_domain=settings.trust_domain,
             replica=state.replica_id,
         )

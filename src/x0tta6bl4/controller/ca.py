@@ -176,6 +176,27 @@ class CaHolder:
         self._stamp: tuple[float, float] | None = None
         self._checked = 0.0
         self.error: str | None = None
+        self.pending = False
+        """True while a local CA is to be created (by :meth:`create_pending`) once the store
+        has been checked: a new CA is never made while the store holds nodes."""
+
+    @property
+    def cert_file(self) -> Path:
+        """The CA certificate file."""
+        return self._cert_file
+
+    @property
+    def key_file(self) -> Path:
+        """The CA key file."""
+        return self._key_file
+
+    def create_pending(self, trust_domain: str) -> LoadedCa:
+        """Create the pending local CA (see :attr:`pending`) and load it."""
+        directory = self._cert_file.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        init_ca_dir(directory, trust_domain=trust_domain)
+        self.pending = False
+        return self.load()
 
     @classmethod
     def from_settings(
@@ -186,16 +207,24 @@ class CaHolder:
         ca_cert_file: Path | None,
         ca_key_file: Path | None,
         local_ca: bool,
+        defer_create: bool = False,
     ) -> CaHolder:
-        """Pick the CA source from the settings; creates the local CA if asked to."""
+        """Pick the CA source from the settings; creates the local CA if asked to (with
+        ``defer_create`` only marks it :attr:`pending`, for the caller to create once it has
+        checked that no node was issued by a lost CA)."""
         if ca_cert_file is not None and ca_key_file is not None:
             return cls(ca_cert_file, ca_key_file, trust_domain=trust_domain)
         if local_ca:
             directory = state_dir / "ca"
+            holder = cls(
+                directory / CA_CERT_NAME, directory / CA_KEY_NAME, trust_domain=trust_domain
+            )
             if not (directory / CA_CERT_NAME).exists() and not (directory / CA_KEY_NAME).exists():
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-                init_ca_dir(directory, trust_domain=trust_domain)
-            return cls(directory / CA_CERT_NAME, directory / CA_KEY_NAME, trust_domain=trust_domain)
+                if defer_create:
+                    holder.pending = True
+                else:
+                    holder.create_pending(trust_domain)
+            return holder
         raise CaConfigError(
             "no mesh CA configured: pass --ca-cert-file and --ca-key-file (the Secret "
             "x0tta6bl4-mesh-ca), or --local-ca to create one under the state directory"

@@ -75,6 +75,7 @@ class ControllerSettings(BaseSettings):
     clock_skew_seconds: int = Field(default=60, ge=1, le=3600)
     watch_max_timeout: float = Field(default=60.0, gt=0, le=600)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
+    fresh_store: bool = False
     max_connections: int = Field(default=MAX_CONNECTIONS, ge=MIN_CONNECTIONS, le=1_000_000)
 
     @field_validator("listen")

@@ -62,6 +62,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "malformed_json",
     "unknown_field",
     "store_unavailable",
+    "store_corrupt",
 )
 """Values of the ``reason`` label of ``x0tta6bl4_registrations_rejected_total`` (the
 ``error`` of the refusal; pre-created so that dashboards see zeros)."""
@@ -98,6 +99,11 @@ class ControllerMetrics:
         self.store_up = Gauge(
             "x0tta6bl4_store_up",
             "1 if the last store health check succeeded, else 0.",
+            registry=self.registry,
+        )
+        self.store_faults = Gauge(
+            "x0tta6bl4_store_faults",
+            "Damaged store records known to this replica (each named by /ready), 0 when whole.",
             registry=self.registry,
         )
         self.ca_loaded = Gauge(

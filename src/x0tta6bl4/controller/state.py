@@ -14,6 +14,7 @@ from x0tta6bl4.controller.config import ControllerSettings
 from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
 from x0tta6bl4.controller.metrics import ControllerMetrics
 from x0tta6bl4.controller.registration import Registrar
+from x0tta6bl4.controller.startup import StoreMarker
 from x0tta6bl4.controller.store.base import Store
 
 __all__ = ["ControllerState"]
@@ -35,3 +36,5 @@ class ControllerState:
     clock: Callable[[], float] = time.time
     store_open: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
+    marker: StoreMarker | None = None
+    """Records, in the state directory, that the store has held nodes (controller/startup.py)."""

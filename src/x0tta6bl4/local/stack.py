@@ -320,6 +320,9 @@ class Staging:
                         "--log-format",
                         "json",
                         *self._etcd_client_args(),
+                        # up starts its etcd anew on every run (local/etcd.py): an empty
+                        # store is expected there, not a lost one.
+                        *(("--fresh-store",) if store_url else ()),
                     ),
                 )
             )

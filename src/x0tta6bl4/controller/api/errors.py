@@ -59,6 +59,7 @@ class RequestFailure(enum.StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     INVALID_REQUEST = "invalid_request"
     STORE_UNAVAILABLE = "store_unavailable"
+    STORE_CORRUPT = "store_corrupt"
 
 
 REGISTRATION_REJECTIONS: frozenset[str] = (

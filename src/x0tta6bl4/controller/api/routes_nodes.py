@@ -86,6 +86,8 @@ async def register(body: RegisterRequest, principal: Node, state: State) -> Resp
         pop=_proof(body.pop),
         renew=False,
     )
+    if state.marker is not None:  # the state directory now knows this store holds nodes
+        state.marker.record(state.store.location)
     return _json(_admission_body(admission))
 
 

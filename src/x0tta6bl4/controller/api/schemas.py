@@ -241,6 +241,9 @@ class ReadyResponse(BaseModel):
     mesh_ca: bool
     identity: bool
     reasons: list[str]
+    store_faults: list[str] = Field(
+        default=[], description="damaged store records (where: fault), at most 10"
+    )
 
 
 class ErrorResponse(BaseModel):

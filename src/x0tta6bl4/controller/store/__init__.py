@@ -16,7 +16,9 @@ from x0tta6bl4.controller.store.errors import (
     OwnershipError,
     RevisionCompactedError,
     SchemaError,
+    StoreCorruptError,
     StoreError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from x0tta6bl4.controller.store.url import (
@@ -41,7 +43,9 @@ __all__ = [
     "SchemaError",
     "SqliteUrl",
     "Store",
+    "StoreCorruptError",
     "StoreError",
+    "StoreMissingError",
     "StoreUnavailableError",
     "StoreUrl",
     "default_store_url",

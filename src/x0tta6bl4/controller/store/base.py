@@ -45,6 +45,7 @@ from x0tta6bl4.controller.models import (
 from x0tta6bl4.controller.store.errors import (
     CidrExhaustedError,
     OwnershipError,
+    StoreCorruptError,
     StoreError,
     StoreUnavailableError,
 )
@@ -52,6 +53,7 @@ from x0tta6bl4.policy import Policy
 
 __all__ = [
     "MAX_BLOB_SIZE",
+    "MAX_TRACKED_FAULTS",
     "Leadership",
     "Store",
     "check_blob",
@@ -161,8 +163,84 @@ class Leadership:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+MAX_TRACKED_FAULTS = 64
+"""Damaged records a store remembers (``Store.faults``); beyond, the oldest is forgotten."""
+
+
 class Store(abc.ABC):
-    """Durable controller state: nodes, overlay addresses, policy, nonces, leaders, blobs."""
+    """Durable controller state: nodes, overlay addresses, policy, nonces, leaders, blobs.
+
+    ``create`` (default True; set before :meth:`open`) says whether ``open`` may create the
+    store when it holds no x0tta6bl4 data yet; with False such a store raises
+    :class:`StoreMissingError` and nothing is written. A record that does not decode raises
+    :class:`StoreCorruptError` naming it and is remembered in :attr:`faults` until it is read
+    whole again, deleted or overwritten (:meth:`recheck_faults` re-reads them).
+    """
+
+    create: bool = True
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """Damaged records seen and not yet repaired: where → what is wrong."""
+        return dict(self._fault_map())
+
+    def _fault_map(self) -> dict[str, str]:
+        faults: dict[str, str] | None = self.__dict__.get("_faults")
+        if faults is None:
+            faults = self.__dict__["_faults"] = {}
+        return faults
+
+    def _record_fault(self, where: str, fault: str) -> StoreCorruptError:
+        """Remember a damaged record; the error to raise for it."""
+        faults = self._fault_map()
+        faults.pop(where, None)
+        faults[where] = fault
+        while len(faults) > MAX_TRACKED_FAULTS:
+            faults.pop(next(iter(faults)))
+        return StoreCorruptError(where, fault)
+
+    def _clear_fault(self, where: str) -> None:
+        self._fault_map().pop(where, None)
+
+    async def recheck_faults(self) -> dict[str, str]:
+        """Re-read every remembered damaged record (a repaired or deleted one is forgotten);
+        the faults that remain. Raises only what the reads raise besides StoreCorruptError."""
+        for where in list(self._fault_map()):
+            kind, _, name = where.partition(" ")
+            try:
+                if kind == "node":
+                    node_id = name.strip("'")
+                    if await self.get_node(node_id) is None:
+                        self._clear_fault(where)
+                elif kind == "policy":
+                    await self.get_policy()
+                else:  # an event of the history: it stays damaged until compacted away
+                    await self._recheck_other(where)
+            except StoreCorruptError:
+                continue
+        return self.faults
+
+    @abc.abstractmethod
+    async def _recheck_other(self, where: str) -> None:
+        """Re-read a remembered damaged record other than a node or the policy (forget it if
+        it is gone or whole)."""
+
+    async def scan(self) -> list[NodeRecord]:
+        """Read every node record and the policy once, remembering the damaged ones in
+        :attr:`faults` (no error for them); the nodes read whole."""
+        with contextlib.suppress(StoreCorruptError):
+            await self.get_policy()
+        return await self._scan_nodes()
+
+    @abc.abstractmethod
+    async def _scan_nodes(self) -> list[NodeRecord]:
+        """Decode every node record, remembering the damaged ones; the whole ones."""
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the data lives, stable across restarts: ``sqlite:///abs/path`` or
+        ``etcd://host:port,…/prefix/`` (endpoints sorted)."""
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -10,6 +10,9 @@
     ├── NotFoundError           the node (or other object) does not exist
     ├── RevisionCompactedError  a watch asked for history the store no longer keeps
     ├── SchemaError             the database was written by a newer, incompatible version
+    ├── StoreCorruptError       the stored data is damaged (integrity check, a bad record)
+    ├── StoreMissingError       no store where one was expected (empty, 0-byte, new) and
+    │                           creating one was not allowed
     └── InvalidStoreUrlError    (also a ValueError) the store URL cannot be used
 
 A ``StoreUnavailableError`` raised by a write means the outcome is unknown: the write may or
@@ -28,7 +31,9 @@ __all__ = [
     "OwnershipError",
     "RevisionCompactedError",
     "SchemaError",
+    "StoreCorruptError",
     "StoreError",
+    "StoreMissingError",
     "StoreUnavailableError",
 ]
 
@@ -84,6 +89,25 @@ class RevisionCompactedError(StoreError):
 
 class SchemaError(StoreError):
     """The stored data uses a schema this version does not understand."""
+
+
+class StoreCorruptError(StoreError):
+    """Stored data is damaged: a database failing its integrity check, or a record (``where``
+    names it: ``node 'n1'``, ``policy``, ``event 42``, or the file) that does not decode.
+
+    The store never repairs or skips such data by itself: the operator decides (restore a
+    backup, delete the record, start a fresh store).
+    """
+
+    def __init__(self, where: str, fault: str) -> None:
+        super().__init__(f"{where}: {fault}")
+        self.where = where
+        self.fault = fault
+
+
+class StoreMissingError(StoreError):
+    """The store holds no x0tta6bl4 data (a missing, 0-byte or new database, an empty etcd
+    prefix) and the store was opened with ``create=False``: nothing was written."""
 
 
 class InvalidStoreUrlError(StoreError, ValueError):

@@ -68,7 +68,9 @@ from x0tta6bl4.controller.store.errors import (
     OwnershipError,
     RevisionCompactedError,
     SchemaError,
+    StoreCorruptError,
     StoreError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from x0tta6bl4.controller.store.etcd_tls import EtcdTlsFiles, TlsEtcdClient
@@ -130,6 +132,7 @@ class _KV:
     value: bytes
     mod_revision: int
     lease: int
+    key: bytes = b""
 
 
 # --------------------------------------------------------------------------- protobuf ops
@@ -171,7 +174,12 @@ def _op_get(key: bytes, range_end: bytes | None = None) -> Any:
 
 
 def _kv(raw: Any) -> _KV:
-    return _KV(value=bytes(raw.value), mod_revision=int(raw.mod_revision), lease=int(raw.lease))
+    return _KV(
+        value=bytes(raw.value),
+        mod_revision=int(raw.mod_revision),
+        lease=int(raw.lease),
+        key=bytes(raw.key),
+    )
 
 
 class EtcdStore(Store):
@@ -185,6 +193,7 @@ class EtcdStore(Store):
         node_ttl: int = 60,
         timeout: float = 5.0,
         tls: EtcdTlsFiles | None = None,
+        create: bool = True,
     ) -> None:
         """``tls``: reach etcd over TLS with these client certificate files (etcds://)."""
         if not endpoints:
@@ -206,11 +215,17 @@ class EtcdStore(Store):
         self._client: aetcd.Client | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.create = create
 
     def __repr__(self) -> str:
         hosts = ",".join(f"{host}:{port}" for host, port in self.endpoints)
         scheme = "etcd" if self._tls is None else "etcds"
         return f"EtcdStore({scheme}://{hosts}, prefix={self.prefix!r})"
+
+    @property
+    def location(self) -> str:
+        hosts = ",".join(sorted(f"{host}:{port}" for host, port in self.endpoints))
+        return f"etcd://{hosts}{self.prefix}"
 
     @property
     def failovers(self) -> int:
@@ -367,17 +382,34 @@ class EtcdStore(Store):
     # -- lifecycle -----------------------------------------------------------------
 
     async def open(self) -> None:
+        """Check the prefix: its schema key, and that it is not data without one; create the
+        schema in an empty prefix only when :attr:`create` allows."""
         self._closed = False
         key = self._p + b"meta/schema"
         version = str(SCHEMA_VERSION).encode()
-        created, response = await self._txn(
-            [_cmp_create(key, 0)], [_op_put(key, version)], [_op_get(key)]
-        )
-        if created:
-            return
-        kvs = response.responses[0].response_range.kvs
-        stored = bytes(kvs[0].value) if kvs else version
-        if not stored.isdigit() or int(stored) > SCHEMA_VERSION:
+        where = f"etcd prefix {self.prefix} at {self._endpoint_list()}"
+        schema = await self._get(key)
+        if schema is None:
+            _, keys, _ = await self._range(self._p, _range_end(self._p), keys_only=True)
+            if keys:
+                raise StoreCorruptError(
+                    where, f"holds {len(keys)} key(s) but no meta/schema key (e.g. {keys[0]!r:.80})"
+                )
+            if not self.create:
+                raise StoreMissingError(f"{where} is empty")
+            created, response = await self._txn(
+                [_cmp_create(key, 0)], [_op_put(key, version)], [_op_get(key)]
+            )
+            if created:
+                return
+            kvs = response.responses[0].response_range.kvs
+            schema = _kv(kvs[0]) if kvs else None
+            if schema is None:  # pragma: no cover - created and deleted in between
+                raise StoreUnavailableError(f"{where}: the schema key vanished while opening")
+        stored = schema.value
+        if not stored.isdigit():
+            raise StoreCorruptError(where, f"meta/schema holds {stored[:16]!r}, not a version")
+        if int(stored) > SCHEMA_VERSION:
             raise SchemaError(
                 f"etcd prefix {self.prefix} holds schema version {stored[:16]!r}; this version "
                 f"of x0tta6bl4 understands up to {SCHEMA_VERSION}"
@@ -403,11 +435,31 @@ class EtcdStore(Store):
 
     # -- nodes ---------------------------------------------------------------------
 
+    def _where(self, kv: _KV) -> str:
+        return f"node {kv.key[len(self._p) + len(b'nodes/') :].decode(errors='replace')!r}"
+
     def _decode_node(self, kv: _KV) -> NodeRecord:
+        """Decode a node record; a damaged one raises StoreCorruptError and is remembered."""
+        where = self._where(kv)
         try:
-            return NodeRecord.from_json(loads(kv.value))
+            record = NodeRecord.from_json(loads(kv.value))
         except ModelError as exc:
-            raise StoreError(f"corrupt node record in etcd: {exc}") from exc
+            raise self._record_fault(where, str(exc)) from None
+        self._clear_fault(where)
+        return record
+
+    async def _scan_nodes(self) -> list[NodeRecord]:
+        values, _ = await self._node_kvs()
+        whole = []
+        for kv in values:
+            try:
+                whole.append(self._decode_node(kv))
+            except StoreCorruptError:
+                continue
+        return whole
+
+    async def _recheck_other(self, where: str) -> None:
+        self._clear_fault(where)  # only nodes and the policy are remembered here
 
     async def _used_addresses(self, network: IPv4Network) -> set[IPv4Address]:
         prefix = self._p + b"ipam/"
@@ -495,7 +547,10 @@ class EtcdStore(Store):
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         kv = await self._get(self._node_key(node_id))
-        return None if kv is None else self._decode_node(kv)
+        if kv is None:
+            self._clear_fault(f"node {node_id!r}")
+            return None
+        return self._decode_node(kv)
 
     async def _node_kvs(self) -> tuple[list[_KV], int]:
         prefix = self._p + b"nodes/"
@@ -507,14 +562,25 @@ class EtcdStore(Store):
         return [self._decode_node(kv) for kv in values]
 
     async def _delete_if_unchanged(self, node_id: str, kv: _KV) -> bool:
-        record = self._decode_node(kv)
         node_key = self._node_key(node_id)
+        try:
+            addresses = [self._decode_node(kv).overlay_ip]
+        except StoreCorruptError:
+            # A damaged record names no address: release every one held by this node ID.
+            prefix = self._p + b"ipam/"
+            values, keys, _ = await self._range(prefix, _range_end(prefix))
+            addresses = [
+                IPv4Address(key[len(prefix) :].decode())
+                for key, held in zip(keys, values, strict=True)
+                if held.value == node_id.encode()
+            ]
         ok, _ = await self._txn(
             [_cmp_mod(node_key, kv.mod_revision)],
-            [_op_delete(node_key), _op_delete(self._ipam_key(record.overlay_ip))],
+            [_op_delete(node_key), *(_op_delete(self._ipam_key(a)) for a in addresses)],
         )
         if ok:
             await self._revoke(kv.lease)
+            self._clear_fault(f"node {node_id!r}")
         return ok
 
     async def delete_node(self, node_id: str) -> bool:
@@ -564,7 +630,10 @@ class EtcdStore(Store):
         values, _ = await self._node_kvs()
         expired = []
         for kv in values:
-            record = self._decode_node(kv)
+            try:
+                record = self._decode_node(kv)
+            except StoreCorruptError:
+                continue  # remembered in faults; the operator decides (DELETE the node)
             if record.last_seen < older_than and await self._delete_if_unchanged(
                 record.node_id, kv
             ):
@@ -573,14 +642,15 @@ class EtcdStore(Store):
 
     # -- policy --------------------------------------------------------------------
 
-    @staticmethod
-    def _decode_policy(kv: _KV | None) -> StoredPolicy:
+    def _decode_policy(self, kv: _KV | None) -> StoredPolicy:
         if kv is None:
+            self._clear_fault("policy")
             return StoredPolicy(policy=Policy(), revision=0)
         try:
             policy = Policy.from_json(loads(kv.value))
         except ModelError as exc:
-            raise StoreError(f"corrupt policy in etcd: {exc}") from exc
+            raise self._record_fault("policy", str(exc)) from None
+        self._clear_fault("policy")
         return StoredPolicy(policy=policy, revision=kv.mod_revision)
 
     async def get_policy(self) -> StoredPolicy:
@@ -604,6 +674,7 @@ class EtcdStore(Store):
                 f"policy is at revision {current}, not the expected {expected_revision}",
                 current_revision=current,
             )
+        self._clear_fault("policy")
         return int(response.header.revision)
 
     # -- revisions and watch -------------------------------------------------------

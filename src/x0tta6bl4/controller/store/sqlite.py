@@ -59,7 +59,9 @@ from x0tta6bl4.controller.store.errors import (
     OwnershipError,
     RevisionCompactedError,
     SchemaError,
+    StoreCorruptError,
     StoreError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from x0tta6bl4.policy import Policy
@@ -109,6 +111,10 @@ def _decode_node(raw: str) -> NodeRecord:
     return NodeRecord.from_json(loads(raw))
 
 
+def _where(node_id: str) -> str:
+    return f"node {node_id!r}"
+
+
 class SqliteStore(Store):
     """A :class:`Store` in one SQLite file (see the module docstring)."""
 
@@ -119,6 +125,7 @@ class SqliteStore(Store):
         event_retention: int = 10_000,
         busy_timeout: float = 10.0,
         poll_interval: float = 0.25,
+        create: bool = True,
     ) -> None:
         if event_retention < 1:
             raise ValueError("event_retention must be at least 1")
@@ -131,9 +138,33 @@ class SqliteStore(Store):
         self._cond: asyncio.Condition | None = None
         self._seq = 0
         self._closed = False
+        self.create = create
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
+
+    @property
+    def location(self) -> str:
+        return f"sqlite://{self.path.absolute()}"
+
+    # -- records -------------------------------------------------------------------
+
+    def _node(self, node_id: str, raw: str) -> NodeRecord:
+        """Decode a node row; a damaged one raises StoreCorruptError and is remembered."""
+        try:
+            record = _decode_node(raw)
+        except ModelError as exc:
+            raise self._record_fault(_where(node_id), str(exc)) from None
+        self._clear_fault(_where(node_id))
+        return record
+
+    def _policy_document(self, raw: str) -> Policy:
+        try:
+            policy = Policy.from_json(loads(raw))
+        except ModelError as exc:
+            raise self._record_fault("policy", str(exc)) from None
+        self._clear_fault("policy")
+        return policy
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -146,6 +177,8 @@ class SqliteStore(Store):
             return await loop.run_in_executor(executor, fn, conn)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailableError(f"SQLite store {self.path} is unavailable: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
+            raise self._record_fault(f"database {self.path}", str(exc)) from exc
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path} failed: {exc}") from exc
 
@@ -221,19 +254,31 @@ class SqliteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            size = self.path.stat().st_size if self.path.exists() else None
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        if not self.create and not size:
+            state = "does not exist" if size is None else "is empty (0 bytes)"
+            raise StoreMissingError(f"SQLite store {self.path} {state}")
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():
+            if size is None:
                 # Created 0600 before SQLite sees it: the file may hold CA material.
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
         try:
+            self._check_integrity(conn)
             self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version == 0 and not self.create:
+                    raise StoreMissingError(
+                        f"SQLite store {self.path} holds no x0tta6bl4 data (no schema)"
+                    )
                 if version == 0:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
@@ -248,13 +293,30 @@ class SqliteStore(Store):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             conn.close()
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreCorruptError(str(self.path), f"not a usable SQLite database: {exc}") from exc
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA quick_check`` (every page and index structure, O(size)); raises
+        StoreCorruptError with SQLite's first findings."""
+        try:
+            findings = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:  # SQLite gave up reading the file
+            findings = [str(exc)]
+        if findings != ["ok"]:
+            raise StoreCorruptError(
+                str(self.path), "integrity check failed: " + "; ".join(findings)[:500]
+            )
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch to WAL, waiting up to the busy timeout: the switch needs an exclusive lock
@@ -297,7 +359,7 @@ class SqliteStore(Store):
             row = conn.execute(
                 "SELECT record FROM nodes WHERE node_id = ?", (registration.node_id,)
             ).fetchone()
-            existing = None if row is None else _decode_node(row[0])
+            existing = None if row is None else self._node(registration.node_id, row[0])
             # Under BEGIN IMMEDIATE: no other writer can slip in between check and write.
             address = kept_address(registration, existing, network)
             if address is None:
@@ -349,13 +411,30 @@ class SqliteStore(Store):
                 "SELECT record FROM nodes WHERE node_id = ?", (node_id,)
             ).fetchone()
         )
-        return None if row is None else _decode_node(row[0])
+        if row is None:
+            self._clear_fault(_where(node_id))
+            return None
+        return self._node(node_id, row[0])
 
     async def list_nodes(self) -> list[NodeRecord]:
         rows = await self._run(
-            lambda conn: conn.execute("SELECT record FROM nodes ORDER BY node_id").fetchall()
+            lambda conn: conn.execute(
+                "SELECT node_id, record FROM nodes ORDER BY node_id"
+            ).fetchall()
         )
-        return [_decode_node(row[0]) for row in rows]
+        return [self._node(node_id, raw) for node_id, raw in rows]
+
+    async def _scan_nodes(self) -> list[NodeRecord]:
+        rows = await self._run(
+            lambda conn: conn.execute("SELECT node_id, record FROM nodes").fetchall()
+        )
+        whole = []
+        for node_id, raw in rows:
+            try:
+                whole.append(self._node(node_id, raw))
+            except StoreCorruptError:
+                continue
+        return whole
 
     async def delete_node(self, node_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
@@ -367,7 +446,9 @@ class SqliteStore(Store):
             self._emit(conn, EventKind.NODE_DELETED, node_id, None)
             return True
 
-        return await self._write(work)
+        deleted = await self._write(work)
+        self._clear_fault(_where(node_id))
+        return deleted
 
     async def touch_node(
         self,
@@ -384,7 +465,7 @@ class SqliteStore(Store):
             row = conn.execute("SELECT record FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"node {node_id!r} is not registered")
-            old = _decode_node(row[0])
+            old = self._node(node_id, row[0])
             if owner is not None and old.spiffe_id != owner:
                 raise OwnershipError(node_id)
             record = replace(old, last_seen=now, status=old.status if status is None else status)
@@ -412,16 +493,19 @@ class SqliteStore(Store):
                 self._emit(conn, EventKind.NODE_DELETED, node_id, None)
             return expired
 
-        return await self._write(work)
+        expired = await self._write(work)
+        for node_id in expired:
+            self._clear_fault(_where(node_id))
+        return expired
 
     # -- policy --------------------------------------------------------------------
 
-    @staticmethod
-    def _policy(conn: sqlite3.Connection) -> StoredPolicy:
+    def _policy(self, conn: sqlite3.Connection) -> StoredPolicy:
         row = conn.execute("SELECT revision, document FROM policy WHERE id = 1").fetchone()
         if row is None:
+            self._clear_fault("policy")
             return StoredPolicy(policy=Policy(), revision=0)
-        return StoredPolicy(policy=Policy.from_json(loads(row[1])), revision=int(row[0]))
+        return StoredPolicy(policy=self._policy_document(row[1]), revision=int(row[0]))
 
     async def get_policy(self) -> StoredPolicy:
         return await self._run(self._policy)
@@ -431,7 +515,8 @@ class SqliteStore(Store):
             raise TypeError("policy must be a Policy")
 
         def work(conn: sqlite3.Connection) -> Revision:
-            current = self._policy(conn).revision
+            row = conn.execute("SELECT revision FROM policy WHERE id = 1").fetchone()
+            current = 0 if row is None else int(row[0])
             if expected_revision is not None and current != expected_revision:
                 raise ConflictError(
                     f"policy is at revision {current}, not the expected {expected_revision}",
@@ -447,7 +532,9 @@ class SqliteStore(Store):
             )
             return revision
 
-        return await self._write(work)
+        revision = await self._write(work)
+        self._clear_fault("policy")
+        return revision
 
     # -- revisions and watch -------------------------------------------------------
 
@@ -460,43 +547,64 @@ class SqliteStore(Store):
 
     async def snapshot(self) -> Snapshot:
         def work(conn: sqlite3.Connection) -> Snapshot:
-            rows = conn.execute("SELECT record FROM nodes ORDER BY node_id").fetchall()
+            rows = conn.execute("SELECT node_id, record FROM nodes ORDER BY node_id").fetchall()
             return Snapshot(
-                nodes=tuple(_decode_node(row[0]) for row in rows),
+                nodes=tuple(self._node(node_id, raw) for node_id, raw in rows),
                 policy=self._policy(conn),
                 revision=self._revision(conn),
             )
 
         return await self._read(work)
 
-    @staticmethod
-    def _events_after(conn: sqlite3.Connection, after: Revision) -> list[StoreEvent]:
+    def _event(self, revision: int, kind: str, node_id: str | None, payload: Any) -> StoreEvent:
+        where = f"event {revision}"
+        try:
+            event_kind = EventKind(kind)
+            event = StoreEvent(
+                kind=event_kind,
+                revision=revision,
+                node_id=node_id,
+                node=_decode_node(payload) if event_kind is EventKind.NODE_PUT else None,
+                policy=(
+                    Policy.from_json(loads(payload)) if event_kind is EventKind.POLICY_PUT else None
+                ),
+            )
+        except (ModelError, ValueError) as exc:
+            raise self._record_fault(where, str(exc)) from None
+        self._clear_fault(where)
+        return event
+
+    async def _recheck_other(self, where: str) -> None:
+        kind, _, name = where.partition(" ")
+        if kind == "event" and name.isdigit():
+            row = await self._run(
+                lambda conn: conn.execute(
+                    "SELECT revision, kind, node_id, payload FROM events WHERE revision = ?",
+                    (int(name),),
+                ).fetchone()
+            )
+            if row is None:
+                self._clear_fault(where)
+            else:
+                self._event(int(row[0]), row[1], row[2], row[3])
+        elif kind == "database":
+            await self._run(self._check_integrity)
+            self._clear_fault(where)
+
+    def _events_after(self, conn: sqlite3.Connection, after: Revision) -> list[StoreEvent]:
         compacted = int(
             conn.execute("SELECT value FROM meta WHERE key = 'compacted'").fetchone()[0]
         )
         if after < compacted:
             raise RevisionCompactedError(after, compacted)
-        events = []
-        for revision, kind, node_id, payload in conn.execute(
-            "SELECT revision, kind, node_id, payload FROM events WHERE revision > ? "
-            "ORDER BY revision LIMIT 1000",
-            (after,),
-        ):
-            event_kind = EventKind(kind)
-            events.append(
-                StoreEvent(
-                    kind=event_kind,
-                    revision=int(revision),
-                    node_id=node_id,
-                    node=_decode_node(payload) if event_kind is EventKind.NODE_PUT else None,
-                    policy=(
-                        Policy.from_json(loads(payload))
-                        if event_kind is EventKind.POLICY_PUT
-                        else None
-                    ),
-                )
+        return [
+            self._event(int(revision), kind, node_id, payload)
+            for revision, kind, node_id, payload in conn.execute(
+                "SELECT revision, kind, node_id, payload FROM events WHERE revision > ? "
+                "ORDER BY revision LIMIT 1000",
+                (after,),
             )
-        return events
+        ]
 
     async def watch(self, from_revision: Revision) -> AsyncIterator[StoreEvent]:
         if isinstance(from_revision, bool) or not isinstance(from_revision, int):
@@ -639,7 +747,8 @@ class SqliteStore(Store):
                     last_seen,
                 ):
                     problems.append(f"node {node_id}: record and index columns disagree")
-            policy_revision = self._policy(conn).revision
+            row = conn.execute("SELECT revision FROM policy WHERE id = 1").fetchone()
+            policy_revision = 0 if row is None else int(row[0])
             if policy_revision > revision:
                 problems.append(f"policy revision {policy_revision} > {revision}")
             return problems
