@@ -52,13 +52,16 @@ __all__ = [
 
 _SCHEME: Final = "spiffe://"
 # Trust domain and path segment character sets of the SPIFFE ID standard.
-_TD_RE: Final = re.compile(r"^[a-z0-9._-]+$")
+# Always used with fullmatch: "$" would also match before a trailing newline (py-spiffe's own
+# checks do exactly that, so parse_spiffe_id checks the whole text again with _ID_RE).
+_TD_RE: Final = re.compile(r"[a-z0-9._-]+")
 _SEGMENT_CHARS: Final = r"A-Za-z0-9._\-"
-_PATTERN_SEGMENT_RE: Final = re.compile(rf"^[{_SEGMENT_CHARS}*?]+$")
+_PATTERN_SEGMENT_RE: Final = re.compile(rf"[{_SEGMENT_CHARS}*?]+")
+_ID_RE: Final = re.compile(rf"spiffe://[a-z0-9._-]+(?:/[{_SEGMENT_CHARS}]+)*")
 # Kubernetes: namespaces are DNS-1123 labels, service accounts DNS-1123 subdomains.
-_DNS1123_LABEL_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN_RE: Final = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 )
 _MAX_ID_LENGTH: Final = 2048  # the SPIFFE ID standard's limit for URI SANs
 
@@ -96,7 +99,7 @@ def parse_trust_domain(value: str | TrustDomain, *, canonical: bool = False) -> 
         raise InvalidTrustDomainError("trust domain is empty")
     if "/" in name:
         raise InvalidTrustDomainError(f"trust domain {value!r} must not contain a path")
-    if not _TD_RE.match(name.lower()):
+    if not _TD_RE.fullmatch(name.lower()):
         raise InvalidTrustDomainError(
             f"trust domain {value!r} may only contain letters, digits, '.', '-' and '_'"
         )
@@ -140,6 +143,12 @@ def parse_spiffe_id(
             spiffe_id = SpiffeId(value)
         except PySpiffeError as err:
             raise InvalidSpiffeIdError(str(err)) from err
+        if not _ID_RE.fullmatch(str(spiffe_id)):
+            # py-spiffe checks segments with "^…$", which lets a trailing newline through
+            # ("spiffe://td/ns/prod\n/sa/x"): found by fuzz/spiffe_ids.py.
+            raise InvalidSpiffeIdError(
+                f"SPIFFE ID {value!r} holds characters outside the SPIFFE ID standard's set"
+            )
         if canonical and str(spiffe_id) != value:
             raise InvalidSpiffeIdError(
                 f"SPIFFE ID {value!r} is not in canonical form (expected {str(spiffe_id)!r})"
@@ -168,11 +177,11 @@ def workload_id(trust_domain: str | TrustDomain, namespace: str, serviceaccount:
     Kubernetes requires; anything else raises :class:`InvalidSpiffeIdError`.
     """
     td = parse_trust_domain(trust_domain)
-    if len(namespace) > 63 or not _DNS1123_LABEL_RE.match(namespace):
+    if len(namespace) > 63 or not _DNS1123_LABEL_RE.fullmatch(namespace):
         raise InvalidSpiffeIdError(
             f"namespace {namespace!r} is not a valid Kubernetes namespace (DNS-1123 label)"
         )
-    if len(serviceaccount) > 253 or not _DNS1123_SUBDOMAIN_RE.match(serviceaccount):
+    if len(serviceaccount) > 253 or not _DNS1123_SUBDOMAIN_RE.fullmatch(serviceaccount):
         raise InvalidSpiffeIdError(
             f"service account {serviceaccount!r} is not a valid Kubernetes name "
             "(DNS-1123 subdomain)"
@@ -369,7 +378,7 @@ def _compile_segments(pattern: str, segments: list[str]) -> tuple[_Matchers, _Ma
             raise InvalidSpiffeIdError(
                 f"SPIFFE ID pattern {pattern!r:.80} has an empty path segment"
             )
-        if segment in {".", ".."} or not _PATTERN_SEGMENT_RE.match(segment):
+        if segment in {".", ".."} or not _PATTERN_SEGMENT_RE.fullmatch(segment):
             raise InvalidSpiffeIdError(
                 f"SPIFFE ID pattern {pattern!r:.80}: invalid path segment {segment!r:.80}"
             )
