@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tests.integration.controller_support import (
     NODE_DEV,
     TD,
     Identity,
+    ServerThread,
     app_client,
     bearer,
     controller,
@@ -577,6 +578,25 @@ async def test_status_and_topology(
 # --------------------------------------------------------------------------- watch
 
 
+WAIT = 20.0  # a hang guard for awaited conditions, never a performance assertion
+
+
+async def _watchers(client: httpx.AsyncClient) -> float:
+    """The controller's ``x0tta6bl4_watchers`` gauge: watch requests open right now."""
+    text = (await client.get("/metrics")).text
+    line = next(line for line in text.splitlines() if line.startswith("x0tta6bl4_watchers "))
+    return float(line.split()[1])
+
+
+async def _until(value: Callable[[], Awaitable[float]], expected: float) -> None:
+    """Wait until ``await value()`` equals ``expected`` (polled every 10 ms; :data:`WAIT` is a
+    hang guard)."""
+    deadline = time.monotonic() + WAIT
+    while await value() != expected:
+        assert time.monotonic() < deadline, f"never reached {expected}"
+        await asyncio.sleep(0.01)
+
+
 async def test_watch_sees_registration(
     ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
 ) -> None:
@@ -587,7 +607,7 @@ async def test_watch_sees_registration(
             f"/api/v1/watch?from_revision={start}&timeout=30", headers=bearer(tokens[NODE_B])
         )
     )
-    await asyncio.sleep(0.05)
+    await _until(lambda: _watchers(client), 1.0)  # the watch is open and waiting
     assert not waiter.done()
     assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
     r = await waiter
@@ -623,14 +643,30 @@ async def test_watch_server_sent_events(
 async def test_sse_keeps_the_watch_across_keepalives(
     tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
 ) -> None:
-    async with controller(tmp_path / "ctl", identity, sse_keepalive_seconds=0.02) as (_, client):
-        headers = {**ADMIN, "Accept": "text/event-stream"}
-        stream = asyncio.create_task(
-            client.get("/api/v1/watch?from_revision=0&timeout=1.5", headers=headers)
-        )
-        await asyncio.sleep(0.3)
-        assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
-        text = (await stream).text
+    # A real server: the in-process transport hands a response over only once it is complete.
+    settings = controller_settings(tmp_path / "ctl", identity, sse_keepalive_seconds=0.02)
+    app = create_app(settings, jwt_bundle_fetch=identity.source.fetch_jwt_bundles)
+    headers = {**ADMIN, "Accept": "text/event-stream"}
+    with ServerThread(app) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=WAIT) as client,
+            client.stream("GET", "/api/v1/watch?from_revision=0&timeout=60", headers=headers) as r,
+        ):
+            chunks = r.aiter_text()
+            text = ""
+
+            async def read_until(needle: str, after: int = 0) -> None:
+                nonlocal text
+                while needle not in text[after:]:
+                    text += await asyncio.wait_for(anext(chunks), WAIT)
+
+            await read_until(": keep-alive")
+            assert "event:" not in text  # nothing happened yet: only keep-alives
+            registered = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+            assert registered.status_code == 200
+            await read_until("event: node_put")
+            # The watch goes on after the event: more keep-alives, the event not sent again.
+            await read_until(": keep-alive", after=text.index("event: node_put"))
     assert text.index(": keep-alive") < text.index("event: node_put")
     assert text.count("event: node_put") == 1
 

@@ -583,8 +583,32 @@ async def test_leader_election_is_mutually_exclusive(backend: Backend) -> None:
         await a.try_acquire_leader("Bad Name", "replica-a", 10)
 
 
+def _count_leader_attempts(store: Store) -> list[bool]:
+    """Record the answer of every ``try_acquire_leader`` the store is asked (a spy on the real
+    method: the store still decides)."""
+    answers: list[bool] = []
+    real = store.try_acquire_leader
+
+    async def counted(name: str, identity: str, ttl: float) -> bool:
+        answer = await real(name, identity, ttl)
+        answers.append(answer)
+        return answer
+
+    store.try_acquire_leader = counted  # type: ignore[method-assign]
+    return answers
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (checked every 10 ms; :data:`WAIT` is a hang guard)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
 async def test_leader_context_hands_over_on_exit(backend: Backend) -> None:
     a, b = await backend.open(), await backend.open()
+    a_answers, b_answers = _count_leader_attempts(a), _count_leader_attempts(b)
     b_entered = asyncio.Event()
 
     async def second() -> None:
@@ -594,7 +618,10 @@ async def test_leader_context_hands_over_on_exit(backend: Backend) -> None:
 
     async with a.leader("expirer", "replica-a", 3) as leadership:
         contender = asyncio.create_task(second())
-        await asyncio.sleep(1.2)  # b tries at once and after 1 s; a renews after 1 s
+        # b has tried twice (at once and one period later) and a has renewed once.
+        await _until(lambda: len(b_answers) >= 2 and len(a_answers) >= 2)
+        assert b_answers[:2] == [False, False]
+        assert a_answers[:2] == [True, True]
         assert not b_entered.is_set()
         assert not leadership.lost.is_set()
         assert await b.try_acquire_leader("expirer", "replica-b", 3) is False

@@ -734,7 +734,7 @@ def test_new_neighbours_are_batched_but_a_lost_one_is_advertised_at_once() -> No
     assert r.counters["originated"] == start + 5
     r.neighbour_up("p5", 1, 31.5)
     r.neighbour_down("p5", 31.5)  # the 5th: flapping, a quarter of the (grown) hold
-    wait = r._hold / 4
+    wait = r.batch_hold / 4
     assert wait > 1.0
     advance(r, 31.0 + wait - 0.01)
     assert r.counters["originated"] == start + 5

@@ -248,6 +248,13 @@ class Router:
         """Sequence number of our current advert."""
         return self._seq
 
+    @property
+    def batch_hold(self) -> float:
+        """The current batch hold (see the module docstring): how long after the previous
+        advert a new neighbour or a cost change waits; a flapping node's loss waits a quarter
+        of it."""
+        return self._hold
+
     def next_hop(self, dest: str) -> str | None:
         route = self._routes.get(dest)
         return route.next_hop if route else None
