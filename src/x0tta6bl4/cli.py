@@ -3,6 +3,11 @@
 Every subcommand lives in its own module under :mod:`x0tta6bl4.commands` and is registered
 here. Heavy imports happen inside the commands so that ``--help`` stays fast. Every option is
 also settable through an ``X0_…`` environment variable (shown in ``--help``).
+
+Standard output carries only a command's result (``--json``: exactly one JSON document): before
+any command runs, logging is configured to write to standard error (a library that logs
+through an unconfigured structlog would otherwise print to standard output). Commands with
+``--log-format`` / ``--log-level`` configure it again from their flags.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _logs_to_stderr() -> None:
+    from x0tta6bl4.logging import configure_logging
+
+    configure_logging(None, "info")
+
 
 _RUN = "Run the mesh"
 _OPERATE = "Operate"

@@ -217,8 +217,10 @@ def configure_logging(
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
-    # Access logs would duplicate our own request metrics and may carry query strings.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Access logs would duplicate our own request metrics and may carry query strings; so would
+    # the HTTP client's line per request (a node's status reports, ``up``'s readiness polls).
+    for name in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return chosen
 
 

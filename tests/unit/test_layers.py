@@ -70,7 +70,7 @@ _EVERYTHING_BELOW_COMMANDS = (
 
 LAYERS: dict[str, Layer] = {
     # top first; a layer names every layer it imports directly
-    "cli": Layer(("x0tta6bl4.cli", "x0tta6bl4.__main__"), ("commands",)),
+    "cli": Layer(("x0tta6bl4.cli", "x0tta6bl4.__main__"), ("commands", "base")),
     "commands": Layer(("x0tta6bl4.commands",), _EVERYTHING_BELOW_COMMANDS),
     "check": Layer(("x0tta6bl4.check",), ("local",)),
     "bench": Layer(
