@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native-built
 NATIVE_SOURCES := $(shell find native/src native/python -type f 2>/dev/null) native/Cargo.toml native/pyproject.toml
 
-.PHONY: up test lint typecheck pytest native-test setup system tools clean fuzz
+.PHONY: up test lint typecheck pytest native-test setup system tools components clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ system:
 tools:
 	scripts/install-tools.sh
 
+# The pinned components of the real cluster the tests in tests/cluster/ run on, built from
+# their Go modules into the machine-wide cache (a no-op when the cache has them).
+CLUSTER_COMPONENTS := kubernetes etcd coredns kube-router pause metrics-server
+components:
+	scripts/components/build $(CLUSTER_COMPONENTS) >/dev/null
+
 up: setup
 	scripts/demo.sh
 
@@ -40,7 +46,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup system tools
+pytest: setup system tools components
 	scripts/run-pytest.sh
 
 # The Rust cores' own unit tests (the Python-facing behaviour is tested by pytest tests/native).
