@@ -1,0 +1,169 @@
+"""``scripts/cluster staging``: the guide's Deployment Steps, as written, on a local cluster.
+
+1. the guide's namespaces (``x0tta6bl4-staging`` enforcing the PodSecurity ``restricted``
+   profile, ``monitoring``, ``spire``);
+2. SPIRE as its own release, first (``charts/x0tta6bl4-spire``, when the repository has it);
+3. the mesh CA Secret ``x0tta6bl4-mesh-ca`` from ``x0tta6bl4 controller ca init``;
+4. ``helm install x0tta6bl4 charts/x0tta6bl4 -n x0tta6bl4-staging -f values-staging.yaml`` with
+   the guide's file as written;
+5. returns when ``x0tta6bl4 check --post`` passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from clusterlib.cluster import BUILD_IMAGE, CACHE, COMPONENTS, Cluster, component_versions
+from clusterlib.util import REPO_ROOT, ClusterError, log, run, step
+
+__all__ = ["CHART", "NAMESPACE", "SPIRE_CHART", "VALUES", "staging"]
+
+NAMESPACE = "x0tta6bl4-staging"
+CHART = REPO_ROOT / "charts" / "x0tta6bl4"
+VALUES = CHART / "values-staging.yaml"
+SPIRE_CHART = REPO_ROOT / "charts" / "x0tta6bl4-spire"
+CHECK_WAIT = int(os.environ.get("X0_CLUSTER_CHECK_WAIT", "900"))
+
+
+def helm_binary() -> str:
+    for cand in (REPO_ROOT / ".tools" / "bin" / "helm", shutil.which("helm")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    raise ClusterError("helm missing: run scripts/install-tools.sh (make tools)")
+
+
+def x0_binary() -> str:
+    for cand in (REPO_ROOT / ".venv" / "bin" / "x0tta6bl4", shutil.which("x0tta6bl4")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    raise ClusterError("x0tta6bl4 missing: run make setup")
+
+
+def staging_images(cluster: Cluster) -> list[Path]:
+    """The images the guide's values name besides x0tta6bl4's own: Prometheus (monitoring)."""
+    v = component_versions()
+    bins = run([str(COMPONENTS), "prometheus"], timeout=7200).stdout.split()
+    minor = int(v["PROMETHEUS_VERSION"].split(".")[1]) - 300
+    patch = v["PROMETHEUS_VERSION"].split(".")[2]
+    ref = f"quay.io/prometheus/prometheus:v3.{minor}.{patch}"
+    out = CACHE / "images" / (ref.replace("/", "_").replace(":", "_") + ".tar")
+    if not out.exists():
+        run(
+            [
+                str(BUILD_IMAGE), "--binary", ref, "--out", str(out),
+                "--entrypoint", "/bin/prometheus", "--user", "65534:65534",
+                "--workdir", "/prometheus",
+                "--add", f"{bins[0]}/prometheus:/bin/prometheus",
+                "--dir", "/prometheus:65534:65534", "--dir", "/etc/prometheus",
+                "--cmd", "--config.file=/etc/prometheus/prometheus.yml",
+                "--cmd", "--storage.tsdb.path=/prometheus",
+            ],
+            timeout=1200,
+        )  # fmt: skip
+    return [out]
+
+
+def helm(cluster: Cluster, *args: str, timeout: float = 900) -> str:
+    return run([helm_binary(), f"--kubeconfig={cluster.kubeconfig}", *args], timeout=timeout).stdout
+
+
+def staging(cluster: Cluster, *, extra_set: list[str] | None = None) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    with step("Loading the images the guide's values name (Prometheus)"):
+        cluster.load_images(staging_images(cluster))
+    with step(
+        "Creating the guide's namespaces (x0tta6bl4-staging enforces PodSecurity restricted)"
+    ):
+        for ns in (NAMESPACE, "monitoring", "spire"):
+            obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            if ns == NAMESPACE:
+                obj["metadata"]["labels"] = {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    spiffe = SPIRE_CHART.is_dir()
+    sets = list(extra_set or [])
+    if spiffe:
+        with step("Installing SPIRE as its own release (charts/x0tta6bl4-spire)"):
+            helm(
+                cluster,
+                "upgrade",
+                "--install",
+                "spire",
+                str(SPIRE_CHART),
+                "-n",
+                "spire",
+                "--wait",
+                "--timeout",
+                "10m",
+            )
+    else:
+        log(
+            " ! charts/x0tta6bl4-spire is not in this repository yet: installing the mesh with "
+            "x0tta6bl4.spiffe.enabled=false (no SPIRE release; mesh nodes cannot register "
+            "without a Workload API, so the mesh checks will fail)"
+        )
+        sets.append("x0tta6bl4.spiffe.enabled=false")
+    with step("Creating the mesh CA Secret x0tta6bl4-mesh-ca"):
+        have = cluster.kubectl(
+            "-n",
+            NAMESPACE,
+            "get",
+            "secret",
+            "x0tta6bl4-mesh-ca",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        )
+        if not have.strip():
+            ca_dir = cluster.dir / "mesh-ca"
+            if not (ca_dir / "ca.key").exists():
+                run([x0_binary(), "controller", "ca", "init", "--out", str(ca_dir)])
+            cluster.kubectl(
+                "-n", NAMESPACE, "create", "secret", "generic", "x0tta6bl4-mesh-ca",
+                f"--from-file=ca.crt={ca_dir / 'ca.crt'}",
+                f"--from-file=ca.key={ca_dir / 'ca.key'}",
+            )  # fmt: skip
+    with step("helm install x0tta6bl4 -f values-staging.yaml (the guide's file as written)"):
+        args = [
+            "upgrade",
+            "--install",
+            "x0tta6bl4",
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--values",
+            str(VALUES),
+        ]
+        for s in sets:
+            args += ["--set", s]
+        t1 = time.monotonic()
+        helm(cluster, *args)
+        timings["helm_install_seconds"] = round(time.monotonic() - t1, 1)
+    with step("Waiting for x0tta6bl4 check --post to pass"):
+        t1 = time.monotonic()
+        check = run(
+            [
+                x0_binary(), "check", "--post", "--wait", str(CHECK_WAIT),
+                "--kubeconfig", str(cluster.kubeconfig), "--namespace", NAMESPACE,
+                "--values", str(VALUES), "-o", "table",
+            ],
+            check=False,
+            timeout=CHECK_WAIT + 120,
+        )  # fmt: skip
+        print(check.stdout, flush=True)
+        if check.returncode != 0:
+            raise ClusterError(
+                f"x0tta6bl4 check --post failed:\n{check.stdout[-4000:]}{check.stderr[-2000:]}"
+            )
+        timings["check_post_seconds"] = round(time.monotonic() - t1, 1)
+    timings["staging_seconds"] = round(time.monotonic() - t0, 1)
+    cluster.s.timings.update(timings)
+    cluster.save()
+    return timings
