@@ -72,7 +72,7 @@ LAYERS: dict[str, Layer] = {
     # top first; a layer names every layer it imports directly
     "cli": Layer(("x0tta6bl4.cli", "x0tta6bl4.__main__"), ("commands", "base")),
     "commands": Layer(("x0tta6bl4.commands",), _EVERYTHING_BELOW_COMMANDS),
-    "check": Layer(("x0tta6bl4.check",), ("local",)),
+    "check": Layer(("x0tta6bl4.check",), ("local", "identity")),
     "bench": Layer(
         ("x0tta6bl4.bench",),
         ("node", "node.core", "controller", "dataplane", "protocol", "crypto", "identity", "base"),

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from x0tta6bl4.check.cluster import ClusterContext
-from x0tta6bl4.check.mesh import ClusterMesh, MeshAccess, MeshError, MeshNode
+from x0tta6bl4.check.mesh import ClusterMesh, MeshAccess, MeshAuthError, MeshError, MeshNode
 from x0tta6bl4.check.model import (
     Category,
     Check,
@@ -74,6 +74,8 @@ async def _ping_pair(
         )
         answer: Any = json.loads(text)
         samples = [float(r["rtt_ms"]) for r in answer["results"] if r.get("rtt_ms") is not None]
+    except MeshAuthError:
+        raise
     except MeshError as exc:
         return [], f"{where}: {exc}"
     except (ValueError, KeyError, TypeError):
@@ -106,9 +108,12 @@ async def check_mesh_ping(mesh: MeshAccess) -> str:
         async with gate:
             return await _ping_pair(mesh, src, dst)
 
-    answers = await asyncio.gather(
-        *(one(src, dst) for src in alive for dst in alive if src.node_id != dst.node_id)
-    )
+    try:
+        answers = await asyncio.gather(
+            *(one(src, dst) for src in alive for dst in alive if src.node_id != dst.node_id)
+        )
+    except MeshAuthError as exc:
+        raise CheckSkippedError(str(exc)) from None
     rtts = [rtt for samples, _ in answers for rtt in samples]
     problems += [problem for _, problem in answers if problem]
     mesh.measurements["ping_rtts_ms"] = rtts

@@ -127,9 +127,14 @@ class ClusterContext:
         path = f"{base}/namespaces/{ns or self.namespace}/{resource}"
         return f"{path}/{name}" if name else path
 
-    async def _direct(self, url: str, query: Mapping[str, str] | None) -> str:
+    async def _direct(
+        self,
+        url: str,
+        query: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
         try:
-            response = await self.http.get(url, params=dict(query or {}))
+            response = await self.http.get(url, params=dict(query or {}), headers=headers)
         except httpx.HTTPError as exc:
             raise KubeUnreachableError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
@@ -153,16 +158,23 @@ class ClusterContext:
         return await self.kube.get_text(proxy, query)
 
     async def pod_text(
-        self, pod: Obj, port: int, path: str, query: Mapping[str, str] | None = None
+        self,
+        pod: Obj,
+        port: int,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
-        """GET ``path`` on a pod's port: directly at its IP in the cluster, else via the proxy."""
+        """GET ``path`` on a pod's port: directly at its IP in the cluster, else via the proxy
+        (``headers`` are sent on direct requests only: the proxy carries the API credentials)."""
         meta = pod.get("metadata") or {}
         if self.kube.in_cluster:
             ip = (pod.get("status") or {}).get("podIP")
             if not ip:
                 raise KubeError(f"pod {meta.get('name')} has no IP yet")
             host = f"[{ip}]" if ":" in str(ip) else str(ip)
-            return await self._direct(f"http://{host}:{port}{path}", query)
+            return await self._direct(f"http://{host}:{port}{path}", query, headers)
         ns = meta.get("namespace") or self.namespace
         proxy = f"/api/v1/namespaces/{ns}/pods/{quote(str(meta.get('name')))}:{port}/proxy{path}"
         return await self.kube.get_text(proxy, query)

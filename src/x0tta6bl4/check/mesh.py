@@ -9,6 +9,8 @@ cluster). Both time each request with a monotonic clock.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,11 +26,14 @@ from x0tta6bl4.local.descriptor import MeshDescriptor, read_descriptor
 __all__ = [
     "CONTROLLER_PORT",
     "NODE_HTTP_PORT",
+    "PING_PATH",
     "ClusterMesh",
     "LocalMesh",
     "MeshAccess",
+    "MeshAuthError",
     "MeshError",
     "MeshNode",
+    "NodeApiToken",
     "load_local",
 ]
 
@@ -38,6 +43,42 @@ NODE_HTTP_PORT = 7811
 
 class MeshError(Exception):
     """A request to the controller or a node failed (no answer, or not HTTP 200)."""
+
+
+class MeshAuthError(MeshError):
+    """The request needs credentials this check cannot present (a node's ``/v1/ping`` from
+    outside the cluster, or without a Workload API to get a JWT-SVID from)."""
+
+
+PING_PATH = "/v1/ping"
+"""The node route that needs a loopback caller or a JWT-SVID (docs/node.md)."""
+
+
+class NodeApiToken:
+    """JWT-SVIDs for the nodes' ``/v1/ping`` (audience ``x0tta6bl4-node``) from the Workload
+    API named by ``X0_SPIFFE_SOCKET`` / ``SPIFFE_ENDPOINT_SOCKET`` (the check pod mounts the
+    SPIRE agent's), reused until a minute before they expire."""
+
+    def __init__(self) -> None:
+        self._token: str | None = None
+        self._expiry = 0.0
+
+    async def get(self) -> str | None:
+        """A token, or None when no Workload API socket is configured."""
+        socket = os.environ.get("X0_SPIFFE_SOCKET") or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+        if not socket:
+            return None
+        if self._token is not None and time.time() < self._expiry - 60:
+            return self._token
+        from x0tta6bl4.identity import NODE_API_AUDIENCE, IdentityError, WorkloadSource
+
+        source = WorkloadSource(socket, trust_domain=os.environ.get("X0_TRUST_DOMAIN"))
+        try:
+            svid = await asyncio.to_thread(source.fetch_jwt_svid, NODE_API_AUDIENCE)
+        except IdentityError as exc:
+            raise MeshAuthError(f"cannot get a JWT-SVID for the nodes' /v1/ping: {exc}") from None
+        self._token, self._expiry = str(svid.token), float(svid.expiry)
+        return self._token
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +179,7 @@ class ClusterMesh:
 
     cluster: ClusterContext
     measurements: dict[str, Any] = field(default_factory=dict)
+    node_token: NodeApiToken = field(default_factory=NodeApiToken)
 
     def now(self) -> float:
         return self.cluster.now()
@@ -164,9 +206,26 @@ class ClusterMesh:
         self, node: MeshNode, path: str, query: Mapping[str, str] | None = None
     ) -> tuple[str, float]:
         assert node.pod is not None
+        headers = None
+        if path == PING_PATH:
+            if not self.cluster.kube.in_cluster:
+                raise MeshAuthError(
+                    "the nodes answer /v1/ping only to loopback callers and callers with a "
+                    "JWT-SVID: run the connectivity checks in the cluster (helm test, "
+                    "--in-cluster with the SPIRE agent socket)"
+                )
+            token = await self.node_token.get()
+            if token is None:
+                raise MeshAuthError(
+                    "no SPIFFE Workload API socket (X0_SPIFFE_SOCKET) to get the JWT-SVID the "
+                    "nodes' /v1/ping needs"
+                )
+            headers = {"Authorization": f"Bearer {token}"}
         start = time.perf_counter()
         try:
-            text = await self.cluster.pod_text(node.pod, NODE_HTTP_PORT, path, query)
+            text = await self.cluster.pod_text(
+                node.pod, NODE_HTTP_PORT, path, query, headers=headers
+            )
         except KubeError as exc:
             raise MeshError(str(exc)) from None
         return text, time.perf_counter() - start

@@ -39,6 +39,7 @@ from x0tta6bl4.identity.spiffe_ids import (
     workload_id,
 )
 from x0tta6bl4.identity.verify import (
+    NODE_API_AUDIENCE,
     check_x509_svid_validity,
     validate_jwt_svid,
     verify_x509_svid,
@@ -57,6 +58,7 @@ from x0tta6bl4.identity.workload_source import (
 __all__ = [
     "DEFAULT_SOCKET",
     "DEFAULT_TRUST_DOMAIN",
+    "NODE_API_AUDIENCE",
     "Backoff",
     "ErrorListener",
     "IdentityError",

@@ -30,7 +30,15 @@ from x0tta6bl4.identity.errors import (
 )
 from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
 
-__all__ = ["check_x509_svid_validity", "validate_jwt_svid", "verify_x509_svid"]
+__all__ = [
+    "NODE_API_AUDIENCE",
+    "check_x509_svid_validity",
+    "validate_jwt_svid",
+    "verify_x509_svid",
+]
+
+NODE_API_AUDIENCE = "x0tta6bl4-node"
+"""The audience of JWT-SVIDs sent to a mesh node's HTTP API (``/v1/ping``)."""
 
 _MAX_TOKEN_LENGTH = 16 * 1024
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from spiffe import JwtBundleSet
 
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
@@ -193,14 +194,23 @@ class NodeAgent:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def _tokens(self) -> tuple[str, str]:
+    def _workload_source(self) -> Any:
         if self._source is None:
             from x0tta6bl4.identity.workload_source import WorkloadSource
 
             self._source = WorkloadSource(
                 self.settings.spiffe_socket, trust_domain=self.settings.trust_domain
             )
-        svid = await asyncio.to_thread(self._source.fetch_jwt_svid, JWT_AUDIENCE)
+        return self._source
+
+    async def jwt_bundles(self) -> JwtBundleSet:
+        """The JWT bundles of the node's Workload API (to verify callers of ``/v1/ping``)."""
+        bundles: JwtBundleSet = await asyncio.to_thread(self._workload_source().fetch_jwt_bundles)
+        return bundles
+
+    async def _tokens(self) -> tuple[str, str]:
+        source = self._workload_source()
+        svid = await asyncio.to_thread(source.fetch_jwt_svid, JWT_AUDIENCE)
         return str(svid.token), str(svid.spiffe_id)
 
     def _identity(self, admission: Admission) -> NodeIdentity:

@@ -4,7 +4,8 @@
 link is up (or the node is alone in the mesh), else 503 with the reason; ``GET /metrics``
 Prometheus text; ``GET /v1/status`` JSON (links with state and RTT, routes, end-to-end
 sessions, PQ SVID expiry, counters); ``GET /v1/ping?target=T&count=N&timeout=S`` runs mesh
-pings from this node (``x0tta6bl4 ping`` calls it).
+pings from this node (``x0tta6bl4 ping`` calls it) for loopback callers and callers with a
+JWT-SVID of the trust domain (:mod:`x0tta6bl4.node.api_auth`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from x0tta6bl4.httpserver import NODE_MAX_BODY_BYTES, BodyLimit, ConnectionLimiter, limited_config
+from x0tta6bl4.node.api_auth import ApiAuth
 from x0tta6bl4.node.metrics import node_registry
 
 if TYPE_CHECKING:
@@ -51,7 +53,12 @@ def build_app(agent: NodeAgent) -> Starlette:
     async def status(_: Request) -> Response:
         return JSONResponse(agent.status())
 
+    auth = ApiAuth(agent.jwt_bundles, agent.settings.trust_domain)
+
     async def ping(request: Request) -> Response:
+        refusal = await auth.refuse(request)
+        if refusal is not None:
+            return refusal
         params = request.query_params
         target = params.get("target", "")
         try:
