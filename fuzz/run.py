@@ -162,6 +162,9 @@ def main() -> int:
     )
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("X0_FUZZ_WORK", WORK)))
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print the figures as a docs table"
+    )
     opts = parser.parse_args()
     names = opts.harnesses or list(HARNESSES)
     unknown = [n for n in names if n not in HARNESSES]
@@ -191,6 +194,14 @@ def main() -> int:
     failed = [r for r in results if r.findings or (r.inputs < opts.runs and not opts.max_time)]
     if opts.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
+    elif opts.markdown:
+        print("\n| harness | inputs | seconds | exec/s | cov | ft | findings |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            print(
+                f"| `{r.harness}` | {r.inputs:,} | {r.seconds:,.0f} | {r.exec_per_s:,.0f} "
+                f"| {r.cov} | {r.ft} | {r.findings} |"
+            )
     else:
         for r in failed:
             print(
