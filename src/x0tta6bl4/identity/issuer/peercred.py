@@ -12,6 +12,13 @@ closed, so every gRPC call on a relayed connection finds its caller's credential
 connection that did not come through the relay (someone reaching the private socket
 directly) is not in the table, and the servicer refuses it (fail closed). Abstract names are
 unique while bound, so no other process can borrow one.
+
+Every relayed connection holds three file descriptors (the caller's, the relay's upstream end,
+the gRPC server's end). The relay accepts at most :func:`relay_capacity` connections — never
+more than the process's ``RLIMIT_NOFILE`` minus :data:`FD_RESERVE` allows; at capacity it stops
+accepting and newcomers wait in the kernel's backlog (:data:`RELAY_BACKLOG`) until a
+connection ends (Workload API streams are long-lived: an established caller is never evicted).
+A descriptor shortage on the way is a one-line warning, never a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import resource
 import secrets
 import socket
 import struct
@@ -29,9 +37,36 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["AttestingRelay", "PeerCredentials", "PeerTable", "peer_credentials"]
+__all__ = [
+    "FD_RESERVE",
+    "MAX_RELAYED",
+    "RELAY_BACKLOG",
+    "AttestingRelay",
+    "PeerCredentials",
+    "PeerTable",
+    "peer_credentials",
+    "relay_capacity",
+]
+
+MAX_RELAYED = 1024
+"""Most Workload API connections relayed at once (each holds three descriptors)."""
+RELAY_BACKLOG = 128
+"""Connections the kernel queues on the public socket while the relay is at capacity."""
+FD_RESERVE = 32
+"""Descriptors the relay leaves to the gRPC server, the CA files and the log."""
 
 _log = structlog.get_logger(__name__)
+
+
+def relay_capacity() -> int:
+    """How many connections the relay keeps: :data:`MAX_RELAYED`, fewer if ``RLIMIT_NOFILE``
+    leaves fewer than three descriptors each after :data:`FD_RESERVE` (at least 1)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_RELAYED
+    return max(1, min(MAX_RELAYED, (int(soft) - FD_RESERVE) // 3))
+
+
 _UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 _CHUNK = 64 * 1024
 
@@ -91,39 +126,94 @@ class AttestingRelay:
         self._table = table
         self._prefix = f"x0tta6bl4-wl-{os.getpid()}-{secrets.token_hex(6)}-"
         self._counter = itertools.count()
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._closing = False
         self._connections: set[asyncio.Task[None]] = set()
+        self.capacity = relay_capacity()
+        self.paused_at_capacity = 0
 
     async def start(self) -> None:
         """Bind the public socket (mode 0777: attestation, not file modes, decides)."""
-        self._server = await asyncio.start_unix_server(
-            self._on_connection, path=str(self._public_path)
-        )
-        os.chmod(self._public_path, 0o777)  # noqa: S103 - like SPIRE's agent socket
+        loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self._public_path))
+            os.chmod(self._public_path, 0o777)  # noqa: S103 - like SPIRE's agent socket
+            listener.listen(RELAY_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._loop = loop
+        self._resume()
+
+    def _resume(self) -> None:
+        """Watch the listener again (below capacity, or after a descriptor shortage)."""
+        listener, loop = self._listener, self._loop
+        if listener is None or loop is None or self._closing or self._reading:
+            return
+        self._reading = True
+        loop.add_reader(listener.fileno(), self._accept_ready)
+
+    def _pause(self) -> None:
+        if self._reading and self._listener is not None and self._loop is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._reading = False
+
+    def _accept_ready(self) -> None:
+        """Accept while below capacity; at capacity stop watching the listener (callers wait
+        in the kernel's backlog) until a relayed connection ends."""
+        listener, loop = self._listener, self._loop
+        assert listener is not None
+        assert loop is not None
+        while len(self._connections) < self.capacity:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # out of descriptors: wait a second, say so once
+                _log.warning("identity.relay.accept_failed", error=str(err))
+                self._pause()
+                loop.call_later(1.0, self._resume)
+                return
+            conn.setblocking(False)
+            task = loop.create_task(self._on_connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._finished)
+        self.paused_at_capacity += 1
+        self._pause()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        if len(self._connections) < self.capacity:
+            self._resume()
 
     async def close(self) -> None:
         """Stop accepting and drop every relayed connection."""
-        if self._server is not None:
-            self._server.close()
+        self._closing = True
+        self._pause()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for task in list(self._connections):
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def _on_connection(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+        except OSError as err:
+            _log.warning("identity.relay.connection_failed", error=str(err))
+            conn.close()
+            return
         try:
             await self._relay(reader, writer)
         except asyncio.CancelledError:
-            pass
-        finally:
-            self._connections.discard(task)
+            writer.transport.abort()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -134,7 +224,12 @@ class AttestingRelay:
             return
         name = f"{self._prefix}{next(self._counter)}"
         peer = f"unix-abstract:{name}"
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as err:  # out of descriptors: this caller is dropped, the relay lives
+            _log.warning("identity.relay.no_upstream_socket", error=str(err))
+            writer.transport.abort()
+            return
         up_writer: asyncio.StreamWriter | None = None
         try:
             upstream.bind("\0" + name)

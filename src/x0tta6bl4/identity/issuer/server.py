@@ -52,6 +52,18 @@ _STOP_GRACE: Final = 2.0
 _log = structlog.get_logger(__name__)
 
 
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """The issuer loop's handler of errors nothing awaited (asyncio's accept loop running out
+    of descriptors, a callback failing): one warning line, no traceback."""
+    message = str(context.get("message", "")).splitlines()[0] if context.get("message") else ""
+    error = context.get("exception")
+    _log.warning(
+        "identity.issuer.loop_error",
+        message=message[:200],
+        error=f"{type(error).__name__}: {error}" if error is not None else None,
+    )
+
+
 @dataclass(frozen=True)
 class IssuerConfig:
     """What ``x0tta6bl4 identity serve`` is told on its command line."""
@@ -257,6 +269,7 @@ class EmbeddedIssuer:
         authority = self._require_authority()
         assert self._private_dir is not None
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(_loop_error)
         self._stop_event = asyncio.Event()
         entries_file = (
             None if cfg.entries_file is None else EntriesFile(cfg.entries_file, cfg.trust_domain)
