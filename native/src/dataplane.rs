@@ -466,12 +466,19 @@ impl Shared {
         }
     }
 
-    /// Take every queued event (Python, when the notify fd is readable).
-    pub fn drain_events(&self) -> Vec<Event> {
+    /// Take up to `max` queued events (Python, when the notify fd is readable). If more
+    /// remain, the notify fd stays readable, so the event loop comes back after its other
+    /// callbacks (the reference driver reads 64 datagrams per readiness callback likewise).
+    pub fn drain_events(&self, max: usize) -> Vec<Event> {
         sys::eventfd_clear(&self.notify);
         let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        q.1 = 0;
-        q.0.drain(..).collect()
+        let n = q.0.len().min(max);
+        let out: Vec<Event> = q.0.drain(..n).collect();
+        q.1 = q.1.saturating_sub(out.iter().map(Event::size).sum());
+        if !q.0.is_empty() {
+            sys::eventfd_signal(&self.notify);
+        }
+        out
     }
 
     // --- sending ------------------------------------------------------------------------------

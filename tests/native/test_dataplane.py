@@ -258,3 +258,19 @@ def test_every_native_drop_counter_is_a_documented_drop_label() -> None:
     drops = [name for name in native.DATAPLANE_COUNTERS if name not in _NATIVE_NOT_DROPS]
     assert drops
     assert [name for name in drops if not is_drop_label(name)] == []
+
+
+def test_drain_takes_a_bounded_batch_and_stays_readable(line: tuple[Node, Node, Node]) -> None:
+    import select
+
+    _, b, _ = line
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i in range(20):
+            sock.sendto(b"\x01handshake-ish" + bytes([i]), b.addr)  # handed up as datagrams
+    wait_for(lambda: b.dp.counters().get("rx_datagrams", 0) >= 20)
+    first = b.dp.drain(5)
+    assert len(first) == 5
+    readable, _, _ = select.select([b.dp.notify_fd], [], [], 0)
+    assert readable  # the rest is still waiting: the event loop comes back
+    rest = b.dp.drain()
+    assert len(rest) >= 15

@@ -181,14 +181,16 @@ impl PyDataplane {
         }))
     }
 
-    /// Every event handed up since the last call, as tuples:
+    /// Up to `max_events` events handed up since the last call (the rest stay queued and the
+    /// notify fd readable), as tuples:
     /// `(0, datagram, (host, port), t)` a datagram for `receive_datagram`;
     /// `(1, peer, frames, promoted, t, probe_answered)` control frames of a link packet;
     /// `(2, src, payload, t)` an end-to-end datagram for Python's end-to-end channels;
     /// `(3, src, frames, promoted, t)` frames of an end-to-end packet for Python;
     /// `(4, dest, ip_packet)` a TUN packet Python must send (no session yet, or too big).
-    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let events = self.shared.drain_events();
+    #[pyo3(signature = (max_events = 65_536))]
+    fn drain<'py>(&self, py: Python<'py>, max_events: usize) -> PyResult<Bound<'py, PyList>> {
+        let events = self.shared.drain_events(max_events);
         let out = PyList::empty(py);
         for event in events {
             match event {

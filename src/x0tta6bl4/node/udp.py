@@ -160,7 +160,7 @@ class MeshEndpoint:
         native = self.native
         if self.closed or native is None:
             return
-        events = native.drain()
+        events = native.drain(RECV_BATCH)
         if events:
             self.datagrams_received += dispatch(self.core, events, self.on_tun, self._loop.time())
             self._service()
