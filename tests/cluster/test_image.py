@@ -107,6 +107,11 @@ def test_same_python_and_venv_path(image: Any, runtime_stage: dict[str, list[str
     assert "usr/bin/python3.13" in files
     assert "opt/x0tta6bl4/bin/x0tta6bl4" in files
     assert any(p.startswith("opt/x0tta6bl4/lib/python3.13/site-packages/x0tta6bl4/") for p in files)
+    # The native data plane, as the Dockerfile's image has it (built where cargo exists).
+    assert any(
+        p.startswith("opt/x0tta6bl4/lib/python3.13/site-packages/x0tta6bl4_native/_native")
+        for p in files
+    )
     # Byte code compiled at build time (the root filesystem is read-only at run time).
     assert any(p.endswith(".cpython-313.pyc") and "site-packages/x0tta6bl4/" in p for p in files)
 
