@@ -381,8 +381,18 @@ class NodeCore:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """One UDP datagram from ``addr``. Never raises for bad input (drops and counts)."""
         self._now = now
-        self.links.receive(data, addr, now)
-        self._process(now)
+        links = self.links
+        links.receive(data, addr, now)
+        if links.has_events or self._to_flush:
+            self._process(now)
+            return
+        # No event (the common case under a flood: a drop, or a cookie reply): no other
+        # machine has new input, so only the link layer's counters and datagrams move.
+        if links.dropped:
+            for reason, count in links.dropped.items():
+                self.dropped[reason] += count
+            links.dropped.clear()
+        self._outbox.extend(links.datagrams_to_send())
 
     def receive_link_frames(self, peer: str, plaintext: bytes, promoted: bool, now: float) -> None:
         """Frames of a link packet the native data plane opened (what it does not handle

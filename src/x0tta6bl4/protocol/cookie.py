@@ -73,13 +73,21 @@ class CookieJar:
 
     def check(self, cookie: bytes, addr: bytes, initiator_index: int, now: float) -> bool:
         """True if ``cookie`` was made for ``addr`` and ``initiator_index`` recently."""
+        return self.validate(cookie, addr, initiator_index, now) is None
+
+    def validate(
+        self, cookie: bytes, addr: bytes, initiator_index: int, now: float
+    ) -> bytes | None:
+        """None if ``cookie`` is valid for ``addr`` and ``initiator_index``; otherwise the
+        cookie to send them (one MAC computed for both answers)."""
         self._rotate(now)
+        current = self._mac(self._current, addr, initiator_index)
         if len(cookie) != COOKIE_SIZE:
-            return False
-        ok = hmac.compare_digest(cookie, self._mac(self._current, addr, initiator_index))
+            return current
+        ok = hmac.compare_digest(cookie, current)
         if self._previous is not None:
             ok |= hmac.compare_digest(cookie, self._mac(self._previous, addr, initiator_index))
-        return ok
+        return None if ok else current
 
     def next_rotation(self) -> float:
         """When the secret rotates next."""

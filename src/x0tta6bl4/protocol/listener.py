@@ -220,9 +220,9 @@ class HandshakeListener:
         if fragment.total_length != INIT_MESSAGE_SIZE:
             raise RemoteProtocolError(DropReason.BAD_LENGTH, "INIT has the wrong length")
         index = fragment.sender_index
-        if not self._jar.check(fragment.cookie, addr, index, now):
+        cookie = self._jar.validate(fragment.cookie, addr, index, now)
+        if cookie is not None:
             # Not validated: one 21-byte datagram back, and nothing else happens.
-            cookie = self._jar.make(addr, index, now)
             reply = CookieReply(receiver_index=index, cookie=cookie)
             self._outbox.append((reply.encode(), addr))
             self.stats["cookie_replies"] += 1
