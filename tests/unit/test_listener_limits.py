@@ -389,3 +389,32 @@ def test_token_bucket_and_source_table() -> None:
         SourceLimiter(1.0, 1, max_sources=0)
     with pytest.raises(LocalProtocolError):
         HandshakeListener(config_for(node("bob")), 0.0, max_responders=0)
+
+
+def test_a_known_address_keeps_its_own_budget_when_strangers_spent_the_shared_one() -> None:
+    clock = Clock()
+    responder_config, key = _responder_config()
+    listener = HandshakeListener(responder_config, clock.now)  # type: ignore[arg-type]
+    strangers = [_addr(n, ip=0x0D000000 + (n << 8)) for n in range(RESPONDER_BURST + 10)]
+    flooder = _Flooder(listener, strangers, clock.now)
+    for _ in range(len(strangers) * 2):
+        flooder.send(clock.now, {a: a[:4] for a in strangers})
+    assert listener.dropped["over_budget"] > 0
+    spent = key.signatures
+    assert spent == RESPONDER_BURST
+    # An unknown genuine initiator gets nothing now ...
+    stranger = _genuine_link(listener, responder_config, clock, _addr(1, ip=0x0B000001))
+    stranger.exchange_cookie()
+    stranger.transfer_to_responder()
+    assert stranger.responder is None
+    # ... a known one (the owner vouches for its address) gets a responder at once.
+    link = _genuine_link(listener, responder_config, clock, _addr(2, ip=0x0B000002))
+    link.exchange_cookie()
+    for d in link.from_initiator():
+        responder = listener.receive_datagram(d, link.addr, clock.now, known=True)
+        if responder is not None:
+            link.responders[responder.local_index] = responder
+    link.run()
+    assert link.completed() is not None
+    assert listener.stats["known_responders"] == 1
+    assert key.signatures == spent + 1

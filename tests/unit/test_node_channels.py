@@ -394,3 +394,18 @@ def test_finish_rejections_count_distinct_reasons() -> None:
         b.receive(data, "alpha", pair.now)
     assert len(b.datagrams_to_send()) == 1
     assert b.dropped == {"handshake_decrypt_failed": 1, "handshake_replayed_finish": 1}
+
+
+def test_a_peer_with_a_channel_is_known_to_the_listener() -> None:
+    """A neighbour's INIT (a rekey, or a restart on its endpoint) draws on the listener's
+    known budget: strangers that spend the shared budget do not keep it out."""
+    pair = Pair()
+    a, b = pair.ends["alpha"], pair.ends["bravo"]
+    a.connect("bravo", "bravo", pair.now)
+    pair.transfer()
+    assert b.listener.stats["known_responders"] == 0  # a stranger the first time
+    pair.now += 1.0
+    a.connect("bravo", "bravo", pair.now)  # again: bravo has a channel for alpha now
+    pair.transfer()
+    assert b.listener.stats["known_responders"] == 1
+    assert b.listener.stats["responders"] == 2

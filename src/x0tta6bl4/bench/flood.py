@@ -11,9 +11,10 @@ Three kinds of processes on loopback UDP, all real:
     fetch a cookie, then each holds a partial INIT open and sends one more byte every 2 s
     (issue #13, row 4);
   - ``cookie_flood``: INITs that echo valid cookies at ``--rate`` per second from
-    ``--hosts`` IP addresses (8 ports each), each with a valid key share, so that every one
-    that gets through costs the victim a KEM encapsulation and an ML-DSA-65 signature
-    (row 5);
+    ``--hosts`` IP addresses (default 100, 8 ports each, sent round-robin so that each host
+    stays as far under its per-source limit as it can), each with a valid key share, so that
+    every one that gets through costs the victim a KEM encapsulation and an ML-DSA-65
+    signature (row 5);
   - ``spoofed`` (root only: a raw socket forges the sources): ``--spoofed-rate`` datagrams per
     second of unauthenticated junk and cookie-less INIT fragments, each from a different
     127.x.y.z source (row 2);
@@ -23,7 +24,8 @@ Three kinds of processes on loopback UDP, all real:
   bound, membership given) to the peer's failure detector declaring the link up (PQ
   handshake with the cookie round trip, the victim's keepalive, first heartbeats); the peer's
   node id sorts first, so the peer initiates and the victim is the responder — the side the
-  floods attack.
+  floods attack. The peer is a member the victim links with, so after its first link it is
+  a *known* address at the victim (a neighbour restarting on its endpoint).
 
 The **baseline** is the same trials with no flood, in the same run; each scenario reports
 ``ratio`` = its median time to link ÷ the baseline's. Per scenario also: what the flooder
@@ -273,10 +275,14 @@ def _cookie_flood(
             for s in range(len(socks))
         ]
         cookies = _cookies(socks, probes, target)
+        # Round-robin over the sockets (and so the hosts): each host sends evenly, which
+        # gets the most past the per-source budgets.
+        order = [h * _PORTS_PER_HOST + k for k in range(_PORTS_PER_HOST) for h in range(hosts)]
         pool = [
             (socks[n], index, cookie)
-            for n in range(len(socks))
-            for index, cookie in cookies[n].items()
+            for i in range(_INDICES_PER_PORT)
+            for n in order
+            for index, cookie in list(cookies[n].items())[i : i + 1]
         ]
         conn.send(("ready", {"hosts": hosts, "ports": len(socks), "indices": len(pool)}))
         if not pool:
@@ -473,7 +479,7 @@ def run(
     trials: int = 5,
     partials: int = 1030,
     rate: float = 400.0,
-    hosts: int = 4,
+    hosts: int = 100,
     spoofed_rate: float = 20_000.0,
     scenarios: tuple[str, ...] = ("slowloris", "cookie_flood", "spoofed"),
     config: CoreConfig | None = None,

@@ -300,7 +300,7 @@ def flood(  # noqa: PLR0917 - one parameter per flag
             min=1,
             help="Source IP addresses of the cookie flood (8 ports each).",
         ),
-    ] = 4,
+    ] = 100,
     spoofed_rate: Annotated[
         float,
         typer.Option(

@@ -450,7 +450,11 @@ class Channels(Generic[A]):
             self.dropped[NodeDrop.INIT_COLLISION] += 1
             return
         listener = self._listener
-        responder = listener.receive_datagram(data, key, now, source=self._source_key(addr))
+        # A peer we have a channel with (a neighbour restarting on its endpoint) is "known":
+        # strangers spending the shared handshake budget cannot keep it out.
+        responder = listener.receive_datagram(
+            data, key, now, source=self._source_key(addr), known=channel is not None
+        )
         for reply, _ in listener.datagrams_to_send():
             self._outbox.append((reply, addr))
         for reason, count in listener.dropped.items():

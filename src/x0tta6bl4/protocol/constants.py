@@ -19,6 +19,8 @@ __all__ = [
     "HANDSHAKE_GIVE_UP_AFTER",
     "INITIAL_RETRANSMIT_TIMEOUT",
     "INIT_MESSAGE_SIZE",
+    "KNOWN_RESPONDER_BURST",
+    "KNOWN_RESPONDER_RATE",
     "MAX_ADDRESS_SIZE",
     "MAX_CERTIFICATE_SIZE",
     "MAX_DATAGRAM_SIZE",
@@ -131,11 +133,20 @@ COOKIE_SECRET_SIZE = 32
 MAX_ADDRESS_SIZE = 255
 
 #: CPU budget for new responders (each costs an ML-KEM encapsulation and an ML-DSA-65
-#: signature, about 1 ms): a token bucket of this many per second over all sources ...
-RESPONDER_RATE = 100.0
+#: signature, about 1.5 ms): a token bucket of this many per second over all sources (≈ 3 %
+#: of a core; a node with 100 links rekeying every 120 s needs about one per second) ...
+RESPONDER_RATE = 20.0
 
 #: ... holding at most this many tokens (a burst of handshakes after a restart).
 RESPONDER_BURST = 50
+
+#: Addresses the owner vouches for (the node: the address of a peer it has a channel with,
+#: e.g. a neighbour restarting on its endpoint) draw from a bucket of their own first, of
+#: this many per second, so that strangers spending the shared budget do not keep them out ...
+KNOWN_RESPONDER_RATE = 10.0
+
+#: ... holding at most this many tokens.
+KNOWN_RESPONDER_BURST = 10
 
 #: Under load, each source (owner-chosen: the IP address for UDP) gets new responders from
 #: its own token bucket of this many per second ...

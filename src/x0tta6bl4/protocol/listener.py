@@ -23,8 +23,10 @@ address, and spends nothing on an address before the address is **validated**
    ``responder_rate`` per second over all sources (``over_budget``), and, while the listener
    is **under load** (responders waiting for FINISH plus partial INITs reach
    ``under_load_threshold``, or ``force_under_load``), one bucket of ``source_rate`` per
-   second per source (``source_rate_limited``). At most ``max_responders`` are held; the
-   oldest is aborted to make room.
+   second per source (``source_rate_limited``). An INIT the owner marks ``known`` (for the
+   node: from the address of a peer it has a channel with) first draws from a bucket of
+   its own (``known_rate``), so strangers spending the shared budget do not keep a known
+   peer out. At most ``max_responders`` are held; the oldest is aborted to make room.
 
 ``receive_datagram`` returns the responder that took the datagram (new or existing) so the
 owner can register it under its ``local_index`` (FINISH datagrams carry that index and go to
@@ -47,6 +49,8 @@ from collections.abc import Callable
 
 from x0tta6bl4.protocol.constants import (
     INIT_MESSAGE_SIZE,
+    KNOWN_RESPONDER_BURST,
+    KNOWN_RESPONDER_RATE,
     MAX_ADDRESS_SIZE,
     MAX_PENDING_INITS,
     MAX_RESPONDERS,
@@ -94,6 +98,8 @@ class HandshakeListener:
         responder_burst: int = RESPONDER_BURST,
         source_rate: float = SOURCE_RESPONDER_RATE,
         source_burst: int = SOURCE_RESPONDER_BURST,
+        known_rate: float = KNOWN_RESPONDER_RATE,
+        known_burst: int = KNOWN_RESPONDER_BURST,
         max_sources: int = MAX_TRACKED_SOURCES,
         cookie_jar: CookieJar | None = None,
         new_index: Callable[[], int] | None = None,
@@ -106,6 +112,7 @@ class HandshakeListener:
         self._max_responders = max_responders
         self._budget = TokenBucket(responder_rate, responder_burst, now)
         self._sources = SourceLimiter(source_rate, source_burst, max_sources)
+        self._known_budget = TokenBucket(known_rate, known_burst, now)
         self._jar = cookie_jar if cookie_jar is not None else CookieJar(now)
         self._new_index = new_index if new_index is not None else random_index
         # Insertion order is creation order, and every partial lives the same timeout, so the
@@ -119,8 +126,9 @@ class HandshakeListener:
         self.force_under_load = False
         #: Datagrams dropped, by :attr:`RemoteProtocolError.reason`.
         self.dropped: Counter[DropReason] = Counter()
-        #: ``cookie_replies``, ``responders`` (created), ``init_retransmissions`` (routed),
-        #: ``partials_evicted``, ``responders_evicted``, ``responders_replaced``.
+        #: ``cookie_replies``, ``responders`` (created; ``known_responders`` of them on the
+        #: known budget), ``init_retransmissions`` (routed), ``partials_evicted``,
+        #: ``responders_evicted``, ``responders_replaced``.
         self.stats: Counter[str] = Counter()
 
     # --- state --------------------------------------------------------------------------------
@@ -148,16 +156,24 @@ class HandshakeListener:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive_datagram(
-        self, data: bytes, addr: bytes, now: float, *, source: bytes | None = None
+        self,
+        data: bytes,
+        addr: bytes,
+        now: float,
+        *,
+        source: bytes | None = None,
+        known: bool = False,
     ) -> ResponderHandshake | None:
         """Process one INIT datagram from ``addr``; return the responder that took it, if any.
 
-        Never raises for bad input (it is dropped and counted in :attr:`dropped`).
+        ``source`` keys the per-source budget (default ``addr``); ``known`` marks an address
+        the owner vouches for (its INITs draw from their own budget first). Never raises for
+        bad input (it is dropped and counted in :attr:`dropped`).
         """
         if len(addr) > MAX_ADDRESS_SIZE:
             raise LocalProtocolError(f"address longer than {MAX_ADDRESS_SIZE} bytes")
         try:
-            return self._receive(data, addr, addr if source is None else source, now)
+            return self._receive(data, addr, addr if source is None else source, known, now)
         except RemoteProtocolError as exc:
             self.dropped[exc.reason] += 1
             return None
@@ -212,7 +228,7 @@ class HandshakeListener:
         self.stats[stat] += 1
 
     def _receive(
-        self, data: bytes, addr: bytes, source: bytes, now: float
+        self, data: bytes, addr: bytes, source: bytes, known: bool, now: float
     ) -> ResponderHandshake | None:
         fragment = parse_fragment(data)
         if fragment.msg_type != MessageType.HANDSHAKE_INIT:
@@ -251,7 +267,7 @@ class HandshakeListener:
             raise RemoteProtocolError(
                 DropReason.INDEX_MISMATCH, "INIT index differs from its fragments"
             )
-        return self._new_responder(key, message, source, now)
+        return self._new_responder(key, message, source, known, now)
 
     def _reassemble(self, key: _Key, fragment: Fragment, now: float) -> bytes | None:
         self._expire(now)
@@ -280,10 +296,11 @@ class HandshakeListener:
         self._drop_pending(key)
         return bytes(partial.buffer)
 
-    def _new_responder(
-        self, key: _Key, message: bytes, source: bytes, now: float
-    ) -> ResponderHandshake:
-        self._prune()
+    def _spend(self, source: bytes, known: bool, now: float) -> None:
+        """Take the CPU budget for one responder, or raise why not."""
+        if known and self._known_budget.take(now):
+            self.stats["known_responders"] += 1
+            return
         limited = self.under_load
         if limited and not self._sources.take(source, now):
             raise RemoteProtocolError(
@@ -293,6 +310,12 @@ class HandshakeListener:
             if limited:
                 self._sources.give_back(source)
             raise RemoteProtocolError(DropReason.OVER_BUDGET, "the responder budget is spent")
+
+    def _new_responder(
+        self, key: _Key, message: bytes, source: bytes, known: bool, now: float
+    ) -> ResponderHandshake:
+        self._prune()
+        self._spend(source, known, now)
         responder = ResponderHandshake(self._config, message, now, local_index=self._new_index())
         if key in self._responders:
             self._evict(key, "responders_replaced")
