@@ -294,7 +294,9 @@ class Channels(Generic[A]):
         if kind == _TRANSPORT:
             self._receive_transport(data, now)
             return
-        self._timer_valid = False  # handshake traffic moves handshake and listener timers
+        # Handshake traffic may move handshake and listener timers; the paths below invalidate
+        # the cached deadline when it did (not for drops and cookie replies: a flood of
+        # those must not cost a full timer scan per datagram).
         if kind == _INIT:
             self._receive_init(data, addr, now)
         elif kind in (_RESP, _FINISH):
@@ -450,6 +452,7 @@ class Channels(Generic[A]):
             self.dropped[NodeDrop.INIT_COLLISION] += 1
             return
         listener = self._listener
+        pending = listener.pending
         # A peer we have a channel with (a neighbour restarting on its endpoint) is "known":
         # strangers spending the shared handshake budget cannot keep it out.
         responder = listener.receive_datagram(
@@ -461,11 +464,15 @@ class Channels(Generic[A]):
             self.dropped[handshake_label(reason)] += count
         listener.dropped.clear()
         for evicted in listener.evicted_responders():
+            self._timer_valid = False
             entry = self._handshakes.get(evicted.local_index)
             if entry is not None and entry[0] is evicted:
                 del self._handshakes[evicted.local_index]
+        if listener.pending != pending:
+            self._timer_valid = False
         if responder is None:
             return
+        self._timer_valid = False
         self._handshakes[responder.local_index] = (responder, addr)
         self._drain(responder, addr, now)
 
@@ -479,6 +486,7 @@ class Channels(Generic[A]):
             return
         # The handshake keeps sending to its own address: a datagram from elsewhere (forged,
         # or a copy) must not redirect its flights (docs/protocol.md, section 6).
+        self._timer_valid = False
         handshake, handshake_addr = entry
         handshake.receive_datagram(data, now)
         self._drain(handshake, handshake_addr, now)
