@@ -9,8 +9,8 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.pqfixtures import make_ca, make_key
-from x0tta6bl4.crypto.pqsvid import MalformedCertificateError, MeshCA, TrustBundle
+from tests.pqfixtures import NOW, make_ca, make_key, make_node_credential
+from x0tta6bl4.crypto.pqsvid import MalformedCertificateError, MeshCA, TrustBundle, verify_svid
 
 _CN = b"x0tta6bl4 test CA default"
 
@@ -44,3 +44,16 @@ def test_mesh_ca_with_an_unparseable_subject_is_malformed() -> None:
 def test_the_good_ca_still_loads() -> None:
     ca = make_ca()
     assert len(TrustBundle.from_pem("x0tta6bl4.mesh", ca.cert_pem())) == 1
+
+
+def test_leaf_whose_issuer_name_holds_a_bit_string_is_malformed() -> None:
+    """cryptography raises TypeError (not ValueError) for a name attribute that is a BIT
+    STRING under another OID than uniqueIdentifier; verify_svid let it escape (found by
+    ``fuzz/pqsvid.py`` after 139,024 inputs)."""
+    ca = make_ca()
+    der = make_node_credential(ca, "node-bits").cert_der
+    at = der.index(_CN)  # the leaf's issuer CN, a UTF8String
+    assert der[at - 2] == 0x0C
+    bad = der[: at - 2] + b"\x03" + der[at - 1 : at] + b"\x00" + der[at + 1 :]
+    with pytest.raises(MalformedCertificateError, match="not valid DER"):
+        verify_svid(bad, ca.bundle(), NOW)

@@ -303,6 +303,7 @@ def _ca_trust_domain(cert: x509.Certificate) -> str | None:
 #: non-positive serial number).
 _MALFORMED: Final = (
     ValueError,
+    TypeError,  # a name attribute holding a BIT STRING under an OID other than uniqueIdentifier
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
