@@ -30,11 +30,13 @@ system:
 tools:
 	scripts/install-tools.sh
 
-# The pinned components of the real cluster the tests in tests/cluster/ run on, built from
-# their Go modules into the machine-wide cache (a no-op when the cache has them).
+# The pinned components built from their Go modules into the machine-wide cache (a no-op when
+# the cache has them): the real cluster the tests in tests/cluster/ run on, and SPIRE (the
+# SPIFFE integration suite against real SPIRE, `x0tta6bl4 up --identity spire`).
 CLUSTER_COMPONENTS := kubernetes etcd coredns kube-router pause metrics-server
+SPIRE_COMPONENTS := spire
 components:
-	scripts/components/build $(CLUSTER_COMPONENTS) >/dev/null
+	scripts/components/build $(CLUSTER_COMPONENTS) $(SPIRE_COMPONENTS) >/dev/null
 
 up: setup
 	scripts/demo.sh
@@ -47,7 +49,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 pytest: setup system tools components
-	scripts/run-pytest.sh
+	X0_REQUIRE_SPIRE=1 scripts/run-pytest.sh
 
 # The Rust cores' own unit tests (the Python-facing behaviour is tested by pytest tests/native).
 native-test:

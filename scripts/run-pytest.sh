@@ -4,6 +4,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.tools/bin:$PATH"
+# The pinned SPIRE build (scripts/components/build spire), when it is there.
+if spire_bin="$(scripts/components/build --path spire 2>/dev/null)"; then
+  export X0_SPIRE_BIN_DIR="${X0_SPIRE_BIN_DIR:-$spire_bin}"
+fi
 .venv/bin/pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
