@@ -1,4 +1,4 @@
-"""``x0tta6bl4 up`` end to end: real issuer, controller(s), etcd and node processes.
+"""``x0tta6bl4 up`` end to end: real SPIRE or issuer, controller(s), etcd and node processes.
 
 Each test runs ``up`` as a subprocess (as a user would) and then checks what it left behind
 by scanning ``/proc`` for processes carrying the run's marker variable and the run's TMPDIR
@@ -7,13 +7,22 @@ for sockets and temporary state.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.e2e.up_support import RunningUp, assert_clean, run_up
+from tests.integration.identity_providers import require_spire_here
+from x0tta6bl4.identity.spire import SpireServerAdmin, require_spire
 
 pytestmark = pytest.mark.slow
 
@@ -76,23 +85,125 @@ def test_three_controllers_on_a_local_etcd_cluster(tmp_path: Path) -> None:
     assert_clean(run)
 
 
-def test_reused_state_dir_reuses_identities_and_keeps_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", ["embedded", "spire"])
+def test_reused_state_dir_reuses_identities_and_keeps_state(tmp_path: Path, provider: str) -> None:
+    if provider == "spire":
+        require_spire_here()
     state = tmp_path / "state"
-    first = run_up(tmp_path, "--nodes", "2", "--for", "1", "--json", "--state-dir", str(state))
+    args = ("--nodes", "2", "--for", "1", "--json", "--state-dir", str(state))
+    first = run_up(tmp_path, *args, "--identity", provider)
     assert first.returncode == 0, _explain(first)
+    assert first.summary()["identity"] == provider
     keys = {p.name: (p / "node-key.pem").read_bytes() for p in (state / "nodes").iterdir()}
     mesh_ca = (state / "mesh-ca" / "ca.crt").read_bytes()
-    spiffe_ca = sorted((state / "identity").iterdir())
+    # The SPIFFE trust bundle: the embedded issuer's CA files, or what SPIRE's server published.
+    spiffe_ca = sorted((state / "identity").iterdir()) if provider == "embedded" else []
     spiffe_bytes = {p.name: p.read_bytes() for p in spiffe_ca if p.is_file()}
+    bundle = (state / "spire" / "bundle.pem").read_bytes() if provider == "spire" else b""
     assert sorted(keys) == ["node-01", "node-02"]
     assert first.summary()["state_dir"] == str(state.resolve())
 
-    second = run_up(tmp_path, "--nodes", "2", "--for", "1", "--json", "--state-dir", str(state))
+    second = run_up(tmp_path, *args, "--identity", provider)
     assert second.returncode == 0, _explain(second)
     assert {n: (state / "nodes" / n / "node-key.pem").read_bytes() for n in keys} == keys
     assert (state / "mesh-ca" / "ca.crt").read_bytes() == mesh_ca
     assert {p.name: p.read_bytes() for p in spiffe_ca if p.is_file()} == spiffe_bytes
+    if provider == "spire":
+        assert (state / "spire" / "bundle.pem").read_bytes() == bundle
     assert_clean(second)
+
+
+def test_up_on_real_spire_gives_every_node_an_svid_of_its_own(tmp_path: Path) -> None:
+    """The acceptance of issue 15: ``up --identity spire --nodes 5`` is healthy, every pair
+    reachable, and every node holds an SVID of its own SPIFFE ID signed by SPIRE's CA."""
+    require_spire_here()
+    state = tmp_path / "state"
+    running = RunningUp(
+        tmp_path, "--identity", "spire", "--nodes", "5", "--for", "25", "--json",
+        "--state-dir", str(state),
+    )  # fmt: skip
+    try:
+        running.wait_for_line("identity    SPIRE", timeout=180)
+        descriptor = json.loads((state / "mesh.json").read_text())
+        identity = descriptor["identity"]
+        assert identity["provider"] == "spire"
+        admin = SpireServerAdmin(require_spire().server, Path(identity["server_socket"]))
+        authorities = x509.load_pem_x509_certificates(admin.bundle_pem().encode())
+        issuers = {ca.subject: ca for ca in authorities}
+        workloads = identity["workloads"]
+        assert sorted(workloads) == ["controller", *(f"node-0{i}" for i in range(1, 6))]
+        seen_ids = set()
+        for name, workload in workloads.items():
+            gid = int(workload["selectors"][1].removeprefix("unix:gid:"))
+            spiffe_id, der = _fetch_svid_as(gid, identity["agent_socket"])
+            assert spiffe_id == workload["spiffe_id"], name
+            leaf = x509.load_der_x509_certificate(der)
+            ca = issuers[leaf.issuer]  # signed by one of SPIRE's authorities
+            ca.public_key().verify(  # type: ignore[call-arg, union-attr]
+                leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(leaf.signature_hash_algorithm)
+            )
+            seen_ids.add(spiffe_id)
+        assert len(seen_ids) == 6
+        # The controller admitted each node under its own SPIFFE ID.
+        registered = _registered_ids(descriptor["controller"], workloads["controller"], identity)
+        assert registered == {n: w["spiffe_id"] for n, w in workloads.items() if n != "controller"}
+        run = running.wait(timeout=180)
+    finally:
+        running.kill()
+    assert run.returncode == 0, _explain(run)
+    summary = run.summary()
+    assert summary["identity"] == "spire"
+    assert summary["ready"] == 5
+    assert summary["reachable_pairs"] == summary["total_pairs"] == 20
+    assert summary["healthy"] is True
+    assert not (state / "mesh.json").exists()
+    assert_clean(run)
+
+
+_FETCH = """
+import sys, grpc
+from spiffe._proto import workload_pb2 as pb, workload_pb2_grpc as rpc
+stub = rpc.SpiffeWorkloadAPIStub(grpc.insecure_channel("unix:" + sys.argv[1]))
+header = [("workload.spiffe.io", "true")]
+if sys.argv[2] == "x509":
+    r = next(stub.FetchX509SVID(pb.X509SVIDRequest(), timeout=20, metadata=header))
+    print(r.svids[0].spiffe_id, r.svids[0].x509_svid.hex())
+else:
+    r = stub.FetchJWTSVID(pb.JWTSVIDRequest(audience=[sys.argv[2]]), timeout=20, metadata=header)
+    print(r.svids[0].spiffe_id, r.svids[0].svid)
+"""
+
+
+def _as_gid(gid: int, socket_path: str, what: str) -> tuple[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _FETCH, socket_path, what],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        group=gid,
+        extra_groups=[],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    spiffe_id, value = done.stdout.split()
+    return spiffe_id, value
+
+
+def _fetch_svid_as(gid: int, socket_path: str) -> tuple[str, bytes]:
+    spiffe_id, hexed = _as_gid(gid, socket_path, "x509")
+    return spiffe_id, bytes.fromhex(hexed)
+
+
+def _registered_ids(
+    controller: str, workload: dict[str, Any], identity: dict[str, Any]
+) -> dict[str, str]:
+    gid = int(workload["selectors"][1].removeprefix("unix:gid:"))
+    _, token = _as_gid(gid, identity["agent_socket"], "x0tta6bl4-controller")
+    listing = httpx.get(
+        f"{controller}/api/v1/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert listing.status_code == 200, listing.text
+    return {n["node_id"]: n["spiffe_id"] for n in listing.json()["nodes"]}
 
 
 def test_port_in_use_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None:

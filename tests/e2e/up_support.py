@@ -118,6 +118,14 @@ class RunningUp:
             time.sleep(0.05)
         raise AssertionError(f"{needle!r} never appeared; stderr:\n{''.join(self.lines)}")
 
+    def wait(self, timeout: float = 150.0) -> UpRun:
+        """Wait for ``up`` to exit on its own (``--for``)."""
+        self.proc.wait(timeout=timeout)
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout.read()
+        self._reader.join(timeout=5)
+        return UpRun(self.proc.returncode, stdout, "".join(self.lines), self.marker, self.tmpdir)
+
     def interrupt(self, timeout: float = 60.0) -> UpRun:
         """Ctrl-C (SIGINT) and wait for the exit."""
         self.proc.send_signal(signal.SIGINT)

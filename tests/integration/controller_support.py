@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,17 +162,27 @@ def free_port() -> int:
 
 
 def spawn_controller(
-    args: list[str], env: dict[str, str] | None = None, log: Path | None = None
+    args: list[str],
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    popen: Mapping[str, Any] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``x0tta6bl4 controller ARGS`` as a subprocess (logs to ``log``)."""
+    """Start ``x0tta6bl4 controller ARGS`` as a subprocess (logs to ``log``); ``popen``: more
+    ``subprocess.Popen`` arguments (e.g. the group id a SPIRE entry selects)."""
     full_env = {**os.environ, **(env or {})}
     command = [sys.executable, "-m", "x0tta6bl4", "controller", *args]
     if log is None:
         return subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=full_env
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            **(popen or {}),
         )
     with open(log, "ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=full_env, **(popen or {})
+        )
 
 
 def spawn_node(
@@ -185,12 +195,13 @@ def spawn_node(
     env: dict[str, str],
     log: Path,
     extra: Sequence[str] = (),
+    popen: Mapping[str, Any] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``x0tta6bl4 node`` on loopback as a subprocess, appending to ``log``.
 
     It listens on and advertises ``udp`` (HOST:PORT), serves HTTP on ``127.0.0.1:http_port``
     and keeps its key in ``state_dir``; ``extra`` flags follow. ``env`` is the whole
-    environment of the child.
+    environment of the child; ``popen``: more ``subprocess.Popen`` arguments.
     """
     args = [
         sys.executable, "-m", "x0tta6bl4", "node",
@@ -203,7 +214,9 @@ def spawn_node(
         *extra,
     ]  # fmt: skip
     with open(log, "ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, **(popen or {})
+        )
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

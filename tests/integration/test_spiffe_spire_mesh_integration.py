@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import os
 import shutil
 import signal
@@ -20,8 +21,9 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -40,6 +42,15 @@ from tests.integration.controller_support import (
     spawn_controller,
     spawn_node,
     wait_ready,
+)
+from tests.integration.identity_providers import (
+    PROVIDERS,
+    Provider,
+    ProviderFactory,
+    SpireProvider,
+    Workload,
+    provider_factory,
+    spawn_kwargs,
 )
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
@@ -66,6 +77,7 @@ from x0tta6bl4.identity import (
     workload_id,
 )
 from x0tta6bl4.identity.issuer import EmbeddedIssuer, Entry, IssuerConfig, parse_entry
+from x0tta6bl4.identity.node_ids import CONTROLLER_ROLE, node_spiffe_id, role_spiffe_id
 
 ROOT = Path(__file__).resolve().parents[2]
 TD = "x0tta6bl4.mesh"
@@ -133,6 +145,19 @@ def issuer(make_issuer: IssuerFactory) -> EmbeddedIssuer:
     return make_issuer()
 
 
+@pytest.fixture(params=PROVIDERS)
+def make_provider(request: pytest.FixtureRequest, workdir: Path) -> Iterator[ProviderFactory]:
+    """Each test using it runs twice: against the embedded issuer and against real SPIRE."""
+    yield from provider_factory(request.param, workdir)
+
+
+@pytest.fixture
+def make_spire(workdir: Path) -> Iterator[ProviderFactory]:
+    """Real SPIRE only (what the embedded issuer does not have: entries deleted at run time,
+    CA rotation, per-process selectors)."""
+    yield from provider_factory("spire", workdir)
+
+
 def stock_client(issuer: EmbeddedIssuer) -> WorkloadApiClient:
     return WorkloadApiClient(issuer.endpoint, default_timeout=10)
 
@@ -183,6 +208,119 @@ def run_as_nobody(code: str, timeout: float = 60) -> subprocess.CompletedProcess
         timeout=timeout,
         check=False,
     )
+
+
+# -- both providers: SVIDs, bundles, attestation, JWT validation, rotation -----------------
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_provider_issues_x509_svids_and_its_bundle(make_provider: ProviderFactory) -> None:
+    provider = make_provider({"self": APP_ID}, svid_ttl=120)
+    with WorkloadApiClient(provider.endpoint, default_timeout=10) as client:
+        ctx = client.fetch_x509_context()
+        bundles = client.fetch_x509_bundles()
+    svid = ctx.default_svid
+    assert svid.spiffe_id == APP_ID
+    bundle = bundles.get_bundle_for_trust_domain(TrustDomain(TD))
+    assert bundle is not None
+    # The bundle the Workload API serves is the provider's own (SPIRE: `bundle show`).
+    assert {_der(c) for c in bundle.x509_authorities} == provider.x509_authorities()
+    assert verify_x509_svid(svid, bundles) == APP_ID
+    assert verify_x509_svid(svid, ctx.x509_bundle_set) == APP_ID
+    # Shaped the same by both: EC P-256 key, one URI SAN, the asked lifetime (+ a cushion).
+    assert isinstance(svid.private_key, ec.EllipticCurvePrivateKey)
+    assert svid.private_key.curve.name == "secp256r1"
+    sans = svid.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [str(APP_ID)]
+    lifetime = svid.leaf.not_valid_after_utc - svid.leaf.not_valid_before_utc
+    assert dt.timedelta(seconds=120) <= lifetime <= dt.timedelta(seconds=131)
+    assert svid.leaf.issuer in {
+        x509.load_der_x509_certificate(der).subject for der in provider.x509_authorities()
+    }
+
+
+def test_provider_jwt_svids_validate_against_its_bundle(make_provider: ProviderFactory) -> None:
+    provider = make_provider({"self": APP_ID})
+    source = WorkloadSource(provider.socket_path, backoff=FAST)
+    token = source.fetch_jwt_svid(CONTROLLER_AUDIENCE).token
+    bundles = source.fetch_jwt_bundles()
+    bundle = bundles.get_bundle_for_trust_domain(TrustDomain(TD))
+    assert bundle is not None
+    assert set(bundle.jwt_authorities) == provider.jwt_key_ids()
+    assert validate_jwt_svid(token, CONTROLLER_AUDIENCE, bundles) == APP_ID
+    assert source.validate_jwt_svid(token, CONTROLLER_AUDIENCE) == APP_ID
+    with pytest.raises(JwtAudienceError, match=CONTROLLER_AUDIENCE) as info:
+        validate_jwt_svid(source.fetch_jwt_svid("another-service").token, CONTROLLER_AUDIENCE,
+                          bundles)  # fmt: skip
+    assert token not in str(info.value)
+    with WorkloadApiClient(provider.endpoint, default_timeout=10) as client:
+        assert client.validate_jwt_svid(token, CONTROLLER_AUDIENCE).spiffe_id == APP_ID
+        with pytest.raises(ValidateJwtSvidError, match="INVALID_ARGUMENT"):
+            client.validate_jwt_svid(token, "someone-else")
+        with pytest.raises(ValidateJwtSvidError, match="INVALID_ARGUMENT"):
+            client.validate_jwt_svid(token[:-4] + "AAAA", CONTROLLER_AUDIENCE)
+
+
+_DENIED_PROBE = (
+    "import grpc\n"
+    "from spiffe._proto import workload_pb2 as pb, workload_pb2_grpc as rpc\n"
+    "ch = grpc.insecure_channel('unix:{path}')\n"
+    "stub = rpc.SpiffeWorkloadAPIStub(ch)\n"
+    "try:\n"
+    "    next(stub.FetchX509SVID(pb.X509SVIDRequest(), timeout=10,\n"
+    "        metadata=[('workload.spiffe.io', 'true')]))\n"
+    "    print('ISSUED')\n"
+    "except grpc.RpcError as e:\n"
+    "    print(e.code().name, e.details())\n"
+)
+
+
+def test_provider_refuses_an_unregistered_workload(make_provider: ProviderFactory) -> None:
+    provider = make_provider({"self": APP_ID})
+    result = run_as_nobody(_DENIED_PROBE.format(path=provider.socket_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "PERMISSION_DENIED no identity issued"
+    code = (
+        "from x0tta6bl4.identity import Backoff, NoIdentityError, WorkloadSource\n"
+        "try:\n"
+        f"    WorkloadSource({str(provider.socket_path)!r}, backoff=Backoff(attempts=1))"
+        ".fetch_jwt_svid('aud')\n"
+        "except NoIdentityError as e:\n"
+        "    print('NoIdentityError:', e)\n"
+    )
+    result = run_as_nobody(code)
+    assert result.stdout.startswith("NoIdentityError: "), result
+    assert "has no identity for this workload (uid 65534" in result.stdout
+
+
+def test_provider_rotates_short_lived_svids_on_the_stream(make_provider: ProviderFactory) -> None:
+    # SPIRE backdates every X.509-SVID by 10 s and rotates at (jittered) half-life of the
+    # whole lifetime, so a 20 s entry is replaced about every 5 s; the embedded issuer's 2 s
+    # SVIDs every 1 s.
+    ttl = 20.0 if make_provider.kind == "spire" else 2.0
+    provider = make_provider({"self": APP_ID}, svid_ttl=ttl)
+    serials: list[int] = []
+    seen: list[float] = []
+    errors: list[Exception] = []
+
+    def on_context(ctx: object) -> None:
+        serials.append(ctx.default_svid.leaf.serial_number)  # type: ignore[attr-defined]
+        seen.append(time.monotonic())
+
+    with WorkloadApiClient(provider.endpoint, default_timeout=10) as client:
+        handle = client.stream_x509_contexts(on_context, errors.append)
+        try:
+            wait_until(lambda: len(set(serials)) >= 3, "three distinct serials on the stream", 90)
+        finally:
+            handle.cancel()
+    assert errors == []
+    assert len(serials) == len(set(serials))  # only changes are pushed
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(seen)]
+    print(f"{provider.name}: X.509-SVID ttl {ttl:g} s, rotated after {gaps} s")
+    assert all(0 < gap < ttl for gap in gaps)
 
 
 # -- fetching SVIDs and bundles -------------------------------------------------------------
@@ -751,16 +889,46 @@ def test_cli_rejects_bad_entries_without_serving(workdir: Path) -> None:
 
 # -- with a real controller and real mesh nodes ---------------------------------------------
 # Issue 3: "once the controller and node exist": registration with a real SVID succeeds and
-# with a foreign one fails; an SVID rotation leaves established mesh links up.
+# with a foreign one fails; an SVID rotation leaves established mesh links up. Issue 15: the
+# same against real SPIRE, plus SPIRE's own operations (entry deletion, CA rotation, agent
+# restart) with the mesh running.
 
 CONTROLLER_AUDIENCE = "x0tta6bl4-controller"
 FOREIGN_TD = "foreign.example"
 MESH_NODES = ("n1", "n2", "n3")
+CONTROLLER_ID = role_spiffe_id(TD, "x0tta6bl4", "x0tta6bl4-node", CONTROLLER_ROLE)
+
+
+def mesh_node_id(name: str) -> SpiffeId:
+    """Node ``name``'s own SPIFFE ID (one per node, docs/identity.md "Names")."""
+    return node_spiffe_id(TD, "x0tta6bl4", "x0tta6bl4-node", name)
+
+
+def mesh_workloads() -> dict[str, SpiffeId]:
+    """The test process (``self``), the controller and every mesh node. The embedded issuer
+    gives them all the first ID (one uid); SPIRE each its own."""
+    return {
+        "self": NODE_ID,
+        "controller": CONTROLLER_ID,
+        **{name: mesh_node_id(name) for name in MESH_NODES},
+    }
+
+
+class HasSocket(Protocol):
+    @property
+    def socket_path(self) -> Path: ...
 
 
 @contextlib.contextmanager
-def running_controller(workdir: Path, issuer: EmbeddedIssuer) -> Iterator[str]:
-    """``x0tta6bl4 controller`` (SQLite, local CA) on loopback using ``issuer``'s JWT bundles."""
+def running_controller(
+    workdir: Path,
+    issuer: HasSocket,
+    *,
+    workload: Workload | None = None,
+    extra: Sequence[str] = (),
+) -> Iterator[str]:
+    """``x0tta6bl4 controller`` (SQLite, local CA) on loopback using ``issuer``'s JWT bundles,
+    running as ``workload`` (its group id, under SPIRE)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = workdir / "controller.log"
@@ -771,9 +939,11 @@ def running_controller(workdir: Path, issuer: EmbeddedIssuer) -> Iterator[str]:
             "--local-ca",
             "--state-dir", str(workdir / "controller"),
             "--trust-domain", TD,
+            *extra,
         ],
         env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{issuer.socket_path}", "X0_LOG_FORMAT": "json"},
         log=log,
+        popen=spawn_kwargs(workload) if workload is not None else None,
     )  # fmt: skip
     try:
         try:
@@ -790,7 +960,7 @@ def running_controller(workdir: Path, issuer: EmbeddedIssuer) -> Iterator[str]:
             proc.wait(10)
 
 
-def node_token(issuer: EmbeddedIssuer, trust_domain: str = TD) -> str:
+def node_token(issuer: HasSocket, trust_domain: str = TD) -> str:
     """A JWT-SVID for the controller audience, fetched from ``issuer`` over its Unix socket."""
     source = WorkloadSource(issuer.socket_path, trust_domain=trust_domain, backoff=FAST)
     token: str = source.fetch_jwt_svid(CONTROLLER_AUDIENCE).token
@@ -798,32 +968,33 @@ def node_token(issuer: EmbeddedIssuer, trust_domain: str = TD) -> str:
 
 
 def test_registration_with_a_real_jwt_svid_succeeds_at_a_real_controller(
-    make_issuer: IssuerFactory, workdir: Path
+    make_provider: ProviderFactory, workdir: Path
 ) -> None:
-    issuer = make_issuer(entries=[Entry(os.geteuid(), NODE_ID)])
+    provider = make_provider(mesh_workloads())
+    me = provider["self"].spiffe_id
     key = SigningKey.generate()
-    with running_controller(workdir, issuer) as base:
+    with running_controller(workdir, provider, workload=provider["controller"]) as base:
         response = httpx.post(
             f"{base}/api/v1/nodes/register",
-            json=register_body(key, spiffe_id=str(NODE_ID), node_id="real-node"),
-            headers=bearer(node_token(issuer)),
+            json=register_body(key, spiffe_id=str(me), node_id="real-node"),
+            headers=bearer(node_token(provider)),
             timeout=30,
         )
         assert response.status_code == 200, response.text
         admission = response.json()
-        assert admission["spiffe_id"] == str(NODE_ID)
+        assert admission["spiffe_id"] == str(me)
         # The PQ SVID chains to the returned CA bundle and certifies our key and node ID.
         bundle = TrustBundle.from_pem(admission["trust_domain"], admission["ca_bundle"].encode())
         cert = x509.load_pem_x509_certificate(admission["pq_svid"].encode())
         verified = verify_svid(cert.public_bytes(serialization.Encoding.DER), bundle, time.time())
         assert verified.public_key_bytes == key.public_bytes
         assert verified.node_id == "real-node"
-        assert verified.spiffe_id == str(NODE_ID)
+        assert verified.spiffe_id == str(me)
         stored = httpx.get(
-            f"{base}/api/v1/nodes/real-node", headers=bearer(node_token(issuer)), timeout=30
+            f"{base}/api/v1/nodes/real-node", headers=bearer(node_token(provider)), timeout=30
         )
     assert stored.status_code == 200, stored.text
-    assert stored.json()["spiffe_id"] == str(NODE_ID)
+    assert stored.json()["spiffe_id"] == str(me)
     assert stored.json()["ml_dsa_public_key"] == base64.b64encode(key.public_bytes).decode()
 
 
@@ -872,14 +1043,17 @@ def test_registration_with_a_foreign_svid_is_refused_and_nothing_is_stored(
 
 
 class NodeProcesses:
-    """``x0tta6bl4 node`` subprocesses on loopback, logging to files."""
+    """``x0tta6bl4 node`` subprocesses on loopback, logging to files, each running as its
+    provider workload (under SPIRE: its own group id, so its own SPIFFE ID)."""
 
-    def __init__(self, workdir: Path, base: str, issuer: EmbeddedIssuer) -> None:
+    def __init__(self, workdir: Path, base: str, provider: Provider, dead_after: int = 30) -> None:
         self.workdir = workdir
         self.base = base
+        self.provider = provider
+        self.dead_after = dead_after
         self.env = {
             **os.environ,
-            "SPIFFE_ENDPOINT_SOCKET": f"unix://{issuer.socket_path}",
+            "SPIFFE_ENDPOINT_SOCKET": f"unix://{provider.socket_path}",
             "X0_LOG_FORMAT": "json",
         }
         self.http = {name: free_port() for name in MESH_NODES}
@@ -896,7 +1070,8 @@ class NodeProcesses:
             log=self.workdir / f"{name}.log",
             # 3 s of silence before a link is declared down (default 0.4 s): a CPU-starved
             # test machine must not pass for a link the rotation dropped.
-            extra=("--heartbeat-interval", "0.1", "--dead-after", "30"),
+            extra=("--heartbeat-interval", "0.1", "--dead-after", str(self.dead_after)),
+            popen=spawn_kwargs(self.provider[name]),
         )
 
     def status(self, name: str) -> dict[str, object]:
@@ -916,6 +1091,33 @@ class NodeProcesses:
 
         wait_until(check, what, deadline)
 
+    def linked(self, names: Sequence[str] = MESH_NODES) -> bool:
+        """Every node of ``names`` has a link up and a route to every other one."""
+        for name in names:
+            status = self.status(name)
+            others = set(names) - {name}
+            routes = status.get("routes", [])
+            assert isinstance(routes, list)
+            if not others <= {p for p, s in _links(status).items() if s == "up"}:
+                return False
+            if not others <= {str(r["dest"]) for r in routes}:
+                return False
+        return True
+
+    def all_links_up(self, names: Sequence[str] = MESH_NODES) -> None:
+        """Assert (now) that every link of every node of ``names`` is up."""
+        for name in names:
+            links = _links(self.status(name))
+            assert set(links.values()) == {"up"}, (name, links)
+
+    def ping(self, src: str, dst: str, count: int = 3) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(
+            f"http://127.0.0.1:{self.http[src]}/v1/ping",
+            params={"target": dst, "count": str(count), "timeout": "5"},
+            timeout=60,
+        ).json()
+        return answer
+
     def close(self) -> None:
         for proc in self.procs.values():
             proc.terminate()
@@ -925,6 +1127,24 @@ class NodeProcesses:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@contextlib.contextmanager
+def running_mesh(
+    provider: Provider, workdir: Path, controller_args: Sequence[str] = ()
+) -> Iterator[tuple[str, NodeProcesses]]:
+    """A controller and the three mesh nodes, fully linked."""
+    with running_controller(
+        workdir, provider, workload=provider["controller"], extra=controller_args
+    ) as base:
+        nodes = NodeProcesses(workdir, base, provider)
+        try:
+            for name in MESH_NODES:
+                nodes.start(name)
+            nodes.wait(nodes.linked, "three nodes fully linked")
+            yield base, nodes
+        finally:
+            nodes.close()
 
 
 def _links(status: dict[str, object]) -> dict[str, str]:
@@ -943,79 +1163,281 @@ def _link_downs(nodes: NodeProcesses, name: str) -> float:
     raise AssertionError(f"{name} exports no x0tta6bl4_node_link_down_events_total")
 
 
+def _last_seen(base: str, provider: HasSocket) -> dict[str, float]:
+    listing = httpx.get(
+        f"{base}/api/v1/nodes", headers=bearer(node_token(provider)), timeout=10
+    ).json()
+    return {n["node_id"]: float(n["last_seen"]) for n in listing["nodes"]}
+
+
+def _spiffe_ids(base: str, provider: HasSocket) -> dict[str, str]:
+    listing = httpx.get(
+        f"{base}/api/v1/nodes", headers=bearer(node_token(provider)), timeout=10
+    ).json()
+    return {n["node_id"]: str(n["spiffe_id"]) for n in listing["nodes"]}
+
+
 def test_svid_rotation_leaves_established_mesh_links_up(
-    make_issuer: IssuerFactory, workdir: Path
+    make_provider: ProviderFactory, workdir: Path
 ) -> None:
-    # X.509-SVIDs live 5 s and rotate at half-life; JWT-SVIDs live min(ttl, 300 s) = 5 s, so
-    # the nodes' control-plane calls run on ever new SVIDs while the test watches the links.
-    issuer = make_issuer(entries=[Entry(os.geteuid(), NODE_ID)], svid_ttl=5.0)
-    with running_controller(workdir, issuer) as base:
-        nodes = NodeProcesses(workdir, base, issuer)
-        try:
-            for name in MESH_NODES:
-                nodes.start(name)
+    # Embedded: X.509-SVIDs live 5 s and rotate at half-life; JWT-SVIDs live min(ttl, 300 s).
+    # SPIRE: 20 s entries (plus SPIRE's 10 s not-before cushion: a new X.509-SVID about every
+    # 5 s; JWT-SVIDs 20 s). Either way the nodes' control-plane calls run on ever new SVIDs
+    # while the test watches the links.
+    spire = make_provider.kind == "spire"
+    ttl = 20.0 if spire else 5.0
+    provider = make_provider(mesh_workloads(), svid_ttl=ttl)
+    with running_mesh(provider, workdir) as (base, nodes):
+        downs = {name: _link_downs(nodes, name) for name in MESH_NODES}
+        ids = _spiffe_ids(base, provider)
+        assert ids == {n: str(provider[n].spiffe_id) for n in MESH_NODES}
+        if spire:  # one SPIFFE ID per node, from its own registration entry
+            assert len(set(ids.values())) == len(MESH_NODES)
 
-            def linked() -> bool:
-                for name in MESH_NODES:
-                    status = nodes.status(name)
-                    others = set(MESH_NODES) - {name}
-                    routes = status.get("routes", [])
-                    assert isinstance(routes, list)
-                    if {p for p, s in _links(status).items() if s == "up"} != others:
-                        return False
-                    if {str(r["dest"]) for r in routes} != others:
-                        return False
-                return True
+        updates: list[SvidUpdate] = []
+        source = WorkloadSource(provider.socket_path, trust_domain=TD, backoff=FAST)
+        source.on_rotate(updates.append)
+        samples = 0
+        with source:
+            first = source.current
+            assert first is not None
+            first_serial = first.default_svid.leaf.serial_number
 
-            nodes.wait(linked, "three nodes fully linked")
-            downs = {name: _link_downs(nodes, name) for name in MESH_NODES}
+            def rotated_and_refetched() -> bool:
+                # Every sample while we wait: every link of every node is still up.
+                nonlocal samples
+                nodes.all_links_up()
+                samples += len(MESH_NODES)
+                serials = {u.svid.leaf.serial_number for u in updates}
+                if len(serials - {first_serial}) < 2:
+                    return False
+                # Past two JWT lifetimes, each node authenticated to the controller
+                # (PUT .../status every 5 s, with a JWT-SVID for that call) with a token
+                # minted after the first rotation.
+                if time.time() < rotated_at + ttl:
+                    return False
+                seen = _last_seen(base, provider)
+                return all(seen.get(name, 0.0) > rotated_at + ttl for name in MESH_NODES)
 
-            updates: list[SvidUpdate] = []
-            source = WorkloadSource(issuer.socket_path, trust_domain=TD, backoff=FAST)
-            source.on_rotate(updates.append)
-            samples = 0
-            with source:
-                first = source.current
-                assert first is not None
-                first_serial = first.default_svid.leaf.serial_number
+            wait_until(lambda: len(updates) >= 2, "the first SVID rotation", 90)
+            rotated_at = time.time()
+            nodes.wait(rotated_and_refetched, "a second rotation and node re-authentication", 150)
+            served = source.fetch_x509_svid().leaf.serial_number
+        assert served != first_serial
+        assert samples >= 3 * len(MESH_NODES)
+        gaps = [b.svid.leaf.not_valid_before_utc - a.svid.leaf.not_valid_before_utc
+                for a, b in itertools.pairwise(updates[1:])]  # fmt: skip
+        print(f"{provider.name}: X.509-SVID rotation every {[g.total_seconds() for g in gaps]} s")
 
-                def rotated_and_refetched() -> bool:
-                    # Every sample while we wait: every link of every node is still up.
-                    nonlocal samples
-                    for name in MESH_NODES:
-                        links = _links(nodes.status(name))
-                        assert set(links.values()) == {"up"}, (name, links)
-                        samples += 1
-                    serials = {u.svid.leaf.serial_number for u in updates}
-                    if len(serials - {first_serial}) < 2:
-                        return False
-                    # Each node authenticated to the controller (PUT .../status every 5 s,
-                    # with a JWT-SVID fetched for that call) after the first rotation.
-                    listing = httpx.get(
-                        f"{base}/api/v1/nodes", headers=bearer(node_token(issuer)), timeout=10
-                    ).json()
-                    seen = {n["node_id"]: float(n["last_seen"]) for n in listing["nodes"]}
-                    return all(seen.get(name, 0.0) > rotated_at for name in MESH_NODES)
+        for name in MESH_NODES:
+            after = nodes.status(name)
+            assert _link_downs(nodes, name) == downs[name], name
+            assert set(_links(after).values()) == {"up"}
+            assert after["registered"] is True
+            assert after["controller_reachable"] is True
+        for src, dst in (("n1", "n3"), ("n3", "n2"), ("n2", "n1")):
+            answer = nodes.ping(src, dst)
+            assert answer["received"] == 3, answer
 
-                wait_until(lambda: len(updates) >= 2, "the first SVID rotation", 60)
-                rotated_at = time.time()
-                nodes.wait(rotated_and_refetched, "a second rotation and node re-authentication")
-                served = source.fetch_x509_svid().leaf.serial_number
-            assert served != first_serial
-            assert samples >= 3 * len(MESH_NODES)
 
-            for name in MESH_NODES:
-                after = nodes.status(name)
-                assert _link_downs(nodes, name) == downs[name], name
-                assert set(_links(after).values()) == {"up"}
-                assert after["registered"] is True
-                assert after["controller_reachable"] is True
-            for src, dst in (("n1", "n3"), ("n3", "n2"), ("n2", "n1")):
-                answer = httpx.get(
-                    f"http://127.0.0.1:{nodes.http[src]}/v1/ping",
-                    params={"target": dst, "count": "3", "timeout": "5"},
-                    timeout=60,
-                ).json()
-                assert answer["received"] == 3, answer
-        finally:
-            nodes.close()
+def test_agent_restart_mid_run_keeps_the_mesh(
+    make_provider: ProviderFactory, workdir: Path
+) -> None:
+    """The Workload API goes away under a running mesh and comes back: links stay up
+    throughout, and the nodes authenticate to the controller again afterwards (SPIRE: the
+    agent restarts with its own SVID from its data directory, no new join token)."""
+    provider = make_provider(mesh_workloads())
+    with running_mesh(provider, workdir) as (base, nodes):
+        downs = {name: _link_downs(nodes, name) for name in MESH_NODES}
+        errors: list[IdentityError] = []
+        updates: list[SvidUpdate] = []
+        source = WorkloadSource(provider.socket_path, trust_domain=TD, backoff=FAST)
+        source.on_error(errors.append)
+        source.on_rotate(updates.append)
+        with source:
+            provider.stop_agent()
+            wait_until(lambda: bool(errors), "the source to notice the agent is gone")
+            stopped_at = time.time()
+            for _ in range(3):  # the data plane does not need the agent
+                nodes.all_links_up()
+                time.sleep(0.5)
+            provider.start_agent()
+            wait_until(lambda: len(updates) >= 2, "the source to reconnect", 60)
+            assert source.fetch_x509_svid().spiffe_id == provider["self"].spiffe_id
+
+            def reauthenticated() -> bool:
+                nodes.all_links_up()
+                seen = _last_seen(base, provider)
+                return all(seen.get(n, 0.0) > stopped_at + 1 for n in MESH_NODES)
+
+            nodes.wait(reauthenticated, "every node to authenticate after the restart", 60)
+        for name in MESH_NODES:
+            assert _link_downs(nodes, name) == downs[name], name
+            assert nodes.status(name)["controller_reachable"] is True
+        assert nodes.ping("n1", "n3")["received"] == 3
+
+
+# -- SPIRE's own operations -------------------------------------------------------------------
+
+
+def _fetch_as(workload: Workload, socket_path: Path) -> subprocess.CompletedProcess[str]:
+    """Fetch an X.509-SVID as ``workload`` (a child with its group id): prints
+    ``OK <spiffe id> <serial>`` or ``<grpc status> <details>``."""
+    code = (
+        "import grpc\n"
+        "from spiffe._proto import workload_pb2 as pb, workload_pb2_grpc as rpc\n"
+        f"ch = grpc.insecure_channel('unix:{socket_path}')\n"
+        "stub = rpc.SpiffeWorkloadAPIStub(ch)\n"
+        "try:\n"
+        "    r = next(stub.FetchX509SVID(pb.X509SVIDRequest(), timeout=10,\n"
+        "        metadata=[('workload.spiffe.io', 'true')]))\n"
+        "    from cryptography import x509\n"
+        "    c = x509.load_der_x509_certificate(r.svids[0].x509_svid)\n"
+        "    print('OK', r.svids[0].spiffe_id, c.serial_number)\n"
+        "except grpc.RpcError as e:\n"
+        "    print(e.code().name, e.details())\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **spawn_kwargs(workload),
+    )
+
+
+def test_spire_tells_workloads_apart_by_their_selectors(make_spire: ProviderFactory) -> None:
+    provider = make_spire(mesh_workloads())
+    for name in ("controller", *MESH_NODES):
+        result = _fetch_as(provider[name], provider.socket_path)
+        assert result.stdout.split()[:2] == ["OK", str(provider[name].spiffe_id)], result
+    stranger = Workload(APP_ID, gid=1_799_999_999)  # our uid, a group id no entry selects
+    result = _fetch_as(stranger, provider.socket_path)
+    assert result.stdout.strip() == "PERMISSION_DENIED no identity issued", result
+
+
+def test_spire_validates_the_configuration_it_runs(make_spire: ProviderFactory) -> None:
+    provider = make_spire({"self": APP_ID})
+    assert isinstance(provider, SpireProvider)
+    spire = provider.spire
+    for binary, conf in (
+        (spire.binaries.server, spire.base / "server.conf"),
+        (spire.binaries.agent, spire.base / "agent.conf"),
+    ):
+        done = subprocess.run(
+            [str(binary), "validate", "-config", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "join_token =" not in (spire.base / "agent.conf").read_text()
+    assert (spire.token_path.stat().st_mode & 0o777) == 0o600
+    assert spire.binaries.version().startswith("1.13")
+
+
+def test_deleted_entry_is_not_renewed_and_the_node_leaves_the_mesh(
+    make_spire: ProviderFactory, workdir: Path
+) -> None:
+    """Deleting n3's entry in SPIRE: the agent stops serving n3 any SVID, n3 can no longer
+    authenticate, the controller expires its record (``--node-ttl``) and n1, n2 drop it while
+    keeping their own link."""
+    provider = make_spire(mesh_workloads(), svid_ttl=30.0)
+    assert isinstance(provider, SpireProvider)
+    # --node-ttl 15: three missed status reports (every 5 s) before a record expires.
+    with running_mesh(provider, workdir, controller_args=("--node-ttl", "15")) as (base, nodes):
+        assert _fetch_as(provider["n3"], provider.socket_path).stdout.startswith("OK")
+        deleted_at = time.monotonic()
+        provider.delete_entry("n3")
+
+        def refused() -> bool:
+            out = _fetch_as(provider["n3"], provider.socket_path).stdout.strip()
+            return out == "PERMISSION_DENIED no identity issued"
+
+        wait_until(refused, "the agent to stop serving n3", 60)
+        refused_s = time.monotonic() - deleted_at
+
+        def gone() -> bool:
+            members = {n["node_id"] for n in httpx.get(
+                f"{base}/api/v1/nodes", headers=bearer(node_token(provider)), timeout=10
+            ).json()["nodes"]}  # fmt: skip
+            assert {"n1", "n2"} <= members, members
+            if "n3" in members:
+                return False
+            return all(_links(nodes.status(name)).get("n3") != "up" for name in ("n1", "n2"))
+
+        nodes.wait(gone, "n3 to leave the mesh", 120)
+        left_s = time.monotonic() - deleted_at
+        print(f"spire: entry deleted -> no SVID after {refused_s:.1f} s, out of the mesh after "
+              f"{left_s:.1f} s (controller --node-ttl 15)")  # fmt: skip
+        assert _links(nodes.status("n1")).get("n2") == "up"
+        assert nodes.ping("n1", "n2")["received"] == 3
+        assert nodes.status("n3")["controller_reachable"] is False
+
+
+def test_ca_rotation_keeps_the_mesh_linked(make_spire: ProviderFactory, workdir: Path) -> None:
+    """SPIRE's CA rotation, the way an operator does it: prepare a new X.509 and JWT
+    authority (published in the bundle first), activate it, taint the old one (agents replace
+    every SVID it signed) and revoke it (gone from the bundle). The mesh stays linked and the
+    nodes keep authenticating with JWT-SVIDs of the new key."""
+    provider = make_spire(mesh_workloads(), svid_ttl=60.0, jwt_ttl=30.0)
+    assert isinstance(provider, SpireProvider)
+    admin = provider.admin
+    with running_mesh(provider, workdir) as (base, nodes):
+        downs = {name: _link_downs(nodes, name) for name in MESH_NODES}
+        source = WorkloadSource(provider.socket_path, trust_domain=TD, backoff=FAST)
+        with source:
+            old = admin.authorities("x509")["active"]
+            old_jwt = admin.authorities("jwt")["active"]
+            assert old is not None
+            assert old_jwt is not None
+            prepared = admin.prepare_authority("x509")
+            prepared_jwt = admin.prepare_authority("jwt")
+
+            def bundle_size(n: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    nodes.all_links_up()
+                    ctx = source.current
+                    assert ctx is not None
+                    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain(TD))
+                    return bundle is not None and len(bundle.x509_authorities) == n
+
+                return check
+
+            nodes.wait(bundle_size(2), "the prepared authority in the agents' bundle", 60)
+            admin.activate_authority("x509", prepared.authority_id)
+            admin.activate_authority("jwt", prepared_jwt.authority_id)
+            admin.taint_authority("x509", old.authority_id)
+            admin.taint_authority("jwt", old_jwt.authority_id)
+            new_ca = set(provider.x509_authorities())
+
+            def resigned() -> bool:
+                nodes.all_links_up()
+                ctx = source.current
+                assert ctx is not None
+                issuer = ctx.default_svid.leaf.issuer
+                return any(
+                    x509.load_der_x509_certificate(der).subject == issuer
+                    and x509.load_der_x509_certificate(der).not_valid_before_utc
+                    > dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+                    for der in new_ca
+                )
+
+            nodes.wait(resigned, "our SVID re-signed by the new authority", 90)
+            admin.revoke_authority("x509", old.authority_id)
+            admin.revoke_authority("jwt", old_jwt.authority_id)
+            nodes.wait(bundle_size(1), "the old authority gone from the agents' bundle", 60)
+            revoked_at = time.time()
+            assert provider.jwt_key_ids() == {prepared_jwt.authority_id}
+
+            def reauthenticated() -> bool:
+                nodes.all_links_up()
+                seen = _last_seen(base, provider)
+                return all(seen.get(n, 0.0) > revoked_at + 1 for n in MESH_NODES)
+
+            nodes.wait(reauthenticated, "the nodes to authenticate with the new JWT key", 90)
+        for name in MESH_NODES:
+            assert _link_downs(nodes, name) == downs[name], name
+        assert nodes.ping("n1", "n3")["received"] == 3

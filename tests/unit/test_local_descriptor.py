@@ -55,6 +55,12 @@ def descriptor(pid: int) -> MeshDescriptor:
         nodes={"node-02": "http://127.0.0.1:40002", "node-01": "http://127.0.0.1:40001"},
         node_pids={"node-01": 11, "node-02": 12},
         started_at=1795670396.1,
+        identity={
+            "provider": "spire",
+            "trust_domain": "x0tta6bl4.mesh",
+            "agent_socket": "/tmp/x0up-a/spire-agent.sock",
+            "server_socket": "/tmp/x0up-a/spire-server.sock",
+        },
     )
 
 
@@ -67,6 +73,8 @@ def test_running_up_round_trips(tmp_path: Path, fake_up: subprocess.Popen[bytes]
     data = json.loads(path.read_text())
     assert data["version"] == 1
     assert list(data["nodes"]) == ["node-01", "node-02"]
+    assert data["identity"]["provider"] == "spire"
+    assert data["identity"]["agent_socket"].endswith("spire-agent.sock")
     assert read_descriptor(tmp_path) == descriptor(fake_up.pid)
 
 
@@ -116,6 +124,8 @@ def test_not_a_state_directory(tmp_path: Path) -> None:
         ({"up_pid": -3}, "up_pid must be a positive integer"),
         ({"node_pids": {"a": "7"}}, "node_pids must map node IDs to pids"),
         ({"controllers": "http://x"}, "controllers must be a list"),
+        ({"identity": "spire"}, "identity must be an object"),
+        ({"identity": {"provider": "vault"}}, "provider is spire or embedded"),
     ],
 )
 def test_malformed_fields_are_named(change: dict[str, object], message: str) -> None:

@@ -100,9 +100,28 @@ def up(  # noqa: PLR0917 - one parameter per flag
             "--ready-timeout", envvar="X0_READY_TIMEOUT", help="seconds to wait for readiness"
         ),
     ] = 120.0,
+    identity: Annotated[
+        str,
+        typer.Option(
+            "--identity",
+            envvar="X0_IDENTITY",
+            help="identity provider: spire (real spire-server + spire-agent, one SPIFFE ID per "
+            "node; needs the SPIRE binaries and root), embedded (x0tta6bl4 identity serve), or "
+            "auto: spire when it can run, else embedded",
+        ),
+    ] = "auto",
+    svid_ttl: Annotated[
+        float,
+        typer.Option(
+            "--svid-ttl",
+            envvar="X0_SVID_TTL",
+            help="X.509-SVID lifetime in seconds (rotated at half-life); JWT-SVIDs live "
+            "min(this, 300 s)",
+        ),
+    ] = 3600.0,
 ) -> None:
-    """Start a local staging mesh (embedded SPIFFE issuer, controller, N mesh nodes as
-    separate processes), show it live, and stop it cleanly on Ctrl-C or after --for."""
+    """Start a local staging mesh (SPIRE or the embedded SPIFFE issuer, controller, N mesh
+    nodes as separate processes), show it live, and stop it cleanly on Ctrl-C or after --for."""
     import asyncio
 
     from rich.console import Console
@@ -114,6 +133,8 @@ def up(  # noqa: PLR0917 - one parameter per flag
 
     if store not in ("sqlite", "etcd"):
         _fail(f"--store must be sqlite or etcd, not {store!r}")
+    if identity not in ("auto", "spire", "embedded"):
+        _fail(f"--identity must be auto, spire or embedded, not {identity!r}")
     config = UpConfig(
         nodes=nodes,
         controllers=controllers,
@@ -127,6 +148,12 @@ def up(  # noqa: PLR0917 - one parameter per flag
         ready_timeout=ready_timeout,
         heartbeat_interval=heartbeat_interval,
         dead_after=dead_after,
+        identity="spire"
+        if identity == "spire"
+        else "embedded"
+        if identity == "embedded"
+        else "auto",
+        svid_ttl=svid_ttl,
     )
     try:
         config.check()

@@ -13,6 +13,9 @@ token.
     ├── IssuerError                   the embedded development issuer
     │   ├── InvalidEntryError         a bad ``--entry UID=SPIFFE_ID``
     │   └── IssuerStateError          state directory unusable (permissions, corrupt files)
+    ├── SpireError                    running or administering a real SPIRE server/agent
+    │   ├── SpireNotFoundError        spire-server / spire-agent binaries not found
+    │   └── SpireCommandError         a ``spire-server`` admin command failed
     ├── WorkloadApiError              talking to a SPIFFE Workload API endpoint
     │   ├── SocketNotFoundError       the socket path does not exist
     │   ├── SocketPermissionError     the socket exists but we may not connect to it
@@ -46,6 +49,9 @@ __all__ = [
     "SocketNotFoundError",
     "SocketPermissionError",
     "SocketRefusedError",
+    "SpireCommandError",
+    "SpireError",
+    "SpireNotFoundError",
     "SvidExpiredError",
     "SvidVerificationError",
     "UntrustedSvidError",
@@ -82,6 +88,22 @@ class InvalidEntryError(IssuerError, ValueError):
 
 class IssuerStateError(IssuerError):
     """The issuer's state directory is unusable."""
+
+
+class SpireError(IdentityError):
+    """Running or administering a real SPIRE server or agent failed."""
+
+
+class SpireNotFoundError(SpireError):
+    """The ``spire-server`` / ``spire-agent`` binaries are not installed or not built."""
+
+
+class SpireCommandError(SpireError):
+    """A ``spire-server`` admin command failed; the message quotes SPIRE's own error."""
+
+    def __init__(self, command: str, message: str) -> None:
+        self.command = command
+        super().__init__(f"spire-server {command}: {message}")
 
 
 class WorkloadApiError(IdentityError):

@@ -11,10 +11,12 @@ from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.local.errors import LocalStagingError, PrerequisiteError
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
-__all__ = ["MAX_NODES", "UpConfig"]
+__all__ = ["IDENTITY_PROVIDERS", "MAX_NODES", "UpConfig"]
 
 #: More node processes than this would not fit a developer machine (each is a Python process).
 MAX_NODES = 200
+#: ``--identity`` values: ``auto`` picks ``spire`` when it can run, else ``embedded``.
+IDENTITY_PROVIDERS = ("auto", "spire", "embedded")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class UpConfig:
     heartbeat_interval: float = DEFAULT_INTERVAL
     dead_after: int = DEFAULT_DEAD_AFTER
     ready_timeout: float = 120.0
+    identity: Literal["auto", "spire", "embedded"] = "auto"
+    svid_ttl: float = 3600.0
 
     def check(self) -> None:
         """Raise :class:`LocalStagingError` (or a subclass) for an unusable combination."""
@@ -63,6 +67,15 @@ class UpConfig:
             raise LocalStagingError("--dead-after must be 1..100")
         if self.ready_timeout <= 0:
             raise LocalStagingError("--ready-timeout must be positive")
+        if self.identity not in IDENTITY_PROVIDERS:
+            raise LocalStagingError(
+                f"--identity must be one of {', '.join(IDENTITY_PROVIDERS)}, not {self.identity!r}"
+            )
+        if not 10 <= self.svid_ttl <= 30 * 86400:
+            raise LocalStagingError(
+                "--svid-ttl must be 10 s .. 30 days (SVIDs rotate at half-life), "
+                f"not {self.svid_ttl:g}"
+            )
         if self.tun:
             if os.geteuid() != 0:
                 raise PrerequisiteError(

@@ -9,7 +9,14 @@ secret (URLs on loopback, node IDs, process IDs); it is written atomically with 
      "controller": "http://127.0.0.1:41023", "controllers": ["http://127.0.0.1:41023"],
      "ui": "http://127.0.0.1:41023/ui", "store": "sqlite",
      "nodes": {"node-01": "http://127.0.0.1:40001", …},
-     "node_pids": {"node-01": 4250, …}}
+     "node_pids": {"node-01": 4250, …},
+     "identity": {"provider": "spire", "trust_domain": "x0tta6bl4.mesh",
+                  "agent_socket": "/tmp/x0up-…/spire-agent.sock",
+                  "server_socket": "/tmp/x0up-…/spire-server.sock", …}}
+
+``identity`` says which provider serves the Workload API (``spire`` or ``embedded``) and where;
+with SPIRE also the server's admin socket, the trust bundle file and each workload's SPIFFE ID
+and selectors (docs/up.md).
 
 :func:`read_descriptor` is what ``x0tta6bl4 check --local STATE_DIR`` uses: it refuses a
 directory without a descriptor, and a descriptor whose ``up`` is no longer running (left by
@@ -66,6 +73,7 @@ class MeshDescriptor:
     nodes: Mapping[str, str]
     node_pids: Mapping[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    identity: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +86,7 @@ class MeshDescriptor:
             "store": self.store,
             "nodes": dict(sorted(self.nodes.items())),
             "node_pids": dict(sorted(self.node_pids.items())),
+            "identity": dict(self.identity),
         }
 
     @classmethod
@@ -107,6 +116,13 @@ class MeshDescriptor:
         if not isinstance(controllers, list) or not all(isinstance(c, str) for c in controllers):
             raise DescriptorError(f"{DESCRIPTOR_FILE} controllers must be a list of URLs")
         started = data.get("started_at", 0.0)
+        identity = data.get("identity", {})
+        if not isinstance(identity, dict) or (
+            identity and identity.get("provider") not in ("spire", "embedded")
+        ):
+            raise DescriptorError(
+                f"{DESCRIPTOR_FILE} identity must be an object whose provider is spire or embedded"
+            )
         return cls(
             up_pid=up_pid,
             controller=controller,
@@ -116,6 +132,7 @@ class MeshDescriptor:
             nodes=dict(nodes),
             node_pids=dict(pids),
             started_at=float(started) if isinstance(started, int | float) else 0.0,
+            identity=dict(identity),
         )
 
 

@@ -27,7 +27,7 @@ from x0tta6bl4.local.stack import Staging
 from x0tta6bl4.local.summary import HealEvent, Summary
 from x0tta6bl4.local.view import LineProgress, RichProgress, render_mesh
 
-__all__ = ["check_command", "run_up"]
+__all__ = ["check_command", "identity_line", "run_up"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _REFRESH = 0.5
@@ -37,6 +37,17 @@ _PLAIN_STATUS_EVERY = 5.0
 def check_command(state_root: Path) -> str:
     """The ``x0tta6bl4 check`` command line that checks the mesh running on ``state_root``."""
     return f"x0tta6bl4 check --local {shlex.quote(str(state_root))}"
+
+
+def identity_line(staging: Staging) -> str:
+    """Which identity provider runs, why, and its Workload API socket (``up``'s output)."""
+    choice = staging.identity
+    what = (
+        "SPIRE (spire-server + spire-agent, one SPIFFE ID per node)"
+        if choice.provider == "spire"
+        else "embedded issuer (x0tta6bl4 identity serve, one SPIFFE ID for all)"
+    )
+    return f"{what} [{choice.reason}], Workload API {staging.spiffe_socket}"
 
 
 def _install_signals(stop: asyncio.Event) -> None:
@@ -86,6 +97,7 @@ async def run_up(config: UpConfig, console: Console, *, live: bool) -> Summary:
             f"[bold]x0tta6bl4 up[/]: {config.nodes} nodes (separate processes), "
             f"{config.controllers} controller(s) on {config.store}, ready in "
             f"{staging.startup_s:.1f} s\n"
+            f"  identity    {escape(identity_line(staging))}\n"
             f"  controller  {staging.controller_url}\n"
             f"  topology UI {staging.ui_url}\n"
             f"  state       {staging.state.root}"
@@ -114,6 +126,7 @@ async def run_up(config: UpConfig, console: Console, *, live: bool) -> Summary:
             controller_url=staging.controller_url,
             ui_url=staging.ui_url,
             state_dir=str(staging.state.root) if staging.state.keep else None,
+            identity=staging.identity.provider,
             heal_events=events,
             unreachable=[list(pair) for pair in check.failed],
             not_ready=sorted(n for n, v in views.items() if not v.ready),

@@ -1,20 +1,28 @@
-"""The local staging mesh: issuer, etcd (optional), controllers and nodes as OS processes.
+"""The local staging mesh: identity provider, etcd (optional), controllers and nodes as OS
+processes.
 
 :class:`Staging` starts the components in dependency order, waits for each one's own
 readiness signal, and stops everything again::
 
-    identity issuer  (x0tta6bl4 identity serve)  ready: its Workload API socket accepts
+    identity, one of (--identity, local/identity.py):
+      spire-server + spire-agent   (--identity spire)     ready: their /ready health endpoints
+      identity issuer              (--identity embedded)  ready: its Workload API socket accepts
     etcd × 3         (--store etcd)              ready: /health on each client port (TLS)
     controller × M   (x0tta6bl4 controller)      ready: GET /ready = 200
     node × N         (x0tta6bl4 node)            ready: GET /ready = 200 (registered, linked)
 
 Every controller and node has a SPIFFE ID of its own (docs/identity.md, "Names"):
 ``spiffe://<td>/ns/local/sa/x0tta6bl4-app/node/<node-id>`` and ``…/controller``. The local
-processes all run as one uid, so the issuer cannot tell them apart by uid; instead ``up``
-writes, right after starting each process, a process entry (``pid:PID@START``) into the
-issuer's entries file (``STATE_DIR/identity-entries``), and removes it when the process is
-killed or restarted. One mesh CA (created under the state directory on first use, reused
-later) signs for every controller.
+processes all run as one uid, so neither provider can tell them apart by uid:
+
+- SPIRE: each process runs with a group id of its own, which its registration entry selects
+  (``unix:uid`` + ``unix:gid``; :mod:`x0tta6bl4.local.workloads`);
+- the embedded issuer: right after starting each process ``up`` writes a process entry
+  (``pid:PID@START``) into the issuer's entries file (``STATE_DIR/identity-entries``), and
+  removes it when the process is killed or restarted.
+
+One mesh CA (created under the state directory on first use, reused later) signs for every
+controller.
 """
 
 from __future__ import annotations
@@ -36,18 +44,28 @@ from x0tta6bl4.local.config import UpConfig
 from x0tta6bl4.local.descriptor import MeshDescriptor, remove_descriptor, write_descriptor
 from x0tta6bl4.local.errors import StartupError
 from x0tta6bl4.local.etcd import EtcdPlan
+from x0tta6bl4.local.identity import ProviderChoice, resolve_provider
 from x0tta6bl4.local.observe import NodeView, fetch_nodes, routed_pairs
 from x0tta6bl4.local.ports import PortAllocator
+from x0tta6bl4.local.spire import LocalSpire, SpireSettings
 from x0tta6bl4.local.statedir import StateDir
 from x0tta6bl4.local.supervisor import Managed, ProcessSpec, Supervisor, x0_command
+from x0tta6bl4.local.workloads import LocalWorkload, local_workloads
 
 __all__ = ["STOP_ORDER", "NodeHandle", "Staging", "StartProgress", "StopRequested"]
 
 #: Kinds in the order they are stopped (the reverse of starting).
-STOP_ORDER = ("node", "controller", "etcd", "issuer")
+STOP_ORDER = ("node", "controller", "etcd", "issuer", "spire-agent", "spire-server")
 #: SIGTERM grace per kind before SIGKILL. A controller waits for open long-poll watches when
 #: it shuts down; by then every node is gone and its store is either disposable or etcd.
-STOP_GRACE = {"node": 5.0, "controller": 2.0, "etcd": 8.0, "issuer": 5.0}
+STOP_GRACE = {
+    "node": 5.0,
+    "controller": 2.0,
+    "etcd": 8.0,
+    "issuer": 5.0,
+    "spire-agent": 5.0,
+    "spire-server": 5.0,
+}
 _POLL = 0.1
 
 
@@ -97,6 +115,9 @@ class Staging:
         self.spiffe_socket: Path | None = None
         self.etcd: EtcdPlan | None = None
         self._entries: dict[str, str] = {}
+        self.identity: ProviderChoice = resolve_provider(config.identity)
+        self.spire: LocalSpire | None = None
+        self.workloads: dict[str, LocalWorkload] = {}
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.startup_s = 0.0
@@ -131,7 +152,10 @@ class Staging:
         return self.state.root / "identity-entries"
 
     def _attest(self, name: str, managed: Managed, spiffe_id: str) -> None:
-        """Give exactly the process of ``managed`` the identity ``spiffe_id``."""
+        """Give exactly the process of ``managed`` the identity ``spiffe_id`` (embedded issuer;
+        under SPIRE the process's group id already selects its entry)."""
+        if self.spire is not None:
+            return
         pid = managed.pid
         start = None if pid is None else process_start_time(pid)
         if pid is None or start is None:
@@ -172,7 +196,10 @@ class Staging:
         self.state = StateDir(self.config.state_dir)
         remove_descriptor(self.state.root)  # left by an up that was SIGKILLed
         async with httpx.AsyncClient() as client:
-            await self._start_issuer(progress)
+            if self.identity.provider == "spire":
+                await self._start_spire(progress)
+            else:
+                await self._start_issuer(progress)
             store_url = None
             if self.config.store == "etcd":
                 store_url = await self._start_etcd(progress, client)
@@ -195,16 +222,74 @@ class Staging:
             nodes=self.node_urls,
             node_pids={n: pid for n, pid in pids.items() if pid is not None},
             started_at=self.started_wall,
+            identity=self.identity_json(),
         )
+
+    def identity_json(self) -> dict[str, object]:
+        """The descriptor's ``identity`` object: provider, sockets, and (SPIRE) each workload's
+        SPIFFE ID and selectors."""
+        info: dict[str, object] = {
+            "provider": self.identity.provider,
+            "trust_domain": self.config.trust_domain,
+            "agent_socket": str(self.spiffe_socket) if self.spiffe_socket else None,
+        }
+        if self.spire is not None:
+            info["server_socket"] = str(self.spire.server_socket)
+            info["bundle"] = str(self.spire.bundle_path)
+            info["workloads"] = {n: w.to_json() for n, w in sorted(self.workloads.items())}
+        return info
 
     def write_descriptor(self) -> None:
         """Write (or rewrite, after a node restart) ``STATE_DIR/mesh.json``."""
         if self.state is not None:
             write_descriptor(self.state.root, self.descriptor())
 
-    def _spec(self, name: str, kind: str, argv: list[str]) -> ProcessSpec:
+    def _spec(
+        self, name: str, kind: str, argv: list[str], workload: str | None = None
+    ) -> ProcessSpec:
         assert self.state is not None
-        return ProcessSpec(name=name, kind=kind, argv=argv, log=self.state.log(name))
+        chosen = self.workloads.get(workload) if workload else None
+        return ProcessSpec(
+            name=name,
+            kind=kind,
+            argv=argv,
+            log=self.state.log(name),
+            gid=None if chosen is None else chosen.gid,
+        )
+
+    async def _start_spire(self, progress: StartProgress) -> None:
+        assert self.state is not None
+        assert self.identity.binaries is not None
+        progress.phase("SPIRE", 2)
+        ttl = self.config.svid_ttl
+        spire = LocalSpire(
+            self.identity.binaries,
+            trust_domain=self.config.trust_domain,
+            base=self.state.sub("spire"),
+            runtime=self.state.runtime,
+            logs=self.state.sub("logs"),
+            ports=self.ports,
+            settings=SpireSettings(x509_svid_ttl=ttl, jwt_svid_ttl=min(ttl, 300.0)),
+        )
+        self.spire = spire
+        self.workloads = local_workloads(self.config.trust_domain, self.node_ids())
+        server = self.supervisor.start(spire.server_spec())
+
+        async def server_ready() -> bool:
+            return await asyncio.to_thread(spire.server_ready)
+
+        await self._wait(
+            {"spire-server": server_ready}, {"spire-server": server}, progress, "SPIRE"
+        )
+        await asyncio.to_thread(spire.bootstrap_agent)
+        await asyncio.to_thread(spire.register, self.workloads.values())
+        agent = self.supervisor.start(spire.agent_spec())
+
+        async def agent_ready() -> bool:
+            return await asyncio.to_thread(spire.agent_ready)
+
+        await self._wait({"spire-agent": agent_ready}, {"spire-agent": agent}, progress, "SPIRE")
+        self.spiffe_socket = spire.agent_socket
 
     async def _start_issuer(self, progress: StartProgress) -> None:
         assert self.state is not None
@@ -324,6 +409,7 @@ class Staging:
                         # store is expected there, not a lost one.
                         *(("--fresh-store",) if store_url else ()),
                     ),
+                    workload="controller",
                 )
             )
             self._attest(name, managed, self.controller_spiffe_id)
@@ -374,7 +460,7 @@ class Staging:
         )
         if self.config.tun:
             argv.append("--tun")
-        return self._spec(handle.node_id, "node", argv)
+        return self._spec(handle.node_id, "node", argv, workload=handle.node_id)
 
     async def _start_nodes(self, progress: StartProgress, client: httpx.AsyncClient) -> None:
         assert self.state is not None

@@ -5,6 +5,7 @@ Layout (``root`` is ``--state-dir`` or a fresh temporary directory, mode 0700)::
     root/
       .lock             held (flock) while an ``up`` uses this directory
       identity/         embedded SPIFFE issuer keys (reused: same SPIFFE CA next run)
+      spire/            SPIRE: server/ (datastore, CA keys; reused), agent/, configs, bundle
       mesh-ca/          ca.crt, ca.key: the mesh CA every controller signs with (reused)
       controller-<i>/   controller state (SQLite store for ``--store sqlite``)
       etcd/m<i>/        etcd member data (``--store etcd``)

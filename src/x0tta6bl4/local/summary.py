@@ -50,6 +50,7 @@ class Summary:
     controller_url: str
     ui_url: str
     state_dir: str | None
+    identity: str = "embedded"
     heal_events: list[HealEvent] = field(default_factory=list)
     unreachable: list[list[str]] = field(default_factory=list)
     not_ready: list[str] = field(default_factory=list)

@@ -422,7 +422,8 @@ class NodeAgent:
                 if exc.status == 404:
                     with contextlib.suppress(ControllerError, OSError):
                         await self._register(renew=False)
-            except Exception as exc:
+            except Exception as exc:  # e.g. no SVID any more: the report did not get through
+                self.controller_ok = False
                 _log.warning("node.status_failed", error=type(exc).__name__)
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
