@@ -452,7 +452,47 @@ def build_state(values: Iterable[str] = ("values-staging.yaml",)) -> ClusterStat
         state.put("v1", "pods", _pod(agent, f"spire-agent-{i}x9z", node, next(ip)), "spire")
     for i in range(3):
         state.put("v1", "pods", _pod(server, f"spire-server-{i}", NODES[i], next(ip)), "spire")
+    state.put("v1", "configmaps", spire_bundle_configmap("x0tta6bl4.mesh"), "spire")
     return state
+
+
+def spire_bundle_configmap(trust_domain: str, *, days: float = 1.0) -> Obj:
+    """ConfigMap spire-bundle as SPIRE's k8sbundle notifier writes it: a CA of
+    ``spiffe://<trust_domain>`` (EC P-256, self-signed, valid ``days`` from now)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x0tta6bl4")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=min(days, 0) - 1 / 24))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "spire-bundle", "namespace": "spire"},
+        "data": {"bundle.crt": pem},
+    }
 
 
 # --------------------------------------------------------------------------- HTTP server

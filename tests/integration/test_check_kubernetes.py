@@ -29,6 +29,7 @@ from tests.integration.kube_api_double import (
     ClusterState,
     KubeApiDouble,
     build_state,
+    spire_bundle_configmap,
     write_kubeconfig,
 )
 from x0tta6bl4.check.app import CheckRequest, run_request
@@ -207,6 +208,28 @@ async def test_spire_server_missing(cluster: Cluster) -> None:
     code, report = await cluster.json("pre")
     assert_fails(code, report, "spire-server", "no StatefulSet spire-server in namespace spire")
     assert failed(report) == {"spire-server"}
+
+
+async def test_spire_trust_domain_is_checked_in_its_bundle(cluster: Cluster) -> None:
+    code, report = await cluster.json("pre")
+    trust = checks(report)["spire-trust-domain"]
+    assert trust["result"] == "success", trust
+    assert "CA(s) of spiffe://x0tta6bl4.mesh" in str(trust), trust
+    cluster.state.put("v1", "configmaps", spire_bundle_configmap("other.example"), "spire")
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "spire-trust-domain", "SPIRE serves spiffe://other.example, not")
+    expired = spire_bundle_configmap("x0tta6bl4.mesh", days=-1.0)
+    cluster.state.put("v1", "configmaps", expired, "spire")
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "spire-trust-domain", "expired or not yet valid")
+    empty = {**expired, "data": {}}
+    cluster.state.put("v1", "configmaps", empty, "spire")
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "spire-trust-domain", "holds no bundle yet")
+    cluster.state.delete("v1", "configmaps", "spire-bundle", "spire")
+    code, report = await cluster.json("pre")
+    assert_fails(code, report, "spire-trust-domain", "no ConfigMap spire-bundle in namespace")
+    assert failed(report) == {"spire-trust-domain"}
 
 
 async def test_storage_class_missing(cluster: Cluster) -> None:

@@ -8,8 +8,11 @@ quota headroom, SPIRE server and CRDs. Each check's anchor is its section in doc
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from decimal import Decimal
+
+from cryptography import x509
 
 from x0tta6bl4.check.cluster import ClusterContext
 from x0tta6bl4.check.kube import KubeError, KubeNotFoundError
@@ -17,6 +20,7 @@ from x0tta6bl4.check.kubeobj import condition_true, name_of, parse_quantity
 from x0tta6bl4.check.model import Category, Check, CheckFailedError, CheckSkippedError, Severity
 
 __all__ = [
+    "BUNDLE_CONFIGMAP",
     "CHART_REQUESTS",
     "MIN_VERSION",
     "RBAC_NEEDS",
@@ -73,6 +77,10 @@ CHART_REQUESTS: dict[str, tuple[Decimal, Decimal]] = {
 """Requests of one pod of each chart component (values.yaml / values-staging.yaml)."""
 CHART_CONTROLLERS = 3
 CHART_ETCD_MEMBERS = 3
+
+BUNDLE_CONFIGMAP = "spire-bundle"
+"""Where SPIRE's server publishes its trust bundle (its k8sbundle notifier, key ``bundle.crt``):
+the name both charts/x0tta6bl4-spire and the official spiffe/spire chart use."""
 
 _VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -311,6 +319,53 @@ async def check_spire_server(ctx: ClusterContext) -> str:
     return f"{ready} of {want} ready"
 
 
+def _spiffe_uris(cert: x509.Certificate) -> list[str]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(sans.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+async def check_spire_trust_domain(ctx: ClusterContext) -> str:
+    """SPIRE serves the mesh's trust domain: the bundle its server publishes (ConfigMap
+    spire-bundle) holds a currently valid CA whose SPIFFE ID is ``spiffe://<trust domain>``."""
+    if not ctx.options.spiffe:
+        raise CheckSkippedError("x0tta6bl4.spiffe.enabled is false")
+    td = ctx.options.trust_domain
+    path = ctx.ns_path("v1", "configmaps", BUNDLE_CONFIGMAP, ctx.spire_namespace)
+    try:
+        cm = await ctx.kube.get(path)
+    except KubeNotFoundError:
+        raise CheckFailedError(
+            f"no ConfigMap {BUNDLE_CONFIGMAP} in namespace {ctx.spire_namespace}: install SPIRE "
+            "(charts/x0tta6bl4-spire) and let its server start"
+        ) from None
+    pem = str((cm.get("data") or {}).get("bundle.crt") or "")
+    if "BEGIN CERTIFICATE" not in pem:
+        raise CheckFailedError(
+            f"{BUNDLE_CONFIGMAP} holds no bundle yet: the SPIRE server has not published its CA"
+        )
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise CheckFailedError(f"{BUNDLE_CONFIGMAP}: bundle.crt is not valid PEM") from None
+    want = f"spiffe://{td}"
+    ours = [c for c in certs if want in _spiffe_uris(c)]
+    if not ours:
+        found = sorted({u for c in certs for u in _spiffe_uris(c)}) or ["no SPIFFE ID"]
+        raise CheckFailedError(
+            f"SPIRE serves {', '.join(found)}, not {want}: install SPIRE with "
+            f"global.spire.trustDomain={td} (or set x0tta6bl4.spiffe.trustDomain to match)"
+        )
+    now = dt.datetime.fromtimestamp(ctx.now(), dt.UTC)
+    current = [c for c in ours if c.not_valid_before_utc <= now <= c.not_valid_after_utc]
+    if not current:
+        raise CheckFailedError(f"every CA of {want} in SPIRE's bundle is expired or not yet valid")
+    until = max(c.not_valid_after_utc for c in current)
+    return f"{len(current)} CA(s) of {want}, valid until {until:%Y-%m-%d %H:%M} UTC"
+
+
 async def check_spire_crds(ctx: ClusterContext) -> str:
     """The SPIRE controller manager's ClusterSPIFFEID API (spire.spiffe.io) is served."""
     if not ctx.options.spiffe:
@@ -364,6 +419,11 @@ def pre_categories() -> list[Category[ClusterContext]]:
             "spire",
             [
                 Check("spire-server", "SPIRE server is running", check_spire_server),
+                Check(
+                    "spire-trust-domain",
+                    "SPIRE serves the mesh's trust domain",
+                    check_spire_trust_domain,
+                ),
                 Check("spire-crds", "SPIRE ClusterSPIFFEID API is served", check_spire_crds),
             ],
         ),

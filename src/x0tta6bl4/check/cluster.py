@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from x0tta6bl4.check.kube import KubeClient, KubeError, KubeUnreachableError, Obj
+from x0tta6bl4.identity import DEFAULT_TRUST_DOMAIN
 
 __all__ = ["DEFAULT_NAMESPACE", "ClusterContext", "InstallOptions", "ValuesError"]
 
@@ -49,6 +50,7 @@ class InstallOptions:
     persistence: bool = True
     store_mode: str = "etcd"
     spiffe: bool = True
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     monitoring: bool = False
     monitoring_mode: str = "prometheus"
     monitoring_namespace: str = "monitoring"
@@ -87,6 +89,7 @@ class InstallOptions:
             persistence=pick(defaults.persistence, "x0tta6bl4", "persistence", "enabled"),
             store_mode=pick(defaults.store_mode, "x0tta6bl4", "store", "mode"),
             spiffe=pick(defaults.spiffe, "x0tta6bl4", "spiffe", "enabled"),
+            trust_domain=pick(defaults.trust_domain, "x0tta6bl4", "spiffe", "trustDomain"),
             monitoring=pick(defaults.monitoring, "monitoring", "enabled"),
             monitoring_mode=pick(defaults.monitoring_mode, "monitoring", "mode"),
             monitoring_namespace=pick(defaults.monitoring_namespace, "monitoring", "namespace"),
