@@ -1,12 +1,15 @@
-"""``x0tta6bl4 check`` against a Kubernetes API server **test double**.
+"""``x0tta6bl4 check`` against a Kubernetes API server **test double**, for what the real
+cluster of tests/cluster/ cannot be made to show (docs/checks.md, "Testing").
 
-No Kubernetes cluster can run on the development machines (no container runtime, no
-kubelet), so these tests run the real checks, the real ``kubernetes_asyncio`` client and a
-real kubeconfig against :mod:`tests.integration.kube_api_double`: a local HTTP server that
-answers the API calls the checks make, serving the chart's own rendered manifests
-(``helm template`` with ``values-staging.yaml``) plus realistic status. Each failing case
-breaks one thing and asserts that the right check fails, with its docs/checks.md hint, and
-that the exit code is 1.
+The real cluster (scripts/cluster) now runs the failures it can show for real — the API
+unreachable, a wrong token, RBAC denied, a missing StorageClass, the Metrics API missing, the
+output formats (tests/cluster/test_check_failures.py). Kept here: Kubernetes older than 1.28,
+a controller whose node count disagrees with the mesh pods, a PVC pending beside bound ones,
+SPIRE's server missing, and the record of every API read --post makes; and, until SPIRE runs
+in the real cluster (#15), the cases that need the formed mesh (all passing, a pod not ready,
+too few mesh pods, --wait). The double is :mod:`tests.integration.kube_api_double`: a local
+HTTP server that answers the API calls the checks make, serving the chart's own rendered
+manifests (``helm template`` with ``values-staging.yaml``) plus realistic status.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import io
 import json
 import os
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,7 @@ from tests.integration.kube_api_double import (
 )
 from x0tta6bl4.check.app import CheckRequest, run_request
 from x0tta6bl4.check.checks_pre import RBAC_NEEDS
-from x0tta6bl4.check.model import HINT_BASE, Status
-from x0tta6bl4.check.report_table import MARKS
+from x0tta6bl4.check.model import HINT_BASE
 
 pytestmark = [
     pytest.mark.helm,
@@ -168,21 +169,6 @@ async def test_pvc_pending(cluster: Cluster) -> None:
     assert failed(report) == {"pvcs-bound"}
 
 
-async def test_metrics_api_missing(cluster: Cluster) -> None:
-    del cluster.state.groups["metrics.k8s.io"]
-    code, report = await cluster.json("pre")
-    assert_fails(code, report, "k8s-metrics-api", "install metrics-server")
-    assert failed(report) == {"k8s-metrics-api"}
-
-
-async def test_rbac_denied(cluster: Cluster) -> None:
-    cluster.state.denied = {("rbac.authorization.k8s.io", "clusterroles"), ("apps", "daemonsets")}
-    code, report = await cluster.json("pre")
-    assert_fails(code, report, "k8s-rbac", "daemonsets.apps in x0tta6bl4-staging")
-    assert "clusterroles.rbac.authorization.k8s.io" in checks(report)["k8s-rbac"]["error"]
-    assert failed(report) == {"k8s-rbac"}
-
-
 async def test_too_few_mesh_pods(cluster: Cluster) -> None:
     cluster.state.remove_mesh_pod("node-c")
     code, report = await cluster.json("post")
@@ -232,34 +218,6 @@ async def test_spire_trust_domain_is_checked_in_its_bundle(cluster: Cluster) -> 
     assert failed(report) == {"spire-trust-domain"}
 
 
-async def test_storage_class_missing(cluster: Cluster) -> None:
-    cluster.state.delete("storage.k8s.io/v1", "storageclasses", "fast-ssd")
-    code, report = await cluster.json("pre")
-    assert_fails(code, report, "k8s-storageclass", "StorageClass 'fast-ssd'")
-
-
-async def test_api_unreachable_is_fatal(tmp_path: Path) -> None:
-    async with KubeApiDouble(build_state()) as double:
-        url = double.url
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)  # nothing listens there now
-    out = io.StringIO()
-    code = await run_request(CheckRequest(mode="post", kubeconfig=kubeconfig, output="json"), out)
-    report = json.loads(out.getvalue())
-    assert code == 1
-    assert report["stopped_by"] == "k8s-api"
-    assert [c["id"] for cat in report["categories"] for c in cat["checks"]] == ["k8s-api"]
-
-
-async def test_wrong_token_is_reported(cluster: Cluster, tmp_path: Path) -> None:
-    bad = write_kubeconfig(tmp_path / "bad", cluster.double.url, token="not-the-token")
-    out = io.StringIO()
-    code = await run_request(CheckRequest(mode="pre", kubeconfig=bad, output="json"), out)
-    report = json.loads(out.getvalue())
-    assert code == 1
-    assert "HTTP 401" in checks(report)["k8s-api"]["error"]
-    assert "not-the-token" not in out.getvalue()
-
-
 # --------------------------------------------------------------------------- --wait
 
 
@@ -281,37 +239,6 @@ async def test_without_wait_the_same_state_fails(cluster: Cluster) -> None:
 
 
 # --------------------------------------------------------------------------- formats
-
-
-async def test_junit_parses(cluster: Cluster) -> None:
-    cluster.state.remove_mesh_pod("node-b")
-    code, text = await cluster.run("post", "junit")
-    assert code == 1
-    root = ET.fromstring(text.split("\n", 1)[1])
-    assert root.tag == "testsuites"
-    assert int(root.get("failures", "0")) == 1
-    failures = root.findall(".//testcase[failure]")
-    assert [f.get("id") for f in failures] == ["mesh-coverage"]
-    failure = failures[0].find("failure")
-    assert failure is not None
-    assert HINT_BASE + "mesh-coverage" in (failure.text or "")
-    assert {s.get("name") for s in root.findall("testsuite")} >= {
-        "kubernetes-api",
-        "x0tta6bl4-control-plane",
-        "x0tta6bl4-data-plane",
-        "spire",
-    }
-
-
-async def test_table_shows_marks(cluster: Cluster) -> None:
-    del cluster.state.groups["metrics.k8s.io"]
-    code, text = await cluster.run("pre", "table")
-    assert code == 1
-    assert f"{MARKS[Status.SUCCESS]} can reach the Kubernetes API" in text
-    assert f"{MARKS[Status.ERROR]} metrics API is available for the HPA" in text
-    assert f"see {HINT_BASE}k8s-metrics-api for hints" in text
-    assert text.rstrip().endswith(f"Status check results are {MARKS[Status.ERROR]}")
-    assert "\x1b[" not in text  # no colour codes when not a terminal
 
 
 async def test_cli_exit_code_and_env(cluster: Cluster) -> None:

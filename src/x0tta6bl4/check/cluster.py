@@ -2,11 +2,15 @@
 how to reach HTTP endpoints of services and pods.
 
 From outside the cluster the checks reach the controller's ``/metrics``, the nodes'
-``/v1/status`` and Prometheus through the API server's service and pod proxies (what
-``kubectl get --raw`` does); inside the cluster (``--in-cluster``, the ``helm test`` pod) they
-connect directly to the service DNS name or the pod IP, which the chart's NetworkPolicies
-admit for the check pod and the read-only ClusterRole ``x0tta6bl4-check`` does not need
-proxy rights for.
+``/v1/status`` and Prometheus the way ``kubectl port-forward`` does (``pods/portforward``, to a
+ready pod behind the Service): the request arrives on the pod's loopback, so the chart's
+default-deny NetworkPolicy does not drop it, as it drops the API server's service and pod
+proxies, which connect from the control plane's address (seen on a real cluster that enforces
+policies). An API server without the port-forward subresource, or a user without
+``create pods/portforward``, gets the proxies instead. Inside the cluster (``--in-cluster``,
+the ``helm test`` pod) they connect directly to the service DNS name or the pod IP, which the
+chart's NetworkPolicies admit for the check pod and the read-only ClusterRole
+``x0tta6bl4-check`` does not need proxy or port-forward rights for.
 """
 
 from __future__ import annotations
@@ -153,12 +157,52 @@ class ClusterContext:
         ns: str = "",
         query: Mapping[str, str] | None = None,
     ) -> str:
-        """GET ``path`` on a Service port: directly in the cluster, else via the API proxy."""
+        """GET ``path`` on a Service port: directly in the cluster, else by port-forward to a
+        ready pod behind it (the API server's service proxy as the fallback)."""
         ns = ns or self.namespace
         if self.kube.in_cluster:
             return await self._direct(f"http://{service}.{ns}.svc:{port}{path}", query)
+        backends = await self._service_backends(service, port, ns)
+        last: KubeError | None = None
+        for pod, target in backends:
+            try:
+                return await self.kube.portforward_text(ns, pod, target, path, query)
+            except KubeUnreachableError as exc:
+                last = exc
+            except KubeError as exc:
+                if exc.status not in _NO_PORTFORWARD:
+                    raise
+                break
+        else:
+            if last is not None:
+                raise last
         proxy = f"/api/v1/namespaces/{ns}/services/{quote(service)}:{port}/proxy{path}"
         return await self.kube.get_text(proxy, query)
+
+    async def _service_backends(self, service: str, port: int, ns: str) -> list[tuple[str, int]]:
+        """(pod name, container port) of the ready endpoints of a Service port; empty when
+        they cannot be read (the proxy is tried then)."""
+        try:
+            svc = await self.kube.get(self.ns_path("v1", "services", service, ns))
+            endpoints = await self.kube.get(self.ns_path("v1", "endpoints", service, ns))
+        except KubeUnreachableError:
+            raise
+        except KubeError:
+            return []
+        ports = [p for p in (svc.get("spec") or {}).get("ports") or [] if p.get("port") == port]
+        name = ports[0].get("name") if ports else None
+        found: list[tuple[str, int]] = []
+        for subset in endpoints.get("subsets") or []:
+            numbers = [
+                p.get("port")
+                for p in subset.get("ports") or []
+                if len(subset.get("ports") or []) == 1 or p.get("name") == name
+            ]
+            for address in subset.get("addresses") or []:
+                ref = address.get("targetRef") or {}
+                if ref.get("kind") == "Pod" and ref.get("name") and numbers:
+                    found.append((str(ref["name"]), int(numbers[0])))
+        return found
 
     async def pod_text(
         self,
@@ -169,8 +213,9 @@ class ClusterContext:
         *,
         headers: Mapping[str, str] | None = None,
     ) -> str:
-        """GET ``path`` on a pod's port: directly at its IP in the cluster, else via the proxy
-        (``headers`` are sent on direct requests only: the proxy carries the API credentials)."""
+        """GET ``path`` on a pod's port: directly at its IP in the cluster, else by
+        port-forward (the API server's pod proxy as the fallback). ``headers`` go with the
+        direct and port-forwarded requests only: the proxy carries the API credentials."""
         meta = pod.get("metadata") or {}
         if self.kube.in_cluster:
             ip = (pod.get("status") or {}).get("podIP")
@@ -179,5 +224,18 @@ class ClusterContext:
             host = f"[{ip}]" if ":" in str(ip) else str(ip)
             return await self._direct(f"http://{host}:{port}{path}", query, headers)
         ns = meta.get("namespace") or self.namespace
-        proxy = f"/api/v1/namespaces/{ns}/pods/{quote(str(meta.get('name')))}:{port}/proxy{path}"
+        name = str(meta.get("name"))
+        try:
+            return await self.kube.portforward_text(ns, name, port, path, query, headers=headers)
+        except KubeUnreachableError:
+            raise
+        except KubeError as exc:
+            if exc.status not in _NO_PORTFORWARD:
+                raise
+        proxy = f"/api/v1/namespaces/{ns}/pods/{quote(name)}:{port}/proxy{path}"
         return await self.kube.get_text(proxy, query)
+
+
+# Answers to a port-forward upgrade that mean "not this way": no such subresource (404), not
+# allowed (403), or a server that does not upgrade (400): the API proxy is tried instead.
+_NO_PORTFORWARD = (400, 403, 404)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
@@ -81,6 +82,21 @@ def _status_message(body: bytes) -> str:
 class _Target:
     host: str
     in_cluster: bool
+
+
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, up to ``limit`` bytes. (``StreamReader.read(n)`` returns what has
+    arrived so far: a real API server's larger answers come in several chunks, which the first
+    read would cut — found against the real cluster of scripts/cluster.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class KubeClient:
@@ -180,7 +196,7 @@ class KubeClient:
                 _request_timeout=self._timeout,
             )
             async with response:
-                data: bytes = await response.content.read(_MAX_BODY)
+                data = await _read_bounded(response.content, _MAX_BODY)
                 status = int(response.status)
         except (aiohttp.ClientError, OSError) as exc:
             raise KubeUnreachableError(
@@ -220,6 +236,45 @@ class KubeClient:
     async def get_text(self, path: str, query: Mapping[str, str] | None = None) -> str:
         """GET ``path`` (e.g. a service proxy to ``/metrics``) and return the body as text."""
         return (await self._request("GET", path, query)).decode("utf-8", "replace")
+
+    async def portforward_text(
+        self,
+        namespace: str,
+        pod: str,
+        port: int,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """GET ``path`` on ``port`` of a pod through ``pods/portforward`` (what ``kubectl
+        port-forward`` uses; see :mod:`x0tta6bl4.check.portforward`) and return the body."""
+        from x0tta6bl4.check.portforward import PortForwardError, http_get
+
+        auth: dict[str, str] = {}
+        await self._api.update_params_for_auth(auth, [], ["BearerToken"])
+        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/portforward"
+        target = path + ("?" + urlencode(dict(query)) if query else "")
+        try:
+            status, body = await http_get(
+                self._api.rest_client.pool_manager,
+                url,
+                auth,
+                port,
+                target,
+                timeout=self._timeout,
+                max_body=_MAX_BODY,
+                request_headers=headers,
+            )
+        except PortForwardError as exc:
+            if exc.status == 404:
+                raise KubeNotFoundError(f"{url}: {exc}", 404) from None
+            if exc.status is not None:
+                raise KubeError(f"{pod}:{port}{path}: {exc}", exc.status) from None
+            raise KubeUnreachableError(f"{pod}:{port}{path}: {exc}") from None
+        if status != 200:
+            raise KubeError(f"GET {pod}:{port}{path} (port-forward): HTTP {status}", status)
+        return body.decode("utf-8", "replace")
 
     async def post(self, path: str, body: Obj) -> Obj:
         """POST a JSON object to ``path`` and return the JSON answer."""
