@@ -33,7 +33,7 @@ tools:
 # The pinned components built from their Go modules into the machine-wide cache (a no-op when
 # the cache has them): the real cluster the tests in tests/cluster/ run on, and SPIRE (the
 # SPIFFE integration suite against real SPIRE, `x0tta6bl4 up --identity spire`).
-CLUSTER_COMPONENTS := kubernetes etcd coredns kube-router pause metrics-server
+CLUSTER_COMPONENTS := kubernetes etcd coredns kube-router pause metrics-server vpa-crds prometheus
 SPIRE_COMPONENTS := spire
 components:
 	scripts/components/build $(CLUSTER_COMPONENTS) $(SPIRE_COMPONENTS) >/dev/null

@@ -56,6 +56,14 @@ def main(argv: list[str]) -> int:
         p.add_argument(
             "--dir", type=Path, default=default_dir, help="state directory (X0_CLUSTER_DIR)"
         )
+        if name == "staging":
+            p.add_argument(
+                "--no-check",
+                action="store_true",
+                default=_env("NO_CHECK") == "1",
+                help="return once the release is installed, without waiting for check --post "
+                "(X0_CLUSTER_NO_CHECK=1)",
+            )
     args = parser.parse_args(argv)
     cluster = Cluster(args.dir)
     try:
@@ -69,7 +77,7 @@ def main(argv: list[str]) -> int:
         elif args.command == "staging":
             from clusterlib.staging import staging
 
-            staging(cluster)
+            staging(cluster, check=not args.no_check)
         elif args.command == "status":
             print(cluster.describe())
     except ClusterError as exc:

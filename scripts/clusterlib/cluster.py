@@ -244,7 +244,15 @@ class Cluster:
         if os.geteuid() != 0:
             raise ClusterError("scripts/cluster needs root (namespaces, cgroups, mounts)")
         kubectl_binary()
-        names = ["kubernetes", "etcd", "coredns", "kube-router", "pause", "metrics-server"]
+        names = [
+            "kubernetes",
+            "etcd",
+            "coredns",
+            "kube-router",
+            "pause",
+            "metrics-server",
+            "vpa-crds",
+        ]
         out = run([str(COMPONENTS), *names], timeout=7200).stdout.split()
         self._bins = {n: Path(p) for n, p in zip(names, out, strict=True)}
 
@@ -675,6 +683,9 @@ class Cluster:
         self.kubectl(
             "apply", "-f", "-", input=json.dumps(manifests.metrics_server(ms_image, ca_pem))
         )
+        # The VPA API (CRDs only), so that the guide's VerticalPodAutoscaler is accepted.
+        crds = self._bins["vpa-crds"] / "vpa-v1-crd-gen.yaml"
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
 
     def wait_ready(self) -> None:
         def nodes_ready() -> bool:

@@ -3,7 +3,8 @@
 1. the guide's namespaces (``x0tta6bl4-staging`` enforcing the PodSecurity ``restricted``
    profile, ``monitoring``, ``spire``);
 2. SPIRE as its own release, first (``charts/x0tta6bl4-spire``, when the repository has it);
-3. the mesh CA Secret ``x0tta6bl4-mesh-ca`` from ``x0tta6bl4 controller ca init``;
+3. the mesh CA Secret ``x0tta6bl4-mesh-ca`` from ``x0tta6bl4 controller ca init``, and the
+   etcd TLS Secrets from ``x0tta6bl4 controller etcd-certs`` (docs/deployment.md step 3b);
 4. ``helm install x0tta6bl4 charts/x0tta6bl4 -n x0tta6bl4-staging -f values-staging.yaml`` with
    the guide's file as written;
 5. returns when ``x0tta6bl4 check --post`` passes.
@@ -71,7 +72,11 @@ def helm(cluster: Cluster, *args: str, timeout: float = 900) -> str:
     return run([helm_binary(), f"--kubeconfig={cluster.kubeconfig}", *args], timeout=timeout).stdout
 
 
-def staging(cluster: Cluster, *, extra_set: list[str] | None = None) -> dict[str, float]:
+def staging(
+    cluster: Cluster, *, extra_set: list[str] | None = None, check: bool = True
+) -> dict[str, float]:
+    """Run the Deployment Steps; with ``check`` (the default) return only once ``x0tta6bl4
+    check --post`` passes, else once the release's objects are accepted (``--no-check``)."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     with step("Loading the images the guide's values name (Prometheus)"):
@@ -130,6 +135,26 @@ def staging(cluster: Cluster, *, extra_set: list[str] | None = None) -> dict[str
                 f"--from-file=ca.crt={ca_dir / 'ca.crt'}",
                 f"--from-file=ca.key={ca_dir / 'ca.key'}",
             )  # fmt: skip
+    with step("Creating the etcd TLS Secrets x0tta6bl4-etcd-server-tls and -client-tls"):
+        have = cluster.kubectl(
+            "-n", NAMESPACE, "get", "secret", "x0tta6bl4-etcd-server-tls", "--ignore-not-found",
+            "-o", "name",
+        )  # fmt: skip
+        if not have.strip():
+            tls = cluster.dir / "etcd-tls"
+            if not (tls / "server.key").exists():
+                run([x0_binary(), "controller", "etcd-certs", "--out", str(tls),
+                     "--namespace", NAMESPACE, "--replicas", "3"])  # fmt: skip
+            for name, role in (
+                ("x0tta6bl4-etcd-server-tls", "server"),
+                ("x0tta6bl4-etcd-client-tls", "client"),
+            ):
+                cluster.kubectl(
+                    "-n", NAMESPACE, "create", "secret", "generic", name,
+                    f"--from-file=ca.crt={tls / 'ca.crt'}",
+                    f"--from-file=tls.crt={tls / f'{role}.crt'}",
+                    f"--from-file=tls.key={tls / f'{role}.key'}",
+                )  # fmt: skip
     with step("helm install x0tta6bl4 -f values-staging.yaml (the guide's file as written)"):
         args = [
             "upgrade",
@@ -146,6 +171,11 @@ def staging(cluster: Cluster, *, extra_set: list[str] | None = None) -> dict[str
         t1 = time.monotonic()
         helm(cluster, *args)
         timings["helm_install_seconds"] = round(time.monotonic() - t1, 1)
+    if not check:
+        timings["staging_seconds"] = round(time.monotonic() - t0, 1)
+        cluster.s.timings.update(timings)
+        cluster.save()
+        return timings
     with step("Waiting for x0tta6bl4 check --post to pass"):
         t1 = time.monotonic()
         check = run(

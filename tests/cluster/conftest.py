@@ -81,6 +81,9 @@ def staged(cluster_up: RealCluster, measurements: dict[str, Any]) -> RealCluster
     state = cluster_up.state
     if "staging_seconds" not in state.get("timings", {}):
         t0 = time.monotonic()
-        cluster_up.script("staging")
+        # Without SPIRE (charts/x0tta6bl4-spire, #15) check --post cannot pass: the mesh
+        # nodes cannot register. Install, and let the tests that need the mesh say so.
+        spire = (Path(__file__).resolve().parents[2] / "charts" / "x0tta6bl4-spire").is_dir()
+        cluster_up.script("staging", *([] if spire else ["--no-check"]))
         measurements["staging_seconds"] = round(time.monotonic() - t0, 1)
     return cluster_up
