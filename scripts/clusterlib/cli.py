@@ -64,6 +64,13 @@ def main(argv: list[str]) -> int:
                 help="return once the release is installed, without waiting for check --post "
                 "(X0_CLUSTER_NO_CHECK=1)",
             )
+            p.add_argument(
+                "--no-spire",
+                action="store_true",
+                default=_env("NO_SPIRE") == "1",
+                help="install the mesh with spiffe disabled and no SPIRE release "
+                "(X0_CLUSTER_NO_SPIRE=1)",
+            )
     args = parser.parse_args(argv)
     cluster = Cluster(args.dir)
     try:
@@ -77,7 +84,7 @@ def main(argv: list[str]) -> int:
         elif args.command == "staging":
             from clusterlib.staging import staging
 
-            staging(cluster, check=not args.no_check)
+            staging(cluster, check=not args.no_check, spire=not args.no_spire)
         elif args.command == "status":
             print(cluster.describe())
     except ClusterError as exc:

@@ -73,7 +73,11 @@ def helm(cluster: Cluster, *args: str, timeout: float = 900) -> str:
 
 
 def staging(
-    cluster: Cluster, *, extra_set: list[str] | None = None, check: bool = True
+    cluster: Cluster,
+    *,
+    extra_set: list[str] | None = None,
+    check: bool = True,
+    spire: bool = True,
 ) -> dict[str, float]:
     """Run the Deployment Steps; with ``check`` (the default) return only once ``x0tta6bl4
     check --post`` passes, else once the release's objects are accepted (``--no-check``)."""
@@ -92,7 +96,7 @@ def staging(
                     "pod-security.kubernetes.io/enforce-version": "latest",
                 }
             cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-    spiffe = SPIRE_CHART.is_dir()
+    spiffe = spire and SPIRE_CHART.is_dir()
     sets = list(extra_set or [])
     if spiffe:
         with step("Installing SPIRE as its own release (charts/x0tta6bl4-spire)"):
@@ -110,8 +114,8 @@ def staging(
             )
     else:
         log(
-            " ! charts/x0tta6bl4-spire is not in this repository yet: installing the mesh with "
-            "x0tta6bl4.spiffe.enabled=false (no SPIRE release; mesh nodes cannot register "
+            " ! no SPIRE release (--no-spire, or charts/x0tta6bl4-spire missing): installing "
+            "the mesh with x0tta6bl4.spiffe.enabled=false (mesh nodes cannot register "
             "without a Workload API, so the mesh checks will fail)"
         )
         sets.append("x0tta6bl4.spiffe.enabled=false")

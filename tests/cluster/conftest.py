@@ -81,9 +81,10 @@ def staged(cluster_up: RealCluster, measurements: dict[str, Any]) -> RealCluster
     state = cluster_up.state
     if "staging_seconds" not in state.get("timings", {}):
         t0 = time.monotonic()
-        # Without SPIRE (charts/x0tta6bl4-spire, #15) check --post cannot pass: the mesh
-        # nodes cannot register. Install, and let the tests that need the mesh say so.
-        spire = (Path(__file__).resolve().parents[2] / "charts" / "x0tta6bl4-spire").is_dir()
-        cluster_up.script("staging", *([] if spire else ["--no-check"]))
+        # charts/x0tta6bl4-spire (#15) landed as this suite was finished, and scripts/cluster
+        # does not build or load its images yet: install the mesh without SPIRE (spiffe off),
+        # where check --post cannot pass (the mesh nodes cannot register), and let the tests
+        # that need the mesh say so (tests.cluster.test_staging.HAVE_SPIRE).
+        cluster_up.script("staging", "--no-spire", "--no-check")
         measurements["staging_seconds"] = round(time.monotonic() - t0, 1)
     return cluster_up

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.cluster.kube import NAMESPACE, REPO_ROOT, RealCluster
+from tests.cluster.test_staging import needs_spire
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -127,11 +128,7 @@ def test_metrics_api_missing(staged: RealCluster) -> None:
         k.apply(api)
 
 
-@pytest.mark.skipif(
-    not (REPO_ROOT / "charts" / "x0tta6bl4-spire").is_dir(),
-    reason="--post can only pass with the mesh formed, which needs SPIRE in the cluster: "
-    "charts/x0tta6bl4-spire (#15) is not in the repository yet",
-)
+@needs_spire
 def test_wait_retries_until_a_pod_is_ready_again(staged: RealCluster) -> None:
     """--post --wait while a mesh pod is being replaced: the check retries pods-ready until the
     DaemonSet's new pod is ready, then passes."""

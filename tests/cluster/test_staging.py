@@ -25,16 +25,16 @@ pytestmark = pytest.mark.timeout(3600)
 
 VALUES = REPO_ROOT / "charts" / "x0tta6bl4" / "values-staging.yaml"
 X0 = str(REPO_ROOT / ".venv" / "bin" / "x0tta6bl4")
-SPIRE_CHART = REPO_ROOT / "charts" / "x0tta6bl4-spire"
-HAVE_SPIRE = SPIRE_CHART.is_dir()
 # The mesh nodes authenticate to the controller with JWT-SVIDs from the SPIFFE Workload API:
 # without SPIRE in the cluster they run but never register, so nothing about the formed mesh
-# can be true. scripts/cluster staging installs SPIRE from charts/x0tta6bl4-spire (issue #15);
-# until that chart is in the repository these tests say so and do not run.
+# can be true. charts/x0tta6bl4-spire (#15) landed as this suite was finished; scripts/cluster
+# does not build and load its images yet, so staging runs without SPIRE (conftest.py) and these
+# tests say so instead of running. Set HAVE_SPIRE once staging installs SPIRE.
+HAVE_SPIRE = False
 needs_spire = pytest.mark.skipif(
     not HAVE_SPIRE,
-    reason="needs the mesh, which needs SPIRE in the cluster: charts/x0tta6bl4-spire (#15) is "
-    "not in the repository yet, so staging installs x0tta6bl4 with spiffe disabled",
+    reason="needs the formed mesh, which needs SPIRE in the cluster: scripts/cluster staging "
+    "does not install charts/x0tta6bl4-spire yet (its images are not built and loaded)",
 )
 APPS = ("x0tta6bl4-controller", "x0tta6bl4-etcd", "x0tta6bl4-mesh")
 # What can be Running and Ready without SPIRE (mesh pods run, but are not ready unregistered).
