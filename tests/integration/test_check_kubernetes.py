@@ -223,9 +223,18 @@ async def test_spire_trust_domain_is_checked_in_its_bundle(cluster: Cluster) -> 
 
 async def test_wait_retries_until_ready(cluster: Cluster) -> None:
     cluster.state.break_pod("x0tta6bl4-mesh", 0, reason="ContainerCreating")
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.3, cluster.state.fix_pod, "x0tta6bl4-mesh", 0)
+    pods = ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")
+
+    async def fix_after_the_first_look() -> None:
+        # The pod becomes ready once pods-ready has seen it not ready (a condition, not a
+        # delay: on a loaded machine the checks before it can take any time).
+        while pods not in cluster.state.requests:
+            await asyncio.sleep(0.01)
+        cluster.state.fix_pod("x0tta6bl4-mesh", 0)
+
+    fixer = asyncio.create_task(fix_after_the_first_look())
     code, report = await cluster.json("post", wait=60.0, interval=0.1)
+    await asyncio.wait_for(fixer, 5)
     assert failed(report) == set(), report
     assert code == 0
     assert checks(report)["pods-ready"]["attempts"] > 1
