@@ -27,6 +27,7 @@ import fuzzlib
 with fuzzlib.instrumented():
     from x0tta6bl4.protocol.cookie import CookieJar
     from x0tta6bl4.protocol.errors import RemoteProtocolError
+    from x0tta6bl4.protocol.events import HandshakeErrorCode, HandshakeFailed
     from x0tta6bl4.protocol.handshake import InitiatorHandshake
     from x0tta6bl4.protocol.listener import HandshakeListener
     from x0tta6bl4.protocol.messages import (
@@ -90,6 +91,15 @@ def _listener(datagrams: list[bytes], *, under_load: bool, fix_cookies: bool) ->
         datagram = _with_valid_cookie(raw, jar, now) if fix_cookies else raw
         responder = listener.receive_datagram(datagram, ADDR, now)
         if responder is not None:
+            # A second, different INIT with a valid cookie from the same address and index
+            # replaces the first one's responder, which is aborted (docs/protocol.md §6): only
+            # the holder of the address can do that, and the fuzzer holds it here.
+            for old in responders:
+                if old.failed:
+                    event = old.next_event()
+                    assert isinstance(event, HandshakeFailed), event
+                    assert event.error_code is HandshakeErrorCode.ABORTED, event
+            responders = [r for r in responders if not r.failed]
             responders.append(responder)
             responder.datagrams_to_send()
         # FINISH goes to the responder directly (the node routes it by receiver index).

@@ -57,3 +57,24 @@ def test_leaf_whose_issuer_name_holds_a_bit_string_is_malformed() -> None:
     bad = der[: at - 2] + b"\x03" + der[at - 1 : at] + b"\x00" + der[at + 1 :]
     with pytest.raises(MalformedCertificateError, match="not valid DER"):
         verify_svid(bad, ca.bundle(), NOW)
+
+
+def _version_4_ca() -> bytes:
+    """The test CA with its version field set to 3 (X.509 "v4", which does not exist):
+    cryptography raises ``InvalidVersion`` (not a ValueError) while loading it."""
+    der = make_ca().cert.public_bytes(Encoding.DER)
+    at = der.index(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (v3), first in TBS
+    return der[:at] + bytes.fromhex("a003020103") + der[at + 5 :]
+
+
+def test_bundle_with_an_unknown_version_is_malformed() -> None:
+    """``x509.InvalidVersion`` escaped TrustBundle.from_pem (found by ``fuzz/pqsvid.py``
+    after 487,329 inputs)."""
+    with pytest.raises(MalformedCertificateError, match="trust bundle is not a list"):
+        TrustBundle.from_pem("x0tta6bl4.mesh", _pem(_version_4_ca()))
+
+
+def test_mesh_ca_with_an_unknown_version_is_malformed() -> None:
+    key = make_key("ca/x0tta6bl4.mesh/default/1799913600.0/315360000")
+    with pytest.raises(MalformedCertificateError, match="not a PEM certificate"):
+        MeshCA.load(_pem(_version_4_ca()), key.to_pem())

@@ -90,7 +90,7 @@ def load_ca_files(
         raise CaConfigError(f"cannot read mesh CA file {err.filename}: {err.strerror}") from None
     try:
         certs = x509.load_pem_x509_certificates(cert_pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise CaConfigError(f"{cert_file} holds no PEM certificate") from None
     try:
         key = SigningKey.from_pem(key_pem)

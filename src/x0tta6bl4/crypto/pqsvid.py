@@ -440,7 +440,7 @@ class MeshCA:
         """
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
-        except ValueError as exc:
+        except _MALFORMED as exc:
             raise MalformedCertificateError("CA certificate is not a PEM certificate") from exc
         key = SigningKey.from_pem(key_pem)
         named = _ca_trust_domain(cert)
@@ -594,7 +594,7 @@ class TrustBundle:
         """Parse one or more concatenated PEM CA certificates (old + new during rotation)."""
         try:
             certs = x509.load_pem_x509_certificates(pem)
-        except ValueError as exc:
+        except _MALFORMED as exc:
             raise MalformedCertificateError(
                 "trust bundle is not a list of PEM certificates"
             ) from exc
