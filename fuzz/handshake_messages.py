@@ -100,7 +100,9 @@ def _listener(datagrams: list[bytes], *, under_load: bool, fix_cookies: bool) ->
                     assert isinstance(event, HandshakeFailed), event
                     assert event.error_code is HandshakeErrorCode.ABORTED, event
             responders = [r for r in responders if not r.failed]
-            responders.append(responder)
+            # A retransmitted INIT returns the responder that already holds it.
+            if not any(r is responder for r in responders):
+                responders.append(responder)
             responder.datagrams_to_send()
         # FINISH goes to the responder directly (the node routes it by receiver index).
         for r in responders:

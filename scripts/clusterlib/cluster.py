@@ -762,12 +762,21 @@ class Cluster:
             with contextlib.suppress(OSError):
                 netns.NS_RUN.rmdir()
         with step("Removing network namespaces and the bridge"):
+            # The host ends of the veth pairs are deleted explicitly (that removes both ends):
+            # deleting a netns only queues its teardown in the kernel, and its veth peers
+            # linger on the host until that work runs, which "Checking nothing is left" saw.
+            for host_if in self._host_links():
+                run(["ip", "link", "delete", host_if], check=False)
             existing = set(run(["ip", "netns", "list"]).stdout.split())
             for ns in [s.cp_ns, *[s.node_ns(n) for n in s.nodes]]:
                 if ns in existing:
                     run(["ip", "netns", "delete", ns], check=False)
             if Path(f"/sys/class/net/{s.bridge}").exists():
                 run(["ip", "link", "delete", s.bridge], check=False)
+            # Whatever the kernel still tears down asynchronously gets a bounded wait.
+            deadline = time.monotonic() + 30
+            while self._host_links() and time.monotonic() < deadline:
+                time.sleep(0.2)
         with step("Removing cgroups"):
             problems += netns.remove_cgroups(s.id)
         others = [p.name for p in netns.NS_RUN.iterdir()] if netns.NS_RUN.exists() else []
@@ -786,6 +795,12 @@ class Cluster:
             shutil.rmtree(self.node_dir(node) / "root", ignore_errors=True)
         self.state_file.rename(self.dir / "cluster.json.down")
         return problems
+
+    def _host_links(self) -> list[str]:
+        """The host's network interfaces named after this cluster (veth ends, the bridge)."""
+        prefix = f"x0{self.s.id}"
+        net = Path("/sys/class/net")
+        return sorted(p.name for p in net.iterdir() if p.name.startswith(prefix))
 
     def leftovers(self) -> list[str]:
         s = self.s
