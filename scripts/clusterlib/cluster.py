@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ from clusterlib import manifests, netns
 from clusterlib.pki import Pki
 from clusterlib.util import REPO_ROOT, ClusterError, log, read_json, run, step, wait_for, write_json
 
-__all__ = ["Cluster", "State"]
+__all__ = ["Cluster", "State", "image_file"]
 
 CACHE = Path(os.environ.get("X0_CACHE", "/var/cache/x0tta6bl4"))
 COMPONENTS = REPO_ROOT / "scripts" / "components" / "build"
@@ -288,7 +289,7 @@ class Cluster:
             ),
         ]  # fmt: skip
         for ref, args in specs:
-            out = CACHE / "images" / (ref.replace("/", "_").replace(":", "_") + ".tar")
+            out = image_file(ref, args)
             if not out.exists():
                 run([str(BUILD_IMAGE), "--binary", ref, "--out", str(out), *args], timeout=1200)
             files.append(out)
@@ -842,6 +843,19 @@ def component_versions() -> dict[str, str]:
             k, v = line.split("=", 1)
             out[k.strip()] = v.strip()
     return out
+
+
+def image_file(ref: str, args: list[str]) -> Path:
+    """Where the image REF that ``build-image --binary REF … ARGS`` makes is cached machine-wide:
+    named after REF and a digest of ARGS and of the size and mtime of every ``--add`` source, so
+    a component built anew (a new cache key, a rebuild) never ships in the old build's image."""
+    h = hashlib.sha256("\0".join(args).encode())
+    for flag, value in itertools.pairwise(args):
+        if flag == "--add":
+            st = Path(value.rpartition(":")[0]).stat()
+            h.update(f"\0{st.st_size}:{st.st_mtime_ns}".encode())
+    name = ref.replace("/", "_").replace(":", "_")
+    return CACHE / "images" / f"{name}-{h.hexdigest()[:12]}.tar"
 
 
 def source_digest() -> str:

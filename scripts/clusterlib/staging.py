@@ -18,7 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
-from clusterlib.cluster import BUILD_IMAGE, CACHE, COMPONENTS, Cluster, component_versions
+from clusterlib.cluster import (
+    BUILD_IMAGE,
+    COMPONENTS,
+    Cluster,
+    component_versions,
+    image_file,
+)
 from clusterlib.util import REPO_ROOT, ClusterError, log, run, step
 
 __all__ = ["CHART", "NAMESPACE", "SPIRE_CHART", "VALUES", "staging"]
@@ -51,20 +57,17 @@ def staging_images(cluster: Cluster) -> list[Path]:
     minor = int(v["PROMETHEUS_VERSION"].split(".")[1]) - 300
     patch = v["PROMETHEUS_VERSION"].split(".")[2]
     ref = f"quay.io/prometheus/prometheus:v3.{minor}.{patch}"
-    out = CACHE / "images" / (ref.replace("/", "_").replace(":", "_") + ".tar")
+    args = [
+        "--entrypoint", "/bin/prometheus", "--user", "65534:65534",
+        "--workdir", "/prometheus",
+        "--add", f"{bins[0]}/prometheus:/bin/prometheus",
+        "--dir", "/prometheus:65534:65534", "--dir", "/etc/prometheus",
+        "--cmd", "--config.file=/etc/prometheus/prometheus.yml",
+        "--cmd", "--storage.tsdb.path=/prometheus",
+    ]  # fmt: skip
+    out = image_file(ref, args)
     if not out.exists():
-        run(
-            [
-                str(BUILD_IMAGE), "--binary", ref, "--out", str(out),
-                "--entrypoint", "/bin/prometheus", "--user", "65534:65534",
-                "--workdir", "/prometheus",
-                "--add", f"{bins[0]}/prometheus:/bin/prometheus",
-                "--dir", "/prometheus:65534:65534", "--dir", "/etc/prometheus",
-                "--cmd", "--config.file=/etc/prometheus/prometheus.yml",
-                "--cmd", "--storage.tsdb.path=/prometheus",
-            ],
-            timeout=1200,
-        )  # fmt: skip
+        run([str(BUILD_IMAGE), "--binary", ref, "--out", str(out), *args], timeout=1200)
     return [out]
 
 
