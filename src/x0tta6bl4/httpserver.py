@@ -13,31 +13,44 @@ written in 25 s. :func:`limited_config` gives uvicorn a protocol class that enfo
   closed after this many seconds;
 - **connection cap**: at most ``max_connections`` open connections (default
   :data:`MAX_CONNECTIONS`), never more than the process's ``RLIMIT_NOFILE`` minus
-  :data:`FD_RESERVE` (descriptors kept for the store, the Workload API, the log). A connection
-  arriving at the cap evicts the connection that has been *waiting* longest — still sending its
-  request, or idle between requests; one whose request is being served is never evicted — and
-  is closed itself only when every connection is being served;
+  :data:`FD_RESERVE` (descriptors kept for the store, the Workload API, the log) minus twice
+  the listen backlog per listener (sockets accepted in one pass and not yet seen by the
+  limiter, and evicted ones not yet closed: without this margin a flood filled every
+  descriptor though the cap held). A connection
+  arriving at the cap evicts a connection that is *waiting* — still sending its request, or
+  idle between requests; one whose request is being served is never evicted: the one that has
+  waited longest among those of the **source** (the client's IP address; an IPv6 /64) with the
+  most connections waiting. So a client that opens connections as fast as it is evicted
+  churns its own, never a probe's from another address; to reach every slot an attacker needs
+  as many source addresses as the cap. The newcomer is closed itself only when every
+  connection is being served;
 - **size limits**: request line and headers at most :data:`MAX_HEADER_BYTES` (431 with a JSON
   reason; h11 also answers 400 while an incomplete head passes the size, so at most one socket
   read is ever buffered); bodies are limited by each app (the controller's
   ``X0_MAX_BODY_BYTES``, the node API :data:`NODE_MAX_BODY_BYTES` through :class:`BodyLimit`);
-- a listen backlog of :data:`LISTEN_BACKLOG`.
+- a listen backlog of :data:`LISTEN_BACKLOG`, at most 1/8 of the descriptor budget (not below
+  :data:`MIN_BACKLOG`).
 
-Every limit is a constant of this module; ``docs/runtime-contract.md`` lists them. Several
-listeners of one process (the controller's TLS and plain-HTTP ports) share one
-:class:`ConnectionLimiter`, so the descriptor budget is the process's, not each listener's.
+Every limit is a constant of this module; ``docs/runtime-contract.md`` and ``docs/limits.md``
+list them. Several listeners of one process (the controller's TLS and plain-HTTP ports) share
+one :class:`ConnectionLimiter`, so the descriptor budget is the process's, not each listener's.
+:class:`ConnectionCollector` exports a limiter's state as Prometheus metrics (the controller's
+``x0tta6bl4_api_connections*``, the node's ``x0tta6bl4_node_api_connections*``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import resource
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, ClassVar
 
 import h11
 import uvicorn
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = [
@@ -46,12 +59,15 @@ __all__ = [
     "LISTEN_BACKLOG",
     "MAX_CONNECTIONS",
     "MAX_HEADER_BYTES",
+    "MIN_BACKLOG",
     "MIN_CONNECTIONS",
     "NODE_MAX_BODY_BYTES",
     "READ_TIMEOUT",
     "BodyLimit",
+    "ConnectionCollector",
     "ConnectionLimiter",
     "limited_config",
+    "source_key",
 ]
 
 READ_TIMEOUT = 10.0
@@ -69,12 +85,22 @@ FD_RESERVE = 64
 MAX_HEADER_BYTES = 16 * 1024
 """Largest request line plus headers, in bytes."""
 LISTEN_BACKLOG = 128
-"""Connections the kernel queues before the server accepts them."""
+"""Connections the kernel queues before the server accepts them (asyncio also accepts up to
+this many in one pass, holding their descriptors until the limiter has seen them)."""
+MIN_BACKLOG = 8
+"""The backlog never goes below this; above it, it is at most 1/8 of the descriptor budget."""
 NODE_MAX_BODY_BYTES = 1024
 """Largest request body the node's HTTP API reads (its routes take none)."""
 
-CLOSE_REASONS: tuple[str, ...] = ("read_timeout", "evicted", "over_capacity")
-"""Why the limiter closed a connection (labels of the controller's connection metric)."""
+CLOSE_REASONS: tuple[str, ...] = (
+    "read_timeout",
+    "keepalive_timeout",
+    "evicted",
+    "over_capacity",
+)
+"""Why the server's limits closed a connection (the ``reason`` label of the connection metrics):
+a request not whole within :data:`READ_TIMEOUT`, a connection idle between requests for
+:data:`KEEPALIVE_TIMEOUT`, evicted at the cap, or refused at the cap (every slot serving)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -90,51 +116,166 @@ def _descriptor_budget() -> int | None:
     return int(soft) - FD_RESERVE
 
 
+def source_key(client: tuple[str, int] | None) -> str:
+    """The source a connection from ``client`` counts under: its IP address (an IPv6 /64,
+    which one host usually holds whole); ``""`` when the address is unknown."""
+    if client is None:
+        return ""
+    host = client[0]
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Network(f"{host}/64", strict=False).network_address)
+        except ValueError:
+            pass
+    return host
+
+
 class ConnectionLimiter:
     """The open connections of one process's HTTP listeners, and the cap on them.
 
-    Connections waiting for their request (or idle between requests) are kept in the order
-    they started waiting, oldest first: the one evicted when a new connection arrives at the
-    cap. ``closed`` counts connections the limiter closed, by :data:`CLOSE_REASONS`.
+    Connections waiting for their request (or idle between requests) are kept per source
+    (:func:`source_key`), each source's in the order they started waiting, and the sources by
+    how many they have waiting. At the cap, a new connection evicts the longest-waiting
+    connection of the source with the most waiting (of those with as many, the one that got
+    there first). ``accepted`` counts the connections admitted, ``closed`` those the server's
+    limits closed, by :data:`CLOSE_REASONS`. Every operation is O(1).
     """
 
     def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        budget = _descriptor_budget()
-        self.cap = max_connections if budget is None else min(max_connections, budget)
-        self.cap = max(self.cap, MIN_CONNECTIONS)
+        self._requested = max_connections
+        self._budget = _descriptor_budget()
+        #: The listen backlog of each listener: also how many connections asyncio accepts in
+        #: one pass, so it is kept small when descriptors are few (see :meth:`add_listener`).
+        self.backlog = LISTEN_BACKLOG
+        if self._budget is not None:
+            self.backlog = max(MIN_BACKLOG, min(LISTEN_BACKLOG, self._budget // 8))
+        self.listeners = 0
+        self.cap = self._fit()
         self.open = 0
-        self._waiting: dict[_LimitedProtocol, None] = {}
+        #: source -> its waiting connections, oldest first.
+        self._waiting: dict[str, dict[_LimitedProtocol, None]] = {}
+        #: n -> the sources with n connections waiting, in the order they reached n.
+        self._sources_by_count: dict[int, dict[str, None]] = {}
+        self._most = 0
+        self._waiting_total = 0
+        self.accepted = 0
         self.closed: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
 
+    def _fit(self) -> int:
+        if self._budget is None:
+            return self._requested
+        # Each listener's accept pass may hold ``backlog`` sockets not yet admitted, and as
+        # many evicted ones are closed one loop iteration later.
+        in_flight = 2 * self.backlog * max(1, self.listeners)
+        return max(MIN_CONNECTIONS, min(self._requested, self._budget - in_flight))
+
+    def add_listener(self) -> None:
+        """A listener of the process uses this limiter: its accept bursts take descriptors
+        too, so the cap shrinks to keep ``RLIMIT_NOFILE`` − :data:`FD_RESERVE` for the rest."""
+        self.listeners += 1
+        self.cap = self._fit()
+
+    @property
+    def waiting_connections(self) -> int:
+        """Connections waiting for a request (the evictable ones)."""
+        return self._waiting_total
+
     def admit(self, protocol: _LimitedProtocol) -> bool:
-        """Count a new connection; at the cap, evict the longest-waiting one first. False if
-        every connection is being served (the new one must be closed)."""
+        """Count a new connection; at the cap, evict a waiting one first (see the class
+        docstring). False if every connection is being served (the new one must be closed)."""
         if self.open >= self.cap:
-            if not self._waiting:
+            if not self._most:
                 self.closed["over_capacity"] += 1
                 return False
-            victim = next(iter(self._waiting))
+            source = next(iter(self._sources_by_count[self._most]))
+            victim = next(iter(self._waiting[source]))
             self.closed["evicted"] += 1
             victim.drop()
         self.open += 1
+        self.accepted += 1
         return True
 
     def waiting(self, protocol: _LimitedProtocol) -> None:
         """``protocol`` waits for a request (evictable), from now."""
-        self._waiting.pop(protocol, None)
-        self._waiting[protocol] = None
+        self._unwait(protocol)
+        queue = self._waiting.setdefault(protocol.source, {})
+        self._recount(protocol.source, len(queue), len(queue) + 1)
+        queue[protocol] = None
+        self._waiting_total += 1
 
     def serving(self, protocol: _LimitedProtocol) -> None:
         """``protocol``'s request is being served (not evictable)."""
-        self._waiting.pop(protocol, None)
+        self._unwait(protocol)
 
     def gone(self, protocol: _LimitedProtocol, *, counted: bool) -> None:
         """``protocol``'s connection is closed."""
-        self._waiting.pop(protocol, None)
+        self._unwait(protocol)
         if counted:
             self.open -= 1
+
+    def _unwait(self, protocol: _LimitedProtocol) -> None:
+        queue = self._waiting.get(protocol.source)
+        if queue is None or protocol not in queue:
+            return
+        count = len(queue)
+        del queue[protocol]
+        if not queue:
+            del self._waiting[protocol.source]
+        self._recount(protocol.source, count, count - 1)
+        self._waiting_total -= 1
+
+    def _recount(self, source: str, old: int, new: int) -> None:
+        """``source`` now has ``new`` connections waiting instead of ``old`` (they differ by
+        one, so the largest count moves by at most one)."""
+        buckets = self._sources_by_count
+        if old:
+            bucket = buckets[old]
+            del bucket[source]
+            if not bucket:
+                del buckets[old]
+        if new:
+            buckets.setdefault(new, {})[source] = None
+            self._most = max(self._most, new)
+        while self._most and self._most not in buckets:
+            self._most -= 1
+
+
+class ConnectionCollector(Collector):
+    """A :class:`ConnectionLimiter` as four metric families, read at scrape time:
+    ``<prefix>_connections`` (open), ``<prefix>_connections_limit`` (the cap),
+    ``<prefix>_connections_accepted_total`` and ``<prefix>_connections_closed_total{reason}``
+    (:data:`CLOSE_REASONS`, every one present)."""
+
+    def __init__(self, limiter: ConnectionLimiter, prefix: str, what: str) -> None:
+        self._limiter = limiter
+        self._prefix = prefix
+        self._what = what
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        limiter, prefix = self._limiter, self._prefix
+        yield GaugeMetricFamily(
+            f"{prefix}_connections", f"Open HTTP connections of {self._what}.", value=limiter.open
+        )
+        yield GaugeMetricFamily(
+            f"{prefix}_connections_limit",
+            f"Cap on the open HTTP connections of {self._what} (lowered to fit RLIMIT_NOFILE).",
+            value=limiter.cap,
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_connections_accepted",
+            f"HTTP connections of {self._what} admitted under the cap.",
+            value=limiter.accepted,
+        )
+        closed = CounterMetricFamily(
+            f"{prefix}_connections_closed",
+            f"HTTP connections of {self._what} closed by the server's limits, by reason.",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], limiter.closed[reason])
+        yield closed
 
 
 class _LimitedProtocol(H11Protocol):
@@ -146,9 +287,12 @@ class _LimitedProtocol(H11Protocol):
     _read_timer: asyncio.TimerHandle | None = None
     _counted = False
     _served_cycle: object = None
+    #: The source this connection counts under (:func:`source_key` of the client).
+    source = ""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.source = source_key(self.client)
         if not self.limiter.admit(self):
             transport.abort()
             return
@@ -213,6 +357,11 @@ class _LimitedProtocol(H11Protocol):
         else:
             self._start_waiting()  # the rest of a request body is still to come
 
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self.limiter.closed["keepalive_timeout"] += 1
+        super().timeout_keep_alive_handler()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.limiter.gone(self, counted=self._counted)
@@ -235,10 +384,12 @@ def limited_config(
     ``limiter`` is shared by every listener of the process (a new one by default);
     ``options`` go to :class:`uvicorn.Config` unchanged (``lifespan``, ``ssl_*`` …).
     """
+    limiter = limiter or ConnectionLimiter()
+    limiter.add_listener()
     protocol = type(
         "LimitedH11Protocol",
         (_LimitedProtocol,),
-        {"limiter": limiter or ConnectionLimiter(), "read_timeout": read_timeout},
+        {"limiter": limiter, "read_timeout": read_timeout},
     )
     options.setdefault("log_config", None)  # x0tta6bl4.logging configures the root logger
     options.setdefault("access_log", False)
@@ -250,7 +401,7 @@ def limited_config(
         http=protocol,
         timeout_keep_alive=int(keepalive_timeout),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        backlog=LISTEN_BACKLOG,
+        backlog=limiter.backlog,
         **options,
     )
 

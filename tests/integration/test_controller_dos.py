@@ -29,6 +29,7 @@ from tests.integration.controller_support import (
     running_issuer,
     wait_ready,
 )
+from tests.integration.dos_support import Slowloris, probe, rss_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,14 +38,6 @@ pytestmark = pytest.mark.timeout(300)
 def identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
     with running_issuer(tmp_path_factory.mktemp("id")) as ident:
         yield ident
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid`` (``VmRSS`` of /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -194,67 +187,6 @@ async def test_malformed_requests_do_not_flood_the_log(tmp_path: Path, identity:
 # --------------------------------------------------------------------------- row 6
 
 
-class _Slowloris:
-    """Holds ``count`` connections to ``host:port`` open, each idle or with half-sent headers
-    (alternately), reopening every one the server closes, until stopped."""
-
-    def __init__(self, host: str, port: int, count: int) -> None:
-        self.host, self.port, self.count = host, port, count
-        self.opened = 0
-        self.closed_by_server = 0
-        self.refused = 0
-        self._stop = asyncio.Event()
-
-    async def _hold(self, index: int) -> None:
-        while not self._stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                self.refused += 1
-                await asyncio.sleep(0.05)
-                continue
-            self.opened += 1
-            try:
-                if index % 2:
-                    writer.write(b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-                    await writer.drain()
-                stop = asyncio.ensure_future(self._stop.wait())
-                eof = asyncio.ensure_future(reader.read(65536))
-                done, _ = await asyncio.wait({stop, eof}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (stop, eof):
-                    task.cancel()
-                if eof in done:
-                    self.closed_by_server += 1
-            except OSError:
-                self.closed_by_server += 1
-            finally:
-                writer.close()
-
-    async def run(self) -> None:
-        await asyncio.gather(*(self._hold(i) for i in range(self.count)))
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-async def _probe(base: str, seconds: float) -> list[float | None]:
-    """``GET /ready`` on a fresh connection every 0.5 s for ``seconds``: each latency, or None
-    for a probe not answered 200 within 2 s."""
-    latencies: list[float | None] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
-        start = loop.time()
-        try:
-            async with httpx.AsyncClient(base_url=base, timeout=5.0) as client:
-                r = await asyncio.wait_for(client.get("/ready"), 2.0)
-            latencies.append(loop.time() - start if r.status_code == 200 else None)
-        except (httpx.HTTPError, TimeoutError):
-            latencies.append(None)
-        await asyncio.sleep(max(0.0, 0.5 - (loop.time() - start)))
-    return latencies
-
-
 async def test_ready_answers_while_200_slow_connections_are_held(
     tmp_path: Path, identity: Identity
 ) -> None:
@@ -263,14 +195,12 @@ async def test_ready_answers_while_200_slow_connections_are_held(
     with running_controller(tmp_path, identity, nofile=200) as (proc, base, log):
         host, port = base.removeprefix("http://").split(":")
         size_before = log.stat().st_size
-        attack = _Slowloris(host, int(port), 200)
-        attacker = asyncio.ensure_future(attack.run())
+        attack = Slowloris(host, int(port), 200)
         try:
             await asyncio.sleep(3.0)  # let the connections pile up first
-            latencies = await _probe(base, 20.0)
+            latencies = await probe(base, 20.0)
         finally:
             attack.stop()
-            await attacker
         growth = log.stat().st_size - size_before
         answered = [x for x in latencies if x is not None]
         print(

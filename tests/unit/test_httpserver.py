@@ -18,10 +18,12 @@ import uvicorn
 
 from x0tta6bl4.httpserver import (
     MAX_HEADER_BYTES,
+    MIN_BACKLOG,
     MIN_CONNECTIONS,
     BodyLimit,
     ConnectionLimiter,
     limited_config,
+    source_key,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,10 +134,13 @@ async def test_a_partial_request_after_keep_alive_is_cut() -> None:
 
 
 async def test_idle_keep_alive_connections_close() -> None:
-    async with serving(keepalive_timeout=1) as (port, _):
+    async with serving(keepalive_timeout=1) as (port, limiter):
         answer = await request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200")
         assert answer.endswith(b'{"ok":true}')
+        assert limiter.closed["keepalive_timeout"] == 1
+        assert limiter.closed["read_timeout"] == 0
+        assert limiter.accepted == 1
 
 
 async def test_at_the_cap_the_longest_waiting_connection_is_evicted() -> None:
@@ -155,6 +160,42 @@ async def test_at_the_cap_the_longest_waiting_connection_is_evicted() -> None:
             writer.close()
 
 
+async def test_at_the_cap_the_source_with_most_waiting_loses_its_oldest() -> None:
+    """A client reconnecting as fast as it is evicted churns its own connections: an idle
+    connection from another address, older than all of them, stays."""
+    limiter = ConnectionLimiter(MIN_CONNECTIONS)
+    async with serving(limiter=limiter, read_timeout=30) as (port, _):
+
+        async def attacker() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # oldest of all
+        held = [await attacker() for _ in range(MIN_CONNECTIONS - 1)]
+        async with asyncio.timeout(GUARD):
+            while limiter.waiting_connections < MIN_CONNECTIONS:
+                await asyncio.sleep(0.01)
+        for _ in range(3 * MIN_CONNECTIONS):  # each newcomer evicts one of 127.0.0.2's
+            held.append(await attacker())
+        async with asyncio.timeout(GUARD):
+            while limiter.closed["evicted"] < 3 * MIN_CONNECTIONS:
+                await asyncio.sleep(0.01)
+        for old_reader, _ in held[: 3 * MIN_CONNECTIONS]:  # the oldest attackers went first
+            assert await closed_by_server(old_reader) == b""
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        assert (await closed_by_server(reader)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+
+
+def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
+    assert source_key(("10.1.2.3", 4000)) == "10.1.2.3"
+    assert source_key(("2001:db8:1:2:aaaa::1", 4000)) == "2001:db8:1:2::"
+    assert source_key(("2001:db8:1:2:bbbb::9", 1)) == source_key(("2001:db8:1:2::7", 2))
+    assert source_key(None) == ""
+
+
 async def test_connections_being_served_are_never_evicted() -> None:
     limiter = ConnectionLimiter(MIN_CONNECTIONS)
     async with serving(limiter=limiter, read_timeout=30) as (port, _):
@@ -165,11 +206,16 @@ async def test_connections_being_served_are_never_evicted() -> None:
             await writer.drain()
             busy.append((reader, writer))
         async with asyncio.timeout(GUARD):
-            while len(limiter._waiting) or limiter.open < MIN_CONNECTIONS:
+            while limiter.waiting_connections or limiter.open < MIN_CONNECTIONS:
                 await asyncio.sleep(0.01)
         # Every slot is serving a request: the newcomer is closed, nobody is evicted.
         assert await request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
-        assert limiter.closed == {"read_timeout": 0, "evicted": 0, "over_capacity": 1}
+        assert limiter.closed == {
+            "read_timeout": 0,
+            "keepalive_timeout": 0,
+            "evicted": 0,
+            "over_capacity": 1,
+        }
         RELEASE.set()
         for reader, writer in busy:
             async with asyncio.timeout(GUARD):
@@ -203,10 +249,18 @@ def test_the_cap_fits_the_descriptor_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
-        assert ConnectionLimiter(10_000).cap == 200 - 64
-        assert ConnectionLimiter(100).cap == 100
+        limiter = ConnectionLimiter(10_000)
+        # 200 - 64 reserved = 136; backlog 136 // 8 = 17, twice per listener in flight.
+        assert limiter.backlog == 17
+        assert limiter.cap == 136 - 2 * 17
+        limiter.add_listener()
+        assert limiter.cap == 136 - 2 * 17
+        limiter.add_listener()  # a second listener of the same process
+        assert limiter.cap == 136 - 4 * 17
+        assert ConnectionLimiter(64).cap == 64
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard))
         assert ConnectionLimiter(10_000).cap == MIN_CONNECTIONS
+        assert ConnectionLimiter(10_000).backlog == MIN_BACKLOG
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     with pytest.raises(ValueError, match="at least 1"):

@@ -7,8 +7,6 @@ process. Every metric is documented in ``docs/metrics.md``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,11 +14,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
 
-from x0tta6bl4.httpserver import ConnectionLimiter
+from x0tta6bl4.httpserver import ConnectionCollector, ConnectionLimiter
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -145,36 +141,10 @@ class ControllerMetrics:
 
     def bind_connections(self, limiter: ConnectionLimiter) -> None:
         """Report ``limiter`` (the HTTP listeners' connections) in this registry."""
-        self.registry.register(_ConnectionCollector(limiter))
+        self.registry.register(
+            ConnectionCollector(limiter, "x0tta6bl4_api", "this replica's listeners")
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
-
-
-class _ConnectionCollector(Collector):
-    """The HTTP listeners' connections, read from their limiter at scrape time."""
-
-    def __init__(self, limiter: ConnectionLimiter) -> None:
-        self._limiter = limiter
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        limiter = self._limiter
-        yield GaugeMetricFamily(
-            "x0tta6bl4_api_connections",
-            "Open HTTP connections of this replica's listeners.",
-            value=limiter.open,
-        )
-        yield GaugeMetricFamily(
-            "x0tta6bl4_api_connections_limit",
-            "Cap on open HTTP connections (--max-connections, lowered to fit RLIMIT_NOFILE).",
-            value=limiter.cap,
-        )
-        closed = CounterMetricFamily(
-            "x0tta6bl4_api_connections_closed",
-            "HTTP connections closed by the server's limits, by reason.",
-            labels=["reason"],
-        )
-        for reason, count in limiter.closed.items():
-            closed.add_metric([reason], count)
-        yield closed

@@ -6,6 +6,10 @@ Prometheus text; ``GET /v1/status`` JSON (links with state and RTT, routes, end-
 sessions, PQ SVID expiry, counters); ``GET /v1/ping?target=T&count=N&timeout=S`` runs mesh
 pings from this node (``x0tta6bl4 ping`` calls it) for loopback callers and callers with a
 JWT-SVID of the trust domain (:mod:`x0tta6bl4.node.api_auth`).
+
+The server has the limits of :mod:`x0tta6bl4.httpserver` (read and keep-alive timeouts, at most
+:data:`NODE_MAX_CONNECTIONS` connections with the longest-waiting one evicted, header and body
+sizes); ``/metrics`` reports its connections (``x0tta6bl4_node_api_connections*``).
 """
 
 from __future__ import annotations
@@ -20,22 +24,41 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from x0tta6bl4.httpserver import NODE_MAX_BODY_BYTES, BodyLimit, ConnectionLimiter, limited_config
+from x0tta6bl4.httpserver import (
+    NODE_MAX_BODY_BYTES,
+    BodyLimit,
+    ConnectionCollector,
+    ConnectionLimiter,
+    limited_config,
+)
 from x0tta6bl4.node.api_auth import ApiAuth
 from x0tta6bl4.node.metrics import node_registry
 
 if TYPE_CHECKING:
     from x0tta6bl4.node.agent import NodeAgent
 
-__all__ = ["NODE_MAX_CONNECTIONS", "build_app", "serve_http"]
+__all__ = [
+    "NODE_MAX_CONNECTIONS",
+    "NODE_PING_MAX_COUNT",
+    "NODE_PING_MAX_TIMEOUT",
+    "build_app",
+    "serve_http",
+]
 
 NODE_MAX_CONNECTIONS = 64
 """Cap on the open connections of the node's HTTP API (probes, Prometheus, ``check``)."""
+NODE_PING_MAX_COUNT = 100
+"""Most mesh pings one ``/v1/ping`` request may ask for (``count``)."""
+NODE_PING_MAX_TIMEOUT = 30.0
+"""Longest wait for one mesh ping's answer that ``/v1/ping`` accepts (``timeout``, seconds)."""
 
 
-def build_app(agent: NodeAgent) -> Starlette:
-    """The Starlette app serving ``agent``."""
+def build_app(agent: NodeAgent, *, limiter: ConnectionLimiter | None = None) -> Starlette:
+    """The Starlette app serving ``agent``; ``limiter``, the connection limiter of the server
+    it runs on, is reported in ``/metrics``."""
     registry = node_registry(lambda: agent.core, lambda: agent.registered)
+    if limiter is not None:
+        registry.register(ConnectionCollector(limiter, "x0tta6bl4_node_api", "the node's API"))
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -64,13 +87,13 @@ def build_app(agent: NodeAgent) -> Starlette:
         try:
             count = int(params.get("count", "3"))
             timeout = float(params.get("timeout", "2"))
-            if not 1 <= count <= 100 or not 0 < timeout <= 30:
+            if not 1 <= count <= NODE_PING_MAX_COUNT or not 0 < timeout <= NODE_PING_MAX_TIMEOUT:
                 raise ValueError
         except ValueError:
-            return JSONResponse(
-                {"error": "invalid_request", "detail": "count 1..100, timeout (0, 30] seconds"},
-                status_code=400,
+            detail = (
+                f"count 1..{NODE_PING_MAX_COUNT}, timeout (0, {NODE_PING_MAX_TIMEOUT:g}] seconds"
             )
+            return JSONResponse({"error": "invalid_request", "detail": detail}, status_code=400)
         try:
             dest = agent.resolve(target)
         except ValueError as exc:
@@ -117,11 +140,12 @@ def build_app(agent: NodeAgent) -> Starlette:
 async def serve_http(agent: NodeAgent, listen: tuple[str, int], stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, with the limits of :mod:`x0tta6bl4.httpserver` (at most
     :data:`NODE_MAX_CONNECTIONS` connections, bodies of :data:`NODE_MAX_BODY_BYTES`)."""
+    limiter = ConnectionLimiter(NODE_MAX_CONNECTIONS)
     config = limited_config(
-        BodyLimit(build_app(agent), NODE_MAX_BODY_BYTES),
+        BodyLimit(build_app(agent, limiter=limiter), NODE_MAX_BODY_BYTES),
         listen[0],
         listen[1],
-        limiter=ConnectionLimiter(NODE_MAX_CONNECTIONS),
+        limiter=limiter,
         lifespan="off",
     )
     server = uvicorn.Server(config)
