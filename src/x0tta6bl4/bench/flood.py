@@ -464,6 +464,7 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         if v != before["listener"].get(k, 0)
     }
     return {
+        "victim_wall_s": round(wall, 3),
         "victim_pps": round((after["received"] - before["received"]) / wall) if wall else 0,
         "victim_cpu": round((after["cpu_s"] - before["cpu_s"]) / wall, 3) if wall else 0.0,
         "victim_rss_mb": round(after["rss_kb"] / 1024, 1),
