@@ -51,11 +51,10 @@ typecheck: setup
 pytest: setup system tools components
 	X0_REQUIRE_SPIRE=1 scripts/run-pytest.sh
 
-# The Rust cores' own unit tests (the Python-facing behaviour is tested by pytest tests/native).
+# The Rust cores' own unit tests and clippy (crate, PyO3 layer, fuzz targets); the
+# Python-facing behaviour is tested by pytest tests/native.
 native-test:
-	@if command -v cargo >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/cargo" ]; then \
-	  PATH="$$PATH:$$HOME/.cargo/bin" cargo test --quiet --manifest-path native/Cargo.toml --no-default-features; \
-	else echo "native-test: no cargo, skipped"; fi
+	scripts/native-test.sh
 
 test: lint typecheck native-test pytest
 

@@ -164,6 +164,41 @@ impl PyDataplane {
         self.shared.set_tun(owned).map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
+    /// The TUN offloads in use: `csum`, `tso4`, `uso` (empty: plain packets, one per read).
+    fn tun_offload(&self) -> Vec<&'static str> {
+        let flags = self.shared.tun_offload.load(Ordering::SeqCst);
+        let mut names = Vec::new();
+        for (bit, name) in [(sys::TUN_F_CSUM, "csum"), (sys::TUN_F_TSO4, "tso4"), (sys::TUN_F_USO4, "uso")] {
+            if flags & bit != 0 {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The socket's offloads: `gso` (UDP_SEGMENT sends; off once the kernel refused one) and
+    /// `gro` (UDP_GRO receives).
+    fn udp_offload(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.shared.udp_gso_enabled() {
+            names.push("gso");
+        }
+        if self.shared.udp_gro_enabled() {
+            names.push("gro");
+        }
+        names
+    }
+
+    /// Turn offloads on or off (None: unchanged): `tun` (the TUN's segmentation and our
+    /// coalescing), `gso` (UDP_SEGMENT sends), `gro` (UDP_GRO receives). For measurements
+    /// (`bench tun --breakdown`); the defaults are all on where the kernel allows. Returns
+    /// `(tun_offload(), udp_offload())`.
+    #[pyo3(signature = (*, tun = None, gso = None, gro = None))]
+    fn set_offload(&self, tun: Option<bool>, gso: Option<bool>, gro: Option<bool>) -> (Vec<&'static str>, Vec<&'static str>) {
+        self.shared.set_offload(tun, gso, gro);
+        (self.tun_offload(), self.udp_offload())
+    }
+
     /// Fault injection: datagrams to or from these UDP ports are dropped.
     fn set_blocked_ports(&self, ports: HashSet<u16>) {
         self.shared.set_blocked_ports(ports);

@@ -35,6 +35,7 @@ from spiffe import JwtBundleSet
 
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.dataplane import resolve
 from x0tta6bl4.hostport import parse_hostport
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.node.config import NodeSettings
@@ -275,8 +276,8 @@ class NodeAgent:
         if self.settings.tun:
             from x0tta6bl4.node.tun import TunBridge
 
-            try:
-                self.tun = TunBridge.open()  # fail fast: before registering
+            try:  # fail fast: before registering
+                self.tun = TunBridge.open(vnet_hdr=resolve(self.settings.dataplane) == "native")
             except OSError:
                 sock.close()
                 raise

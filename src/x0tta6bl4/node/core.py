@@ -152,6 +152,15 @@ _NATIVE_NOT_DROPS = frozenset(
         "tun_packets_out",
         "tun_bytes_in",
         "tun_bytes_out",
+        "tun_gso_reads",
+        "tun_gso_segments",
+        "tun_writes",
+        "tun_coalesced",
+        "udp_gso_sends",
+        "udp_gso_datagrams",
+        "udp_gro_runs",
+        "udp_gro_datagrams",
+        "udp_gso_disabled",
     }
 )
 

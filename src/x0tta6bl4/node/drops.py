@@ -70,6 +70,9 @@ class NodeDrop(enum.StrEnum):
     # the native data plane (node/native.py, native/src/dataplane.rs)
     HANDUP_OVERFLOW = "handup_overflow"
     RECV_TRUNCATED = "recv_truncated"
+    TUN_BAD_GSO = "tun_bad_gso"
+    TUN_UNSUPPORTED_GSO = "tun_unsupported_gso"
+    TUN_GSO_OVERSIZE = "tun_gso_oversize"
     TUN_NO_BRIDGE = "tun_no_bridge"
 
 

@@ -2,8 +2,14 @@
 
 :meth:`TunDevice.open` opens ``/dev/net/tun`` and creates an IPv4 TUN interface
 (``TUNSETIFF`` with ``IFF_TUN | IFF_NO_PI``: every read is one raw IP packet) in non-blocking
-mode; the interface vanishes when the descriptor is closed. :meth:`TunDevice.configure` gives
-it the overlay address (``/32``), the MTU and brings it up; :meth:`TunDevice.set_routes`
+mode; the interface vanishes when the descriptor is closed. With ``vnet_hdr`` (the native
+data plane's choice) it also sets ``IFF_VNET_HDR``: every read and write then starts with a
+10-byte ``virtio_net_hdr``, which lets the native data plane turn on the TUN's offloads (TCP
+segmentation and checksum offload: 64 KB super-packets per read and write, see
+``native/src/offload.rs``); this class's own reads and writes carry a zero header then (no
+offload is on until the native data plane asks for it, so the kernel hands it plain packets).
+:meth:`TunDevice.configure` gives it the overlay address (``/32``), the MTU and brings it up;
+:meth:`TunDevice.set_routes`
 keeps one ``/32`` route per mesh member's overlay address through it (the registration
 answer carries our address, not the overlay network, and per-member routes send into the
 TUN exactly what some node can receive). Netlink calls go through pyroute2's ``IPRoute``.
@@ -52,6 +58,10 @@ DEFAULT_NAME = "x0t%d"
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+#: ``sizeof(struct virtio_net_hdr)``: the prefix of every read and write with ``IFF_VNET_HDR``.
+VNET_HDR_LEN = 10
+_NO_VNET_HDR = bytes(VNET_HDR_LEN)
 _IFNAMSIZ = 16
 _READ_SIZE = 65535
 _log = get_logger(__name__)
@@ -64,9 +74,11 @@ class TunError(OSError):
 class TunDevice:
     """One open TUN interface: its descriptor, name and the routes we installed."""
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, *, vnet_hdr: bool = False) -> None:
         self.fd = fd
         self.name = name
+        #: Reads and writes carry a virtio-net header (``IFF_VNET_HDR``).
+        self.vnet_hdr = vnet_hdr
         self.address: str | None = None
         self.mtu: int | None = None
         self._routes: set[str] = set()
@@ -75,8 +87,10 @@ class TunDevice:
         self.closed = False
 
     @classmethod
-    def open(cls, name: str = DEFAULT_NAME) -> TunDevice:
-        """Create the interface; :class:`TunError` with the reason if we may not."""
+    def open(cls, name: str = DEFAULT_NAME, *, vnet_hdr: bool = False) -> TunDevice:
+        """Create the interface; :class:`TunError` with the reason if we may not.
+
+        ``vnet_hdr``: with ``IFF_VNET_HDR`` (for the native data plane's offloads)."""
         if len(name.encode()) >= _IFNAMSIZ:
             raise TunError(errno.EINVAL, f"interface name {name!r} is longer than 15 bytes")
         try:
@@ -88,14 +102,15 @@ class TunDevice:
         except PermissionError:
             raise TunError(errno.EACCES, f"no permission to open {TUN_PATH}") from None
         try:
-            request = struct.pack("16sH22x", name.encode(), _IFF_TUN | _IFF_NO_PI)
+            flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if vnet_hdr else 0)
+            request = struct.pack("16sH22x", name.encode(), flags)
             answer = fcntl.ioctl(fd, _TUNSETIFF, request)
         except OSError as exc:
             os.close(fd)
             hint = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
             raise TunError(exc.errno, f"cannot create TUN {name!r}: {exc.strerror}{hint}") from None
         created = answer[:_IFNAMSIZ].rstrip(b"\0").decode()
-        return cls(fd, created)
+        return cls(fd, created, vnet_hdr=vnet_hdr)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -157,17 +172,22 @@ class TunDevice:
     def read_batch(self, limit: int = 64) -> list[bytes]:
         """Up to ``limit`` packets that are ready (never blocks)."""
         packets: list[bytes] = []
+        skip = VNET_HDR_LEN if self.vnet_hdr else 0
         for _ in range(limit):
             try:
-                packets.append(os.read(self.fd, _READ_SIZE))
+                packet = os.read(self.fd, _READ_SIZE + skip)
             except (BlockingIOError, InterruptedError):
                 break
+            packets.append(packet[skip:])
         return packets
 
     def write(self, packet: bytes) -> bool:
         """Hand one IP packet to the kernel; False (counted) if it was not taken."""
         try:
-            os.write(self.fd, packet)
+            if self.vnet_hdr:
+                os.writev(self.fd, (_NO_VNET_HDR, packet))
+            else:
+                os.write(self.fd, packet)
         except OSError:
             self.write_errors += 1
             return False
@@ -195,9 +215,12 @@ class TunBridge:
         self._members: list[Member] = []
 
     @classmethod
-    def open(cls, name: str = DEFAULT_NAME, *, mtu: int = TUN_MTU) -> TunBridge:
-        """Create the TUN interface now (fail fast, before registering)."""
-        return cls(TunDevice.open(name), mtu=mtu)
+    def open(
+        cls, name: str = DEFAULT_NAME, *, mtu: int = TUN_MTU, vnet_hdr: bool = False
+    ) -> TunBridge:
+        """Create the TUN interface now (fail fast, before registering); ``vnet_hdr`` for a
+        node whose data plane is native (its offloads need ``IFF_VNET_HDR``)."""
+        return cls(TunDevice.open(name, vnet_hdr=vnet_hdr), mtu=mtu)
 
     async def start(self, endpoint: MeshEndpoint, overlay_ip: str) -> None:
         """Configure address/MTU, then carry packets both ways."""
@@ -217,7 +240,16 @@ class TunBridge:
             address=overlay_ip,
             mtu=self.mtu,
             dataplane=endpoint.dataplane,
+            offload=self.offload(),
         )
+
+    def offload(self) -> list[str]:
+        """The TUN offloads the native data plane turned on (empty: plain packets)."""
+        endpoint = self._endpoint
+        if endpoint is None or endpoint.native is None:
+            return []
+        names: list[str] = endpoint.native.tun_offload()
+        return names
 
     def _push_overlay(self) -> None:
         """The native data plane's copy of the overlay map (address → owner node)."""
@@ -296,6 +328,7 @@ class TunBridge:
             "mtu": self.mtu,
             "routes": len(self.device.routes),
             "write_errors": self.device.write_errors,
+            "offload": self.offload(),
             "counters": counters,
         }
 
