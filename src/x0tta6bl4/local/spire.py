@@ -44,12 +44,17 @@ _TOKEN_TTL = 600
 
 @dataclass(frozen=True)
 class SpireSettings:
-    """SVID lifetimes and sync periods (seconds); docs/identity.md explains each."""
+    """SVID lifetimes and sync periods (seconds); docs/identity.md explains each.
+
+    The sync periods are 1 s here (SPIRE's default is 5 s): with a handful of entries the
+    load is nothing, and a new entry is served within about 2 s instead of 7 s (the server
+    reloads its entry cache, then the agent syncs), a deleted one refused within 1-2 s.
+    """
 
     x509_svid_ttl: float = 3600.0
     jwt_svid_ttl: float = 300.0
-    sync_interval: float = 5.0
-    cache_reload_interval: float = 5.0
+    sync_interval: float = 1.0
+    cache_reload_interval: float = 1.0
     ca_ttl: float = 86400.0
 
 
