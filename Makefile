@@ -32,9 +32,11 @@ tools:
 
 # The pinned components built from their Go modules into the machine-wide cache (a no-op when
 # the cache has them): the real cluster the tests in tests/cluster/ run on, and SPIRE (the
-# SPIFFE integration suite against real SPIRE, `x0tta6bl4 up --identity spire`).
+# SPIFFE integration suite against real SPIRE, `x0tta6bl4 up --identity spire`, and the
+# in-cluster SPIRE release of `scripts/cluster staging`: its controller manager, CSI driver and
+# the project's CSI registrar).
 CLUSTER_COMPONENTS := kubernetes etcd coredns kube-router pause metrics-server vpa-crds prometheus
-SPIRE_COMPONENTS := spire
+SPIRE_COMPONENTS := spire spire-controller-manager spiffe-csi-driver csi-registrar
 components:
 	scripts/components/build $(CLUSTER_COMPONENTS) $(SPIRE_COMPONENTS) >/dev/null
 

@@ -424,6 +424,11 @@ class Cluster:
             for path in netns.NODE_PRIVATE_PATHS:
                 (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
                 script.append(f"mount --bind {root / path.lstrip('/')} {path}")
+            # CSI node plugins (the SPIFFE CSI driver of charts/x0tta6bl4-spire) mount into pod
+            # volumes with Bidirectional propagation, which containerd allows only under a
+            # shared mount; a real node's root is shared (systemd). Shared within this node's
+            # namespace only: the namespace is a slave of the host's, so nothing reaches back.
+            script.append("mount --make-rshared /var/lib/kubelet")
             sysctl_dir = self.node_dir(node) / "sysctl"
             sysctl_dir.mkdir(parents=True, exist_ok=True)
             for path, value in netns.KUBELET_SYSCTLS.items():

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from tests.cluster.kube import NAMESPACE, REPO_ROOT, RealCluster
-from tests.cluster.test_staging import needs_spire
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -128,7 +127,6 @@ def test_metrics_api_missing(staged: RealCluster) -> None:
         k.apply(api)
 
 
-@needs_spire
 def test_wait_retries_until_a_pod_is_ready_again(staged: RealCluster) -> None:
     """--post --wait while a mesh pod is being replaced: the check retries pods-ready until the
     DaemonSet's new pod is ready, then passes."""

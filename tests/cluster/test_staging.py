@@ -26,19 +26,9 @@ pytestmark = pytest.mark.timeout(3600)
 VALUES = REPO_ROOT / "charts" / "x0tta6bl4" / "values-staging.yaml"
 X0 = str(REPO_ROOT / ".venv" / "bin" / "x0tta6bl4")
 # The mesh nodes authenticate to the controller with JWT-SVIDs from the SPIFFE Workload API:
-# without SPIRE in the cluster they run but never register, so nothing about the formed mesh
-# can be true. charts/x0tta6bl4-spire (#15) landed as this suite was finished; scripts/cluster
-# does not build and load its images yet, so staging runs without SPIRE (conftest.py) and these
-# tests say so instead of running. Set HAVE_SPIRE once staging installs SPIRE.
-HAVE_SPIRE = False
-needs_spire = pytest.mark.skipif(
-    not HAVE_SPIRE,
-    reason="needs the formed mesh, which needs SPIRE in the cluster: scripts/cluster staging "
-    "does not install charts/x0tta6bl4-spire yet (its images are not built and loaded)",
-)
+# scripts/cluster staging installs SPIRE first (charts/x0tta6bl4-spire, its images built from the
+# component cache; tests/cluster/test_spire.py), so every test here runs on the formed mesh.
 APPS = ("x0tta6bl4-controller", "x0tta6bl4-etcd", "x0tta6bl4-mesh")
-# What can be Running and Ready without SPIRE (mesh pods run, but are not ready unregistered).
-READY_APPS = APPS if HAVE_SPIRE else ("x0tta6bl4-controller", "x0tta6bl4-etcd")
 
 # The guide's Performance Targets (Staging).
 POD_STARTUP_TARGET_S = 30.0
@@ -130,10 +120,8 @@ def results(report: dict[str, Any]) -> dict[str, str]:
 def test_all_pods_running_ready_and_start_time_measured(
     staged: RealCluster, measurements: dict[str, Any]
 ) -> None:
-    pods = [
-        p for p in staged.get("pods")["items"] if p["metadata"]["labels"].get("app") in READY_APPS
-    ]
-    assert {p["metadata"]["labels"]["app"] for p in pods} == set(READY_APPS)
+    pods = [p for p in staged.get("pods")["items"] if p["metadata"]["labels"].get("app") in APPS]
+    assert {p["metadata"]["labels"]["app"] for p in pods} == set(APPS)
     not_ready = [p["metadata"]["name"] for p in pods if not ready(p)]
     assert not not_ready
     # Pod start -> Ready: from the kubelet's startTime to the Ready condition's transition.
@@ -149,7 +137,7 @@ def test_all_pods_running_ready_and_start_time_measured(
             for n, v in starts.items()
             if n.startswith(app.replace("x0tta6bl4-mesh", "x0tta6bl4-mesh-node"))
         )
-        for app in READY_APPS
+        for app in APPS
     }
     # Recorded against the guide's target, not asserted (the project's rule: no timed
     # assertions in tests; a loaded 2-core machine is not a staging cluster).
@@ -192,8 +180,7 @@ def test_one_mesh_pod_per_node_and_controllers_spread(staged: RealCluster) -> No
     k = staged
     ds = k.get("daemonset/x0tta6bl4-mesh-node")["status"]
     assert ds["desiredNumberScheduled"] == ds["currentNumberScheduled"] == len(k.nodes)
-    if HAVE_SPIRE:
-        assert ds["numberReady"] == len(k.nodes)
+    assert ds["numberReady"] == len(k.nodes)
     assert sorted(p["spec"]["nodeName"] for p in mesh_pods(k)) == sorted(k.nodes)
     controllers = k.pods("app=x0tta6bl4-controller")
     assert len(controllers) == 3
@@ -202,7 +189,6 @@ def test_one_mesh_pod_per_node_and_controllers_spread(staged: RealCluster) -> No
     )
 
 
-@needs_spire
 def test_mesh_formed_between_every_pair_within_the_guides_10_ms(
     staged: RealCluster, measurements: dict[str, Any]
 ) -> None:
@@ -215,7 +201,6 @@ def test_mesh_formed_between_every_pair_within_the_guides_10_ms(
     assert max(medians.values()) < NETWORK_LATENCY_TARGET_MS, medians
 
 
-@needs_spire
 def test_prometheus_in_cluster_reports_mesh_nodes_total(staged: RealCluster) -> None:
     k = staged
     with k.port_forward("svc/prometheus", 9090, namespace="monitoring") as port:
@@ -429,13 +414,12 @@ def test_network_policies_cut_off_a_pod_without_mesh_labels(staged: RealCluster)
             other["metadata"]["name"], "python3", "-c", probe, timeout=60
         ).stdout.split()
         assert out == ["open", "open"], out
-        if HAVE_SPIRE:  # the mesh itself still works under the same policies
-            assert wait_until("mesh still formed", lambda: mesh_formed(k), 120, 5)
+        # The mesh itself still works under the same policies.
+        assert wait_until("mesh still formed", lambda: mesh_formed(k), 120, 5)
     finally:
         k.kubectl("delete", "pod", "-n", NAMESPACE, name, "--wait=false")
 
 
-@needs_spire
 def test_check_pre_post_connectivity_pass_against_the_real_cluster(staged: RealCluster) -> None:
     for mode in ("pre", "post", "connectivity"):
         code, report = check(staged, mode, "--wait", "120")
@@ -444,7 +428,6 @@ def test_check_pre_post_connectivity_pass_against_the_real_cluster(staged: RealC
         assert code == 0, (mode, report)
 
 
-@needs_spire
 def test_helm_test_passes(staged: RealCluster) -> None:
     out = staged.helm("test", "x0tta6bl4", "-n", NAMESPACE, "--timeout", "10m")
     assert "Phase:          Succeeded" in out.stdout or "Succeeded" in out.stdout, out.stdout
@@ -453,7 +436,6 @@ def test_helm_test_passes(staged: RealCluster) -> None:
 # --------------------------------------------------------------------------- disruptions
 
 
-@needs_spire
 def test_deleting_a_mesh_pod_recreates_it_and_the_mesh_heals(staged: RealCluster) -> None:
     k = staged
     victim = mesh_pods(k)[0]
@@ -559,8 +541,7 @@ def test_helm_upgrade_keeps_the_mesh_up_and_rollback_works(staged: RealCluster) 
     chart = str(REPO_ROOT / "charts" / "x0tta6bl4")
     history = json.loads(k.helm("history", "x0tta6bl4", "-n", NAMESPACE, "-o", "json").stdout)
     before = history[-1]["revision"]
-    # --wait only where every pod can become ready (mesh pods need SPIRE).
-    wait = ["--wait", "--timeout", "10m"] if HAVE_SPIRE else []
+    wait = ["--wait", "--timeout", "10m"]
     k.helm("upgrade", "x0tta6bl4", chart, "-n", NAMESPACE, "--reuse-values",
            "--set", "x0tta6bl4.logging.level=debug", *wait)  # fmt: skip
 
@@ -571,10 +552,9 @@ def test_helm_upgrade_keeps_the_mesh_up_and_rollback_works(staged: RealCluster) 
 
     def settled(app: str) -> None:
         k.kubectl("rollout", "status", "-n", NAMESPACE, app, "--timeout=600s", timeout=700)
-        if HAVE_SPIRE:
-            k.kubectl("rollout", "status", "-n", NAMESPACE, "daemonset/x0tta6bl4-mesh-node",
-                      "--timeout=600s", timeout=700)  # fmt: skip
-            assert wait_until("mesh formed", lambda: mesh_formed(k), 240, 5)
+        k.kubectl("rollout", "status", "-n", NAMESPACE, "daemonset/x0tta6bl4-mesh-node",
+                  "--timeout=600s", timeout=700)  # fmt: skip
+        assert wait_until("mesh formed", lambda: mesh_formed(k), 240, 5)
 
     assert level() == "debug"
     settled("deployment/x0tta6bl4-controller")
@@ -586,7 +566,6 @@ def test_helm_upgrade_keeps_the_mesh_up_and_rollback_works(staged: RealCluster) 
     assert history[-1]["status"] == "deployed"
 
 
-@needs_spire
 def test_check_reports_a_blocked_mesh_pod(staged: RealCluster) -> None:
     """A node's mesh pod deleted and blocked from coming back (its node loses the image, and
     there is no registry to pull from): --post and --connectivity fail, naming that node."""
@@ -619,6 +598,15 @@ def test_check_reports_the_missing_ca_secret(staged: RealCluster) -> None:
     k.kubectl("delete", "secret", "-n", NAMESPACE, "x0tta6bl4-mesh-ca")
     try:
         k.kubectl("rollout", "restart", "-n", NAMESPACE, "deployment/x0tta6bl4-controller")
+
+        def creating() -> bool:  # the new pod is scheduled and stuck mounting the Secret
+            return any(
+                (s.get("state", {}).get("waiting") or {}).get("reason") == "ContainerCreating"
+                for p in k.pods("app=x0tta6bl4-controller")
+                for s in p["status"].get("containerStatuses", [])
+            )
+
+        wait_until("a restarted controller pod in ContainerCreating", creating, 120)
         code, report = check(k, "post")
         assert code == 1
         found = {c["id"]: c for cat in report["categories"] for c in cat["checks"]}
@@ -646,5 +634,4 @@ def test_check_reports_the_missing_ca_secret(staged: RealCluster) -> None:
     )
     code, report = check(k, "post", "--wait", "300")
     assert results(report)["controller-rollout"] == "success", report
-    if HAVE_SPIRE:
-        assert code == 0, report
+    assert code == 0, report

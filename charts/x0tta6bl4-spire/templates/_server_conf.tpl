@@ -128,7 +128,13 @@ plugins {
   WorkloadAttestor "k8s" {
     plugin_data {
       skip_kubelet_verification = {{ $a.skipKubeletVerification }}
+      {{- if $a.skipKubeletVerification }}
+      # The kubelet at the node's own address (whatever it binds to; no certificate check).
+      node_name_env = "MY_NODE_IP"
+      {{- else }}
+      # The kubelet's certificate names the node: reach it by that name to verify it.
       node_name_env = "MY_NODE_NAME"
+      {{- end }}
     }
   }
   WorkloadAttestor "unix" {

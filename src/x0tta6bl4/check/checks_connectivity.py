@@ -237,7 +237,14 @@ def cluster_connectivity_categories() -> list[Category[ClusterContext]]:
 
         return Check(check.anchor, check.description, run, check.severity, check.retry)
 
+    from x0tta6bl4.check.checks_post import check_mesh_coverage
+
     cats: list[Category[ClusterContext]] = [api_category()]
-    for cat in connectivity_categories():
-        cats.append(Category(cat.name, [adapt(c) for c in cat.checks]))
+    for index, cat in enumerate(connectivity_categories()):
+        checks = [adapt(c) for c in cat.checks]
+        if index == 0:
+            # Pairs of the pods there are prove nothing about a node without one.
+            coverage = Check("mesh-coverage", "a mesh pod runs on every node", check_mesh_coverage)
+            checks.insert(0, coverage)
+        cats.append(Category(cat.name, checks))
     return cats
