@@ -55,3 +55,26 @@ def test_bench_tun_reports_every_key_and_cleans_up(dataplane: str) -> None:
     assert "wireguard-go" in tun.format_table(result)
     json.dumps(result)
     assert _namespaces() == before
+
+
+def test_bench_tun_breakdown_switches_the_native_offloads() -> None:
+    reason = _why_skip()
+    if reason is not None:
+        pytest.skip(reason)
+    with pytest.raises(tun.TunBenchError, match="needs native"):
+        tun.run(seconds=1.0, rounds=1, count=5, dataplane="python", breakdown=True)
+    before = _namespaces()
+    result = tun.run(seconds=1.0, rounds=1, count=20, dataplane="native", breakdown=True)
+    # Node a's TUN and socket took the offloads; a's kernel handed it TCP super-packets, r
+    # merged received segments into super-packets for its own TUN.
+    assert "tso4" in result["offload"]["tun"], result["offload"]
+    counters = result["offload_counters"]
+    assert counters["a"]["tun_gso_reads"] > 0, counters
+    assert counters["a"]["tun_gso_segments"] > counters["a"]["tun_gso_reads"], counters
+    assert counters["r"]["tun_coalesced"] > 0, counters
+    assert set(result["breakdown_mbps_1hop"]) == {"none", "udp", "tun", "all"}
+    assert all(v > 0 for v in result["breakdown_mbps_1hop"].values()), result
+    assert result["breakdown_mbps_1hop"]["all"] == round(result["mbps_1hop"], 1)
+    assert "offloads none" in tun.format_table(result)
+    json.dumps(result)
+    assert _namespaces() == before

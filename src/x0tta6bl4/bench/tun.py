@@ -18,6 +18,14 @@ the contenders in rotated order:
 
 Each throughput is its best round (noise on a shared machine only slows things);
 ``ratio_vs_wireguard_go`` = ``mbps_1hop`` ÷ ``wireguard_go_mbps`` (goal ≥ 1.0, first step ≥ 0.5).
+
+With the native data plane the nodes run with every offload the kernel allows (``offload``:
+node ``a``'s TUN offloads — checksum, TCP and UDP segmentation — and its socket's UDP GSO/GRO;
+``offload_counters``: the segments and runs they moved on ``a`` and ``r``). ``breakdown``
+adds, to every round, the 1-hop iperf3 run with offloads switched off at run time
+(``tun_node``'s ``offload.json``): ``breakdown_mbps_1hop`` maps ``none`` (no offload),
+``udp`` (UDP GSO/GRO only), ``tun`` (TUN offloads only) and ``all`` (= ``mbps_1hop``) to their
+best round, so what each one buys is measured side by side in the same run.
 Needs root, ``/dev/net/tun``, ``ip``, ``iperf3``, ``ping``, ``wg`` and the wireguard-go binary;
 tears down everything it made.
 """
@@ -34,11 +42,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from x0tta6bl4.bench.tun_node import write_offload
 from x0tta6bl4.crypto.pqsvid import MeshCA
 from x0tta6bl4.dataplane import resolve
 from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN as TRUST_DOMAIN
@@ -52,6 +62,29 @@ _LINKS = (("a", "r"), ("r", "b"))
 _MESH_PORT = 7810
 _WG_PORT = 51820
 _WG_MTU = 1420
+#: ``bench tun --breakdown``: offload settings measured next to ``all`` (the default).
+BREAKDOWN: dict[str, dict[str, bool]] = {
+    "none": {"tun": False, "gso": False, "gro": False},
+    "udp": {"tun": False, "gso": True, "gro": True},
+    "tun": {"tun": True, "gso": False, "gro": False},
+}
+_ALL_ON = {"tun": True, "gso": True, "gro": True}
+#: Native counters reported in ``offload_counters`` (node a sends, r receives and acks).
+_OFFLOAD_COUNTERS = (
+    "tun_gso_reads",
+    "tun_gso_segments",
+    "tun_writes",
+    "tun_coalesced",
+    "tun_packets_in",
+    "tun_packets_out",
+    "udp_gso_sends",
+    "udp_gso_datagrams",
+    "udp_gro_runs",
+    "udp_gro_datagrams",
+    "udp_gso_disabled",
+    "rx_datagrams",
+    "tx_datagrams",
+)
 
 
 class TunBenchError(RuntimeError):
@@ -139,6 +172,11 @@ class _Lab:
         self.wg_addr = {"a": f"{p}.8.1", "r": f"{p}.8.2"}
         self.procs: list[subprocess.Popen[Any]] = []
         self.nodes: dict[str, subprocess.Popen[str]] = {}
+        # The nodes' status lines, read as they come (a full pipe would block a node's loop).
+        self._latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._status_cv = threading.Condition()
+        self._readers: list[threading.Thread] = []
+        self._offload_generation = 0
 
     def build(self) -> None:
         for ns in self.ns.values():
@@ -238,19 +276,51 @@ class _Lab:
             log.close()
             self.nodes[name] = proc
             self.procs.append(proc)
+            reader = threading.Thread(target=self._read_status, args=(name, proc), daemon=True)
+            reader.start()
+            self._readers.append(reader)
 
-    def status(self, name: str) -> dict[str, Any]:
-        proc = self.nodes[name]
-        if proc.poll() is not None or proc.stdout is None:
-            raise TunBenchError(f"mesh node {name} exited:\n{self.logs()}")
-        while True:
-            line = proc.stdout.readline()
-            if not line:
-                raise TunBenchError(f"mesh node {name} exited:\n{self.logs()}")
+    def _read_status(self, name: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             with contextlib.suppress(ValueError):
                 latest = json.loads(line)
                 if isinstance(latest, dict) and latest.get("node_id") == name:
+                    with self._status_cv:
+                        seq = self._latest.get(name, (0, {}))[0] + 1
+                        self._latest[name] = (seq, latest)
+                        self._status_cv.notify_all()
+        with self._status_cv:
+            self._status_cv.notify_all()
+
+    def status(
+        self,
+        name: str,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """A status line of node ``name`` printed after this call (and ``accept``-ed)."""
+        deadline = time.monotonic() + timeout
+        with self._status_cv:
+            seen = self._latest.get(name, (0, {}))[0]
+            while True:
+                seq, latest = self._latest.get(name, (0, {}))
+                if seq > seen and (accept is None or accept(latest)):
                     return latest
+                if self.nodes[name].poll() is not None:
+                    raise TunBenchError(f"mesh node {name} exited:\n{self.logs()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TunBenchError(f"no status from mesh node {name} in {timeout:.0f} s")
+                self._status_cv.wait(min(left, 0.5))
+
+    def set_offload(self, settings: dict[str, bool]) -> None:
+        """Switch every node's native offloads and wait until all three applied it."""
+        self._offload_generation += 1
+        generation = self._offload_generation
+        write_offload(self.dir, generation, settings)
+        for name in _NODES:
+            self.status(name, lambda s: s.get("offload", {}).get("generation") == generation)
 
     def logs(self) -> str:
         return "\n".join(
@@ -414,6 +484,9 @@ class _Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        for reader in self._readers:  # they end at the nodes' end of file
+            reader.join(10)
+        for proc in self.procs:
             if proc.stdout is not None:
                 proc.stdout.close()
         for ns in self.ns.values():
@@ -443,6 +516,7 @@ def run(
     count: int = 200,
     dataplane: str | None = None,
     wireguard_go: str | None = None,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     """Measure (see the module docstring); raises :class:`TunBenchError` without prerequisites."""
     if seconds <= 0 or rounds < 1 or count < 1:
@@ -450,6 +524,8 @@ def run(
     _check_prerequisites()
     binary = find_wireguard_go(wireguard_go)
     chosen = resolve(dataplane)
+    if breakdown and chosen != "native":
+        raise TunBenchError("--breakdown switches the native data plane's offloads: needs native")
     best: dict[str, float] = {}
     samples: dict[str, list[float]] = {"mesh": [], "wg": []}
     with _lab(chosen) as lab:
@@ -461,22 +537,49 @@ def run(
             with contextlib.suppress(TunBenchError):
                 lab.ping("a", target, 3)
         lab.ping("a", lab.wg_addr["r"], 3)
-        contenders = {
-            "mesh_1hop": ("r", lab.overlay["r"], lab.overlay["a"]),
-            "wg": ("r", lab.wg_addr["r"], lab.wg_addr["a"]),
-            "mesh_2hop": ("b", lab.overlay["b"], lab.overlay["a"]),
+        one_hop = ("r", lab.overlay["r"], lab.overlay["a"])
+        contenders: dict[str, tuple[tuple[str, str, str], dict[str, bool] | None]] = {
+            "mesh_1hop": (one_hop, _ALL_ON),
+            "wg": (("r", lab.wg_addr["r"], lab.wg_addr["a"]), None),
+            "mesh_2hop": (("b", lab.overlay["b"], lab.overlay["a"]), _ALL_ON),
         }
+        if breakdown:
+            for variant, variant_settings in BREAKDOWN.items():
+                contenders[f"offload_{variant}"] = (one_hop, variant_settings)
+        applied: dict[str, bool] | None = None
         names = list(contenders)
         for round_ in range(rounds):
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                server, server_ip, client_ip = contenders[name]
+                (server, server_ip, client_ip), settings = contenders[name]
+                if breakdown and settings is not None and settings != applied:
+                    lab.set_offload(settings)
+                    applied = settings
                 mbps = lab.iperf("a", server, server_ip, client_ip, seconds)
                 best[name] = max(best.get(name, 0.0), mbps)
                 best[f"{name}_min"] = min(best.get(f"{name}_min", mbps), mbps)
+        if breakdown and applied != _ALL_ON:
+            lab.set_offload(_ALL_ON)
         samples["mesh"] = lab.ping("a", lab.overlay["r"], count)
         samples["wg"] = lab.ping("a", lab.wg_addr["r"], count)
+        final = {n: lab.status(n) for n in ("a", "r")}
     if not samples["mesh"] or not samples["wg"]:
         raise TunBenchError("no ping round trip came back")
+    extra: dict[str, Any] = {
+        "offload": {k: v for k, v in final["a"].get("offload", {}).items() if k != "generation"},
+        "offload_counters": {
+            n: {k: final[n].get("counters", {}).get(k, 0) for k in _OFFLOAD_COUNTERS}
+            for n in ("a", "r")
+        },
+    }
+    if breakdown:
+        extra["breakdown_mbps_1hop"] = {
+            **{v: round(best[f"offload_{v}"], 1) for v in BREAKDOWN},
+            "all": round(best["mesh_1hop"], 1),
+        }
+        extra["breakdown_mbps_1hop_min"] = {
+            **{v: round(best[f"offload_{v}_min"], 1) for v in BREAKDOWN},
+            "all": round(best["mesh_1hop_min"], 1),
+        }
     return {
         "dataplane": chosen,
         "seconds": seconds,
@@ -496,6 +599,7 @@ def run(
         "mtu": TUN_MTU,
         "wireguard_go_mtu": _WG_MTU,
         "wireguard_go": binary,
+        **extra,
     }
 
 
@@ -511,5 +615,13 @@ def format_table(result: dict[str, Any]) -> str:
             f"wireguard-go    {result['wireguard_go_mbps']:>9} Mbit/s  rtt p50 "
             f"{result['wireguard_go_latency_us_p50']} µs",
             f"ratio 1 hop / wireguard-go: {result['ratio_vs_wireguard_go']} (goal >= 1.0)",
+        ]
+        + [
+            f"offloads: tun {','.join(result['offload'].get('tun', [])) or '-'}, "
+            f"udp {','.join(result['offload'].get('udp', [])) or '-'}"
+        ]
+        + [
+            f"1 hop, offloads {variant:<5} {mbps:>9} Mbit/s"
+            for variant, mbps in result.get("breakdown_mbps_1hop", {}).items()
         ]
     )

@@ -230,7 +230,7 @@ def dataplane(
 
 
 @app.command("tun")
-def tun(
+def tun(  # noqa: PLR0917 - one parameter per flag
     as_json: JsonOption = False,
     seconds: Annotated[
         float,
@@ -250,12 +250,26 @@ def tun(
             help="wireguard-go binary (default: the components cache, then PATH)",
         ),
     ] = None,
+    breakdown: Annotated[
+        bool,
+        typer.Option(
+            "--breakdown",
+            envvar="X0_BENCH_BREAKDOWN",
+            help="Also measure 1 hop with the native offloads off (none / udp / tun only).",
+        ),
+    ] = False,
 ) -> None:
     """TCP through the TUN overlay (1 and 2 hops) vs wireguard-go on the same namespaces."""
     from x0tta6bl4.bench.tun import TunBenchError, format_table, run
 
     try:
-        result = run(seconds=seconds, rounds=rounds, dataplane=dataplane, wireguard_go=wireguard_go)
+        result = run(
+            seconds=seconds,
+            rounds=rounds,
+            dataplane=dataplane,
+            wireguard_go=wireguard_go,
+            breakdown=breakdown,
+        )
     except TunBenchError as exc:
         typer.echo(f"bench tun: {exc}", err=True)
         raise typer.Exit(1) from exc
