@@ -4,7 +4,10 @@ One controller app (``create_app``: SQLite store and local mesh CA in a temporar
 the JWT bundle of the fixture issuer, the admin token, a clock fixed at ``fuzzlib.NOW``) runs
 its lifespan once; every input becomes one HTTP request handed straight to the ASGI app
 (the ``_Edge`` body limit and metrics, FastAPI routing and validation against the schemas, the
-authenticator, the registrar, the store).
+authenticator, the registrar, the store). A request arrives as the TLS listener hands it over
+(``x0tta6bl4.tls.server``: the verified peer in the scope, the node's client certificate with
+the node's JWT-SVID, none otherwise), or, when bit 7 of byte 1 is set, as the plain-HTTP
+listener does (no TLS peer: only the probes, metrics and UI are served).
 
 Input: byte 0 picks the route (the API's routes with a fuzzed path parameter, or a raw
 ``METHOD path?query`` request line), byte 1 the credential (none, the admin token, a node's
@@ -21,8 +24,12 @@ Checked: every answer is below 500; an error answer of the API (4xx) is a JSON o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import time
 from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 import fuzzlib
 
@@ -31,6 +38,8 @@ with fuzzlib.instrumented():
 
     from x0tta6bl4.controller.app import create_app
     from x0tta6bl4.controller.config import ControllerSettings
+    from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials
+    from x0tta6bl4.tls.server import PEER_EXTENSION, TlsPeer
 
 AUTHORITY = fuzzlib.jwt_authority()
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
@@ -64,6 +73,32 @@ def _token(spiffe_id: str) -> str:
     return AUTHORITY.sign_jwt_svid(SpiffeId(spiffe_id), [AUDIENCE], 86400 * 365 * 5, fuzzlib.NOW)
 
 
+def _svid_credentials(spiffe_id: str) -> Any:
+    """An X.509-SVID of the fixture authority as TLS credentials (the controller's own)."""
+    from cryptography.hazmat.primitives import serialization
+    from spiffe import X509Bundle, X509BundleSet, X509Svid
+
+    # Issued now (they are verified against the real clock), valid past fuzzlib.NOW.
+    issued = AUTHORITY.issue_x509_svid(SpiffeId(spiffe_id), 86400 * 365 * 5, time.time())
+    key = serialization.load_der_private_key(issued.key_der, None)
+    svid = X509Svid(SpiffeId(spiffe_id), [issued.certificate], key)
+    td = SpiffeId(spiffe_id).trust_domain
+    bundle = X509BundleSet.of([X509Bundle(td, set(AUTHORITY.x509_bundle().x509_authorities))])
+    return TlsCredentials.from_svid(svid, bundle, td), issued
+
+
+CONTROLLER_TLS, _ = _svid_credentials(f"spiffe://{fuzzlib.TRUST_DOMAIN}/ns/x0/sa/app/controller")
+_, NODE_CERT = _svid_credentials(NODE_ID)
+#: The node's client certificate as the TLS listener reports it.
+NODE_PEER = TlsPeer(
+    spiffe_id=NODE_ID,
+    cert_sha256=hashlib.sha256(NODE_CERT.certificate.public_bytes(Encoding.DER)).digest(),
+    not_after=NODE_CERT.certificate.not_valid_after_utc.timestamp(),
+    group="X25519MLKEM768",
+    serial=NODE_CERT.certificate.serial_number,
+)
+ANONYMOUS_PEER = TlsPeer(spiffe_id=None, cert_sha256=None, not_after=None, group="X25519MLKEM768")
+
 CREDENTIALS: tuple[str | None, ...] = (
     None,
     f"Bearer {ADMIN_TOKEN}",
@@ -86,7 +121,11 @@ def _build() -> tuple[asyncio.AbstractEventLoop, Any, Any]:
     )
     bundles = JwtBundleSet.of([AUTHORITY.jwt_bundle()])
     app = create_app(
-        settings, jwt_bundle_fetch=lambda: bundles, clock=lambda: fuzzlib.NOW, expiry=False
+        settings,
+        jwt_bundle_fetch=lambda: bundles,
+        clock=lambda: fuzzlib.NOW,
+        expiry=False,
+        tls_credentials=StaticCredentials(CONTROLLER_TLS),
     )
     loop = asyncio.new_event_loop()
     lifespan = app.router.lifespan_context(app)  # kept referenced: it closes the store on exit
@@ -98,7 +137,11 @@ LOOP, APP, _LIFESPAN = _build()
 
 
 async def request(
-    method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    method: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    peer: TlsPeer | None = None,
 ) -> tuple[int, bytes]:
     path, _, query = target.partition("?")
     scope = {
@@ -115,6 +158,9 @@ async def request(
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 7800),
     }
+    if peer is not None:
+        scope["scheme"] = "https"
+        scope["extensions"] = {PEER_EXTENSION: peer}
     sent = False
 
     async def receive() -> dict[str, Any]:
@@ -164,7 +210,13 @@ def test_one_input(data: bytes) -> None:
         headers = [(b"content-type", extra), (b"authorization", CREDENTIALS[1].encode())]  # type: ignore[union-attr]
     if method == "PUT" and extra:
         headers.append((b"if-match", extra))
-    status, answer = LOOP.run_until_complete(request(method, target, headers, body))
+    if data[1] & 0x80:
+        peer = None  # the plain-HTTP listener
+    elif choice == 2:
+        peer = NODE_PEER  # a node: its certificate and its JWT-SVID
+    else:
+        peer = ANONYMOUS_PEER
+    status, answer = LOOP.run_until_complete(request(method, target, headers, body, peer))
     assert 200 <= status < 500, f"{method} {target} answered {status}: {answer[:300]!r}"
     if status >= 400 and (target.startswith("/api/") or status not in (404, 405)):
         document = json.loads(answer)

@@ -20,8 +20,8 @@ __all__ = [
 DEFAULT_TRUST_DOMAIN: Final = "x0tta6bl4.mesh"
 """The mesh's SPIFFE trust domain unless ``--trust-domain`` names another."""
 
-DEFAULT_CONTROLLER: Final = "http://x0tta6bl4-api:8080"
-"""Where a node finds the controller API (the chart's Service)."""
+DEFAULT_CONTROLLER: Final = "https://x0tta6bl4-api:8443"
+"""Where a node finds the controller API (the chart's Service, its TLS port)."""
 DEFAULT_NODE_LISTEN_UDP: Final = "0.0.0.0:7810"
 """The node's mesh UDP socket."""
 DEFAULT_NODE_HTTP: Final = "0.0.0.0:7811"

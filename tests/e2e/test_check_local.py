@@ -90,13 +90,26 @@ def test_up_writes_its_descriptor_and_prints_the_check_command(mesh: Mesh) -> No
     for pid in data["node_pids"].values():
         assert b"node" in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert (mesh.state / "mesh.json").stat().st_mode & 0o777 == 0o600
+    # Issue #12: the TLS API of each controller, the bundle that verifies it, the Workload API.
+    assert len(data["api"]) == 1
+    assert data["api"][0].startswith("https://127.0.0.1:")
+    assert Path(data["trust_bundle"]).is_absolute()
+    assert b"BEGIN CERTIFICATE" in Path(data["trust_bundle"]).read_bytes()
+    assert data["identity"]["provider"] == "embedded"
+    assert Path(data["identity"]["agent_socket"]).is_socket()
+    assert data["controller_spiffe_id"].endswith("/ns/local/sa/x0tta6bl4-app/controller")
 
 
 def test_every_check_passes_on_a_healthy_mesh(mesh: Mesh) -> None:
     run = check("--local", str(mesh.state), "--wait", "30")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Status check results are √" in run.stdout
-    for description in ("controller answers /health", "every mesh node is ready"):
+    for description in (
+        "controller answers /health",
+        "every mesh node is ready",
+        "controller API is served over TLS only, as its SPIFFE ID",
+        "controller TLS key exchange is post-quantum (X25519MLKEM768)",
+    ):
         assert f"√ {description}" in run.stdout
 
 
@@ -152,6 +165,7 @@ def test_a_controller_url_checks_the_controller_and_says_why_nodes_are_skipped(
     assert run.returncode == 0, run.stdout + run.stderr
     found = by_id(run.stdout)
     assert found["controller-ready"]["result"] == "success"
+    assert found["controller-tls"]["result"] == "skipped"  # no trust bundle with a bare URL
     assert found["nodes-reporting"]["detail"] == f"{NODES} nodes reporting"
     assert found["nodes-ready"]["result"] == "skipped"
     assert "HTTP addresses" in found["nodes-ready"]["error"]

@@ -35,6 +35,7 @@ class Mesh:
         self.tmp = tmp
         self.identity = identity
         self.controller_port = free_port()
+        self.tls_port = free_port()
         self.controller: subprocess.Popen[bytes] | None = None
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.http: dict[str, int] = {n: free_port() for n in NODES}
@@ -49,11 +50,17 @@ class Mesh:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.controller_port}"
 
+    @property
+    def api(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
+
     def start_controller(self) -> None:
         self.controller = spawn_controller(
             [
                 "--listen",
                 f"127.0.0.1:{self.controller_port}",
+                "--tls-listen",
+                f"127.0.0.1:{self.tls_port}",
                 "--store",
                 f"sqlite:///{self.tmp / 'ctl.db'}",
                 "--local-ca",
@@ -62,6 +69,7 @@ class Mesh:
             ],
             env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{self.identity.issuer.socket_path}"},
             log=self.tmp / "controller.log",
+            identity=self.identity,
         )
         wait_ready(self.base, self.controller)
 
@@ -72,13 +80,14 @@ class Mesh:
 
     def start_node(self, name: str) -> None:
         self.nodes[name] = spawn_node(
-            self.base,
+            self.api,
             name,
             f"127.0.0.1:{self.udp[name]}",
             self.http[name],
             self.tmp / name,
             env=self.env,
             log=self.tmp / f"{name}.log",
+            identity=self.identity,
         )
 
     def stop_node(self, name: str) -> None:

@@ -40,7 +40,9 @@ import pytest
 
 from tests.integration.controller_support import (
     NODE_A,
+    Identity,
     free_port,
+    mesh_node_id,
     running_issuer,
     spawn_controller,
     wait_ready,
@@ -140,6 +142,7 @@ class Lab:
         self.mesh_addr = {n: f"{p}.2.{i + 1}" for i, n in enumerate(NAMES)}
         self.controller_addr = self.mgmt_root["a"]
         self.controller_port = free_port()
+        self.controller_tls_port = free_port()
         self.root_links: list[str] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.others: list[subprocess.Popen[Any]] = []
@@ -194,12 +197,16 @@ class Lab:
     def controller_url(self) -> str:
         return f"http://{self.controller_addr}:{self.controller_port}"
 
-    def start_node(self, name: str, env: dict[str, str]) -> None:
+    @property
+    def controller_api(self) -> str:
+        return f"https://{self.controller_addr}:{self.controller_tls_port}"
+
+    def start_node(self, name: str, env: dict[str, str], identity: Identity) -> None:
         mesh = f"{self.mesh_addr[name]}:7810"
         args = [
             "ip", "netns", "exec", self.ns[name],
             sys.executable, "-m", "x0tta6bl4", "node", "--tun",
-            "--controller", self.controller_url,
+            "--controller", self.controller_api,
             "--listen-udp", mesh, "--advertise", mesh,
             "--http", f"{self.mgmt[name]}:{HTTP_PORT}",
             "--node-id", name,
@@ -207,6 +214,8 @@ class Lab:
         ]  # fmt: skip
         with open(self.tmp / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # `ip netns exec` execs in place: the pid is the node's.
+        identity.attest(self.procs[name].pid, mesh_node_id(name))
 
     def spawn(self, name: str, args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         proc: subprocess.Popen[Any] = subprocess.Popen(
@@ -285,17 +294,19 @@ def test_http_download_survives_relay_kill(lab: Lab, tmp_path: Path) -> None:
         controller = spawn_controller(
             [
                 "--listen", f"{lab.controller_addr}:{lab.controller_port}",
+                "--tls-listen", f"{lab.controller_addr}:{lab.controller_tls_port}",
                 "--store", f"sqlite:///{tmp_path / 'ctl.db'}",
                 "--local-ca", "--state-dir", str(tmp_path / "ctl"),
             ],
             env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{socket_path}"},
             log=tmp_path / "controller.log",
+            identity=identity,
         )  # fmt: skip
         lab.others.append(controller)
         wait_ready(lab.controller_url, controller)
         started = time.monotonic()
         for name in NAMES:
-            lab.start_node(name, env)
+            lab.start_node(name, env, identity)
 
         def converged() -> bool:
             for name in NAMES:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.up_support import RunningUp, assert_clean
+from x0tta6bl4.controller.app import openapi_document
 
 pytestmark = pytest.mark.slow
 
@@ -100,10 +101,11 @@ def test_topology_json_is_public_and_holds_no_secret(mesh: tuple[str, RunningUp]
     text = httpx.get(f"{base}/ui/topology.json", timeout=5).text
     for secret_field in ("spiffe_id", "endpoint", "pq_svid", "ml_dsa", "BEGIN"):
         assert secret_field not in text
-    # the authenticated API stays closed
-    assert httpx.get(f"{base}/api/v1/topology", timeout=5).status_code == 401
-    # and the UI stays out of the versioned API description
-    paths = httpx.get(f"{base}/openapi.json", timeout=5).json()["paths"]
+    # the authenticated API stays closed: not even served on the UI's plain-HTTP port
+    closed = httpx.get(f"{base}/api/v1/topology", timeout=5)
+    assert (closed.status_code, closed.json()["error"]) == (403, "tls_required")
+    # and the UI stays out of the versioned API description (served over TLS only)
+    paths = openapi_document()["paths"]
     assert not any(path.startswith("/ui") for path in paths)
 
 

@@ -21,29 +21,30 @@ from cryptography import x509
 from tests.integration.controller_support import (
     ADMIN_ID,
     ADMIN_TOKEN,
+    CONTROLLER_ID,
     NODE_A,
     NODE_B,
     NODE_DEV,
     TD,
+    ControllerClients,
     Identity,
-    ServerThread,
-    app_client,
     bearer,
     controller,
     controller_settings,
     free_port,
     pop_fields,
     register_body,
+    running_controller,
     running_issuer,
     spawn_controller,
     wait_ready,
 )
-from x0tta6bl4.controller.app import create_app
 from x0tta6bl4.controller.ca import rotate_ca_dir
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.identity.issuer.authority import Authority
 from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
+from x0tta6bl4.tls.client import tls_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +69,7 @@ def tokens(identity: Identity) -> dict[str, str]:
 
 
 @pytest.fixture
-async def ctl(tmp_path: Path, identity: Identity) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def ctl(tmp_path: Path, identity: Identity) -> AsyncIterator[tuple[Any, ControllerClients]]:
     async with controller(tmp_path / "ctl", identity) as pair:
         yield pair
 
@@ -81,7 +82,7 @@ def key() -> SigningKey:
 ADMIN = bearer(ADMIN_TOKEN)
 
 
-async def _nodes(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+async def _nodes(client: ControllerClients) -> list[dict[str, Any]]:
     r = await client.get("/api/v1/nodes", headers=ADMIN)
     assert r.status_code == 200
     nodes: list[dict[str, Any]] = r.json()["nodes"]
@@ -89,12 +90,12 @@ async def _nodes(client: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 
 async def _register(
-    client: httpx.AsyncClient, key: SigningKey, token: str, sid: str, node_id: str, **kw: Any
+    client: ControllerClients, key: SigningKey, sid: str, node_id: str, **kw: Any
 ) -> httpx.Response:
-    return await client.post(
+    """Register ``node_id`` as ``sid``: mutual TLS with ``sid``'s X.509-SVID, as nodes do."""
+    return await client.tls(sid).post(
         "/api/v1/nodes/register",
         json=register_body(key, spiffe_id=sid, node_id=node_id, **kw),
-        headers=bearer(token),
     )
 
 
@@ -119,7 +120,7 @@ def _metric_labels(text: str, prefix: str) -> float:
 # --------------------------------------------------------------------------- system
 
 
-async def test_health_ready_metrics_openapi(ctl: tuple[Any, httpx.AsyncClient]) -> None:
+async def test_health_ready_metrics_openapi(ctl: tuple[Any, ControllerClients]) -> None:
     _, client = ctl
     r = await client.get("/health")
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
@@ -157,7 +158,7 @@ async def test_health_ready_metrics_openapi(ctl: tuple[Any, httpx.AsyncClient]) 
         assert path in spec["paths"], path
 
 
-async def test_ready_is_503_when_store_closed(ctl: tuple[Any, httpx.AsyncClient]) -> None:
+async def test_ready_is_503_when_store_closed(ctl: tuple[Any, ControllerClients]) -> None:
     app, client = ctl
     state = app.state.controller
     await state.store.close()
@@ -175,10 +176,10 @@ async def test_ready_is_503_when_store_closed(ctl: tuple[Any, httpx.AsyncClient]
 
 
 async def test_register_issues_pq_svid_address_and_bundle(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
-    r = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+    r = await _register(client, key, NODE_A, "node-1")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["spiffe_id"] == NODE_A
@@ -195,7 +196,7 @@ async def test_register_issues_pq_svid_address_and_bundle(
     assert peer.public_key_bytes == key.public_bytes
     assert body["pq_svid_not_after"] - time.time() <= 3600 + 1
     # Registering again keeps the address.
-    again = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+    again = await _register(client, key, NODE_A, "node-1")
     assert again.status_code == 200
     assert again.json()["overlay_ip"] == body["overlay_ip"]
     nodes = await _nodes(client)
@@ -206,16 +207,16 @@ async def test_register_issues_pq_svid_address_and_bundle(
 
 
 async def test_renew(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
-    first = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+    first = (await _register(client, key, NODE_A, "node-1")).json()
     new_key = SigningKey.generate()
     body = {
         "ml_dsa_public_key": base64.b64encode(new_key.public_bytes).decode(),
         "pop": pop_fields(new_key, spiffe_id=NODE_A, node_id="node-1"),
     }
-    r = await client.post("/api/v1/nodes/node-1/renew", json=body, headers=bearer(tokens[NODE_A]))
+    r = await client.tls(NODE_A).post("/api/v1/nodes/node-1/renew", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["overlay_ip"] == first["overlay_ip"]
     assert r.json()["pq_svid"] != first["pq_svid"]
@@ -224,16 +225,16 @@ async def test_renew(
     assert detail["endpoint"] == "127.0.0.1:7810"
     # Another identity may not renew node-1; an unknown node cannot be renewed.
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_B, node_id="node-1")
-    r = await client.post("/api/v1/nodes/node-1/renew", json=body, headers=bearer(tokens[NODE_B]))
+    r = await client.tls(NODE_B).post("/api/v1/nodes/node-1/renew", json=body)
     assert (r.status_code, r.json()["error"]) == (403, "identity_mismatch")
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_A, node_id="ghost")
-    r = await client.post("/api/v1/nodes/ghost/renew", json=body, headers=bearer(tokens[NODE_A]))
+    r = await client.tls(NODE_A).post("/api/v1/nodes/ghost/renew", json=body)
     assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
     assert [n["node_id"] for n in await _nodes(client)] == ["node-1"]
 
 
 async def test_two_identities_racing_for_new_node_ids_one_wins(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     """Both identities register the same fresh node IDs at once: both usually pass the early
     ownership check, and the store's atomic check decides — one 200, one 403 per node ID."""
@@ -245,10 +246,7 @@ async def test_two_identities_racing_for_new_node_ids_one_wins(
         for sid in (NODE_A, NODE_B)
     ]
     answers = await asyncio.gather(
-        *(
-            client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[sid]))
-            for _, sid, body in requests
-        )
+        *(client.tls(sid).post("/api/v1/nodes/register", json=body) for _, sid, body in requests)
     )
     winners: dict[str, str] = {}
     for (node_id, sid, _), answer in zip(requests, answers, strict=True):
@@ -273,7 +271,7 @@ async def test_two_identities_racing_for_new_node_ids_one_wins(
 
 
 async def _assert_rejected(
-    client: httpx.AsyncClient, response: httpx.Response, status: int, reason: str
+    client: ControllerClients, response: httpx.Response, status: int, reason: str
 ) -> None:
     assert response.status_code == status, response.text
     assert response.json()["error"] == reason
@@ -282,7 +280,7 @@ async def _assert_rejected(
 
 
 async def test_registration_auth_failures_change_nothing(
-    ctl: tuple[Any, httpx.AsyncClient],
+    ctl: tuple[Any, ControllerClients],
     identity: Identity,
     foreign: Identity,
     tokens: dict[str, str],
@@ -330,12 +328,20 @@ async def test_registration_auth_failures_change_nothing(
     r = await client.post(url, json=body, headers=ADMIN)
     await _assert_rejected(client, r, 403, "spiffe_identity_required")
 
-    # PoP signed for another SPIFFE ID than the token's subject / by another key.
-    r = await client.post(url, json=body, headers=bearer(tokens[NODE_B]))
+    # A valid JWT-SVID without the client certificate is not enough for a node operation: a
+    # token captured anywhere is worth nothing without the certificate (and its key).
+    r = await client.post(url, json=body, headers=bearer(tokens[NODE_A]))
+    await _assert_rejected(client, r, 401, "client_certificate_required")
+    # Certificate and token must name the same SPIFFE ID.
+    r = await client.tls(NODE_A).post(url, json=body, headers=bearer(tokens[NODE_B]))
+    await _assert_rejected(client, r, 401, "identity_conflict")
+
+    # PoP signed for another SPIFFE ID than the certificate's / by another key.
+    r = await client.tls(NODE_B).post(url, json=body)
     await _assert_rejected(client, r, 401, "pop_invalid")
     other = SigningKey.generate()
     forged = dict(body, pop=pop_fields(other, spiffe_id=NODE_A, node_id="node-1"))
-    r = await client.post(url, json=forged, headers=bearer(tokens[NODE_A]))
+    r = await client.tls(NODE_A).post(url, json=forged)
     await _assert_rejected(client, r, 401, "pop_invalid")
 
     # Timestamp outside ±60 s.
@@ -343,7 +349,7 @@ async def test_registration_auth_failures_change_nothing(
         stale = register_body(
             key, spiffe_id=NODE_A, node_id="node-1", timestamp=int(time.time()) + skew
         )
-        r = await client.post(url, json=stale, headers=bearer(tokens[NODE_A]))
+        r = await client.tls(NODE_A).post(url, json=stale)
         await _assert_rejected(client, r, 401, "clock_skew")
 
     metrics = (await client.get("/metrics")).text
@@ -352,23 +358,23 @@ async def test_registration_auth_failures_change_nothing(
 
 
 async def test_pop_replay_is_refused(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
     body = register_body(key, spiffe_id=NODE_A, node_id="node-1")
-    first = await client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[NODE_A]))
+    first = await client.tls(NODE_A).post("/api/v1/nodes/register", json=body)
     assert first.status_code == 200
     before = await _nodes(client)
-    again = await client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[NODE_A]))
+    again = await client.tls(NODE_A).post("/api/v1/nodes/register", json=body)
     assert (again.status_code, again.json()["error"]) == (401, "pop_replayed")
     assert await _nodes(client) == before
 
 
 async def test_admin_apis_refuse_non_admins(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
-    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+    assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
     policy = {"rules": [{"from": "*", "to": "*", "action": "link", "allow": True}]}
     for token in (tokens[NODE_A], tokens[NODE_B]):
         r = await client.delete("/api/v1/nodes/node-1", headers=bearer(token))
@@ -390,7 +396,7 @@ async def test_admin_apis_refuse_non_admins(
 
 
 async def test_reads_need_an_identity(
-    ctl: tuple[Any, httpx.AsyncClient], foreign: Identity
+    ctl: tuple[Any, ControllerClients], foreign: Identity
 ) -> None:
     _, client = ctl
     evil = foreign.token("spiffe://evil.example/ns/mesh/sa/node-a")
@@ -412,7 +418,7 @@ async def test_reads_need_an_identity(
 
 
 async def test_policy_join_link_and_concurrency(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
     r = await client.get("/api/v1/policy", headers=bearer(tokens[NODE_A]))
@@ -436,10 +442,10 @@ async def test_policy_join_link_and_concurrency(
     assert len(got["rules"]) == 2
     assert got["default"] is False
     # The dev identity may not join; mesh identities may.
-    r = await _register(client, key, tokens[NODE_DEV], NODE_DEV, "dev-1")
+    r = await _register(client, key, NODE_DEV, "dev-1")
     assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
     assert await _nodes(client) == []
-    r = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+    r = await _register(client, key, NODE_A, "node-1")
     assert r.status_code == 200
     # Invalid policies: foreign trust domain, bad pattern, unknown field, wrong type.
     for bad, reason in (
@@ -513,7 +519,7 @@ async def test_policy_join_link_and_concurrency(
 
 
 async def test_policy_join_rules_decide_who_registers(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
     policy = {
@@ -528,11 +534,11 @@ async def test_policy_join_rules_decide_who_registers(
     assert r.json()["rules"] == policy["rules"]
     assert (await client.get("/api/v1/policy", headers=ADMIN)).json()["rules"] == policy["rules"]
     # The link rule lets everyone link, but the join rules decide who registers.
-    r = await _register(client, key, tokens[NODE_DEV], NODE_DEV, "dev-1")  # no join rule: deny
+    r = await _register(client, key, NODE_DEV, "dev-1")  # no join rule: deny
     assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
-    r = await _register(client, key, tokens[NODE_B], NODE_B, "node-b")  # denied first
+    r = await _register(client, key, NODE_B, "node-b")  # denied first
     assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
-    r = await _register(client, key, tokens[NODE_A], NODE_A, "node-a")
+    r = await _register(client, key, NODE_A, "node-a")
     assert r.status_code == 200, r.text
     assert [n["node_id"] for n in await _nodes(client)] == ["node-a"]
     # A join rule names no peer: any "to" but "*" is refused and changes nothing.
@@ -548,22 +554,18 @@ async def test_policy_join_rules_decide_who_registers(
 
 
 async def test_status_and_topology(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
-    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-a")).status_code == 200
-    assert (await _register(client, key, tokens[NODE_B], NODE_B, "node-b")).status_code == 200
+    assert (await _register(client, key, NODE_A, "node-a")).status_code == 200
+    assert (await _register(client, key, NODE_B, "node-b")).status_code == 200
     report = {"links": [{"peer": "node-b", "up": True, "rtt_ms": 1.5}]}
-    r = await client.put("/api/v1/nodes/node-a/status", json=report, headers=bearer(tokens[NODE_A]))
+    r = await client.tls(NODE_A).put("/api/v1/nodes/node-a/status", json=report)
     assert r.status_code == 204, r.text
     # Another node may not report for node-a; unknown nodes are 404.
-    r = await client.put(
-        "/api/v1/nodes/node-a/status", json={"links": []}, headers=bearer(tokens[NODE_B])
-    )
+    r = await client.tls(NODE_B).put("/api/v1/nodes/node-a/status", json={"links": []})
     assert (r.status_code, r.json()["error"]) == (403, "identity_mismatch")
-    r = await client.put(
-        "/api/v1/nodes/ghost/status", json={"links": []}, headers=bearer(tokens[NODE_B])
-    )
+    r = await client.tls(NODE_B).put("/api/v1/nodes/ghost/status", json={"links": []})
     assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
     topo = (await client.get("/api/v1/topology", headers=bearer(tokens[NODE_B]))).json()
     assert sorted(n["node_id"] for n in topo["nodes"]) == ["node-a", "node-b"]
@@ -598,7 +600,7 @@ async def _until(value: Callable[[], Awaitable[float]], expected: float) -> None
 
 
 async def test_watch_sees_registration(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
     start = (await client.get("/api/v1/nodes", headers=ADMIN)).json()["revision"]
@@ -609,7 +611,7 @@ async def test_watch_sees_registration(
     )
     await _until(lambda: _watchers(client), 1.0)  # the watch is open and waiting
     assert not waiter.done()
-    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+    assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
     r = await waiter
     assert r.status_code == 200
     events = r.json()["events"]
@@ -625,10 +627,10 @@ async def test_watch_sees_registration(
 
 
 async def test_watch_server_sent_events(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str], key: SigningKey
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
-    assert (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).status_code == 200
+    assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
     headers = {**ADMIN, "Accept": "text/event-stream"}
     async with client.stream(
         "GET", "/api/v1/watch?from_revision=0&timeout=1", headers=headers
@@ -643,15 +645,12 @@ async def test_watch_server_sent_events(
 async def test_sse_keeps_the_watch_across_keepalives(
     tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
 ) -> None:
-    # A real server: the in-process transport hands a response over only once it is complete.
-    settings = controller_settings(tmp_path / "ctl", identity, sse_keepalive_seconds=0.02)
-    app = create_app(settings, jwt_bundle_fetch=identity.source.fetch_jwt_bundles)
-    headers = {**ADMIN, "Accept": "text/event-stream"}
-    with ServerThread(app) as server:
-        async with (
-            httpx.AsyncClient(base_url=server.base_url, timeout=WAIT) as client,
-            client.stream("GET", "/api/v1/watch?from_revision=0&timeout=60", headers=headers) as r,
-        ):
+    # A real server: the stream is read while it is open.
+    async with controller(tmp_path / "ctl", identity, sse_keepalive_seconds=0.02) as (_, clients):
+        headers = {**ADMIN, "Accept": "text/event-stream"}
+        async with clients.tls().stream(
+            "GET", "/api/v1/watch?from_revision=0&timeout=60", headers=headers, timeout=WAIT
+        ) as r:
             chunks = r.aiter_text()
             text = ""
 
@@ -662,7 +661,7 @@ async def test_sse_keeps_the_watch_across_keepalives(
 
             await read_until(": keep-alive")
             assert "event:" not in text  # nothing happened yet: only keep-alives
-            registered = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+            registered = await _register(clients, key, NODE_A, "node-1")
             assert registered.status_code == 200
             await read_until("event: node_put")
             # The watch goes on after the event: more keep-alives, the event not sent again.
@@ -683,13 +682,13 @@ async def test_bundle_and_ca_rotation(
         assert r.status_code == 200
         assert r.json()["trust_domain"] == TD
         assert len(TrustBundle.from_pem(TD, r.json()["ca_bundle"].encode())) == 1
-        old = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+        old = (await _register(client, key, NODE_A, "node-1")).json()
         rotate_ca_dir(state_dir / "ca", trust_domain=TD)
         app.state.controller.ca.load()
         bundle_pem = (await client.get("/api/v1/bundle", headers=ADMIN)).json()["ca_bundle"]
         bundle = TrustBundle.from_pem(TD, bundle_pem.encode())
         assert len(bundle) == 2
-        new = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+        new = (await _register(client, key, NODE_A, "node-1")).json()
         from cryptography.hazmat.primitives import serialization
 
         for issued in (old, new):
@@ -726,7 +725,7 @@ async def test_bundle_and_ca_rotation(
     ],
 )
 async def test_bad_registration_input(
-    ctl: tuple[Any, httpx.AsyncClient],
+    ctl: tuple[Any, ControllerClients],
     tokens: dict[str, str],
     key: SigningKey,
     mutate: Any,
@@ -735,16 +734,17 @@ async def test_bad_registration_input(
 ) -> None:
     _, client = ctl
     body = mutate(register_body(key, spiffe_id=NODE_A, node_id="node-1"))
-    r = await client.post("/api/v1/nodes/register", json=body, headers=bearer(tokens[NODE_A]))
+    r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=body)
     assert (r.status_code, r.json()["error"]) == (status, reason), r.text
     assert await _nodes(client) == []
 
 
 async def test_malformed_and_oversized_bodies(
-    ctl: tuple[Any, httpx.AsyncClient], tokens: dict[str, str]
+    ctl: tuple[Any, ControllerClients], tokens: dict[str, str]
 ) -> None:
-    _, client = ctl
-    headers = {**bearer(tokens[NODE_A]), "Content-Type": "application/json"}
+    _, clients = ctl
+    client = clients.tls(NODE_A)
+    headers = {"Content-Type": "application/json"}
     r = await client.post("/api/v1/nodes/register", content=b"{not json", headers=headers)
     assert (r.status_code, r.json()["error"]) == (400, "malformed_json")
     big = b'{"node_id": "' + b"a" * (70 * 1024) + b'"}'
@@ -761,7 +761,7 @@ async def test_malformed_and_oversized_bodies(
     assert (r.status_code, r.json()["error"]) == (404, "not_found")
     r = await client.patch("/api/v1/nodes", headers=ADMIN)
     assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed")
-    assert await _nodes(client) == []
+    assert await _nodes(clients) == []
 
 
 async def test_cidr_exhaustion_is_409_and_writes_nothing(
@@ -769,9 +769,9 @@ async def test_cidr_exhaustion_is_409_and_writes_nothing(
 ) -> None:
     async with controller(tmp_path / "ctl", identity, overlay_cidr="100.96.0.0/30") as (_, c):
         for i in range(2):
-            r = await _register(c, key, tokens[NODE_A], NODE_A, f"node-{i}")
+            r = await _register(c, key, NODE_A, f"node-{i}")
             assert r.status_code == 200
-        r = await _register(c, key, tokens[NODE_A], NODE_A, "node-2")
+        r = await _register(c, key, NODE_A, "node-2")
         assert (r.status_code, r.json()["error"]) == (409, "cidr_exhausted")
         ips = {n["overlay_ip"] for n in await _nodes(c)}
         assert ips == {"100.96.0.1", "100.96.0.2"}
@@ -782,20 +782,21 @@ async def test_jwt_bundle_rotation_is_picked_up(tmp_path: Path, key: SigningKey)
     (the issuer rotated its key), and then validates."""
     ident_dir = tmp_path / "id"
     with running_issuer(ident_dir) as first:
-        app = create_app(
-            controller_settings(tmp_path / "ctl", first),
-            jwt_bundle_fetch=first.source.fetch_jwt_bundles,
-        )
-        app.state.controller.bundles.min_interval = 0.0
-        async with app_client(app) as client:
-            assert (
-                await _register(client, key, first.token(NODE_A), NODE_A, "n")
-            ).status_code == 200
+        async with running_controller(controller_settings(tmp_path / "ctl", first), first) as (
+            server,
+            clients,
+        ):
+            server.app.state.controller.bundles.min_interval = 0.0
+            # A caller without a client certificate (JWT-SVID only) reads the node list; its
+            # TLS client keeps trusting the first issuer's CA, which the controller presents.
+            client = clients.tls()
+            r = await client.get("/api/v1/nodes", headers=bearer(first.token(NODE_A)))
+            assert r.status_code == 200, r.text
             first.issuer.stop()
             shutil.rmtree(ident_dir / "state")
             with running_issuer(ident_dir) as second:
                 token = second.token(NODE_A)
-                r = await _register(client, key, token, NODE_A, "n")
+                r = await client.get("/api/v1/nodes", headers=bearer(token))
                 assert r.status_code == 200, r.text
 
 
@@ -803,7 +804,7 @@ async def test_silent_nodes_expire_under_the_leader(
     tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
 ) -> None:
     async with controller(tmp_path / "ctl", identity, node_ttl=0.5) as (_, client):
-        answer = (await _register(client, key, tokens[NODE_A], NODE_A, "node-1")).json()
+        answer = (await _register(client, key, NODE_A, "node-1")).json()
         r = await client.get(
             f"/api/v1/watch?from_revision={answer['revision']}&timeout=30", headers=ADMIN
         )
@@ -814,7 +815,7 @@ async def test_silent_nodes_expire_under_the_leader(
         assert _metric(metrics, "x0tta6bl4_nodes_expired_total") == 1.0
         assert _metric(metrics, "x0tta6bl4_controller_leader") == 1.0
         # The address is free again: a new node may take it.
-        again = await _register(client, key, tokens[NODE_A], NODE_A, "node-1")
+        again = await _register(client, key, NODE_A, "node-1")
         assert again.status_code == 200
 
 
@@ -834,8 +835,10 @@ def test_bench_api_reports_every_key() -> None:
 
 
 def test_controller_subprocess(tmp_path: Path, identity: Identity, key: SigningKey) -> None:
-    """``x0tta6bl4 controller`` as a process on loopback, configured by flags and env."""
+    """``x0tta6bl4 controller`` as a process on loopback, configured by flags and env: its
+    first log line says where TLS is served, the API answers over mutual TLS only."""
     port = free_port()
+    tls_port = free_port()
     token_file = tmp_path / "admin-token"
     token_file.write_text(ADMIN_TOKEN)
     ca_dir = tmp_path / "ca"
@@ -864,29 +867,43 @@ def test_controller_subprocess(tmp_path: Path, identity: Identity, key: SigningK
             "X0_STATE_DIR": str(tmp_path / "state"),
             "SPIFFE_ENDPOINT_SOCKET": f"unix://{identity.issuer.socket_path}",
             "X0_LOG_FORMAT": "json",
+            "X0_TLS_LISTEN": f"127.0.0.1:{tls_port}",
         },
         log=tmp_path / "controller.log",
     )
+    identity.attest(proc.pid, CONTROLLER_ID)
     base = f"http://127.0.0.1:{port}"
+    api = f"https://127.0.0.1:{tls_port}"
+    token = identity.token(NODE_A)
+
+    async def use() -> None:
+        body = register_body(key, spiffe_id=NODE_A, node_id="proc-1")
+        async with tls_client(api, identity.credentials(NODE_A), CONTROLLER_ID) as node:
+            r = await node.post("/api/v1/nodes/register", json=body)
+            assert r.status_code == 200, r.text
+        async with tls_client(api, identity.credentials(), CONTROLLER_ID) as admin:
+            r = await admin.get("/api/v1/nodes", headers=bearer(ADMIN_TOKEN))
+            assert [n["node_id"] for n in r.json()["nodes"]] == ["proc-1"]
+            # The same token over TLS without a client certificate cannot register.
+            r = await admin.post("/api/v1/nodes/register", json=body, headers=bearer(token))
+            assert (r.status_code, r.json()["error"]) == (401, "client_certificate_required")
+
     try:
         wait_ready(base, proc)
-        token = identity.token(NODE_A)
-        r = httpx.post(
-            f"{base}/api/v1/nodes/register",
-            json=register_body(key, spiffe_id=NODE_A, node_id="proc-1"),
-            headers=bearer(token),
-            timeout=10,
-        )
-        assert r.status_code == 200, r.text
-        nodes = httpx.get(f"{base}/api/v1/nodes", headers=bearer(ADMIN_TOKEN)).json()["nodes"]
-        assert [n["node_id"] for n in nodes] == ["proc-1"]
+        asyncio.run(use())
+        # Plain HTTP serves the probes and metrics, never the API.
         assert "x0tta6bl4_mesh_nodes_total 1.0" in httpx.get(f"{base}/metrics").text
+        r = httpx.get(f"{base}/api/v1/nodes", headers=bearer(ADMIN_TOKEN))
+        assert (r.status_code, r.json()["error"]) == (403, "tls_required")
     finally:
         proc.terminate()
         # uvicorn re-raises SIGTERM after its graceful shutdown.
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
     log = (tmp_path / "controller.log").read_text()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    # The first log line says where TLS is served.
+    assert f"TLS (mutual, X.509-SVID; every route) on 127.0.0.1:{tls_port}" in lines[0]["event"]
+    assert f"plain HTTP on 127.0.0.1:{port} for /health, /ready, /metrics" in lines[0]["event"]
     assert any(entry.get("event") == "controller stopped" for entry in lines)
     assert any(entry.get("event") == "node registered" for entry in lines)
     assert token not in log

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.integration.controller_support import (
+    CONTROLLER_ID,
     Identity,
     free_port,
     running_issuer,
@@ -62,6 +63,7 @@ def running_controller(
     args = [
         sys.executable, "-m", "x0tta6bl4", "controller",
         "--listen", f"127.0.0.1:{port}",
+        "--tls-listen", f"127.0.0.1:{free_port()}",
         "--local-ca",
         *extra,
     ]  # fmt: skip
@@ -70,6 +72,7 @@ def running_controller(
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     if nofile is not None:  # at once: the interpreter has not even started importing yet
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (nofile, nofile))
+    identity.attest(proc.pid, CONTROLLER_ID)  # its X.509-SVID for the TLS listener
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc)

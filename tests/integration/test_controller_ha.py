@@ -28,6 +28,7 @@ import pytest
 
 from tests.integration.controller_support import (
     ADMIN_TOKEN,
+    CONTROLLER_ID,
     NODE_A,
     NODE_B,
     NODE_DEV,
@@ -43,6 +44,7 @@ from tests.integration.etcd_cluster import ETCD_MISSING_REASON, EtcdCluster, etc
 from x0tta6bl4.controller.ca import init_ca_dir
 from x0tta6bl4.controller.store.etcd_tls import TlsEtcdClient
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.tls.client import tls_client
 
 pytestmark = [
     pytest.mark.slow,
@@ -71,6 +73,8 @@ class Fleet:
         token_file = base / "admin-token"
         token_file.write_text(ADMIN_TOKEN)
         self.ports = [free_port() for _ in range(3)]
+        self.tls_ports = [free_port() for _ in range(3)]
+        self.identity = identity
         self.procs = []
         for index, port in enumerate(self.ports):
             self.procs.append(
@@ -78,6 +82,8 @@ class Fleet:
                     [
                         "--listen",
                         f"127.0.0.1:{port}",
+                        "--tls-listen",
+                        f"127.0.0.1:{self.tls_ports[index]}",
                         "--store",
                         cluster.url(),
                         "--etcd-ca-file",
@@ -102,6 +108,7 @@ class Fleet:
                         "X0_LOG_FORMAT": "json",
                     },
                     log=base / f"controller-{index}.log",
+                    identity=identity,
                 )
             )
         for port, proc in zip(self.ports, self.procs, strict=True):
@@ -110,6 +117,9 @@ class Fleet:
 
     def url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.ports[index]}"
+
+    def api(self, index: int) -> str:
+        return f"https://127.0.0.1:{self.tls_ports[index]}"
 
     def kill(self, index: int) -> None:
         self.procs[index].send_signal(signal.SIGKILL)
@@ -135,7 +145,7 @@ class Fleet:
 
 
 async def _register_with_retries(
-    client: httpx.AsyncClient,
+    clients: dict[tuple[str, int], httpx.AsyncClient],
     fleet: Fleet,
     index: int,
     key: SigningKey,
@@ -150,11 +160,8 @@ async def _register_with_retries(
             continue
         body = register_body(key, spiffe_id=sid, node_id=node_id)  # a fresh nonce each try
         try:
-            r = await client.post(
-                f"{fleet.url(target)}/api/v1/nodes/register",
-                json=body,
-                headers=bearer(tokens[sid]),
-            )
+            # Mutual TLS with the node identity's X.509-SVID, as nodes register.
+            r = await clients[sid, target].post("/api/v1/nodes/register", json=body)
         except httpx.TransportError:
             stats["connection_error"] += 1
             await asyncio.sleep(0.05)
@@ -182,13 +189,13 @@ async def _run(fleet: Fleet, cluster: EtcdCluster, tokens: dict[str, str]) -> di
     killed_etcd = asyncio.Event()
     killed_controller = asyncio.Event()
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(clients: dict[tuple[str, int], httpx.AsyncClient]) -> None:
         while True:
             try:
                 index = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            results[index] = await _register_with_retries(client, fleet, index, key, tokens, stats)
+            results[index] = await _register_with_retries(clients, fleet, index, key, tokens, stats)
             done = len(results)
             if done >= REGISTRATIONS * 0.3 and not killed_etcd.is_set():
                 killed_etcd.set()
@@ -198,9 +205,18 @@ async def _run(fleet: Fleet, cluster: EtcdCluster, tokens: dict[str, str]) -> di
                 killed_controller.set()
                 await asyncio.to_thread(fleet.kill, 0)
 
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
+    clients = {
+        (sid, target): tls_client(
+            fleet.api(target), fleet.identity.credentials(sid), CONTROLLER_ID, timeout=30
+        )
+        for sid in tokens
+        for target in range(3)
+    }
+    try:
+        await asyncio.gather(*(worker(clients) for _ in range(CONCURRENCY)))
+    finally:
+        for client in clients.values():
+            await client.aclose()
     assert killed_etcd.is_set()
     assert killed_controller.is_set()
     return {"stats": stats, "results": results}
@@ -232,6 +248,11 @@ async def _clients_without_certificate(cluster: EtcdCluster) -> list[BaseExcepti
     return outcomes
 
 
+async def _list(api: str, identity: Identity) -> httpx.Response:
+    async with tls_client(api, identity.credentials(), CONTROLLER_ID, timeout=30) as client:
+        return await client.get("/api/v1/nodes", headers=bearer(ADMIN_TOKEN))
+
+
 def test_registrations_survive_etcd_leader_and_controller_loss(
     tmp_path: Path, identity: Identity
 ) -> None:
@@ -243,9 +264,7 @@ def test_registrations_survive_etcd_leader_and_controller_loss(
             refusals = asyncio.run(_clients_without_certificate(cluster))
             outcome = asyncio.run(_run(fleet, cluster, tokens))
             survivor = next(i for i in range(3) if fleet.alive[i])
-            listing = httpx.get(
-                f"{fleet.url(survivor)}/api/v1/nodes", headers=bearer(ADMIN_TOKEN), timeout=30
-            )
+            listing = asyncio.run(_list(fleet.api(survivor), fleet.identity))
         except BaseException:
             print(fleet.logs())
             raise

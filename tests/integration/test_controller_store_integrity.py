@@ -29,13 +29,14 @@ import pytest
 
 from tests.integration.controller_support import (
     ADMIN_TOKEN,
+    CONTROLLER_ID,
     NODE_A,
     NODE_B,
     Identity,
-    bearer,
     free_port,
     register_body,
     running_issuer,
+    tls_request,
     wait_ready,
 )
 from tests.integration.etcd_cluster import ETCD_MISSING_REASON, EtcdCluster, etcd_binary
@@ -64,7 +65,9 @@ class Controller:
         self.identity = identity
         self.extra = list(extra)
         self.port = free_port()
+        self.tls_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.api = f"https://127.0.0.1:{self.tls_port}"
 
     @property
     def db(self) -> Path:
@@ -74,6 +77,7 @@ class Controller:
         return [
             sys.executable, "-m", "x0tta6bl4", "controller",
             "--listen", f"127.0.0.1:{self.port}",
+            "--tls-listen", f"127.0.0.1:{self.tls_port}",
             "--state-dir", str(self.state),
             "--admin-token-file", str(self.state / "admin-token"),
             *self.extra, *more,
@@ -92,6 +96,7 @@ class Controller:
             proc = subprocess.Popen(
                 self.argv(*more), stdout=out, stderr=subprocess.STDOUT, env=self.env()
             )
+        self.identity.attest(proc.pid, CONTROLLER_ID)
         try:
             wait_ready_or_corrupt(self.base, proc)
             yield proc
@@ -117,13 +122,19 @@ class Controller:
         return done.stdout + done.stderr
 
     def register(self, node_id: str, spiffe_id: str = NODE_A) -> None:
-        r = httpx.post(
-            f"{self.base}/api/v1/nodes/register",
+        r = tls_request(
+            self.api,
+            self.identity,
+            "POST",
+            "/api/v1/nodes/register",
+            spiffe_id=spiffe_id,
             json=register_body(SigningKey.generate(), spiffe_id=spiffe_id, node_id=node_id),
-            headers=bearer(self.identity.token(spiffe_id)),
-            timeout=30,
         )
         assert r.status_code == 200, r.text
+
+    def admin(self, method: str, path: str) -> httpx.Response:
+        """An admin request to the TLS API (admin token, no client certificate)."""
+        return tls_request(self.api, self.identity, method, path, headers=ADMIN)
 
 
 def wait_ready_or_corrupt(base: str, proc: subprocess.Popen[bytes]) -> None:
@@ -144,8 +155,8 @@ def wait_ready_or_corrupt(base: str, proc: subprocess.Popen[bytes]) -> None:
     wait_ready(base, proc, timeout=1)
 
 
-def _nodes(base: str) -> list[str]:
-    r = httpx.get(f"{base}/api/v1/nodes", headers=ADMIN, timeout=10)
+def _nodes(ctl: Controller) -> list[str]:
+    r = ctl.admin("GET", "/api/v1/nodes")
     assert r.status_code == 200, r.text
     return [n["node_id"] for n in r.json()["nodes"]]
 
@@ -170,10 +181,10 @@ def test_a_truncated_or_deleted_database_is_refused_not_reset(
     assert not ctl.db.exists()
     # The operator asks for a fresh store: it starts, empty.
     with ctl.running("--fresh-store"):
-        assert _nodes(ctl.base) == []
+        assert _nodes(ctl) == []
         ctl.register("n2")
     with ctl.running():
-        assert _nodes(ctl.base) == ["n2"]
+        assert _nodes(ctl) == ["n2"]
 
 
 def test_a_damaged_database_is_refused(tmp_path: Path, identity: Identity) -> None:
@@ -212,24 +223,24 @@ def test_a_damaged_record_is_a_store_fault_and_the_rest_serves(
         assert body["store"] is True
         assert body["store_faults"][0].startswith("node 'bad': invalid JSON")
         for path in ("/api/v1/nodes", "/api/v1/topology"):
-            r = httpx.get(f"{ctl.base}{path}", headers=ADMIN, timeout=10)
+            r = ctl.admin("GET", path)
             assert r.status_code == 503, (path, r.text)
             assert r.json()["error"] == "store_corrupt"
             assert "node 'bad'" in r.json()["detail"]
         # The rest keeps serving.
-        r = httpx.get(f"{ctl.base}/api/v1/nodes/good", headers=ADMIN, timeout=10)
+        r = ctl.admin("GET", "/api/v1/nodes/good")
         assert r.status_code == 200
-        assert httpx.get(f"{ctl.base}/api/v1/policy", headers=ADMIN, timeout=10).status_code == 200
+        assert ctl.admin("GET", "/api/v1/policy").status_code == 200
         assert httpx.get(f"{ctl.base}/health", timeout=10).status_code == 200
         metrics = httpx.get(f"{ctl.base}/metrics", timeout=10)
         assert metrics.status_code == 200
         assert "x0tta6bl4_store_faults 1.0" in metrics.text
         assert "x0tta6bl4_store_up 1.0" in metrics.text
         # The operator deletes the damaged node: the fault is gone.
-        r = httpx.delete(f"{ctl.base}/api/v1/nodes/bad", headers=ADMIN, timeout=10)
+        r = ctl.admin("DELETE", "/api/v1/nodes/bad")
         assert r.status_code == 204, r.text
         assert httpx.get(f"{ctl.base}/ready", timeout=10).status_code == 200
-        assert _nodes(ctl.base) == ["good"]
+        assert _nodes(ctl) == ["good"]
         assert proc.poll() is None
 
 
@@ -300,13 +311,13 @@ async def test_etcd_store_same_contract(
         r = httpx.get(f"{ctl.base}/ready", timeout=10)
         assert r.status_code == 503
         assert r.json()["store_faults"][0].startswith("node 'bad': invalid JSON")
-        r = httpx.get(f"{ctl.base}/api/v1/nodes", headers=ADMIN, timeout=10)
+        r = ctl.admin("GET", "/api/v1/nodes")
         assert (r.status_code, r.json()["error"]) == (503, "store_corrupt")
-        assert httpx.get(f"{ctl.base}/api/v1/nodes/good", headers=ADMIN).status_code == 200
+        assert ctl.admin("GET", "/api/v1/nodes/good").status_code == 200
     # The prefix wiped (etcd data lost): refused, not silently reset.
     await _etcd_put(etcd, "/x0tta6bl4/", None)
     out = ctl.refused()
     assert "etcd prefix /x0tta6bl4/" in out
     assert "is empty" in out
     with ctl.running("--fresh-store"):
-        assert _nodes(ctl.base) == []
+        assert _nodes(ctl) == []

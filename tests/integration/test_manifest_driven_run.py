@@ -26,13 +26,15 @@ rewritten field is missing from this list):
 - ``--store`` (controller, etcd mode): only the host:port part of each
   ``x0tta6bl4-etcd-N.x0tta6bl4-etcd:2379`` member -> ``127.0.0.1:<client port>`` of the real
   local member N; there is no cluster DNS, and three members on one host need three ports.
-- ``--controller`` (node): ``x0tta6bl4-api:8080`` (Service -> targetPort ``http`` -> the
-  controller's port) -> ``127.0.0.1:<the controller's port>``: no cluster DNS.
-- ``--listen`` (controller), ``--listen-udp`` and ``--http`` (node): the port numbers only
-  (8080, 7810/udp, 7811) -> free ports, because two node processes on one host would clash on
-  7810/7811 (a DaemonSet runs one per Kubernetes node) and 8080 may be taken on a developer
-  machine. The bind host (``0.0.0.0``) stays. Probe ports follow the same map, via the
-  probes' named ports.
+- ``--controller`` (node): ``x0tta6bl4-api:8443`` (Service -> targetPort ``https`` -> the
+  controller's TLS port) -> ``127.0.0.1:<the controller's TLS port>``: no cluster DNS. The
+  scheme (``https``) and the node's ``X0_CONTROLLER_SPIFFE_ID`` stay verbatim: the node
+  verifies the controller's X.509-SVID as in the cluster.
+- ``--listen``, ``--tls-listen`` (controller), ``--listen-udp`` and ``--http`` (node): the port
+  numbers only (8080, 8443, 7810/udp, 7811) -> free ports, because two node processes on one
+  host would clash on 7810/7811 (a DaemonSet runs one per Kubernetes node) and 8080/8443 may
+  be taken on a developer machine. The bind host (``0.0.0.0``) stays. Probe ports follow the
+  same map, via the probes' named ports.
 - Paths under a volume mount -> the same path under a per-process host directory standing in
   for that volume: ``X0_STATE_DIR`` (emptyDir / the SQLite PVC ``/var/lib/x0tta6bl4``),
   ``--store`` in SQLite mode (``sqlite:////var/lib/x0tta6bl4/controller.db``, on that PVC),
@@ -573,6 +575,7 @@ def test_rendered_containers_run_and_pass_their_own_probes(mode: str, workdir: P
     expected = {
         ("controller", "command"),
         ("controller", "--listen"),
+        ("controller", "--tls-listen"),
         ("controller", "X0_STATE_DIR"),
         ("controller", "X0_CA_CERT_FILE"),
         ("controller", "X0_CA_KEY_FILE"),

@@ -7,6 +7,7 @@ stubs or our :class:`WorkloadSource`. Rotation waits poll with a generous deadli
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -78,6 +79,8 @@ from x0tta6bl4.identity import (
 )
 from x0tta6bl4.identity.issuer import EmbeddedIssuer, Entry, IssuerConfig, parse_entry
 from x0tta6bl4.identity.node_ids import CONTROLLER_ROLE, node_spiffe_id, role_spiffe_id
+from x0tta6bl4.tls.client import PEER_INFO, tls_client
+from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials
 
 ROOT = Path(__file__).resolve().parents[2]
 TD = "x0tta6bl4.mesh"
@@ -927,14 +930,16 @@ def running_controller(
     workload: Workload | None = None,
     extra: Sequence[str] = (),
 ) -> Iterator[str]:
-    """``x0tta6bl4 controller`` (SQLite, local CA) on loopback using ``issuer``'s JWT bundles,
-    running as ``workload`` (its group id, under SPIRE)."""
-    port = free_port()
+    """``x0tta6bl4 controller`` (SQLite, local CA) on loopback, its X.509-SVID and JWT bundles
+    from ``issuer``, running as ``workload`` (its group id, under SPIRE); yields its
+    ``https://`` API URL."""
+    port, tls_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     log = workdir / "controller.log"
     proc = spawn_controller(
         [
             "--listen", f"127.0.0.1:{port}",
+            "--tls-listen", f"127.0.0.1:{tls_port}",
             "--store", f"sqlite:///{workdir / 'controller.db'}",
             "--local-ca",
             "--state-dir", str(workdir / "controller"),
@@ -950,7 +955,7 @@ def running_controller(
             wait_ready(base, proc, timeout=90)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{log.read_text(errors='replace')[-3000:]}") from None
-        yield base
+        yield f"https://127.0.0.1:{tls_port}"
     finally:
         proc.terminate()
         try:
@@ -960,6 +965,43 @@ def running_controller(
             proc.wait(10)
 
 
+def mine(issuer: HasSocket, trust_domain: str = TD) -> StaticCredentials:
+    """This process's X.509-SVID from ``issuer`` as TLS credentials."""
+    source = WorkloadSource(issuer.socket_path, trust_domain=trust_domain, backoff=FAST)
+    return StaticCredentials(TlsCredentials.from_context(source.fetch_x509_context(), trust_domain))
+
+
+def _call(
+    api: str,
+    credentials: StaticCredentials,
+    method: str,
+    path: str,
+    controller: SpiffeId | str = CONTROLLER_ID,
+    **kw: Any,
+) -> httpx.Response:
+    """One request over mutual TLS to the controller at ``api`` (expected as ``controller``)."""
+
+    async def go() -> httpx.Response:
+        async with tls_client(api, credentials, str(controller), timeout=30) as client:
+            return await client.request(method, path, **kw)
+
+    return asyncio.run(go())
+
+
+def _controller_serial(api: str, credentials: StaticCredentials, controller: SpiffeId) -> int:
+    """The serial of the X.509-SVID the controller presents to a new connection."""
+
+    async def go() -> int:
+        async with tls_client(api, credentials, str(controller), timeout=30) as client:
+            response = await client.get("/health")
+            peer = response.extensions["network_stream"].get_extra_info(PEER_INFO)
+            assert peer is not None
+            assert peer.serial is not None
+            return int(peer.serial)
+
+    return asyncio.run(go())
+
+
 def node_token(issuer: HasSocket, trust_domain: str = TD) -> str:
     """A JWT-SVID for the controller audience, fetched from ``issuer`` over its Unix socket."""
     source = WorkloadSource(issuer.socket_path, trust_domain=trust_domain, backoff=FAST)
@@ -967,18 +1009,23 @@ def node_token(issuer: HasSocket, trust_domain: str = TD) -> str:
     return token
 
 
-def test_registration_with_a_real_jwt_svid_succeeds_at_a_real_controller(
+def test_registration_with_a_real_x509_svid_succeeds_at_a_real_controller(
     make_provider: ProviderFactory, workdir: Path
 ) -> None:
+    """The node's X.509-SVID as TLS client certificate registers it (mutual TLS)."""
     provider = make_provider(mesh_workloads())
     me = provider["self"].spiffe_id
+    controller = provider["controller"].spiffe_id
     key = SigningKey.generate()
-    with running_controller(workdir, provider, workload=provider["controller"]) as base:
-        response = httpx.post(
-            f"{base}/api/v1/nodes/register",
+    with running_controller(workdir, provider, workload=provider["controller"]) as api:
+        svid = mine(provider)
+        response = _call(
+            api,
+            svid,
+            "POST",
+            "/api/v1/nodes/register",
+            controller,
             json=register_body(key, spiffe_id=str(me), node_id="real-node"),
-            headers=bearer(node_token(provider)),
-            timeout=30,
         )
         assert response.status_code == 200, response.text
         admission = response.json()
@@ -990,9 +1037,7 @@ def test_registration_with_a_real_jwt_svid_succeeds_at_a_real_controller(
         assert verified.public_key_bytes == key.public_bytes
         assert verified.node_id == "real-node"
         assert verified.spiffe_id == str(me)
-        stored = httpx.get(
-            f"{base}/api/v1/nodes/real-node", headers=bearer(node_token(provider)), timeout=30
-        )
+        stored = _call(api, svid, "GET", "/api/v1/nodes/real-node", controller)
     assert stored.status_code == 200, stored.text
     assert stored.json()["spiffe_id"] == str(me)
     assert stored.json()["ml_dsa_public_key"] == base64.b64encode(key.public_bytes).decode()
@@ -1017,25 +1062,30 @@ def test_registration_with_a_foreign_svid_is_refused_and_nothing_is_stored(
         state="foreign-state",
     )
     key = SigningKey.generate()
-    with running_controller(workdir, issuer) as base:
-        before = httpx.get(
-            f"{base}/api/v1/nodes", headers=bearer(node_token(issuer)), timeout=30
-        ).json()
-        token = node_token(foreign, foreign_td)
-        response = httpx.post(
-            f"{base}/api/v1/nodes/register",
-            json=register_body(key, spiffe_id=str(foreign_id), node_id="intruder"),
-            headers=bearer(token),
-            timeout=30,
+    body = register_body(key, spiffe_id=str(foreign_id), node_id="intruder")
+    with running_controller(workdir, issuer) as api:
+        svid = mine(issuer)
+        before = _call(api, svid, "GET", "/api/v1/nodes", NODE_ID).json()
+        # The foreign X.509-SVID as client certificate: the TLS handshake fails (the
+        # controller trusts only its trust domain's bundle), no request is answered. The
+        # client trusts our controller (our bundle) but presents the foreign certificate.
+        foreign_svid = mine(foreign, foreign_td).current()[1]
+        ours = svid.current()[1]
+        presenting = StaticCredentials(
+            TlsCredentials(
+                ours.trust_domain, ours.authorities, foreign_svid.chain, foreign_svid.key
+            )
         )
+        with pytest.raises(httpx.HTTPError):
+            _call(api, presenting, "POST", "/api/v1/nodes/register", NODE_ID, json=body)
+        # The foreign JWT-SVID as bearer token over TLS: refused, never echoed.
+        token = node_token(foreign, foreign_td)
+        response = _call(api, svid, "POST", "/api/v1/nodes/register", NODE_ID, json=body,
+                         headers=bearer(token))  # fmt: skip
         assert response.status_code in (401, 403), response.text
         assert token not in response.text
-        after = httpx.get(
-            f"{base}/api/v1/nodes", headers=bearer(node_token(issuer)), timeout=30
-        ).json()
-        missing = httpx.get(
-            f"{base}/api/v1/nodes/intruder", headers=bearer(node_token(issuer)), timeout=30
-        )
+        after = _call(api, svid, "GET", "/api/v1/nodes", NODE_ID).json()
+        missing = _call(api, svid, "GET", "/api/v1/nodes/intruder", NODE_ID)
     assert after == before
     assert "intruder" not in {n["node_id"] for n in after["nodes"]}
     assert missing.status_code == 404
@@ -1070,7 +1120,10 @@ class NodeProcesses:
             log=self.workdir / f"{name}.log",
             # 3 s of silence before a link is declared down (default 0.4 s): a CPU-starved
             # test machine must not pass for a link the rotation dropped.
-            extra=("--heartbeat-interval", "0.1", "--dead-after", str(self.dead_after)),
+            extra=(
+                *("--heartbeat-interval", "0.1", "--dead-after", str(self.dead_after)),
+                *("--controller-spiffe-id", str(self.provider["controller"].spiffe_id)),
+            ),
             popen=spawn_kwargs(self.provider[name]),
         )
 
@@ -1163,17 +1216,20 @@ def _link_downs(nodes: NodeProcesses, name: str) -> float:
     raise AssertionError(f"{name} exports no x0tta6bl4_node_link_down_events_total")
 
 
-def _last_seen(base: str, provider: HasSocket) -> dict[str, float]:
-    listing = httpx.get(
-        f"{base}/api/v1/nodes", headers=bearer(node_token(provider)), timeout=10
-    ).json()
+def _listing(base: str, provider: Provider) -> dict[str, Any]:
+    """``GET /api/v1/nodes`` over mutual TLS as this process."""
+    answer = _call(base, mine(provider), "GET", "/api/v1/nodes", provider["controller"].spiffe_id)
+    listing: dict[str, Any] = answer.json()
+    return listing
+
+
+def _last_seen(base: str, provider: Provider) -> dict[str, float]:
+    listing = _listing(base, provider)
     return {n["node_id"]: float(n["last_seen"]) for n in listing["nodes"]}
 
 
-def _spiffe_ids(base: str, provider: HasSocket) -> dict[str, str]:
-    listing = httpx.get(
-        f"{base}/api/v1/nodes", headers=bearer(node_token(provider)), timeout=10
-    ).json()
+def _spiffe_ids(base: str, provider: Provider) -> dict[str, str]:
+    listing = _listing(base, provider)
     return {n["node_id"]: str(n["spiffe_id"]) for n in listing["nodes"]}
 
 
@@ -1198,6 +1254,8 @@ def test_svid_rotation_leaves_established_mesh_links_up(
         source = WorkloadSource(provider.socket_path, trust_domain=TD, backoff=FAST)
         source.on_rotate(updates.append)
         samples = 0
+        controller = provider["controller"].spiffe_id
+        controller_serials = {_controller_serial(base, mine(provider), controller)}
         with source:
             first = source.current
             assert first is not None
@@ -1216,6 +1274,7 @@ def test_svid_rotation_leaves_established_mesh_links_up(
                 # minted after the first rotation.
                 if time.time() < rotated_at + ttl:
                     return False
+                controller_serials.add(_controller_serial(base, mine(provider), controller))
                 seen = _last_seen(base, provider)
                 return all(seen.get(name, 0.0) > rotated_at + ttl for name in MESH_NODES)
 
@@ -1228,6 +1287,9 @@ def test_svid_rotation_leaves_established_mesh_links_up(
         gaps = [b.svid.leaf.not_valid_before_utc - a.svid.leaf.not_valid_before_utc
                 for a, b in itertools.pairwise(updates[1:])]  # fmt: skip
         print(f"{provider.name}: X.509-SVID rotation every {[g.total_seconds() for g in gaps]} s")
+        # The controller's own X.509-SVID rotated too (every new connection got the current
+        # one) while the nodes stayed registered and linked, and kept reporting.
+        assert len(controller_serials) >= 2, controller_serials
 
         for name in MESH_NODES:
             after = nodes.status(name)
@@ -1360,9 +1422,7 @@ def test_deleted_entry_is_not_renewed_and_the_node_leaves_the_mesh(
         refused_s = time.monotonic() - deleted_at
 
         def gone() -> bool:
-            members = {n["node_id"] for n in httpx.get(
-                f"{base}/api/v1/nodes", headers=bearer(node_token(provider)), timeout=10
-            ).json()["nodes"]}  # fmt: skip
+            members = {n["node_id"] for n in _listing(base, provider)["nodes"]}
             assert {"n1", "n2"} <= members, members
             if "n3" in members:
                 return False

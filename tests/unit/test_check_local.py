@@ -33,7 +33,7 @@ def by_id(text: str) -> dict[str, dict[str, object]]:
 async def test_local_checks_on_a_real_controller(tmp_path: Path) -> None:
     with running_issuer(tmp_path / "id") as identity:
         async with controller(tmp_path / "ctl", identity) as (_, client):
-            mesh = LocalMesh("http://controller", controller_http=client)
+            mesh = LocalMesh(client.plain_url, controller_http=client.plain)
             out = io.StringIO()
             try:
                 report = await run_categories(local_categories(), mesh, out, output="json")
@@ -46,7 +46,7 @@ async def test_local_checks_on_a_real_controller(tmp_path: Path) -> None:
             assert found["mesh-nodes-metric"]["detail"] == "0 registered (node list unknown)"
             assert found["nodes-ready"]["result"] == "skipped"
 
-            mesh = LocalMesh("http://controller", {"n1": dead_url()}, controller_http=client)
+            mesh = LocalMesh(client.plain_url, {"n1": dead_url()}, controller_http=client.plain)
             out = io.StringIO()
             try:
                 report = await run_categories(local_categories(), mesh, out, output="json")
@@ -60,7 +60,7 @@ async def test_local_checks_on_a_real_controller(tmp_path: Path) -> None:
             )
 
             out = io.StringIO()
-            bare = LocalMesh("http://controller", controller_http=client)
+            bare = LocalMesh(client.plain_url, controller_http=client.plain)
             try:
                 report = await run_categories(connectivity_categories(), bare, out, output="json")
             finally:

@@ -28,6 +28,15 @@ def test_every_subcommand_has_help() -> None:
         assert "Usage" in result.output, command
 
 
+def test_controller_help_says_where_tls_is_served() -> None:
+    result = runner.invoke(app, ["controller", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "served over TLS only, on --tls-listen (default 0.0.0.0:8443)" in text
+    assert "/health, /ready, /metrics and /ui only" in text
+    assert "--tls-listen" in text
+
+
 def test_version_text_and_json() -> None:
     result = runner.invoke(app, ["version"])
     assert result.exit_code == 0

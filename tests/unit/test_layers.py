@@ -64,6 +64,7 @@ _EVERYTHING_BELOW_COMMANDS = (
     "protocol",
     "policy",
     "crypto",
+    "tls",
     "identity",
     "base",
 )
@@ -72,30 +73,41 @@ LAYERS: dict[str, Layer] = {
     # top first; a layer names every layer it imports directly
     "cli": Layer(("x0tta6bl4.cli", "x0tta6bl4.__main__"), ("commands", "base")),
     "commands": Layer(("x0tta6bl4.commands",), _EVERYTHING_BELOW_COMMANDS),
-    "check": Layer(("x0tta6bl4.check",), ("local", "identity")),
+    "check": Layer(("x0tta6bl4.check",), ("local", "tls", "identity", "base")),
     "bench": Layer(
         ("x0tta6bl4.bench",),
-        ("node", "node.core", "controller", "dataplane", "protocol", "crypto", "identity", "base"),
+        (
+            "node",
+            "node.core",
+            "controller",
+            "dataplane",
+            "protocol",
+            "crypto",
+            "tls",
+            "identity",
+            "base",
+        ),
     ),
-    "local": Layer(("x0tta6bl4.local",), ("controller", "protocol", "identity", "base")),
+    "local": Layer(("x0tta6bl4.local",), ("controller", "protocol", "tls", "identity", "base")),
     "node": Layer(
         ("x0tta6bl4.node",),
-        ("node.core", "dataplane", "policy", "protocol", "crypto", "identity", "base"),
+        ("node.core", "dataplane", "policy", "protocol", "crypto", "tls", "identity", "base"),
     ),
     "node.core": Layer(_NODE_CORE, ("protocol", "crypto"), io_free=True),
     "controller.app": Layer(
         ("x0tta6bl4.controller.app", "x0tta6bl4.controller.server"),
-        ("controller.api", "controller", "identity", "base"),
+        ("controller.api", "controller", "tls", "identity", "base"),
     ),
     "controller.api": Layer(
         ("x0tta6bl4.controller.api", "x0tta6bl4.controller.ui"),
-        ("controller", "policy", "base"),
+        ("controller", "policy", "tls", "base"),
     ),
-    "controller": Layer(("x0tta6bl4.controller",), ("policy", "crypto", "identity", "base")),
+    "controller": Layer(("x0tta6bl4.controller",), ("policy", "crypto", "tls", "identity", "base")),
     "dataplane": Layer(("x0tta6bl4.dataplane",), ("protocol", "base")),
     "protocol": Layer(("x0tta6bl4.protocol",), ("crypto",), io_free=True),
     "policy": Layer(("x0tta6bl4.policy",), ("identity", "base"), io_free=True),
     "crypto": Layer(("x0tta6bl4.crypto",), ("identity", "base")),
+    "tls": Layer(("x0tta6bl4.tls",), ("identity", "base")),
     "identity": Layer(("x0tta6bl4.identity",), ("base",)),
     "base": Layer(
         (

@@ -55,12 +55,15 @@ def descriptor(pid: int) -> MeshDescriptor:
         nodes={"node-02": "http://127.0.0.1:40002", "node-01": "http://127.0.0.1:40001"},
         node_pids={"node-01": 11, "node-02": 12},
         started_at=1795670396.1,
+        api=("https://127.0.0.1:41024",),
+        trust_bundle="/tmp/x0/trust-bundle.pem",
         identity={
             "provider": "spire",
             "trust_domain": "x0tta6bl4.mesh",
             "agent_socket": "/tmp/x0up-a/spire-agent.sock",
             "server_socket": "/tmp/x0up-a/spire-server.sock",
         },
+        controller_spiffe_id="spiffe://x0tta6bl4.mesh/ns/local/sa/x0tta6bl4-app/controller",
     )
 
 
@@ -75,6 +78,10 @@ def test_running_up_round_trips(tmp_path: Path, fake_up: subprocess.Popen[bytes]
     assert list(data["nodes"]) == ["node-01", "node-02"]
     assert data["identity"]["provider"] == "spire"
     assert data["identity"]["agent_socket"].endswith("spire-agent.sock")
+    # The TLS API and its trust bundle (issue #12), next to the old keys.
+    assert data["api"] == ["https://127.0.0.1:41024"]
+    assert data["trust_bundle"] == "/tmp/x0/trust-bundle.pem"
+    assert data["controller_spiffe_id"].endswith("/controller")
     assert read_descriptor(tmp_path) == descriptor(fake_up.pid)
 
 
@@ -126,6 +133,9 @@ def test_not_a_state_directory(tmp_path: Path) -> None:
         ({"controllers": "http://x"}, "controllers must be a list"),
         ({"identity": "spire"}, "identity must be an object"),
         ({"identity": {"provider": "vault"}}, "provider is spire or embedded"),
+        ({"api": ["http://127.0.0.1:1"]}, "api must be a list of https URLs"),
+        ({"api": "https://x"}, "api must be a list of https URLs"),
+        ({"trust_bundle": "relative.pem"}, "trust_bundle must be an absolute path"),
     ],
 )
 def test_malformed_fields_are_named(change: dict[str, object], message: str) -> None:

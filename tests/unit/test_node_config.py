@@ -86,7 +86,7 @@ def test_unknown_and_invalid_settings_are_refused() -> None:
         NodeSettings(advertise="node:70000")
     with pytest.raises(ValidationError, match="--heartbeat-interval must be within"):
         NodeSettings(heartbeat_interval=0)
-    with pytest.raises(ValidationError, match="--controller must be an http"):
+    with pytest.raises(ValidationError, match="--controller must be the controller's https"):
         NodeSettings(controller="ftp://x")
 
 
@@ -131,3 +131,24 @@ def test_one_hostport_parser(text: str, parsed: tuple[str, int]) -> None:
 def test_bad_hostports_are_refused_by_name(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_hostport(text, "x")
+
+
+def test_the_controller_is_reached_over_https_only() -> None:
+    for url in ("http://x0tta6bl4-api:8080", "x0tta6bl4-api:8443", "ftp://x"):
+        with pytest.raises(ValueError, match="served over TLS only"):
+            NodeSettings(controller=url)
+    assert NodeSettings().controller == "https://x0tta6bl4-api:8443"
+
+
+def test_the_expected_controller_id_is_next_to_the_nodes_own() -> None:
+    own = "spiffe://x0tta6bl4.mesh/ns/x0/sa/x0tta6bl4-app/node/worker-1"
+    assert NodeSettings().expected_controller(own) == (
+        "spiffe://x0tta6bl4.mesh/ns/x0/sa/x0tta6bl4-app/controller"
+    )
+    explicit = "spiffe://x0tta6bl4.mesh/ns/ops/sa/ctl/controller"
+    settings = NodeSettings(controller_spiffe_id=explicit)
+    assert settings.expected_controller(own) == explicit
+    with pytest.raises(ValueError, match="pass --controller-spiffe-id"):
+        NodeSettings().expected_controller("spiffe://x0tta6bl4.mesh/ns/x0/sa/shared")
+    with pytest.raises(ValueError, match="trust domain"):
+        NodeSettings(controller_spiffe_id="spiffe://other.td/ns/x/sa/y/controller")

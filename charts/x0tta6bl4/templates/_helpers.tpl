@@ -111,6 +111,16 @@ sqlite:////var/lib/x0tta6bl4/controller.db
 {{- end -}}
 
 {{/*
+x0tta6bl4.controllerSpiffeId: the controller's SPIFFE ID, as its ClusterSPIFFEID names it
+(spiffe://<td>/ns/<namespace>/sa/x0tta6bl4-app/controller): what mesh nodes and the check pod
+require the controller's TLS certificate to name (X0_CONTROLLER_SPIFFE_ID).
+Usage: {{ include "x0tta6bl4.controllerSpiffeId" . }}
+*/}}
+{{- define "x0tta6bl4.controllerSpiffeId" -}}
+{{- printf "spiffe://%s/ns/%s/sa/x0tta6bl4-app/controller" .Values.x0tta6bl4.spiffe.trustDomain .Release.Namespace -}}
+{{- end -}}
+
+{{/*
 x0tta6bl4.spiffeSocketPath: the SPIRE agent socket path inside the pods (X0_SPIFFE_SOCKET).
 Usage: {{ include "x0tta6bl4.spiffeSocketPath" . }}
 */}}

@@ -6,15 +6,18 @@ In one run:
    store interface (``register_node``), each with a real PQ SVID signed by that CA (the
    1000 ML-DSA-65 signatures of the full API path are spent here, without the HTTP and
    proof-of-possession round trips);
-2. an embedded SPIFFE issuer serves the Workload API, so ``GET /api/v1/nodes`` is called
-   with a real JWT-SVID that the controller validates on every request;
+2. an embedded SPIFFE issuer serves the Workload API: the controller's X.509-SVID for its TLS
+   listener, and the reader's, so ``GET /api/v1/nodes`` is called over mutual TLS (the
+   hybrid X25519MLKEM768 key exchange, one kept-alive connection) with a real JWT-SVID as
+   well, which the controller validates on every request;
 3. ``x0tta6bl4 controller`` runs as a subprocess on loopback, and a bare ASGI app that
    returns a constant (:func:`bare_app`) runs as another subprocess on the same server stack
    (uvicorn with the same defaults);
 4. one load generator — raw HTTP/1.1 over asyncio with keep-alive connections — drives
    ``GET /health`` on both with the same connection count, in alternating rounds (the best
-   round of each side counts: noise from other processes only slows a round down), then
-   ``GET /api/v1/nodes`` (all 1000 nodes) on the controller from one connection.
+   round of each side counts: noise from other processes only slows a round down) on the
+   plain-HTTP port, then ``GET /api/v1/nodes`` (all 1000 nodes) on the controller's TLS port
+   from one connection (:func:`load_tls`).
 
 Keys: ``health_rps``, ``health_p99_ms``, ``nodes_p99_ms``, ``bare_rps``, ``ratio``
 (``health_rps / bare_rps``; target ≥ 0.8) plus context (``nodes``, ``nodes_rps``,
@@ -144,6 +147,43 @@ async def load(
     }
 
 
+async def load_tls(
+    api: str,
+    path: str,
+    *,
+    credentials: Any,
+    expected: str,
+    headers: dict[str, str],
+    requests: int,
+) -> dict[str, float]:
+    """``GET path`` ``requests`` times, one after the other, on one kept-alive mutual-TLS
+    connection to ``api``; the same result keys as :func:`load`."""
+    from x0tta6bl4.tls.client import tls_client
+
+    latencies: list[float] = []
+    size = 0
+    async with tls_client(api, credentials, expected, timeout=30) as client:
+        await client.get(path, headers=headers)  # the handshake is not a request's latency
+        start = time.perf_counter()
+        for _ in range(requests):
+            began = time.perf_counter()
+            answer = await client.get(path, headers=headers)
+            latencies.append(time.perf_counter() - began)
+            if answer.status_code != 200:
+                raise RuntimeError(f"benchmark request answered {answer.status_code}")
+            size = len(answer.content)
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return {
+        "requests": float(len(latencies)),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": p99 * 1000,
+        "body_bytes": float(size),
+    }
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -235,12 +275,14 @@ def run(
     from x0tta6bl4.controller.ca import init_ca_dir
     from x0tta6bl4.controller.config import JWT_AUDIENCE
     from x0tta6bl4.identity.issuer import EmbeddedIssuer, IssuerConfig
-    from x0tta6bl4.identity.issuer.entries import parse_entry
+    from x0tta6bl4.identity.issuer.entries import parse_entry, process_start_time
     from x0tta6bl4.identity.spiffe_ids import parse_trust_domain
     from x0tta6bl4.identity.workload_source import WorkloadSource
+    from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials
 
     td = parse_trust_domain(DEFAULT_TRUST_DOMAIN)
     reader_id = f"spiffe://{DEFAULT_TRUST_DOMAIN}/ns/bench/sa/reader"
+    controller_id = f"spiffe://{DEFAULT_TRUST_DOMAIN}/ns/bench/sa/x0tta6bl4-app/controller"
     with tempfile.TemporaryDirectory(prefix="x0-bench-api-") as tmp:
         base = Path(tmp)
         ca_dir = base / "ca"
@@ -254,14 +296,17 @@ def run(
                 socket_path=base / "workload.sock",
                 state_dir=base / "identity",
                 trust_domain=td,
-                entries=(parse_entry(f"{os.getuid()}={reader_id}", td),),
+                # This process reads; the controller gets its own ID (entries file, below).
+                entries=(parse_entry(f"pid:{os.getpid()}={reader_id}", td),),
+                entries_file=base / "entries",
             )
         )
         issuer.start()
         try:
             source = WorkloadSource(base / "workload.sock", trust_domain=td.name)
             token = source.fetch_jwt_svid(JWT_AUDIENCE, subject=SpiffeId(reader_id)).token
-            ctl_port, bare_port = _free_port(), _free_port()
+            reader = StaticCredentials(TlsCredentials.from_context(source.fetch_x509_context(), td))
+            ctl_port, tls_port, bare_port = _free_port(), _free_port(), _free_port()
             env = {
                 **os.environ,
                 "SPIFFE_ENDPOINT_SOCKET": f"unix://{base / 'workload.sock'}",
@@ -275,6 +320,8 @@ def run(
                 "controller",
                 "--listen",
                 f"127.0.0.1:{ctl_port}",
+                "--tls-listen",
+                f"127.0.0.1:{tls_port}",
                 "--store",
                 store_url,
                 "--state-dir",
@@ -306,6 +353,10 @@ def run(
                 _process(ctl_args, env, base / "controller.log") as ctl,
                 _process(bare_args, env, base / "bare.log") as bare,
             ):
+                start = process_start_time(ctl.pid)
+                entries = base / "entries"
+                entries.write_text(f"pid:{ctl.pid}@{start}={controller_id}\n")
+                entries.chmod(0o600)
                 _wait_http(ctl_port, "/ready", ctl)
                 _wait_http(bare_port, "/", bare)
                 auth = {"Authorization": f"Bearer {token}"}
@@ -335,13 +386,13 @@ def run(
                         )
                     bare_r = max(bare_rounds, key=lambda r: r["rps"])
                     health_r = max(health_rounds, key=lambda r: r["rps"])
-                    nodes_r = await load(
-                        ctl_port,
+                    nodes_r = await load_tls(
+                        f"https://127.0.0.1:{tls_port}",
                         "/api/v1/nodes",
-                        connections=1,
-                        duration=60.0,
+                        credentials=reader,
+                        expected=controller_id,
                         headers=auth,
-                        max_requests=nodes_requests,
+                        requests=nodes_requests,
                     )
                     return {"bare": bare_r, "health": health_r, "nodes": nodes_r}
 

@@ -28,6 +28,7 @@ from x0tta6bl4.check.model import (
     Severity,
 )
 from x0tta6bl4.check.runner import run_categories
+from x0tta6bl4.check.tls_probe import PQ_GROUP, TlsProbeError
 from x0tta6bl4.local.descriptor import UpNotRunningError
 
 __all__ = ["NO_NODE_URLS", "load_waiting", "local_categories", "run_local"]
@@ -158,6 +159,32 @@ async def check_spiffe_svids(mesh: MeshAccess) -> str:
     return await _judge_nodes(mesh, spiffe_problem)
 
 
+async def check_controller_tls(mesh: MeshAccess) -> str:
+    """The API is served over TLS by the controller's SPIFFE ID (post-quantum key exchange),
+    and plain HTTP refuses it."""
+    try:
+        probe = await mesh.controller_tls()
+    except MeshError as exc:
+        raise CheckSkippedError(str(exc)) from None
+    except TlsProbeError as exc:
+        raise CheckFailedError(str(exc)) from None
+    mesh.measurements["controller_tls_group"] = probe.group
+    return f"{probe.spiffe_id} over TLS (plain HTTP refuses the API)"
+
+
+async def check_controller_tls_pq(mesh: MeshAccess) -> str:
+    """The control channel's key exchange is the post-quantum hybrid X25519MLKEM768."""
+    group = mesh.measurements.get("controller_tls_group")
+    if group is None:
+        raise CheckSkippedError("the TLS listener was not reached (see controller-tls)")
+    if group != PQ_GROUP:
+        raise CheckFailedError(
+            f"the key exchange is {group}, not the hybrid {PQ_GROUP}: this side or the "
+            "controller runs on an OpenSSL without ML-KEM"
+        )
+    return str(group)
+
+
 def local_categories() -> list[Category[MeshAccess]]:
     """The health categories of ``--local``."""
     return [
@@ -171,6 +198,17 @@ def local_categories() -> list[Category[MeshAccess]]:
                     Severity.FATAL,
                 ),
                 Check("controller-ready", "controller API is ready", check_controller_ready),
+                Check(
+                    "controller-tls",
+                    "controller API is served over TLS only, as its SPIFFE ID",
+                    check_controller_tls,
+                ),
+                Check(
+                    "controller-tls-pq",
+                    "controller TLS key exchange is post-quantum (X25519MLKEM768)",
+                    check_controller_tls_pq,
+                    Severity.WARNING,
+                ),
                 Check(
                     "mesh-nodes-metric",
                     "x0tta6bl4_mesh_nodes_total equals the number of mesh nodes",

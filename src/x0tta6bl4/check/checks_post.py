@@ -500,6 +500,22 @@ async def check_scraped(ctx: ClusterContext) -> str:
     return f"{total} targets up"
 
 
+async def check_controller_tls(ctx: ClusterContext) -> str:
+    """From inside the cluster: the controller's API answers over TLS as its SPIFFE ID (the
+    check pod presents its own X.509-SVID), and plain HTTP refuses it."""
+    from x0tta6bl4.check.mesh import ClusterMesh, MeshError
+    from x0tta6bl4.check.tls_probe import TlsProbeError
+
+    try:
+        probe = await ClusterMesh(ctx).controller_tls()
+    except MeshError as exc:
+        raise CheckSkippedError(str(exc)) from None
+    except TlsProbeError as exc:
+        raise CheckFailedError(str(exc)) from None
+    ctx.scratch["controller_tls_group"] = probe.group
+    return f"{probe.spiffe_id} over TLS, key exchange {probe.group}"
+
+
 def post_categories() -> list[Category[ClusterContext]]:
     """The categories of ``--post``, in order."""
     return [
@@ -516,6 +532,11 @@ def post_categories() -> list[Category[ClusterContext]]:
                 Check("controller-hpa", "controller HPA is in place", check_hpa),
                 Check("controller-pdb", "PodDisruptionBudgets are in place", check_pdbs),
                 Check("controller-ready", "controller API is ready", check_controller_ready),
+                Check(
+                    "controller-tls",
+                    "controller API is served over TLS only, as its SPIFFE ID",
+                    check_controller_tls,
+                ),
             ],
         ),
         Category(

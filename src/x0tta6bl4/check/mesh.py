@@ -21,10 +21,15 @@ import httpx
 
 from x0tta6bl4.check.cluster import ClusterContext
 from x0tta6bl4.check.kube import KubeError, Obj
+from x0tta6bl4.check.tls_probe import TlsProbe, plain_refuses_api, probe_controller_tls
+from x0tta6bl4.identity.errors import IdentityError
+from x0tta6bl4.identity.spiffe_ids import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.local.descriptor import MeshDescriptor, read_descriptor
+from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials, load_bundle_pem
 
 __all__ = [
     "CONTROLLER_PORT",
+    "CONTROLLER_TLS_PORT",
     "NODE_HTTP_PORT",
     "PING_PATH",
     "ClusterMesh",
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 CONTROLLER_PORT = 8080
+CONTROLLER_TLS_PORT = 8443
 NODE_HTTP_PORT = 7811
 
 
@@ -113,10 +119,17 @@ class MeshAccess(Protocol):
         """Wall-clock time (seconds since the epoch) for certificate validity."""
         ...
 
+    async def controller_tls(self) -> TlsProbe:
+        """Connect to the controller's TLS API as a client, verifying its SPIFFE ID; raise
+        :class:`~x0tta6bl4.check.tls_probe.TlsProbeError`, or :class:`MeshError` when the
+        check cannot be made from here (no trust bundle, outside the cluster)."""
+        ...
+
 
 @dataclass
 class LocalMesh:
-    """A mesh reached over plain HTTP: a controller URL and, when known, node URLs."""
+    """A mesh reached over plain HTTP (probes, metrics, UI) and, with a descriptor, its TLS
+    API: a controller URL and, when known, node URLs."""
 
     controller_url: str
     node_urls: dict[str, str] | None = None
@@ -130,6 +143,23 @@ class LocalMesh:
 
     def now(self) -> float:
         return time.time()
+
+    async def controller_tls(self) -> TlsProbe:
+        d = self.descriptor
+        if d is None or not d.api or not d.trust_bundle or not d.controller_spiffe_id:
+            raise MeshError(
+                "no TLS address, trust bundle or controller SPIFFE ID known (give the state "
+                "directory of `x0tta6bl4 up`, whose mesh.json names them)"
+            )
+        try:
+            authorities = load_bundle_pem(Path(d.trust_bundle))
+            td = d.controller_spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+            trust = StaticCredentials(TlsCredentials.trust_only(authorities, td))
+        except IdentityError as exc:
+            raise MeshError(str(exc)) from None
+        probe = await probe_controller_tls(d.api[0], trust, d.controller_spiffe_id)
+        await plain_refuses_api(self.http, self.controller_url)
+        return probe
 
     async def _get(
         self, url: str, query: Mapping[str, str] | None, client: httpx.AsyncClient | None = None
@@ -183,6 +213,36 @@ class ClusterMesh:
 
     def now(self) -> float:
         return self.cluster.now()
+
+    async def controller_tls(self) -> TlsProbe:
+        if not self.cluster.kube.in_cluster:
+            raise MeshError(
+                "the TLS API is checked from inside the cluster (helm test runs it there): the "
+                "API server's service proxy cannot present a client X.509-SVID"
+            )
+        from x0tta6bl4.identity.node_ids import controller_id_for
+        from x0tta6bl4.identity.workload_source import WorkloadSource
+        from x0tta6bl4.tls.credentials import WorkloadCredentials
+
+        td = os.environ.get("X0_TRUST_DOMAIN") or DEFAULT_TRUST_DOMAIN
+        credentials = WorkloadCredentials(WorkloadSource(trust_domain=td), td)
+        try:
+            mine = await asyncio.to_thread(credentials.start)
+        except IdentityError as exc:
+            raise MeshError(f"no X.509-SVID for this check: {exc}") from None
+        try:
+            own = mine.spiffe_id
+            expected = None if own is None else controller_id_for(own)
+            if expected is None:
+                raise MeshError(f"cannot tell the controller's SPIFFE ID from this check's {own}")
+            ns = self.cluster.namespace
+            api = f"https://x0tta6bl4-api.{ns}.svc:{CONTROLLER_TLS_PORT}"
+            probe = await probe_controller_tls(api, credentials, str(expected))
+            plain = f"http://x0tta6bl4-api.{ns}.svc:{CONTROLLER_PORT}"
+            await plain_refuses_api(self.cluster.http, plain)
+            return probe
+        finally:
+            await asyncio.to_thread(credentials.stop)
 
     async def controller_get(self, path: str) -> tuple[str, float]:
         start = time.perf_counter()

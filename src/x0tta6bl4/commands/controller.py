@@ -18,7 +18,11 @@ from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Run the x0tta6bl4 controller (control plane API, mesh CA, node admission).",
+    help="Run the x0tta6bl4 controller (control plane API, mesh CA, node admission). The API is "
+    "served over TLS only, on --tls-listen (default 0.0.0.0:8443): TLS 1.3 with the "
+    "controller's X.509-SVID, mutual TLS with the caller's. --listen (default 0.0.0.0:8080) "
+    "is plain HTTP for /health, /ready, /metrics and /ui only; any other path answers "
+    "403 tls_required.",
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -40,7 +44,35 @@ def controller(  # noqa: PLR0917 - one parameter per flag
     listen: Annotated[
         str | None,
         typer.Option(
-            "--listen", envvar="X0_LISTEN", help="HTTP listen HOST:PORT (default: 0.0.0.0:8080)"
+            "--listen",
+            envvar="X0_LISTEN",
+            help="plain-HTTP HOST:PORT for /health, /ready, /metrics, /ui only "
+            "(default: 0.0.0.0:8080)",
+        ),
+    ] = None,
+    tls_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-listen",
+            envvar="X0_TLS_LISTEN",
+            help="TLS HOST:PORT of the API (every route; mutual TLS with X.509-SVIDs) "
+            "(default: 0.0.0.0:8443)",
+        ),
+    ] = None,
+    tls_handshake_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--tls-handshake-timeout",
+            envvar="X0_TLS_HANDSHAKE_TIMEOUT",
+            help="seconds a TLS handshake may take before the connection is closed (10)",
+        ),
+    ] = None,
+    tls_max_handshakes: Annotated[
+        int | None,
+        typer.Option(
+            "--tls-max-handshakes",
+            envvar="X0_TLS_MAX_HANDSHAKES",
+            help="TLS handshakes in progress at most; more connections are closed (256)",
         ),
     ] = None,
     store: Annotated[
@@ -151,6 +183,9 @@ def controller(  # noqa: PLR0917 - one parameter per flag
 
     given: dict[str, Any] = {
         "listen": listen,
+        "tls_listen": tls_listen,
+        "tls_handshake_timeout": tls_handshake_timeout,
+        "tls_max_handshakes": tls_max_handshakes,
         "store": store,
         "etcd_ca_file": etcd_ca_file,
         "etcd_cert_file": etcd_cert_file,

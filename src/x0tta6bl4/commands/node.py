@@ -33,7 +33,17 @@ def node(  # noqa: PLR0917 - one parameter per flag
         typer.Option(
             "--controller",
             envvar="X0_CONTROLLER",
-            help=f"controller base URL (default: {DEFAULT_CONTROLLER})",
+            help=f"the controller's TLS base URL, mutual TLS with this node's X.509-SVID "
+            f"(default: {DEFAULT_CONTROLLER})",
+        ),
+    ] = None,
+    controller_spiffe_id: Annotated[
+        str | None,
+        typer.Option(
+            "--controller-spiffe-id",
+            envvar="X0_CONTROLLER_SPIFFE_ID",
+            help="SPIFFE ID the controller must present (default: …/controller next to this "
+            "node's own …/node/<name>)",
         ),
     ] = None,
     listen_udp: Annotated[
@@ -136,6 +146,7 @@ def node(  # noqa: PLR0917 - one parameter per flag
         "heartbeat_interval": heartbeat_interval,
         "dead_after": dead_after,
         "dataplane": dataplane,
+        "controller_spiffe_id": controller_spiffe_id,
     }
     try:
         configure_logging(log_format, log_level)

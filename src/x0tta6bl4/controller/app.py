@@ -45,6 +45,7 @@ from x0tta6bl4.controller.config import ControllerSettings
 from x0tta6bl4.controller.errors import RequestRefusedError
 from x0tta6bl4.controller.ipam import parse_overlay_cidr
 from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
+from x0tta6bl4.controller.listeners import ControllerTls, plain_allowed
 from x0tta6bl4.controller.metrics import CONTENT_TYPE_LATEST, ControllerMetrics, method_label
 from x0tta6bl4.controller.registration import Registrar
 from x0tta6bl4.controller.startup import (
@@ -65,6 +66,8 @@ from x0tta6bl4.controller.store.errors import (
 from x0tta6bl4.controller.store.url import open_store
 from x0tta6bl4.httpserver import ConnectionLimiter
 from x0tta6bl4.logging import get_logger
+from x0tta6bl4.tls.credentials import CredentialSource
+from x0tta6bl4.tls.server import PEER_EXTENSION
 
 __all__ = ["EXPIRY_LEADER_NAME", "ControllerApp", "create_app", "openapi_document"]
 
@@ -148,10 +151,21 @@ class ControllerApp(FastAPI):
 class _Edge:
     """Body-size limit and request metrics around the FastAPI routes."""
 
-    def __init__(self, app: ASGIApp, metrics: ControllerMetrics, max_body: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ControllerMetrics, max_body: int, tls: ControllerTls
+    ) -> None:
         self.app = app
         self._metrics = metrics
         self._max_body = max_body
+        self._tls = tls
+
+    @property
+    def _tls_detail(self) -> str:
+        ports = sorted(self._tls.options.tls_ports) or [self._tls.settings.tls_port]
+        return (
+            f"this route is served over TLS only (mutual TLS with an X.509-SVID) on port "
+            f"{ports[0]}; plain HTTP serves /health, /ready, /metrics and /ui"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,6 +180,17 @@ class _Edge:
                 status_box[0] = message["status"]
             await send(message)
 
+        if PEER_EXTENSION not in (scope.get("extensions") or {}) and not plain_allowed(
+            scope["path"]
+        ):
+            # Plain HTTP: only the probes, metrics and the UI; never serve an API route here.
+            if method == "POST" and _is_admission_path(scope["path"]):
+                self._metrics.registrations_rejected.labels(
+                    reason=RequestFailure.TLS_REQUIRED
+                ).inc()
+            await _send_error(send, 403, RequestFailure.TLS_REQUIRED, self._tls_detail)
+            self._observe(method, "unmatched", 403, start)
+            return
         too_large = _declared_length(scope) > self._max_body
         if too_large:
             await _send_error(send, 413, "body_too_large", self._limit_detail())
@@ -236,11 +261,14 @@ def _error(
     return JSONResponse(error_body(reason, detail), status_code=status, headers=headers)
 
 
-def _is_admission(request: Request) -> bool:
-    path = request.url.path
-    return request.method == "POST" and (
-        path == "/api/v1/nodes/register" or path.endswith("/renew")
+def _is_admission_path(path: str) -> bool:
+    return path == "/api/v1/nodes/register" or (
+        path.startswith("/api/v1/nodes/") and path.endswith("/renew")
     )
+
+
+def _is_admission(request: Request) -> bool:
+    return request.method == "POST" and _is_admission_path(request.url.path)
 
 
 def _install_error_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
@@ -318,11 +346,11 @@ def _install_system_routes(app: FastAPI) -> None:
         response_model=ReadyResponse,
         responses={503: {"model": ReadyResponse}},
         tags=["system"],
-        summary="Readiness: store reachable and mesh CA loaded",
+        summary="Readiness: store reachable, mesh CA loaded, TLS identity fetched",
     )
     async def ready(state: State) -> Response:
-        """200 when the store answers a ping, holds no damaged record and the mesh CA is
-        loaded, else 503 with the reasons."""
+        """200 when the store answers a ping, holds no damaged record, the mesh CA is loaded
+        and the TLS listener has the controller's X.509-SVID, else 503 with the reasons."""
         reasons: list[str] = []
         store_ok = state.store_open and await state.store.ping()
         faults: dict[str, str] = {}
@@ -342,11 +370,15 @@ def _install_system_routes(app: FastAPI) -> None:
         if not ca_ok:
             reasons.append("mesh_ca_not_loaded")
         identity_ok = state.bundles.get() is not None
+        tls_ok = state.tls is not None and state.tls.ready
+        if not tls_ok:
+            reasons.append("tls_identity_unavailable")
         body = {
             "status": "ready" if not reasons else "not_ready",
             "store": store_ok,
             "mesh_ca": ca_ok,
             "identity": identity_ok,
+            "tls_identity": tls_ok,
             "reasons": reasons,
             "store_faults": [f"{where}: {fault}" for where, fault in faults.items()][:10],
         }
@@ -435,13 +467,15 @@ def create_app(
     clock: Callable[[], float] = time.time,
     expiry: bool = True,
     limiter: ConnectionLimiter | None = None,
+    tls_credentials: CredentialSource | None = None,
 ) -> ControllerApp:
     """Build the controller app for ``settings``.
 
     ``jwt_bundle_fetch`` returns the JWT bundles (default: fetched from the Workload API at
     ``settings.spiffe_socket``); ``store`` replaces the store named by ``settings.store_url``
     (it is opened and closed by the app's lifespan either way); ``limiter``, the connection
-    limiter of the server's listeners, is reported in the metrics. Raises
+    limiter of the server's listeners, is reported in the metrics; ``tls_credentials``
+    replaces the X.509-SVID the TLS listener presents (default: from the Workload API). Raises
     :class:`~x0tta6bl4.controller.ca.CaConfigError` or :class:`ValueError` for an unusable
     CA or admin token file, before anything starts.
     """
@@ -482,6 +516,7 @@ def create_app(
         admin_spiffe_ids=settings.admin_spiffe_ids,
     )
     network = parse_overlay_cidr(settings.overlay_cidr)
+    tls = ControllerTls(settings, metrics, tls_credentials)
     registrar = Registrar(
         store=the_store,
         ca=ca,
@@ -504,6 +539,7 @@ def create_app(
         replica_id=f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}",
         clock=clock,
         marker=marker,
+        tls=tls,
     )
 
     async def open_checked_store() -> None:
@@ -536,11 +572,13 @@ def create_app(
             state.store_open = False
             await the_store.close()
             raise
+        await tls.start()
         await bundles.refresh()
         bundles.start()
         expirer = asyncio.create_task(_expire_forever(state)) if expiry else None
         _log.info(
             "controller started",
+            tls=settings.tls_listen,
             listen=settings.listen,
             store=settings.store_url.split("://")[0],
             fresh_store=the_store.create,
@@ -554,6 +592,7 @@ def create_app(
                 expirer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await expirer
+            await tls.stop()
             await bundles.stop()
             state.store_open = False
             await the_store.close()
@@ -562,7 +601,7 @@ def create_app(
     app = _build_api(lifespan)
     app.bind_health_metrics(metrics)
     app.state.controller = state
-    app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
+    app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes, tls=tls)
     _install_error_handlers(app, metrics)
     return app
 

@@ -30,11 +30,13 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_SPIFFE_SOCKET",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_TLS_LISTEN",
     "JWT_AUDIENCE",
     "ControllerSettings",
 ]
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_TLS_LISTEN = "0.0.0.0:8443"
 DEFAULT_STATE_DIR = Path(defaults.DEFAULT_STATE_DIR)
 DEFAULT_SPIFFE_SOCKET = "/run/spire/agent-sockets/spire-agent.sock"
 JWT_AUDIENCE = "x0tta6bl4-controller"
@@ -49,6 +51,7 @@ class ControllerSettings(BaseSettings):
     )
 
     listen: str = DEFAULT_LISTEN
+    tls_listen: str = DEFAULT_TLS_LISTEN
     store: str | None = None
     state_dir: Path = DEFAULT_STATE_DIR
     trust_domain: str = DEFAULT_TRUST_DOMAIN
@@ -76,9 +79,11 @@ class ControllerSettings(BaseSettings):
     watch_max_timeout: float = Field(default=60.0, gt=0, le=600)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
     fresh_store: bool = False
+    tls_handshake_timeout: float = Field(default=10.0, gt=0, le=120)
+    tls_max_handshakes: int = Field(default=256, ge=1, le=65536)
     max_connections: int = Field(default=MAX_CONNECTIONS, ge=MIN_CONNECTIONS, le=1_000_000)
 
-    @field_validator("listen")
+    @field_validator("listen", "tls_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value, "listen address")
@@ -127,6 +132,15 @@ class ControllerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_ca(self) -> ControllerSettings:
+        plain, tls = (
+            parse_hostport(self.listen, "listen address"),
+            parse_hostport(self.tls_listen, "tls listen address"),
+        )
+        if plain[1] != 0 and plain[1] == tls[1]:
+            raise ValueError(
+                f"--listen ({self.listen}) and --tls-listen ({self.tls_listen}) need different "
+                "ports: plain HTTP and TLS are two listeners"
+            )
         if (self.ca_cert_file is None) != (self.ca_key_file is None):
             raise ValueError("--ca-cert-file and --ca-key-file must be given together")
         etcd_files = (self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
@@ -145,6 +159,16 @@ class ControllerSettings(BaseSettings):
     def listen_port(self) -> int:
         """Port part of :attr:`listen`."""
         return parse_hostport(self.listen, "listen address")[1]
+
+    @property
+    def tls_host(self) -> str:
+        """Host part of :attr:`tls_listen`."""
+        return parse_hostport(self.tls_listen, "tls listen address")[0]
+
+    @property
+    def tls_port(self) -> int:
+        """Port part of :attr:`tls_listen`."""
+        return parse_hostport(self.tls_listen, "tls listen address")[1]
 
     @property
     def etcd_tls(self) -> EtcdTlsFiles | None:

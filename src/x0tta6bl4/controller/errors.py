@@ -25,6 +25,9 @@ class AuthFailure(enum.StrEnum):
     IDENTITY_UNAVAILABLE = "identity_unavailable"
     ADMIN_REQUIRED = "admin_required"
     SPIFFE_IDENTITY_REQUIRED = "spiffe_identity_required"
+    CLIENT_CERTIFICATE_REQUIRED = "client_certificate_required"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    IDENTITY_CONFLICT = "identity_conflict"
 
 
 class AdmissionRefusal(enum.StrEnum):

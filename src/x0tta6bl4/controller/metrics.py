@@ -47,6 +47,9 @@ REJECTION_REASONS: tuple[str, ...] = (
     "wrong_audience",
     "wrong_trust_domain",
     "spiffe_identity_required",
+    "client_certificate_required",
+    "certificate_expired",
+    "identity_conflict",
     "pop_invalid",
     "pop_replayed",
     "clock_skew",
@@ -59,6 +62,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "unknown_field",
     "store_unavailable",
     "store_corrupt",
+    "tls_required",
 )
 """Values of the ``reason`` label of ``x0tta6bl4_registrations_rejected_total`` (the
 ``error`` of the refusal; pre-created so that dashboards see zeros)."""
@@ -132,6 +136,14 @@ class ControllerMetrics:
         self.watchers = Gauge(
             "x0tta6bl4_watchers",
             "Watch requests (long-poll or SSE) currently waiting.",
+            registry=self.registry,
+        )
+        self.tls_handshakes = Counter(
+            "x0tta6bl4_api_tls_handshakes",
+            "TLS handshakes on the API's TLS listener, by result (ok, failed, bad_peer, "
+            "timeout, refused) and negotiated key-exchange group (X25519MLKEM768 when both "
+            "sides have a post-quantum capable OpenSSL).",
+            ["result", "group"],
             registry=self.registry,
         )
         for reason in REJECTION_REASONS:

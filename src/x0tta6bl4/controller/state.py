@@ -12,6 +12,7 @@ from x0tta6bl4.controller.auth import Authenticator
 from x0tta6bl4.controller.ca import CaHolder
 from x0tta6bl4.controller.config import ControllerSettings
 from x0tta6bl4.controller.jwt_bundles import JwtBundleCache
+from x0tta6bl4.controller.listeners import ControllerTls
 from x0tta6bl4.controller.metrics import ControllerMetrics
 from x0tta6bl4.controller.registration import Registrar
 from x0tta6bl4.controller.startup import StoreMarker
@@ -38,3 +39,5 @@ class ControllerState:
     cache: dict[str, Any] = field(default_factory=dict)
     marker: StoreMarker | None = None
     """Records, in the state directory, that the store has held nodes (controller/startup.py)."""
+    #: The TLS listener's identity (the X.509-SVID it presents).
+    tls: ControllerTls | None = None

@@ -3,10 +3,14 @@
 ``up`` writes this small runtime descriptor once every node is ready and every pair routed,
 rewrites it when a node is restarted (its pid changes), and removes it when it stops — a kept
 ``--state-dir`` then has no ``mesh.json``, a temporary one is removed whole. Nothing in it is
-secret (URLs on loopback, node IDs, process IDs); it is written atomically with mode 0600::
+secret (URLs on loopback, node IDs, process IDs, paths); it is written atomically with mode
+0600::
 
     {"version": 1, "up_pid": 4242, "started_at": 1795670396.1,
      "controller": "http://127.0.0.1:41023", "controllers": ["http://127.0.0.1:41023"],
+     "api": ["https://127.0.0.1:41024"],
+     "trust_bundle": "/tmp/x0/trust-bundle.pem",
+     "controller_spiffe_id": "spiffe://x0tta6bl4.mesh/ns/local/sa/x0tta6bl4-app/controller",
      "ui": "http://127.0.0.1:41023/ui", "store": "sqlite",
      "nodes": {"node-01": "http://127.0.0.1:40001", …},
      "node_pids": {"node-01": 4250, …},
@@ -17,6 +21,11 @@ secret (URLs on loopback, node IDs, process IDs); it is written atomically with 
 ``identity`` says which provider serves the Workload API (``spire`` or ``embedded``) and where;
 with SPIRE also the server's admin socket, the trust bundle file and each workload's SPIFFE ID
 and selectors (docs/up.md).
+
+``controller``/``controllers`` are the plain-HTTP addresses (``/health``, ``/ready``,
+``/metrics``, ``/ui``); ``api`` the TLS API of each controller (mutual TLS; their X.509-SVIDs
+verify against ``trust_bundle``, the PEM bundle of the trust domain, and name
+``controller_spiffe_id``).
 
 :func:`read_descriptor` is what ``x0tta6bl4 check --local STATE_DIR`` uses: it refuses a
 directory without a descriptor, and a descriptor whose ``up`` is no longer running (left by
@@ -73,7 +82,10 @@ class MeshDescriptor:
     nodes: Mapping[str, str]
     node_pids: Mapping[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    api: tuple[str, ...] = ()
+    trust_bundle: str = ""
     identity: Mapping[str, Any] = field(default_factory=dict)
+    controller_spiffe_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,11 +94,14 @@ class MeshDescriptor:
             "started_at": self.started_at,
             "controller": self.controller,
             "controllers": list(self.controllers),
+            "api": list(self.api),
+            "trust_bundle": self.trust_bundle,
+            "identity": dict(self.identity),
+            "controller_spiffe_id": self.controller_spiffe_id,
             "ui": self.ui,
             "store": self.store,
             "nodes": dict(sorted(self.nodes.items())),
             "node_pids": dict(sorted(self.node_pids.items())),
-            "identity": dict(self.identity),
         }
 
     @classmethod
@@ -115,6 +130,14 @@ class MeshDescriptor:
         controllers = data.get("controllers", [controller])
         if not isinstance(controllers, list) or not all(isinstance(c, str) for c in controllers):
             raise DescriptorError(f"{DESCRIPTOR_FILE} controllers must be a list of URLs")
+        api = data.get("api", [])
+        if not isinstance(api, list) or not all(
+            isinstance(a, str) and a.startswith("https://") for a in api
+        ):
+            raise DescriptorError(f"{DESCRIPTOR_FILE} api must be a list of https URLs")
+        bundle = data.get("trust_bundle", "")
+        if not isinstance(bundle, str) or (bundle and not bundle.startswith("/")):
+            raise DescriptorError(f"{DESCRIPTOR_FILE} trust_bundle must be an absolute path")
         started = data.get("started_at", 0.0)
         identity = data.get("identity", {})
         if not isinstance(identity, dict) or (
@@ -132,7 +155,10 @@ class MeshDescriptor:
             nodes=dict(nodes),
             node_pids=dict(pids),
             started_at=float(started) if isinstance(started, int | float) else 0.0,
+            api=tuple(api),
+            trust_bundle=bundle,
             identity=dict(identity),
+            controller_spiffe_id=str(data.get("controller_spiffe_id", "")),
         )
 
 

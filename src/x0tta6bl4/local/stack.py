@@ -51,6 +51,8 @@ from x0tta6bl4.local.spire import LocalSpire, SpireSettings
 from x0tta6bl4.local.statedir import StateDir
 from x0tta6bl4.local.supervisor import Managed, ProcessSpec, Supervisor, x0_command
 from x0tta6bl4.local.workloads import LocalWorkload, local_workloads
+from x0tta6bl4.tls.client import tls_client
+from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials, load_bundle_pem
 
 __all__ = ["STOP_ORDER", "NodeHandle", "Staging", "StartProgress", "StopRequested"]
 
@@ -111,6 +113,8 @@ class Staging:
         self.ports = PortAllocator(config.host)
         self.state: StateDir | None = None
         self.controller_urls: list[str] = []
+        #: The controllers' TLS API URLs (``https://``), in the same order.
+        self.api_urls: list[str] = []
         self.nodes: dict[str, NodeHandle] = {}
         self.spiffe_socket: Path | None = None
         self.etcd: EtcdPlan | None = None
@@ -126,6 +130,7 @@ class Staging:
             self.ports.take(config.port + i if config.port else 0, "tcp", f"controller-{i}")
             for i in range(config.controllers)
         ]
+        self._controller_tls_ports = [self.ports.free("tcp") for _ in range(config.controllers)]
 
     # ----------------------------------------------------------------- names and urls
 
@@ -222,7 +227,10 @@ class Staging:
             nodes=self.node_urls,
             node_pids={n: pid for n, pid in pids.items() if pid is not None},
             started_at=self.started_wall,
+            api=tuple(self.api_urls),
+            trust_bundle=str(self.trust_bundle.absolute()) if self.state is not None else "",
             identity=self.identity_json(),
+            controller_spiffe_id=self.controller_spiffe_id,
         )
 
     def identity_json(self) -> dict[str, object]:
@@ -290,6 +298,7 @@ class Staging:
 
         await self._wait({"spire-agent": agent_ready}, {"spire-agent": agent}, progress, "SPIRE")
         self.spiffe_socket = spire.agent_socket
+        self._write_trust_bundle(spire.bundle_path)
 
     async def _start_issuer(self, progress: StartProgress) -> None:
         assert self.state is not None
@@ -328,6 +337,7 @@ class Staging:
             return True
 
         await self._wait({"issuer": accepting}, {"issuer": managed}, progress, "identity issuer")
+        self._write_trust_bundle(self.state.root / "identity" / "ca.crt.pem")
 
     async def _start_etcd(self, progress: StartProgress, client: httpx.AsyncClient) -> str:
         assert self.state is not None
@@ -376,11 +386,15 @@ class Staging:
         ca_dir = self.state.sub("mesh-ca")
         started: dict[str, Managed] = {}
         probes: dict[str, Callable[[], Awaitable[bool]]] = {}
+        trust = self._trust_only()
         for index, port in enumerate(self._controller_ports):
             name = f"controller-{index}"
             state_dir = self.state.sub(name)
             url = f"http://{self.config.host}:{port}"
+            tls_port = self._controller_tls_ports[index]
+            api = f"https://{self.config.host}:{tls_port}"
             self.controller_urls.append(url)
+            self.api_urls.append(api)
             store = store_url or f"sqlite:///{state_dir / 'controller.db'}"
             started[name] = managed = self.supervisor.start(
                 self._spec(
@@ -390,6 +404,8 @@ class Staging:
                         "controller",
                         "--listen",
                         f"{self.config.host}:{port}",
+                        "--tls-listen",
+                        f"{self.config.host}:{tls_port}",
                         "--store",
                         store,
                         "--state-dir",
@@ -413,8 +429,47 @@ class Staging:
                 )
             )
             self._attest(name, managed, self.controller_spiffe_id)
-            probes[name] = self._http_ready(client, url)
+            probes[name] = self._controller_ready(client, url, api, trust)
         await self._wait(probes, started, progress, "controllers")
+
+    # ----------------------------------------------------------------- TLS towards controllers
+
+    @property
+    def trust_bundle(self) -> Path:
+        """The PEM bundle that verifies the controllers' X.509-SVIDs
+        (``STATE_DIR/trust-bundle.pem``: a copy of the embedded issuer's CA certificate, or of
+        the SPIRE server's bundle)."""
+        assert self.state is not None
+        return self.state.root / "trust-bundle.pem"
+
+    def _write_trust_bundle(self, source: Path) -> None:
+        tmp = self.trust_bundle.with_name(f".{self.trust_bundle.name}.tmp")
+        tmp.write_bytes(source.read_bytes())
+        os.replace(tmp, self.trust_bundle)
+
+    def _trust_only(self) -> StaticCredentials:
+        return StaticCredentials(
+            TlsCredentials.trust_only(load_bundle_pem(self.trust_bundle), self.config.trust_domain)
+        )
+
+    def _controller_ready(
+        self, client: httpx.AsyncClient, url: str, api: str, trust: StaticCredentials
+    ) -> Callable[[], Awaitable[bool]]:
+        """Ready: ``/ready`` = 200 on plain HTTP, and its TLS listener answers as the
+        controller's SPIFFE ID (verified against the trust bundle)."""
+        plain = self._http_ready(client, url)
+
+        async def probe() -> bool:
+            if not await plain():
+                return False
+            try:
+                async with tls_client(api, trust, self.controller_spiffe_id) as tls:
+                    answer = await tls.get("/health", timeout=5.0)
+            except httpx.HTTPError:
+                return False
+            return answer.status_code == 200
+
+        return probe
 
     def _etcd_client_args(self) -> list[str]:
         """The controllers' etcd client certificate flags (with --store etcd)."""
@@ -472,7 +527,7 @@ class Staging:
                 node_id=node_id,
                 udp_port=self.ports.free("udp"),
                 http_port=self.ports.free("tcp"),
-                controller_url=self.controller_urls[index % len(self.controller_urls)],
+                controller_url=self.api_urls[index % len(self.api_urls)],
                 state_dir=self.state.sub("nodes", node_id),
             )
             self.nodes[node_id] = handle

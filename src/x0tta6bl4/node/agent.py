@@ -47,10 +47,9 @@ from x0tta6bl4.policy import Policy, PolicyEngine
 
 if TYPE_CHECKING:
     from x0tta6bl4.node.tun import TunBridge
+    from x0tta6bl4.tls.credentials import TlsCredentials, WorkloadCredentials
 
-__all__ = ["JWT_AUDIENCE", "NodeAgent", "load_or_create_key"]
-
-JWT_AUDIENCE = "x0tta6bl4-controller"
+__all__ = ["NodeAgent", "load_or_create_key"]
 KEY_FILE = "node-key.pem"
 _log = get_logger(__name__)
 
@@ -95,6 +94,8 @@ class NodeAgent:
         self._seq = 0
         self._key: SigningKey | None = None
         self._client: ControlClient | None = None
+        self._credentials: WorkloadCredentials | None = None
+        self._svid: TlsCredentials | None = None
         self._advertise = ""
         self._source: Any = None
         self._member_cache: dict[tuple[str, float], bytes] = {}
@@ -209,10 +210,32 @@ class NodeAgent:
         bundles: JwtBundleSet = await asyncio.to_thread(self._workload_source().fetch_jwt_bundles)
         return bundles
 
-    async def _tokens(self) -> tuple[str, str]:
-        source = self._workload_source()
-        svid = await asyncio.to_thread(source.fetch_jwt_svid, JWT_AUDIENCE)
-        return str(svid.token), str(svid.spiffe_id)
+    async def _control(self) -> ControlClient:
+        """The controller client, once the node has its X.509-SVID (fetched here, retried by
+        the caller): it presents that SVID in mutual TLS and expects the controller's ID."""
+        if self._client is not None:
+            return self._client
+        if self._credentials is None:
+            from x0tta6bl4.tls.credentials import WorkloadCredentials
+
+            self._credentials = WorkloadCredentials(
+                self._workload_source(), self.settings.trust_domain
+            )
+        if self._svid is None:
+            self._svid = await asyncio.to_thread(self._credentials.start)
+            self._credentials.on_change(self._svid_rotated)
+        own = self._svid.spiffe_id
+        assert own is not None
+        expected = self.settings.expected_controller(str(own))
+        self._client = ControlClient(self.settings.controller, self._credentials, expected)
+        _log.info(
+            "node.identity", spiffe_id=str(own), controller=self.settings.controller,
+            controller_spiffe_id=expected,
+        )  # fmt: skip
+        return self._client
+
+    def _svid_rotated(self, credentials: TlsCredentials) -> None:
+        self._svid = credentials
 
     def _identity(self, admission: Admission) -> NodeIdentity:
         assert self._key is not None
@@ -232,9 +255,9 @@ class NodeAgent:
         )
 
     async def _register(self, renew: bool) -> None:
-        assert self._client is not None
+        client = await self._control()
         assert self._key is not None
-        call = self._client.renew if renew else self._client.register
+        call = client.renew if renew else client.register
         admission = await call(self.node_id, self._advertise, self._key)
         identity = self._identity(admission)
         self.admission, self.identity = admission, identity
@@ -281,7 +304,6 @@ class NodeAgent:
             except OSError:
                 sock.close()
                 raise
-        self._client = ControlClient(self.settings.controller, self._tokens)
         server_task: asyncio.Task[None] | None = None
         if http:
             from x0tta6bl4.node.http import serve_http
@@ -327,7 +349,10 @@ class NodeAgent:
                 stop.set()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await server_task
-            await self._client.close()
+            if self._client is not None:
+                await self._client.close()
+            if self._credentials is not None:
+                await asyncio.to_thread(self._credentials.stop)
 
     # --- loops --------------------------------------------------------------------------------
 

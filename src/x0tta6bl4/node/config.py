@@ -24,7 +24,14 @@ from x0tta6bl4.defaults import (
     DEFAULT_TRUST_DOMAIN,
 )
 from x0tta6bl4.hostport import format_hostport, parse_hostport
-from x0tta6bl4.identity.node_ids import MAX_NODE_ID_LENGTH, NODE_ID_RE, node_id_from_name
+from x0tta6bl4.identity.errors import IdentityError
+from x0tta6bl4.identity.node_ids import (
+    MAX_NODE_ID_LENGTH,
+    NODE_ID_RE,
+    controller_id_for,
+    node_id_from_name,
+)
+from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id
 from x0tta6bl4.protocol.failure import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
 
 __all__ = [
@@ -74,13 +81,29 @@ class NodeSettings(BaseSettings):
     node_name: str | None = None
     #: This pod's IP (downward API), the default advertised host.
     pod_ip: str | None = None
+    #: The controller's SPIFFE ID (None: next to the node's own, see expected_controller).
+    controller_spiffe_id: str | None = None
 
     @field_validator("controller")
     @classmethod
     def _check_controller(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"--controller must be an http(s) URL, got {value!r}")
+        if not value.startswith("https://"):
+            raise ValueError(
+                f"--controller must be the controller's https:// URL (its API is served over "
+                f"TLS only, e.g. {DEFAULT_CONTROLLER}), got {value!r}"
+            )
         return value
+
+    @field_validator("controller_spiffe_id")
+    @classmethod
+    def _check_controller_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        trust_domain = info.data.get("trust_domain", DEFAULT_TRUST_DOMAIN)
+        try:
+            return str(parse_spiffe_id(value, trust_domain=trust_domain))
+        except IdentityError as err:
+            raise ValueError(f"--controller-spiffe-id: {err}") from None
 
     @field_validator("heartbeat_interval")
     @classmethod
@@ -112,6 +135,22 @@ class NodeSettings(BaseSettings):
                 f"starting and ending with a letter or digit; got {value!r}"
             )
         return value
+
+    def expected_controller(self, own_spiffe_id: str) -> str:
+        """The SPIFFE ID the controller must present: ``--controller-spiffe-id``, else the
+        controller's ID next to ``own_spiffe_id`` (:func:`controller_id_for`).
+
+        Raises ValueError when neither gives one.
+        """
+        if self.controller_spiffe_id is not None:
+            return self.controller_spiffe_id
+        derived = controller_id_for(own_spiffe_id)
+        if derived is None:
+            raise ValueError(
+                f"cannot tell the controller's SPIFFE ID from this node's ({own_spiffe_id}, "
+                "not …/node/<name>): pass --controller-spiffe-id"
+            )
+        return str(derived)
 
     def resolved_node_id(self) -> str:
         """--node-id, else X0_NODE_NAME (the Kubernetes node), else the hostname; a name

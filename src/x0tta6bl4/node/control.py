@@ -1,11 +1,16 @@
 """The node's controller client: register, renew, report status, list and watch.
 
-Every call authenticates with a fresh JWT-SVID (audience ``x0tta6bl4-controller``) from the
-Workload API, sent as ``Authorization: Bearer …`` (never logged). Registration and renewal
-carry the ML-DSA-65 public key and a proof of possession over (SPIFFE ID, node ID, a fresh
-random nonce, the current time). Errors are :class:`ControllerError` with the HTTP status
-(0 when the controller could not be reached) and the API's machine-readable ``error``.
-Retrying is the caller's business (the agent backs off and keeps the data plane running).
+Every call goes over TLS to the controller's TLS listener (``https://…:8443``) with mutual
+TLS: the node presents its X.509-SVID from the Workload API (rotated by SPIRE, and every new
+connection uses the current one) and accepts the controller only if its certificate is an
+X.509-SVID of the trust domain naming ``expected_controller`` — the SPIFFE ID it expects
+(:mod:`x0tta6bl4.tls.client`; the key exchange is X25519MLKEM768 with a controller built from
+this package). No bearer token travels. Registration and renewal carry the ML-DSA-65 public
+key and a proof of possession over (SPIFFE ID, node ID, a fresh random nonce, the current
+time). Errors are :class:`ControllerError` with the HTTP status (0 when the controller could
+not be reached, or is not the controller we expect) and the API's machine-readable
+``error``. Retrying is the caller's business (the agent backs off and keeps the data plane
+running).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +25,10 @@ import httpx
 
 from x0tta6bl4.crypto.pqsvid import proof_of_possession
 from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.tls.client import PeerIdentityError, tls_client
+from x0tta6bl4.tls.credentials import CredentialSource
 
-__all__ = ["Admission", "ControlClient", "ControllerError", "TokenProvider"]
-
-#: Returns ``(jwt_svid_token, spiffe_id)`` for the controller audience.
-TokenProvider = Callable[[], Awaitable[tuple[str, str]]]
+__all__ = ["Admission", "ControlClient", "ControllerError"]
 
 
 class ControllerError(Exception):
@@ -72,31 +75,46 @@ class Admission:
 class ControlClient:
     """Talks to one controller base URL (a Service in the cluster balances replicas)."""
 
-    def __init__(self, base_url: str, tokens: TokenProvider, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        credentials: CredentialSource,
+        expected_controller: str,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._tokens = tokens
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._credentials = credentials
+        self.expected_controller = expected_controller
+        self._client = tls_client(self.base_url, credentials, expected_controller, timeout=timeout)
 
     async def close(self) -> None:
         await self._client.aclose()
 
+    def _spiffe_id(self) -> str:
+        _, credentials = self._credentials.current()
+        spiffe_id = credentials.spiffe_id
+        if spiffe_id is None:
+            raise ControllerError(0, "no_identity", "no X.509-SVID to present")
+        return str(spiffe_id)
+
     async def _request(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> Any:
-        token, _ = await self._tokens()
-        headers = {"Authorization": f"Bearer {token}"}
         try:
             response = await self._client.request(
                 method,
                 path,
-                headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 **kwargs,
             )
+        except PeerIdentityError as exc:
+            raise ControllerError(0, "wrong_controller", f"{self.base_url}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise ControllerError(
-                0, "unreachable", f"{self.base_url}: {type(exc).__name__}"
-            ) from None
+            detail = f"{self.base_url}: {type(exc).__name__}"
+            if isinstance(exc, httpx.ConnectError) and "SPIFFE ID" in str(exc):
+                detail = f"{self.base_url}: {exc}"
+            raise ControllerError(0, "unreachable", detail) from None
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -121,7 +139,7 @@ class ControlClient:
         }
 
     async def register(self, node_id: str, endpoint: str, key: SigningKey) -> Admission:
-        _, spiffe_id = await self._tokens()
+        spiffe_id = self._spiffe_id()
         body = {
             "node_id": node_id,
             "endpoint": endpoint,
@@ -131,7 +149,7 @@ class ControlClient:
         return Admission.from_json(await self._request("POST", "/api/v1/nodes/register", json=body))
 
     async def renew(self, node_id: str, endpoint: str, key: SigningKey) -> Admission:
-        _, spiffe_id = await self._tokens()
+        spiffe_id = self._spiffe_id()
         body = {
             "ml_dsa_public_key": base64.b64encode(key.public_bytes).decode(),
             "pop": self._pop(key, spiffe_id, node_id),

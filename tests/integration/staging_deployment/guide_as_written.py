@@ -108,8 +108,15 @@ def test_network_allowances_are_narrow(staging: Index) -> None:
         assert spec["policyTypes"] == ["Ingress"]
     api = policies["x0tta6bl4-allow-api"]
     assert api["podSelector"] == {"matchLabels": {"app": "x0tta6bl4-controller"}}
-    assert api["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
-    assert {"podSelector": {"matchLabels": {"app": "x0tta6bl4-mesh"}}} in api["ingress"][0]["from"]
+    # Mesh nodes reach only the TLS API; the check pod also the plain probe port.
+    assert api["ingress"][0] == {
+        "from": [{"podSelector": {"matchLabels": {"app": "x0tta6bl4-mesh"}}}],
+        "ports": [{"port": 8443, "protocol": "TCP"}],
+    }
+    assert api["ingress"][1] == {
+        "from": [{"podSelector": {"matchLabels": {"app": "x0tta6bl4-check"}}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}],
+    }
     etcd = policies["x0tta6bl4-allow-etcd"]
     assert etcd["ingress"][0] == {
         "from": [{"podSelector": {"matchLabels": {"app": "x0tta6bl4-controller"}}}],

@@ -40,7 +40,7 @@ def test_production_overlay(production: Index) -> None:
     ]
     assert ing["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
         "name": "x0tta6bl4-api",
-        "port": {"name": "http"},
+        "port": {"name": "https"},
     }
     pol = production["NetworkPolicy", "x0tta6bl4-allow-ingress"]["spec"]["ingress"][0]
     assert pol["from"] == [

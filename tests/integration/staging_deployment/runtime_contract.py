@@ -23,21 +23,33 @@ from tests.integration.staging_deployment.common import (
 def test_containers_follow_the_runtime_contract(staging: Index) -> None:
     rc = runtime_containers(staging.values())
     ctl, node = rc["controller"], rc["node"]
-    assert ctl.argv[:5] == ["x0tta6bl4", "controller", "--listen", "0.0.0.0:8080", "--store"]
-    assert ctl.ports == {"http": (8080, "TCP")}
+    assert ctl.argv[:7] == [
+        "x0tta6bl4",
+        "controller",
+        "--listen",
+        "0.0.0.0:8080",
+        "--tls-listen",
+        "0.0.0.0:8443",
+        "--store",
+    ]
+    assert ctl.ports == {"http": (8080, "TCP"), "https": (8443, "TCP")}
     assert ctl.probes["livenessProbe"] == Probe("/health", 8080)
     assert ctl.probes["readinessProbe"] == Probe("/ready", 8080)
     assert ctl.env["X0_CA_CERT_FILE"] == "/etc/x0tta6bl4/mesh-ca/ca.crt"
     assert ctl.env["X0_TRUST_DOMAIN"] == "x0tta6bl4.mesh"
     assert ctl.env["X0_SPIFFE_SOCKET"] == "/run/spire/agent-sockets/spire-agent.sock"
-    assert node.argv[:4] == ["x0tta6bl4", "node", "--controller", "http://x0tta6bl4-api:8080"]
+    assert node.argv[:4] == ["x0tta6bl4", "node", "--controller", "https://x0tta6bl4-api:8443"]
+    assert node.env["X0_CONTROLLER_SPIFFE_ID"] == (
+        f"spiffe://x0tta6bl4.mesh/ns/{NS}/sa/x0tta6bl4-app/controller"
+    )
     assert node.ports == {"mesh": (7810, "UDP"), "http": (7811, "TCP")}
     assert node.probes["livenessProbe"] == Probe("/health", 7811)
     assert node.probes["readinessProbe"] == Probe("/ready", 7811)
     assert node.env["X0_NODE_NAME"] == FieldRef("spec.nodeName")
     assert node.env["X0_POD_IP"] == FieldRef("status.podIP")
     assert all(k.startswith("X0_") for k in [*ctl.env, *node.env])
-    assert staging["Service", "x0tta6bl4-api"]["spec"]["ports"][0]["port"] == 8080
+    api_ports = staging["Service", "x0tta6bl4-api"]["spec"]["ports"]
+    assert [(p["name"], p["port"]) for p in api_ports] == [("http", 8080), ("https", 8443)]
     mesh_svc = staging["Service", "x0tta6bl4-mesh"]["spec"]
     assert mesh_svc["clusterIP"] == "None"
     assert {(p["port"], p["protocol"]) for p in mesh_svc["ports"]} == {(7810, "UDP"), (7811, "TCP")}

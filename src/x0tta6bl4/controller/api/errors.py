@@ -38,6 +38,9 @@ REFUSALS: Mapping[AuthFailure | AdmissionRefusal, tuple[int, Mapping[str, str]]]
         AuthFailure.IDENTITY_UNAVAILABLE: (503, MappingProxyType({"Retry-After": "1"})),
         AuthFailure.ADMIN_REQUIRED: (403, _NONE),
         AuthFailure.SPIFFE_IDENTITY_REQUIRED: (403, _NONE),
+        AuthFailure.CLIENT_CERTIFICATE_REQUIRED: (401, _NONE),
+        AuthFailure.CERTIFICATE_EXPIRED: (401, _NONE),
+        AuthFailure.IDENTITY_CONFLICT: (401, _NONE),
         AdmissionRefusal.INVALID_REQUEST: (422, _NONE),
         AdmissionRefusal.CLOCK_SKEW: (401, _NONE),
         AdmissionRefusal.POLICY_DENIED: (403, _NONE),
@@ -60,6 +63,7 @@ class RequestFailure(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     STORE_UNAVAILABLE = "store_unavailable"
     STORE_CORRUPT = "store_corrupt"
+    TLS_REQUIRED = "tls_required"
 
 
 REGISTRATION_REJECTIONS: frozenset[str] = (

@@ -240,6 +240,7 @@ class ReadyResponse(BaseModel):
     store: bool
     mesh_ca: bool
     identity: bool
+    tls_identity: bool
     reasons: list[str]
     store_faults: list[str] = Field(
         default=[], description="damaged store records (where: fault), at most 10"

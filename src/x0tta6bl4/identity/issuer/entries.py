@@ -10,7 +10,9 @@ An entry is ``SELECTOR=SPIFFE_ID``. Selectors, like SPIRE's unix workload attest
   that is handed the same pid by the kernel does not match it. ``x0tta6bl4 up`` gives each
   node and controller an identity of its own this way (``docs/identity.md``).
 
-A caller may match several entries; it then receives one SVID per entry, in the order given.
+A caller may match several entries; it then receives one SVID per entry: those of process
+entries first, then those of uid entries, each in the order given (the first is its default
+SVID).
 
 :class:`EntriesFile` is a file of entries (one per line, ``#`` comments) that the issuer reads
 again whenever it changes, so a supervisor can register the processes it starts while the

@@ -58,13 +58,18 @@ class SvidStore:
         return self._authority
 
     def ids_for(self, uid: int, pid: int) -> tuple[SpiffeId, ...]:
-        """The SPIFFE IDs a caller (its uid and pid) is entitled to, in entry order (empty:
-        none); an ID without an SVID yet gets one now."""
+        """The SPIFFE IDs a caller (its uid and pid) is entitled to (empty: none): those of
+        process entries naming it first, then those of uid entries, each in entry order — so
+        a process with an entry of its own gets that ID as its default SVID. An ID without an
+        SVID yet gets one now."""
         entries = self._entries if self._file is None else (*self._entries, *self._file.entries())
         ids: list[SpiffeId] = []
-        for entry in entries:
-            if entry.spiffe_id not in ids and entry.matches(uid, pid):
-                ids.append(entry.spiffe_id)
+        for wanted_pid in (True, False):
+            for entry in entries:
+                if (entry.pid is not None) is not wanted_pid or entry.spiffe_id in ids:
+                    continue
+                if entry.matches(uid, pid):
+                    ids.append(entry.spiffe_id)
         missing = [sid for sid in ids if sid not in self._svids]
         if missing:
             now = time.time()
