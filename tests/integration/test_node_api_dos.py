@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.controller_support import (
     Identity,
+    controller_api,
     free_port,
     running_issuer,
     spawn_controller,
@@ -98,13 +99,10 @@ def node(tmp_path: Path, identity: Identity) -> Iterator[tuple[subprocess.Popen[
         "--local-ca",
         "--state-dir", str(tmp_path / "ctl"),
     ]  # fmt: skip
-    controller = spawn_controller(
-        args,
-        env=env,
-        log=tmp_path / "controller.log",
-    )
+    controller = spawn_controller(args, env=env, log=tmp_path / "controller.log", identity=identity)
     try:
         wait_ready(controller_url, controller)
+        controller_url = controller_api(controller)
         http_port = free_port()
         log = tmp_path / "node.log"
         proc = spawn_node(
@@ -115,6 +113,7 @@ def node(tmp_path: Path, identity: Identity) -> Iterator[tuple[subprocess.Popen[
             tmp_path / "node",
             env=env,
             log=log,
+            identity=identity,
         )
         # At once: the interpreter has not even started importing yet.
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (NOFILE, NOFILE))

@@ -66,6 +66,7 @@ NOT_LIMITS: dict[str, str] = {
     "protocol.session._NONCE": "a struct layout (the AEAD nonce)",
     "identity.node_ids._NODE_SEGMENT": "a regular expression",
     "node.agent.KEY_FILE": "a file name",
+    "tls.credentials._TLS_KEYS": "the private key types OpenSSL accepts, not a count",
     "controller.ui.STALE_AFTER": "how the UI draws a silent node, not a limit",
     "controller.api.routes_mesh._WATCH_BATCH": "how long a watch gathers events into one answer",
 }

@@ -27,7 +27,7 @@ from x0tta6bl4.controller.app import ControllerApp, create_app
 from x0tta6bl4.controller.config import ControllerSettings
 from x0tta6bl4.controller.listeners import ControllerTls
 from x0tta6bl4.controller.startup import StartupRefusedError
-from x0tta6bl4.httpserver import LISTEN_BACKLOG, ConnectionLimiter, limited_config
+from x0tta6bl4.httpserver import ConnectionLimiter, limited_config
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.tls.credentials import CredentialSource
 from x0tta6bl4.tls.server import listener_protocol
@@ -46,7 +46,7 @@ def where_message(settings: ControllerSettings) -> str:
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
     # sockets that say so (with proto 0 every small response waits ~40 ms for a delayed ACK).
@@ -56,7 +56,7 @@ def _bind(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -127,9 +127,12 @@ def build_server(
     inner = config.http
     assert isinstance(inner, type)
     assert issubclass(inner, H11Protocol)
-    plain = _bind(settings.listen_host, settings.listen_port)
+    # limited_config counted the plain listener; the TLS one's accept bursts take
+    # descriptors too (the cap shrinks to keep them).
+    limiter.add_listener()
+    plain = _bind(settings.listen_host, settings.listen_port, limiter.backlog)
     try:
-        tls_sock = _bind(settings.tls_host, settings.tls_port)
+        tls_sock = _bind(settings.tls_host, settings.tls_port, limiter.backlog)
     except OSError:
         plain.close()
         raise

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from x0tta6bl4.httpserver import source_key
 from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.tls.context import negotiated_group, server_context, verified_peer
@@ -189,6 +190,8 @@ class _TlsSession(asyncio.Protocol):
         self._inner_connected = False
         self._limiter: Any = getattr(inner, "limiter", None)
         self._limited = False
+        #: The source this connection counts under in the limiter (the client's address).
+        self.source = source_key(raw.get_extra_info("peername"))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
