@@ -212,9 +212,11 @@ class ClusterContext:
         query: Mapping[str, str] | None = None,
         *,
         headers: Mapping[str, str] | None = None,
+        proxy: bool = True,
     ) -> str:
         """GET ``path`` on a pod's port: directly at its IP in the cluster, else by
-        port-forward (the API server's pod proxy as the fallback). ``headers`` go with the
+        port-forward (the API server's pod proxy as the fallback, unless ``proxy`` is False:
+        then a refused port-forward is the :class:`KubeError`). ``headers`` go with the
         direct and port-forwarded requests only: the proxy carries the API credentials."""
         meta = pod.get("metadata") or {}
         if self.kube.in_cluster:
@@ -230,10 +232,10 @@ class ClusterContext:
         except KubeUnreachableError:
             raise
         except KubeError as exc:
-            if exc.status not in _NO_PORTFORWARD:
+            if not proxy or exc.status not in _NO_PORTFORWARD:
                 raise
-        proxy = f"/api/v1/namespaces/{ns}/pods/{quote(name)}:{port}/proxy{path}"
-        return await self.kube.get_text(proxy, query)
+        proxied = f"/api/v1/namespaces/{ns}/pods/{quote(name)}:{port}/proxy{path}"
+        return await self.kube.get_text(proxied, query)
 
 
 # Answers to a port-forward upgrade that mean "not this way": no such subresource (404), not

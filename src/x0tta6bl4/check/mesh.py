@@ -53,7 +53,8 @@ class MeshError(Exception):
 
 class MeshAuthError(MeshError):
     """The request needs credentials this check cannot present (a node's ``/v1/ping`` from
-    outside the cluster, or without a Workload API to get a JWT-SVID from)."""
+    outside the cluster when ``pods/portforward`` is refused, or in the cluster without a
+    Workload API to get a JWT-SVID from)."""
 
 
 PING_PATH = "/v1/ping"
@@ -267,25 +268,33 @@ class ClusterMesh:
     ) -> tuple[str, float]:
         assert node.pod is not None
         headers = None
+        outside = not self.cluster.kube.in_cluster
         if path == PING_PATH:
-            if not self.cluster.kube.in_cluster:
-                raise MeshAuthError(
-                    "the nodes answer /v1/ping only to loopback callers and callers with a "
-                    "JWT-SVID: run the connectivity checks in the cluster (helm test, "
-                    "--in-cluster with the SPIRE agent socket)"
-                )
             token = await self.node_token.get()
-            if token is None:
+            if token is not None:
+                headers = {"Authorization": f"Bearer {token}"}
+            elif not outside:
                 raise MeshAuthError(
                     "no SPIFFE Workload API socket (X0_SPIFFE_SOCKET) to get the JWT-SVID the "
                     "nodes' /v1/ping needs"
                 )
-            headers = {"Authorization": f"Bearer {token}"}
         start = time.perf_counter()
         try:
+            # From outside, /v1/ping goes by port-forward only: it arrives on the node's
+            # loopback, which the node answers; the API server's pod proxy would arrive from
+            # the control plane without a JWT-SVID and be refused (401).
             text = await self.cluster.pod_text(
-                node.pod, NODE_HTTP_PORT, path, query, headers=headers
-            )
+                node.pod, NODE_HTTP_PORT, path, query, headers=headers,
+                proxy=not (outside and path == PING_PATH and headers is None),
+            )  # fmt: skip
         except KubeError as exc:
+            if outside and path == PING_PATH and headers is None and exc.status in (400, 403, 404):
+                raise MeshAuthError(
+                    "the nodes answer /v1/ping only to loopback callers and callers with a "
+                    "JWT-SVID; from outside the cluster the check reaches them by "
+                    f"pods/portforward (the request arrives on the pod's loopback), which was "
+                    f"refused (HTTP {exc.status}): grant this user 'create pods/portforward' in "
+                    "the namespace, or run the connectivity checks in the cluster (helm test)"
+                ) from None
             raise MeshError(str(exc)) from None
         return text, time.perf_counter() - start
