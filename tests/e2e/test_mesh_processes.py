@@ -1,6 +1,7 @@
 """Real processes: an embedded SPIFFE issuer, a controller subprocess and ``x0tta6bl4 node``
 subprocesses on loopback; mesh ping through the CLI; the mesh keeps forwarding with the
-controller stopped; a node restarts with the same key and rejoins."""
+controller stopped; a node restarts with the same key and rejoins; membership changes (an
+admin deleting a node, a policy by node SPIFFE ID) drop links at once (issue 12)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import httpx
 import pytest
 
 from tests.integration.controller_support import (
+    ADMIN_TOKEN,
     NODE_A,
     Identity,
     free_port,
+    mesh_node_id,
     running_issuer,
     spawn_controller,
     spawn_node,
+    tls_request,
     wait_ready,
 )
 
@@ -40,6 +44,8 @@ class Mesh:
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.http: dict[str, int] = {n: free_port() for n in NODES}
         self.udp: dict[str, int] = {n: free_port() for n in NODES}
+        self.admin_token_file = tmp / "admin-token"
+        self.admin_token_file.write_text(ADMIN_TOKEN + "\n")
         self.env = {
             **os.environ,
             "SPIFFE_ENDPOINT_SOCKET": f"unix://{identity.issuer.socket_path}",
@@ -66,12 +72,23 @@ class Mesh:
                 "--local-ca",
                 "--state-dir",
                 str(self.tmp / "ctl"),
+                "--admin-token-file",
+                str(self.admin_token_file),
             ],
             env={"SPIFFE_ENDPOINT_SOCKET": f"unix://{self.identity.issuer.socket_path}"},
             log=self.tmp / "controller.log",
             identity=self.identity,
         )
         wait_ready(self.base, self.controller)
+
+    def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        """An admin request over TLS (the admin token, no client certificate)."""
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        return tls_request(self.api, self.identity, method, path, headers=headers, **kwargs)
+
+    def link_up(self, name: str, peer: str) -> bool:
+        links = self.get(name, "/v1/status").json()["links"]
+        return any(link["peer"] == peer and link["state"] == "up" for link in links)
 
     def stop_controller(self) -> None:
         assert self.controller is not None
@@ -193,3 +210,50 @@ def test_process_mesh_ping_metrics_controller_outage_and_restart(mesh: Mesh) -> 
     assert (mesh.tmp / "n3" / "node-key.pem").read_bytes() == key_before
     assert mesh.ping("n1", "n3")["received"] == 2
     mesh.wait(lambda: mesh.get("n1", "/v1/status").json()["controller_reachable"] is True)
+
+
+def _drop_time(mesh: Mesh, peers: tuple[str, ...], gone: str, since: float) -> float:
+    """Poll until none of ``peers`` has an up link to ``gone``; the seconds since ``since``
+    (a ``time.monotonic()``) it took."""
+    mesh.wait(lambda: not any(mesh.link_up(p, gone) for p in peers), timeout=60)
+    return time.monotonic() - since
+
+
+def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
+    """An admin deleting n3 — still running and heartbeating, its PQ SVID still valid, so
+    nothing but the membership can drop its links — drops the links of n1 and n2 to it
+    (watch stream -> membership -> links closed), and n3's handshakes are refused from then
+    on; a link rule naming two nodes' SPIFFE IDs closes their link. The times printed are the
+    figures of docs/node.md ("Membership and links")."""
+    n1, n2, n3 = (mesh_node_id(n) for n in ("n1", "n2", "n3"))
+    every = [{"from": "*", "to": "*", "action": a, "allow": True} for a in ("link", "talk")]
+    # n3 may not join again: without this its next status report (404) would re-register it.
+    deny_join = {"from": n3, "to": "*", "action": "join", "allow": False}
+    allow_join = {"from": "*", "to": "*", "action": "join", "allow": True}
+    answer = mesh.admin("PUT", "/api/v1/policy", json={"rules": [deny_join, allow_join, *every]})
+    assert answer.status_code == 200, answer.text
+    mesh.wait(lambda: mesh.link_up("n1", "n3") and mesh.link_up("n2", "n3"))
+    failed = mesh.get("n1", "/v1/status").json()["counters"].get("handshakes_failed", 0)
+
+    started = time.monotonic()
+    assert mesh.admin("DELETE", "/api/v1/nodes/n3").status_code == 204
+    took = _drop_time(mesh, ("n1", "n2"), "n3", started)
+    print(f"admin delete -> links to the deleted node down on both peers: {took:.3f} s")
+    assert mesh.nodes["n3"].poll() is None  # n3 runs on: the membership dropped the links
+    # n3 keeps handshaking with its still valid certificate; n1 refuses every attempt.
+    mesh.wait(
+        lambda: mesh.get("n1", "/v1/status").json()["counters"].get("handshakes_failed", 0) > failed
+    )
+    assert not mesh.link_up("n1", "n3")
+    assert not mesh.link_up("n2", "n3")
+    assert mesh.admin("GET", "/api/v1/nodes/n3").status_code == 404
+
+    # A link rule by node SPIFFE ID: n1 and n2 may no longer link (both stay members).
+    rules = [{"from": n1, "to": n2, "action": "link", "allow": False}, allow_join, *every]
+    started = time.monotonic()
+    assert mesh.admin("PUT", "/api/v1/policy", json={"rules": rules}).status_code == 200
+    took = _drop_time(mesh, ("n1",), "n2", started)
+    print(f"link rule by node SPIFFE ID -> link closed: {took:.3f} s")
+    assert not mesh.link_up("n2", "n1")
+    nodes = mesh.admin("GET", "/api/v1/nodes").json()["nodes"]
+    assert {n["node_id"] for n in nodes} == {"n1", "n2"}

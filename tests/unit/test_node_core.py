@@ -472,3 +472,90 @@ def test_nested_and_inconsistent_fragments_are_dropped_and_counted() -> None:
     assert b.dropped["fragment_nested"] == 1
     assert b.dropped["fragment_inconsistent"] == 1
     assert b.link_state("node-000") == "up"
+
+
+# --- who may handshake: only current members (docs/protocol.md, "Who may handshake") ---------
+
+
+def test_a_mesh_ca_certificate_for_an_unregistered_node_id_does_not_link() -> None:
+    net = Net(2)
+    a, b = net.cores.values()
+    # node-001's PQ SVID is signed by the mesh CA, but node-000's membership does not list it.
+    a.set_members([], net.now)
+    b.set_members(net.members(), net.now)
+    net.transfer()
+    net.advance(10.0)
+    assert a.link_state("node-001") != "up"
+    assert b.link_state("node-000") != "up"
+    assert a.counters["handshakes_failed"] > 0
+    assert a.counters["handshakes_ok"] == 0
+    # Once the membership lists it, the same certificate links.
+    a.set_members(net.members(), net.now)
+    net.transfer()
+    net.run_until(lambda: a.link_state("node-001") == "up")
+
+
+def test_a_rekeyed_member_loses_its_link_at_once_and_its_old_key_no_longer_links() -> None:
+    net = _line(2)
+    a, b = net.cores.values()
+    assert a.link_state("node-001") == "up"
+    rotated = issue_identity(net.ca, "node-001")  # a new key, as after a rotation
+    members = [
+        dataclasses.replace(m, cert_der=rotated.cert_der) if m.node_id == "node-001" else m
+        for m in net.members()
+    ]
+    a.set_members(members, net.now)
+    # Dropped in the same step as the membership change (no time passes).
+    assert a.link_state("node-001") == "none"
+    # node-001 still holds the old key and certificate: its handshakes are refused.
+    failed = a.counters["handshakes_failed"]
+    net.transfer()
+    net.advance(10.0)
+    assert a.link_state("node-001") != "up"
+    assert a.counters["handshakes_failed"] > failed
+    # The holder of the new key links.
+    b.set_identity(rotated, net.now)
+    b.set_members(members, net.now)
+    net.transfer()
+    net.run_until(lambda: a.link_state("node-001") == "up")
+
+
+def test_a_renewed_certificate_with_the_same_key_keeps_the_link() -> None:
+    net = _line(2)
+    a, b = net.cores.values()
+    renewed = issue_identity(net.ca, "node-001", key=b.identity.signing_key)
+    b.set_identity(renewed, net.now)
+    members = [
+        dataclasses.replace(m, cert_der=renewed.cert_der) if m.node_id == "node-001" else m
+        for m in net.members()
+    ]
+    a.set_members(members, net.now)
+    assert a.link_state("node-001") == "up"
+    net.transfer()
+    net.advance(2.0)
+    assert a.link_state("node-001") == "up"
+
+
+def test_a_deleted_member_cannot_link_again_with_its_still_valid_certificate() -> None:
+    net = _line(2)
+    a = net.cores["node-000"]
+    a.set_members([m for m in net.members() if m.node_id != "node-001"], net.now)
+    assert a.link_state("node-001") == "none"
+    net.transfer()
+    net.advance(10.0)
+    assert a.link_state("node-001") != "up"
+
+
+def test_a_member_whose_certificate_names_another_spiffe_id_is_not_linked() -> None:
+    net = _line(2)
+    a = net.cores["node-000"]
+    members = [
+        dataclasses.replace(m, spiffe_id=m.spiffe_id + "-other") if m.node_id == "node-001" else m
+        for m in net.members()
+    ]
+    a.set_members(members, net.now)
+    assert a.link_state("node-001") == "none"
+    assert a.all_dropped()["member_cert_rejected"] >= 1
+    net.transfer()
+    net.advance(10.0)
+    assert a.link_state("node-001") != "up"

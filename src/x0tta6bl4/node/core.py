@@ -27,6 +27,7 @@ counters (:attr:`dropped`, :attr:`counters`). Not thread-safe: one owner drives 
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import random
 import struct
@@ -219,6 +220,9 @@ class NodeCore:
         self._may_link = may_link or _allow
         self._may_talk = may_talk or _allow
         self._members: dict[str, Member] = {}
+        #: The ML-DSA-65 public key of each member's current PQ SVID (from the membership):
+        #: the only key a handshake for that node ID may present.
+        self._member_keys: dict[str, bytes] = {}
         self._keys: dict[str, mldsa.MLDSA65PublicKey] = {}
         self._fd_config = FailureDetectorConfig(
             interval=self.config.heartbeat_interval, dead_after=self.config.dead_after
@@ -359,25 +363,55 @@ class NodeCore:
         self._process(now)
 
     def set_members(self, members: Iterable[Member], now: float) -> None:
-        """The membership changed (from the controller); learn keys, re-select neighbours."""
+        """The membership changed (from the controller); learn keys, re-select neighbours.
+
+        A node that left the membership, or whose current PQ SVID certifies another key than
+        before (re-keyed, or a certificate that no longer verifies), loses its link and its
+        end-to-end session at once: from now on only a handshake with the membership's
+        current certificate key is accepted for that node ID (:meth:`_known_identity`).
+        """
         self._now = now
         new = {m.node_id: m for m in members if m.node_id != self.node_id}
-        for node_id in set(self._members) - set(new):
-            self.neighbourhood.close(node_id, now)
-            self.e2e.forget(node_id)
+        keys: dict[str, bytes] = {}
+        learned: list[PeerIdentity] = []
         for member in new.values():
             old = self._members.get(member.node_id)
-            if member.cert_der is not None and (old is None or old.cert_der != member.cert_der):
-                try:
-                    identity = verify_svid(member.cert_der, self.identity.bundle, self._wall(now))
-                except CryptoError:
-                    self.dropped[NodeDrop.MEMBER_CERT_REJECTED] += 1
-                else:
-                    if identity.node_id == member.node_id:
-                        self._learn(identity, now)
+            if member.cert_der is None:
+                continue
+            if old == member:
+                known = self._member_keys.get(member.node_id)
+                if known is not None:
+                    keys[member.node_id] = known
+                continue
+            try:
+                identity = verify_svid(member.cert_der, self.identity.bundle, self._wall(now))
+            except CryptoError:
+                self.dropped[NodeDrop.MEMBER_CERT_REJECTED] += 1
+                continue
+            if identity.node_id != member.node_id or identity.spiffe_id != member.spiffe_id:
+                self.dropped[NodeDrop.MEMBER_CERT_REJECTED] += 1
+                continue
+            keys[member.node_id] = identity.public_key_bytes
+            learned.append(identity)
+        for node_id in set(self._members) | set(self._link):
+            current, before = new.get(node_id), self._members.get(node_id)
+            gone = current is None or (before is not None and before.spiffe_id != current.spiffe_id)
+            rekeyed = (
+                current is not None
+                and current.cert_der is not None
+                and (keys.get(node_id) != self._member_keys.get(node_id))
+            )
+            if gone or rekeyed:
+                self.neighbourhood.close(node_id, now)
+                self.e2e.forget(node_id)
+        for identity in learned:
+            self._learn(identity, now)
+        for member in new.values():
+            old = self._members.get(member.node_id)
             if old is not None and old.endpoint != member.endpoint:
                 self.links.set_addr(member.node_id, member.endpoint)
         self._members = new
+        self._member_keys = keys
         self.neighbourhood.reselect(now)
         self._process(now)
 
@@ -618,8 +652,16 @@ class NodeCore:
         return self._may_link(self.identity.spiffe_id, spiffe_id)
 
     def _known_identity(self, peer: PeerIdentity) -> bool:
+        """Whether ``peer`` (a verified PQ SVID) is a current member: its node ID is in the
+        membership, with this SPIFFE ID, and — when the membership carries the member's
+        certificate — with this certificate's key (docs/protocol.md, "Who may handshake")."""
         member = self._members.get(peer.node_id)
-        return member is None or member.spiffe_id == peer.spiffe_id
+        if member is None or member.spiffe_id != peer.spiffe_id:
+            return False
+        if member.cert_der is None:
+            return True
+        key = self._member_keys.get(peer.node_id)
+        return key is not None and hmac.compare_digest(key, peer.public_key_bytes)
 
     def _authorize_link(self, peer: PeerIdentity) -> bool:
         if peer.node_id == self.node_id or not self._known_identity(peer):
