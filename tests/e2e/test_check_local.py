@@ -95,7 +95,8 @@ def test_up_writes_its_descriptor_and_prints_the_check_command(mesh: Mesh) -> No
     assert data["api"][0].startswith("https://127.0.0.1:")
     assert Path(data["trust_bundle"]).is_absolute()
     assert b"BEGIN CERTIFICATE" in Path(data["trust_bundle"]).read_bytes()
-    assert data["identity"]["provider"] == "embedded"
+    # up --identity auto: SPIRE when its binaries are there, else the embedded issuer.
+    assert data["identity"]["provider"] in ("embedded", "spire")
     assert Path(data["identity"]["agent_socket"]).is_socket()
     assert data["controller_spiffe_id"].endswith("/ns/local/sa/x0tta6bl4-app/controller")
 
