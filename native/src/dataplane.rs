@@ -1228,10 +1228,16 @@ pub fn raw_echo(window: usize, duration: f64, size: usize, max_samples: usize) -
     let client_fd = OwnedFd::from(client);
     sys::set_nonblocking(&server_fd)?;
     sys::set_nonblocking(&client_fd)?;
+    // The same batching as the data plane: UDP_GRO on receive, UDP_SEGMENT runs on send where
+    // the kernel has them (Shared::new, Shared::flush).
+    let gso = sys::udp_gso_supported(&client_fd);
+    sys::enable_udp_gro(&server_fd);
+    sys::enable_udp_gro(&client_fd);
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = stop.clone();
     let echo = std::thread::spawn(move || {
-        let mut batch = RecvBatch::new(2048);
+        let mut batch = RecvBatch::new(RECV_BUF);
+        let mut runs = Vec::new();
         while !stop_server.load(Ordering::Relaxed) {
             if sys::poll(&[server_fd.as_raw_fd()], 100).map(|r| r[0] == 0).unwrap_or(true) {
                 continue;
@@ -1242,16 +1248,18 @@ pub fn raw_echo(window: usize, duration: f64, size: usize, max_samples: usize) -
                     break;
                 }
                 let replies: Vec<(&[u8], SocketAddr)> = (0..n)
-                    .filter_map(|i| batch.addrs[i].map(|a| (&batch.bufs[i][..batch.lens[i]], a)))
+                    .filter_map(|i| batch.addrs[i].map(|a| (i, a)))
+                    .flat_map(|(i, a)| datagrams(&batch, i).map(move |d| (d, a)))
                     .collect();
-                let _ = sys::send_batch(&server_fd, &replies);
+                send_echo(&server_fd, &replies, &mut runs, gso);
                 if n < BATCH {
                     break;
                 }
             }
         }
     });
-    let mut batch = RecvBatch::new(2048);
+    let mut batch = RecvBatch::new(RECV_BUF);
+    let mut runs = Vec::new();
     let mut in_flight: HashMap<u64, f64> = HashMap::new();
     let mut latencies = Vec::new();
     let mut next: u64 = 0;
@@ -1272,7 +1280,7 @@ pub fn raw_echo(window: usize, duration: f64, size: usize, max_samples: usize) -
     loop {
         if !out.is_empty() {
             let refs: Vec<(&[u8], SocketAddr)> = out.iter().map(|p| (p.as_slice(), server_addr)).collect();
-            let _ = sys::send_batch(&client_fd, &refs);
+            send_echo(&client_fd, &refs, &mut runs, gso);
             out.clear();
         }
         let now = sys::monotonic();
@@ -1297,20 +1305,22 @@ pub fn raw_echo(window: usize, duration: f64, size: usize, max_samples: usize) -
             let n = sys::recv_batch(&client_fd, &mut batch).unwrap_or(0);
             let now = sys::monotonic();
             for i in 0..n {
-                if batch.lens[i] < 8 {
-                    continue;
-                }
-                let mut s = [0u8; 8];
-                s.copy_from_slice(&batch.bufs[i][..8]);
-                if let Some(sent) = in_flight.remove(&u64::from_be_bytes(s)) {
-                    done += 1;
-                    if latencies.len() < max_samples {
-                        latencies.push(now - sent);
+                for d in datagrams(&batch, i) {
+                    if d.len() < 8 {
+                        continue;
                     }
-                    if now < deadline {
-                        out.push(payload(next));
-                        in_flight.insert(next, now);
-                        next += 1;
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&d[..8]);
+                    if let Some(sent) = in_flight.remove(&u64::from_be_bytes(s)) {
+                        done += 1;
+                        if latencies.len() < max_samples {
+                            latencies.push(now - sent);
+                        }
+                        if now < deadline {
+                            out.push(payload(next));
+                            in_flight.insert(next, now);
+                            next += 1;
+                        }
                     }
                 }
             }
@@ -1322,6 +1332,23 @@ pub fn raw_echo(window: usize, duration: f64, size: usize, max_samples: usize) -
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
     Ok((done, duration, latencies))
+}
+
+/// The datagrams of received message `i`: one, or a UDP_GRO run cut at its segment size.
+fn datagrams(batch: &RecvBatch, i: usize) -> std::slice::Chunks<'_, u8> {
+    let data = &batch.bufs[i][..batch.lens[i]];
+    let size = if batch.gso[i] == 0 { data.len() } else { batch.gso[i] };
+    data.chunks(size.max(1))
+}
+
+/// Send with UDP_SEGMENT runs where the kernel has them, as `Shared::flush` does.
+fn send_echo(fd: &OwnedFd, packets: &[(&[u8], SocketAddr)], runs: &mut Vec<GsoRun>, gso: bool) {
+    if gso && packets.len() > 1 {
+        sys::gso_runs(packets, runs);
+        let _ = sys::send_gso(fd, packets, runs);
+    } else {
+        let _ = sys::send_batch(fd, packets);
+    }
 }
 
 #[cfg(test)]

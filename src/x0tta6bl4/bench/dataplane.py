@@ -33,8 +33,9 @@ Rust packet path (each its own I/O thread); the mesh echo is driven natively too
 (``Dataplane.echo_bench``: ``window`` echoes in flight from ``dp-000``'s data plane, each reply
 sending the next, the destination's data plane answering), run from a worker thread while the
 event loop keeps the control plane (heartbeats, routing) going. ``raw_native_pps`` is raw UDP
-echo between two loopback sockets in native code with the same recvmmsg/sendmmsg batching
-(``raw_echo_bench``), measured in the same rounds; ``native_ratio`` = ``pps_1hop`` ÷
+echo between two loopback sockets in native code with the same batching (recvmmsg/sendmmsg,
+``UDP_GRO`` and ``UDP_SEGMENT`` runs where the kernel has them; ``raw_echo_bench``), measured
+in the same rounds; ``native_ratio`` = ``pps_1hop`` ÷
 ``raw_native_pps`` (goal ≥ 0.5). ``raw_pps`` stays the asyncio raw echo, so ``ratio`` keeps
 its meaning. Latencies are medians of echoes sent one at a time (window 1).
 """
