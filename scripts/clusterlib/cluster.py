@@ -7,6 +7,7 @@ re-checks it, ``down`` removes exactly what ``up`` made, whatever state it was l
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import itertools
 import json
@@ -301,8 +302,10 @@ class Cluster:
                 run([str(BUILD_IMAGE), "--out", str(cached)], timeout=3600)
             out = self.dir / "images" / "x0tta6bl4-mesh.tar"
             out.parent.mkdir(parents=True, exist_ok=True)
-            if not out.exists():
-                shutil.copyfile(cached, out)
+            # A resumed cluster of a changed checkout gets the new image: copied with its mtime,
+            # which load_images' per-node record keys on, so it is imported again.
+            if not out.exists() or not filecmp.cmp(cached, out, shallow=True):
+                shutil.copy2(cached, out)
             files.append(out)
         files += [p.resolve() for p in extra]
         return files
