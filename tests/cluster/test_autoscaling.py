@@ -17,7 +17,13 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from tests.cluster.kube import RealCluster, wait_until
+
+# The first test of the package pays for the shared cluster's `up` and `staging` (3-8 min
+# under load), like the other files here.
+pytestmark = pytest.mark.timeout(3600)
 
 HPA = "hpa/x0tta6bl4-controller-hpa"
 DEPLOYMENT = "deployment/x0tta6bl4-controller"
