@@ -257,3 +257,41 @@ def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
     assert not mesh.link_up("n2", "n1")
     nodes = mesh.admin("GET", "/api/v1/nodes").json()["nodes"]
     assert {n["node_id"] for n in nodes} == {"n1", "n2"}
+
+
+def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
+    """Issue 12, the original attack: processes claiming n2's node ID with fresh keys — one
+    under another node's SPIFFE ID, one under n2's own SPIFFE ID (a process that obtained n2's
+    identity but not its key) — get 409 node_id_taken; n2's record and links are unchanged and
+    no peer ever completes a handshake with an impostor (it never gets a PQ SVID)."""
+    fields = ("spiffe_id", "endpoint", "overlay_ip", "ml_dsa_public_key", "pq_svid")
+
+    def record() -> tuple[object, ...]:
+        detail = mesh.admin("GET", "/api/v1/nodes/n2").json()
+        return tuple(detail[f] for f in fields)
+
+    before = record()
+    impostors: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, spiffe_id in enumerate((mesh_node_id("n4"), mesh_node_id("n2"))):
+            name, http = f"impostor{i}", free_port()
+            impostors.append(
+                spawn_node(
+                    mesh.api, "n2", f"127.0.0.1:{free_port()}", http, mesh.tmp / name,
+                    env=mesh.env, log=mesh.tmp / f"{name}.log", identity=mesh.identity,
+                    spiffe_id=spiffe_id,
+                )
+            )  # fmt: skip
+            log = mesh.tmp / f"{name}.log"
+            mesh.wait(lambda log=log: "node_id_taken" in log.read_text())  # type: ignore[misc]
+            status = httpx.get(f"http://127.0.0.1:{http}/v1/status", timeout=5).json()
+            assert status["registered"] is False
+        assert record() == before
+        for proc in impostors:
+            assert proc.poll() is None  # still trying, still refused
+        assert mesh.link_up("n1", "n2")
+        assert mesh.link_up("n3", "n2")
+    finally:
+        for proc in impostors:
+            proc.terminate()
+            proc.wait(20)

@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from spiffe import SpiffeId
 
 from x0tta6bl4.controller.config import JWT_AUDIENCE, ControllerSettings
+from x0tta6bl4.controller.registration import rotation_proof
 from x0tta6bl4.controller.server import ControllerServer, build_server
 from x0tta6bl4.crypto.pqsvid import proof_of_possession
 from x0tta6bl4.crypto.suite import SigningKey
@@ -159,6 +160,24 @@ def register_body(
         "ml_dsa_public_key": base64.b64encode(key.public_bytes).decode(),
         "pop": pop_fields(key, spiffe_id=spiffe_id, node_id=node_id, **pop),
     }
+
+
+def rotation_body(
+    previous: SigningKey, new: SigningKey, *, spiffe_id: str, node_id: str
+) -> dict[str, Any]:
+    """A register body for ``new`` with the rotation proof of ``previous``."""
+    body = register_body(new, spiffe_id=spiffe_id, node_id=node_id)
+    nonce = base64.b64decode(body["pop"]["nonce"])
+    signature = rotation_proof(
+        previous,
+        new.public_bytes,
+        spiffe_id=spiffe_id,
+        node_id=node_id,
+        nonce=nonce,
+        timestamp=body["pop"]["timestamp"],
+    )
+    body["rotation"] = {"signature": base64.b64encode(signature).decode()}
+    return body
 
 
 def bearer(token: str) -> dict[str, str]:

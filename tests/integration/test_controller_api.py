@@ -34,12 +34,14 @@ from tests.integration.controller_support import (
     free_port,
     pop_fields,
     register_body,
+    rotation_body,
     running_controller,
     running_issuer,
     spawn_controller,
     wait_ready,
 )
 from x0tta6bl4.controller.ca import rotate_ca_dir
+from x0tta6bl4.controller.registration import KEY_REBIND_AFTER
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.identity.issuer.authority import Authority
@@ -216,6 +218,11 @@ async def test_renew(
         "ml_dsa_public_key": base64.b64encode(new_key.public_bytes).decode(),
         "pop": pop_fields(new_key, spiffe_id=NODE_A, node_id="node-1"),
     }
+    # A new key for a live node ID needs the previous key's rotation proof.
+    r = await client.tls(NODE_A).post("/api/v1/nodes/node-1/renew", json=body)
+    assert (r.status_code, r.json()["error"]) == (409, "node_id_taken")
+    body = rotation_body(key, new_key, spiffe_id=NODE_A, node_id="node-1")
+    del body["node_id"], body["endpoint"]
     r = await client.tls(NODE_A).post("/api/v1/nodes/node-1/renew", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["overlay_ip"] == first["overlay_ip"]
@@ -226,7 +233,7 @@ async def test_renew(
     # Another identity may not renew node-1; an unknown node cannot be renewed.
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_B, node_id="node-1")
     r = await client.tls(NODE_B).post("/api/v1/nodes/node-1/renew", json=body)
-    assert (r.status_code, r.json()["error"]) == (403, "identity_mismatch")
+    assert (r.status_code, r.json()["error"]) == (409, "node_id_taken")
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_A, node_id="ghost")
     r = await client.tls(NODE_A).post("/api/v1/nodes/ghost/renew", json=body)
     assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
@@ -237,7 +244,7 @@ async def test_two_identities_racing_for_new_node_ids_one_wins(
     ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     """Both identities register the same fresh node IDs at once: both usually pass the early
-    ownership check, and the store's atomic check decides — one 200, one 403 per node ID."""
+    ownership check, and the store's atomic check decides — one 200, one 409 per node ID."""
     _, client = ctl
     node_ids = [f"race-{i}" for i in range(8)]
     requests = [
@@ -255,12 +262,12 @@ async def test_two_identities_racing_for_new_node_ids_one_wins(
             assert answer.json()["spiffe_id"] == sid
             winners[node_id] = sid
         else:
-            assert (answer.status_code, answer.json()["error"]) == (403, "identity_mismatch")
+            assert (answer.status_code, answer.json()["error"]) == (409, "node_id_taken")
     assert sorted(winners) == node_ids
     stored = {n["node_id"]: n["spiffe_id"] for n in await _nodes(client)}
     assert stored == winners
     metrics = (await client.get("/metrics")).text
-    rejected = 'x0tta6bl4_registrations_rejected_total{reason="identity_mismatch"}'
+    rejected = 'x0tta6bl4_registrations_rejected_total{reason="node_id_taken"}'
     assert _metric_labels(metrics, rejected) == len(node_ids)
     assert _metric_labels(metrics, 'x0tta6bl4_pq_svids_issued_total{kind="register"}') == len(
         node_ids
@@ -936,3 +943,48 @@ def test_controller_refuses_to_start_without_ca(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "listen" in out.stderr
+
+
+async def test_a_live_node_id_is_bound_to_its_key(
+    ctl: tuple[Any, ControllerClients], key: SigningKey
+) -> None:
+    """Issue 12: the first registration binds node-k to NODE_A and ``key``. Another identity
+    or another key gets 409 node_id_taken and changes nothing; a rotation proof made with the
+    previous key hands the node ID over (a proof made with any other key does not); after
+    KEY_REBIND_AFTER seconds of silence the same identity may bind a new key (lost state);
+    an admin DELETE releases the node ID at once."""
+    app, client = ctl
+    assert (await _register(client, key, NODE_A, "node-k")).status_code == 200
+    record = (await client.get("/api/v1/nodes/node-k", headers=ADMIN)).json()
+    impostor = SigningKey.generate()
+    for sid in (NODE_B, NODE_A):  # another identity; the same identity with a fresh key
+        r = await _register(client, impostor, sid, "node-k")
+        assert (r.status_code, r.json()["error"]) == (409, "node_id_taken"), r.text
+    assert (await client.get("/api/v1/nodes/node-k", headers=ADMIN)).json() == record
+    metrics = (await client.get("/metrics")).text
+    assert (
+        _metric_labels(metrics, 'x0tta6bl4_registrations_rejected_total{reason="node_id_taken"}')
+        == 2
+    )
+    # A rotation proof by a key that is not the previous one.
+    forged = rotation_body(impostor, impostor, spiffe_id=NODE_A, node_id="node-k")
+    r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=forged)
+    assert (r.status_code, r.json()["error"]) == (401, "pop_invalid")
+    # The previous key's proof; replaying the same request is refused (its nonce is spent).
+    rotated = rotation_body(key, impostor, spiffe_id=NODE_A, node_id="node-k")
+    r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=rotated)
+    assert r.status_code == 200, r.text
+    detail = (await client.get("/api/v1/nodes/node-k", headers=ADMIN)).json()
+    assert detail["ml_dsa_public_key"] == base64.b64encode(impostor.public_bytes).decode()
+    assert detail["overlay_ip"] == record["overlay_ip"]
+    r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=rotated)
+    assert (r.status_code, r.json()["error"]) == (401, "pop_replayed")
+    # Silent for KEY_REBIND_AFTER seconds: the same identity may bind a new key.
+    registrar = app.state.controller.registrar
+    registrar._clock = lambda: time.time() + KEY_REBIND_AFTER + 1
+    assert (await _register(client, key, NODE_B, "node-k")).status_code == 409
+    assert (await _register(client, key, NODE_A, "node-k")).status_code == 200
+    registrar._clock = time.time
+    # An admin DELETE releases the node ID: any identity may take it.
+    assert (await client.delete("/api/v1/nodes/node-k", headers=ADMIN)).status_code == 204
+    assert (await _register(client, impostor, NODE_B, "node-k")).status_code == 200

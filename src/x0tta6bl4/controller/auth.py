@@ -19,8 +19,11 @@ caller is authenticated by
 
 The caller is an admin with the admin token, or if its SPIFFE ID is listed in
 ``--admin-spiffe-id``. :class:`Principal` carries ``credential_sha256``, the SHA-256 of what
-authenticated it (the client certificate's DER, else the JWT-SVID): proofs of possession sign
-it, so a proof is worth nothing on another connection or with another token.
+authenticated it (the client certificate's DER, else the JWT-SVID), for logs and audits. What
+makes a captured credential worthless for node operations is not a hash in the proof of
+possession but the two keys it cannot carry: node operations need mutual TLS (the X.509-SVID's
+private key) *and* a proof of possession by the node ID's bound ML-DSA-65 key with a fresh,
+single-use nonce (``docs/api.md``, "Key binding").
 
 :class:`Authenticator` raises :class:`~x0tta6bl4.controller.errors.AuthError` with a machine
 reason from :class:`~x0tta6bl4.controller.errors.AuthFailure`; the API answers 401, 403 or 503

@@ -37,6 +37,7 @@ class AdmissionRefusal(enum.StrEnum):
     CLOCK_SKEW = "clock_skew"
     POLICY_DENIED = "policy_denied"
     IDENTITY_MISMATCH = "identity_mismatch"
+    NODE_ID_TAKEN = "node_id_taken"
     NODE_NOT_FOUND = "node_not_found"
     POP_INVALID = "pop_invalid"
     POP_REPLAYED = "pop_replayed"

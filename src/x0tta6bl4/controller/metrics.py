@@ -55,6 +55,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "clock_skew",
     "policy_denied",
     "identity_mismatch",
+    "node_id_taken",
     "node_not_found",
     "cidr_exhausted",
     "invalid_request",

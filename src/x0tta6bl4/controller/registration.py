@@ -5,21 +5,30 @@ The order is fixed so that a refused request costs little and changes nothing:
 1. the caller is already authenticated (JWT-SVID) by the route;
 2. cheap checks: base64 fields, nonce length, timestamp within the clock-skew window;
 3. the policy: may this SPIFFE ID join;
-4. the node ID must not belong to another SPIFFE ID (and, on renewal, must exist) — a cheap
-   early refusal; the store checks ownership again, atomically with the write, in step 7;
-5. the ML-DSA-65 proof of possession over (spiffe_id, node_id, nonce, timestamp);
+4. the node ID must not be bound to another SPIFFE ID (``409 node_id_taken``; on renewal it
+   must exist) — a cheap early refusal; the store checks ownership again, atomically with the
+   write, in step 7;
+5. the ML-DSA-65 proof of possession over (spiffe_id, node_id, nonce, timestamp); then the
+   **key binding**: a node ID registered with another key is refused (``409 node_id_taken``)
+   unless the request carries a rotation proof — a signature by the *previous* key over
+   :func:`rotation_nonce` (this request's nonce and the new key's SHA-256) — or the record has
+   been silent (no registration or status report) for :data:`KEY_REBIND_AFTER` seconds (a node
+   that lost its key, e.g. a pod restarted with an empty state directory); an admin's
+   ``DELETE`` releases the node ID at once;
 6. the nonce is recorded in the store's replay guard (shared by every replica) — a second
    use is refused;
 7. only then: the mesh CA signs the PQ SVID and the store allocates the overlay address and
    writes the record in one atomic step (nothing is written if the CIDR is full, or if the
    node ID was claimed by another SPIFFE ID since step 4: of two SPIFFE IDs racing for one
-   new node ID exactly one wins, the other gets ``403 identity_mismatch``).
+   new node ID exactly one wins, the other gets ``409 node_id_taken``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,18 +48,58 @@ from x0tta6bl4.controller.models import (
 from x0tta6bl4.controller.store.base import Store
 from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
-from x0tta6bl4.crypto.pqsvid import verify_proof_of_possession
+from x0tta6bl4.crypto.pqsvid import proof_of_possession, verify_proof_of_possession
+from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.policy import PolicyEngine, default_policy
 from x0tta6bl4.records import ModelError
 
-__all__ = ["Admission", "PossessionProof", "Registrar", "current_policy"]
+__all__ = [
+    "KEY_REBIND_AFTER",
+    "Admission",
+    "PossessionProof",
+    "Registrar",
+    "current_policy",
+    "rotation_nonce",
+    "rotation_proof",
+]
 
 _log = get_logger(__name__)
 
 MIN_NONCE = 16
 MAX_NONCE = 64
+KEY_REBIND_AFTER = 30.0
+"""Seconds a node ID's record must have been silent (no registration, renewal or status
+report; nodes report every 5 s) before the same SPIFFE ID may bind it to another key without
+a rotation proof."""
+_ROTATION = b"x0tta6bl4-rotate-v1"
+
+
+def rotation_nonce(nonce: bytes, new_public_key: bytes) -> bytes:
+    """What the previous key signs (as the ``nonce`` of a proof of possession, with the same
+    SPIFFE ID, node ID and timestamp as the request's own proof) to hand the node ID over to
+    ``new_public_key``: ``"x0tta6bl4-rotate-v1" ‖ nonce ‖ SHA-256(new key)``."""
+    return _ROTATION + nonce + hashlib.sha256(new_public_key).digest()
+
+
+def rotation_proof(
+    previous: SigningKey,
+    new_public_key: bytes,
+    *,
+    spiffe_id: str,
+    node_id: str,
+    nonce: bytes,
+    timestamp: int,
+) -> bytes:
+    """The rotation proof's signature (see :func:`rotation_nonce`)."""
+    return proof_of_possession(
+        previous,
+        spiffe_id=spiffe_id,
+        node_id=node_id,
+        nonce=rotation_nonce(nonce, new_public_key),
+        timestamp=timestamp,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +170,8 @@ class Registrar:
 
     def _identity_mismatch(self, node_id: str) -> AdmissionError:
         return AdmissionError(
-            AdmissionRefusal.IDENTITY_MISMATCH,
-            f"node {node_id!r} is registered to another SPIFFE ID",
+            AdmissionRefusal.NODE_ID_TAKEN,
+            f"node {node_id!r} is bound to another SPIFFE ID (an admin must delete it first)",
         )
 
     def _signer(self) -> LoadedCa:
@@ -130,6 +179,44 @@ class Registrar:
         if loaded is None:
             raise AdmissionError(AdmissionRefusal.CA_UNAVAILABLE, "the mesh CA is not loaded")
         return loaded
+
+    def _check_rebind(
+        self,
+        existing: NodeRecord,
+        public_key: bytes,
+        *,
+        rotation: str | None,
+        nonce: bytes,
+        timestamp: int,
+        now: float,
+    ) -> None:
+        """A registered node ID asked for with another key: the key binding (step 5)."""
+        node_id = existing.node_id
+        if rotation is not None:
+            try:
+                verify_proof_of_possession(
+                    existing.ml_dsa_public_key,
+                    _b64(rotation, "rotation.signature"),
+                    spiffe_id=existing.spiffe_id,
+                    node_id=node_id,
+                    nonce=rotation_nonce(nonce, public_key),
+                    timestamp=timestamp,
+                )
+            except CryptoError:
+                raise AdmissionError(
+                    AdmissionRefusal.POP_INVALID,
+                    "the rotation proof does not verify with the node's previous key",
+                ) from None
+            _log.info("node key rotated", node_id=node_id, proof="previous_key")
+            return
+        silent = now - existing.last_seen
+        if silent < KEY_REBIND_AFTER:
+            raise AdmissionError(
+                AdmissionRefusal.NODE_ID_TAKEN,
+                f"node {node_id!r} is live with another key (last seen {silent:.0f} s ago): "
+                "prove possession of the previous key (rotation) or have an admin delete it",
+            )
+        _log.info("node key rebound", node_id=node_id, silent_seconds=round(silent))
 
     async def admit(
         self,
@@ -140,6 +227,7 @@ class Registrar:
         public_key_b64: str,
         pop: PossessionProof,
         renew: bool,
+        rotation: str | None = None,
     ) -> Admission:
         """Run the checks of the module docstring; raise :class:`AdmissionError` on refusal."""
         now = self._clock()
@@ -186,6 +274,15 @@ class Registrar:
             raise AdmissionError(
                 AdmissionRefusal.POP_INVALID, "the proof of possession does not verify"
             ) from None
+        if existing is not None and not hmac.compare_digest(existing.ml_dsa_public_key, public_key):
+            self._check_rebind(
+                existing,
+                public_key,
+                rotation=rotation,
+                nonce=nonce,
+                timestamp=pop.timestamp,
+                now=now,
+            )
         if not await self._store.replay_guard(nonce, now + 2 * self._skew + 1):
             raise AdmissionError(
                 AdmissionRefusal.POP_REPLAYED, "this proof-of-possession nonce was used"

@@ -85,6 +85,7 @@ async def register(body: RegisterRequest, principal: Node, state: State) -> Resp
         public_key_b64=body.ml_dsa_public_key,
         pop=_proof(body.pop),
         renew=False,
+        rotation=None if body.rotation is None else body.rotation.signature,
     )
     if state.marker is not None:  # the state directory now knows this store holds nodes
         state.marker.record(state.store.location)
@@ -106,6 +107,7 @@ async def renew(node_id: NodeIdPath, body: RenewRequest, principal: Node, state:
         public_key_b64=body.ml_dsa_public_key,
         pop=_proof(body.pop),
         renew=True,
+        rotation=None if body.rotation is None else body.rotation.signature,
     )
     return _json(_admission_body(admission))
 

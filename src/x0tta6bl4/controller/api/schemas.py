@@ -84,6 +84,16 @@ class ProofOfPossession(_Request):
     )
 
 
+class RotationProof(_Request):
+    """Proof of possession of the node ID's previous key, to bind it to a new one: a
+    signature by the **previous** ML-DSA-65 key over ``rotation_nonce(pop.nonce, new key)``
+    (``x0tta6bl4.controller.registration.rotation_proof``)."""
+
+    signature: str = Field(
+        pattern=_B64, min_length=4, max_length=8192, description="base64 ML-DSA-65 signature"
+    )
+
+
 class RegisterRequest(_Request):
     """``POST /api/v1/nodes/register``: the caller's SPIFFE ID comes from its JWT-SVID."""
 
@@ -96,6 +106,7 @@ class RegisterRequest(_Request):
         description="base64 of the raw 1952-byte ML-DSA-65 public key",
     )
     pop: ProofOfPossession
+    rotation: RotationProof | None = None
 
 
 class RenewRequest(_Request):
@@ -104,6 +115,7 @@ class RenewRequest(_Request):
     ml_dsa_public_key: str = Field(pattern=_B64, min_length=4, max_length=4096)
     pop: ProofOfPossession
     endpoint: Endpoint | None = None
+    rotation: RotationProof | None = None
 
 
 class RegisterResponse(BaseModel):
