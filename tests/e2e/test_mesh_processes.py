@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -295,3 +296,37 @@ def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
         for proc in impostors:
             proc.terminate()
             proc.wait(20)
+
+
+def test_a_rotated_key_takes_over_and_the_old_certificate_stops_linking(mesh: Mesh) -> None:
+    """Issue 12: a second n3 process starts from a copy of n3's state dir with --rotate-key
+    (a new key, registered with the old key's rotation proof) while the old n3 keeps running
+    with the old key and its still valid PQ SVID. The peers drop their links to the old key
+    and link with the new one; the old process never links again. The time printed is the
+    membership change -> old links down delay (docs/node.md)."""
+    old_udp = f"127.0.0.1:{mesh.udp['n3']}"
+    shutil.copytree(mesh.tmp / "n3", mesh.tmp / "n3r")
+    old_key = (mesh.tmp / "n3r" / "node-key.pem").read_bytes()
+    udp, http = free_port(), free_port()
+    new_udp = f"127.0.0.1:{udp}"
+    mesh.nodes["n3r"] = spawn_node(
+        mesh.api, "n3", new_udp, http, mesh.tmp / "n3r", env=mesh.env,
+        log=mesh.tmp / "n3r.log", identity=mesh.identity, extra=("--rotate-key",),
+    )  # fmt: skip
+
+    def endpoint(peer: str) -> str | None:
+        for link in mesh.get(peer, "/v1/status").json()["links"]:
+            if link["peer"] == "n3" and link["state"] == "up":
+                return str(link["endpoint"])
+        return None
+
+    mesh.wait(lambda: mesh.admin("GET", "/api/v1/nodes/n3").json()["endpoint"] == new_udp)
+    started = time.monotonic()
+    mesh.wait(lambda: all(endpoint(p) != old_udp for p in ("n1", "n2")))
+    print(f"key rotation -> links to the old key down: {time.monotonic() - started:.3f} s")
+    mesh.wait(lambda: all(endpoint(p) == new_udp for p in ("n1", "n2")))
+    assert (mesh.tmp / "n3r" / "node-key.pem").read_bytes() != old_key
+    assert mesh.nodes["n3"].poll() is None  # the old key's holder runs on, unlinked
+    for _ in range(10):
+        assert all(endpoint(p) != old_udp for p in ("n1", "n2"))
+        time.sleep(0.3)

@@ -113,6 +113,15 @@ def node(  # noqa: PLR0917 - one parameter per flag
             help=f"missed heartbeats before link down (default: {DEFAULT_DEAD_AFTER})",
         ),
     ] = None,
+    rotate_key: Annotated[
+        bool | None,
+        typer.Option(
+            "--rotate-key",
+            envvar="X0_ROTATE_KEY",
+            help="replace the state dir's ML-DSA-65 key with a new one at start, proving "
+            "possession of the old one to the controller (peers drop links to the old key)",
+        ),
+    ] = None,
     dataplane: Annotated[
         str | None,
         typer.Option(
@@ -143,6 +152,7 @@ def node(  # noqa: PLR0917 - one parameter per flag
         "spiffe_socket": spiffe_socket,
         "trust_domain": trust_domain,
         "tun": tun,
+        "rotate_key": rotate_key,
         "heartbeat_interval": heartbeat_interval,
         "dead_after": dead_after,
         "dataplane": dataplane,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import time
 from collections.abc import Callable
@@ -48,8 +47,7 @@ from x0tta6bl4.controller.models import (
 from x0tta6bl4.controller.store.base import Store
 from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
-from x0tta6bl4.crypto.pqsvid import proof_of_possession, verify_proof_of_possession
-from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.crypto.pqsvid import rotation_nonce, rotation_proof, verify_proof_of_possession
 from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.policy import PolicyEngine, default_policy
@@ -73,33 +71,6 @@ KEY_REBIND_AFTER = 30.0
 """Seconds a node ID's record must have been silent (no registration, renewal or status
 report; nodes report every 5 s) before the same SPIFFE ID may bind it to another key without
 a rotation proof."""
-_ROTATION = b"x0tta6bl4-rotate-v1"
-
-
-def rotation_nonce(nonce: bytes, new_public_key: bytes) -> bytes:
-    """What the previous key signs (as the ``nonce`` of a proof of possession, with the same
-    SPIFFE ID, node ID and timestamp as the request's own proof) to hand the node ID over to
-    ``new_public_key``: ``"x0tta6bl4-rotate-v1" ‖ nonce ‖ SHA-256(new key)``."""
-    return _ROTATION + nonce + hashlib.sha256(new_public_key).digest()
-
-
-def rotation_proof(
-    previous: SigningKey,
-    new_public_key: bytes,
-    *,
-    spiffe_id: str,
-    node_id: str,
-    nonce: bytes,
-    timestamp: int,
-) -> bytes:
-    """The rotation proof's signature (see :func:`rotation_nonce`)."""
-    return proof_of_possession(
-        previous,
-        spiffe_id=spiffe_id,
-        node_id=node_id,
-        nonce=rotation_nonce(nonce, new_public_key),
-        timestamp=timestamp,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ validity is absolute time. Messages never contain key material.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import hmac
 import re
 import secrets
@@ -98,6 +99,8 @@ __all__ = [
     "UnknownIssuerError",
     "pop_message",
     "proof_of_possession",
+    "rotation_nonce",
+    "rotation_proof",
     "validate_node_id",
     "verify_proof_of_possession",
     "verify_svid",
@@ -833,3 +836,32 @@ def verify_proof_of_possession(
     except (ValueError, TypeError, AttributeError, UnicodeError) as exc:
         raise BadSignatureError("proof of possession fields are not encodable") from exc
     verify_signature(key, SignatureContext.PROOF_OF_POSSESSION, message, signature)
+
+
+_ROTATION = b"x0tta6bl4-rotate-v1"
+
+
+def rotation_nonce(nonce: bytes, new_public_key: bytes) -> bytes:
+    """What the previous key signs (as the ``nonce`` of a proof of possession, with the same
+    SPIFFE ID, node ID and timestamp as the request's own proof) to hand the node ID over to
+    ``new_public_key``: ``"x0tta6bl4-rotate-v1" ‖ nonce ‖ SHA-256(new key)``."""
+    return _ROTATION + nonce + hashlib.sha256(new_public_key).digest()
+
+
+def rotation_proof(
+    previous: SigningKey,
+    new_public_key: bytes,
+    *,
+    spiffe_id: str,
+    node_id: str,
+    nonce: bytes,
+    timestamp: int,
+) -> bytes:
+    """The rotation proof's signature (see :func:`rotation_nonce`)."""
+    return proof_of_possession(
+        previous,
+        spiffe_id=spiffe_id,
+        node_id=node_id,
+        nonce=rotation_nonce(nonce, new_public_key),
+        timestamp=timestamp,
+    )

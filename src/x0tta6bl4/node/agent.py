@@ -64,12 +64,18 @@ def load_or_create_key(state_dir: Path) -> SigningKey:
         return SigningKey.from_pem(path.read_bytes())
     state_dir.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
+    save_key(state_dir, key)
+    return key
+
+
+def save_key(state_dir: Path, key: SigningKey) -> None:
+    """Write ``key`` to ``state_dir`` (0600, atomically replacing the previous one)."""
+    path = state_dir / KEY_FILE
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(key.to_pem())
     os.replace(tmp, path)
-    return key
 
 
 def _der(pem: bytes) -> bytes:
@@ -81,6 +87,7 @@ class NodeAgent:
 
     def __init__(self, settings: NodeSettings, *, config: CoreConfig | None = None) -> None:
         self.settings = settings
+        self._previous_key: SigningKey | None = None
         self.node_id = settings.resolved_node_id()
         self.config = config or CoreConfig(
             heartbeat_interval=settings.heartbeat_interval, dead_after=settings.dead_after
@@ -257,8 +264,17 @@ class NodeAgent:
     async def _register(self, renew: bool) -> None:
         client = await self._control()
         assert self._key is not None
-        call = client.renew if renew else client.register
-        admission = await call(self.node_id, self._advertise, self._key)
+        if self._previous_key is not None and not renew:
+            # --rotate-key: the new key, with the old key's rotation proof; kept once admitted.
+            admission = await client.register(
+                self.node_id, self._advertise, self._key, previous_key=self._previous_key
+            )
+            await asyncio.to_thread(save_key, self.settings.state_dir, self._key)
+            self._previous_key = None
+            _log.info("node.key_rotated", node_id=self.node_id)
+        else:
+            call = client.renew if renew else client.register
+            admission = await call(self.node_id, self._advertise, self._key)
         identity = self._identity(admission)
         self.admission, self.identity = admission, identity
         self.controller_ok = True
@@ -291,6 +307,8 @@ class NodeAgent:
     async def run(self, stop: asyncio.Event, *, http: bool = True) -> None:
         """Run until ``stop`` is set."""
         self._key = await asyncio.to_thread(load_or_create_key, self.settings.state_dir)
+        if self.settings.rotate_key:
+            self._previous_key, self._key = self._key, SigningKey.generate()
         host, port = self.settings.listen_udp
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)

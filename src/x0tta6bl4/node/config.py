@@ -73,6 +73,8 @@ class NodeSettings(BaseSettings):
     )
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     tun: bool = False
+    #: Replace the key at start, with a rotation proof by the old one (docs/api.md).
+    rotate_key: bool = False
     heartbeat_interval: float = DEFAULT_INTERVAL
     dead_after: int = DEFAULT_DEAD_AFTER
     #: The packet path: ``native`` / ``python``; None: native when built (``x0tta6bl4.dataplane``).

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from x0tta6bl4.crypto.pqsvid import proof_of_possession
+from x0tta6bl4.crypto.pqsvid import proof_of_possession, rotation_proof
 from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.tls.client import PeerIdentityError, tls_client
 from x0tta6bl4.tls.credentials import CredentialSource
@@ -138,14 +138,34 @@ class ControlClient:
             "signature": base64.b64encode(signature).decode(),
         }
 
-    async def register(self, node_id: str, endpoint: str, key: SigningKey) -> Admission:
+    async def register(
+        self,
+        node_id: str,
+        endpoint: str,
+        key: SigningKey,
+        *,
+        previous_key: SigningKey | None = None,
+    ) -> Admission:
+        """Register ``key`` for ``node_id``; with ``previous_key``, the rotation proof that
+        hands the node ID over from it (docs/api.md, "Key binding")."""
         spiffe_id = self._spiffe_id()
-        body = {
+        body: dict[str, Any] = {
             "node_id": node_id,
             "endpoint": endpoint,
             "ml_dsa_public_key": base64.b64encode(key.public_bytes).decode(),
             "pop": self._pop(key, spiffe_id, node_id),
         }
+        if previous_key is not None:
+            pop = body["pop"]
+            signature = rotation_proof(
+                previous_key,
+                key.public_bytes,
+                spiffe_id=spiffe_id,
+                node_id=node_id,
+                nonce=base64.b64decode(pop["nonce"]),
+                timestamp=pop["timestamp"],
+            )
+            body["rotation"] = {"signature": base64.b64encode(signature).decode()}
         return Admission.from_json(await self._request("POST", "/api/v1/nodes/register", json=body))
 
     async def renew(self, node_id: str, endpoint: str, key: SigningKey) -> Admission:
