@@ -60,6 +60,35 @@ def node_status(k: RealCluster, pod: str) -> dict[str, Any]:
     return data
 
 
+# A mesh pod's own client of the controller's API, as its node process is one: mutual TLS on
+# x0tta6bl4-api:8443 with the pod's X.509-SVID from the CSI-mounted SPIRE agent socket, the
+# controller's certificate required to name its SPIFFE ID (X0_CONTROLLER_SPIFFE_ID). Plain HTTP
+# (8080) serves only /health, /ready, /metrics and /ui, and the NetworkPolicies admit mesh pods
+# to 8443 only. `get(path, timeout)` opens a new connection (through the Service) each call.
+TLS_CLIENT = (
+    "import asyncio, os, time\n"
+    "from spiffe import WorkloadApiClient\n"
+    "from x0tta6bl4.tls.client import tls_client\n"
+    "from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials\n"
+    "_w = WorkloadApiClient('unix://' + os.environ['X0_SPIFFE_SOCKET'], default_timeout=20)\n"
+    "_ctx = _w.fetch_x509_context()\n"
+    "creds = StaticCredentials(TlsCredentials.from_context(_ctx, os.environ['X0_TRUST_DOMAIN']))\n"
+    "async def get(path, timeout=5.0):\n"
+    "    api, want = 'https://x0tta6bl4-api:8443', os.environ['X0_CONTROLLER_SPIFFE_ID']\n"
+    "    async with tls_client(api, creds, want, timeout=timeout) as c:\n"
+    "        return (await c.get(path)).status_code\n"
+)
+# TCP reachability from inside a pod: 'open' (connected), 'blocked' (dropped or rejected).
+TCP_PROBE = (
+    "import socket\n"
+    "def tcp(host, port):\n"
+    "    try:\n"
+    "        socket.create_connection((host, port), timeout=3).close(); return 'open'\n"
+    "    except (TimeoutError, ConnectionRefusedError): return 'blocked'\n"
+    "    except Exception as e: return 'error:' + repr(e)\n"
+)
+
+
 def ping(k: RealCluster, pod: str, target: str, count: int = 5) -> dict[str, Any]:
     out = k.exec_in(pod, "x0tta6bl4", "ping", "--json", "-c", str(count), target, check=False)
     data: dict[str, Any] = (
@@ -226,18 +255,12 @@ def test_api_health_through_port_forward_and_cluster_dns(staged: RealCluster) ->
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r,
     ):
         assert r.status == 200
-    # The guide's `curl http://x0tta6bl4-api:8080/health` from a pod, by cluster DNS: the image
-    # has no curl, so Python; from a mesh pod, which the NetworkPolicies admit to the API.
+    # The guide's `curl …x0tta6bl4-api…/health` from a pod, by cluster DNS: from a mesh pod,
+    # which the NetworkPolicies admit to the API's TLS port only, as its node process reaches it
+    # (mutual TLS with the pod's SPIRE-issued X.509-SVID, the controller's SPIFFE ID verified).
     pod = mesh_pods(k)[0]["metadata"]["name"]
-    out = k.exec_in(
-        pod,
-        "python3",
-        "-c",
-        (
-            "import urllib.request as u\n"
-            "print(u.urlopen('http://x0tta6bl4-api:8080/health', timeout=5).status)\n"
-        ),
-    ).stdout.strip()
+    script = TLS_CLIENT + "print(asyncio.run(get('/health')))\n"
+    out = k.exec_in(pod, "python3", "-c", script, timeout=60).stdout.strip()
     assert out == "200"
 
 
@@ -395,25 +418,20 @@ def test_network_policies_cut_off_a_pod_without_mesh_labels(staged: RealCluster)
         wait_until("stranger running", lambda: ready(k.get(f"pod/{name}")), 120)
         target = mesh_pods(k)[0]
         mesh_ip = target["status"]["podIP"]
-        probe = (
-            "import urllib.request as u\n"
-            "def get(url):\n"
-            "    try: u.urlopen(url, timeout=3); return 'open'\n"
-            "    except Exception as e:\n"
-            "        text = str(e)\n"
-            "        blocked = 'timed out' in text or 'refused' in text\n"
-            "        return 'blocked' if blocked else 'error:' + text\n"
-            f"print(get('http://x0tta6bl4-api:8080/health'), get('http://{mesh_ip}:7811/health'))\n"
+        probe = TCP_PROBE + (
+            f"print(tcp('x0tta6bl4-api', 8443), tcp('{mesh_ip}', 7811),"
+            " tcp('x0tta6bl4-api', 8080))\n"
         )
-        # From the stranger: dropped or rejected by the policies ...
+        # From the stranger: the API (TLS and plain) and the mesh port dropped or rejected ...
         out = k.exec_in(name, "python3", "-c", probe, timeout=60).stdout.split()
-        assert out == ["blocked", "blocked"], out
-        # ... while a mesh pod, which they admit, gets through to both: the servers are up.
+        assert out == ["blocked", "blocked", "blocked"], out
+        # ... while a mesh pod, which they admit to the API's TLS port and the mesh ports, gets
+        # through to both (the servers are up), and not to the plain-HTTP port.
         other = next(p for p in mesh_pods(k) if p["metadata"]["name"] != target["metadata"]["name"])
         out = k.exec_in(
             other["metadata"]["name"], "python3", "-c", probe, timeout=60
         ).stdout.split()
-        assert out == ["open", "open"], out
+        assert out == ["open", "open", "blocked"], out
         # The mesh itself still works under the same policies.
         assert wait_until("mesh still formed", lambda: mesh_formed(k), 120, 5)
     finally:
@@ -432,7 +450,11 @@ def test_check_pre_post_connectivity_pass_against_the_real_cluster(staged: RealC
 
 
 def test_helm_test_passes(staged: RealCluster) -> None:
-    out = staged.helm("test", "x0tta6bl4", "-n", NAMESPACE, "--timeout", "10m")
+    # --logs: the check pod's report is in the failure message when it fails.
+    out = staged.helm(
+        "test", "x0tta6bl4", "-n", NAMESPACE, "--timeout", "10m", "--logs", check=False
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "Phase:          Succeeded" in out.stdout or "Succeeded" in out.stdout, out.stdout
 
 
@@ -459,17 +481,20 @@ def test_deleting_a_mesh_pod_recreates_it_and_the_mesh_heals(staged: RealCluster
 def test_deleting_a_controller_pod_keeps_the_api_answering(staged: RealCluster) -> None:
     k = staged
     client = mesh_pods(k)[0]["metadata"]["name"]
-    # From inside the cluster, through the Service, 4 requests a second for 40 s.
-    loop = (
-        "import time, urllib.request as u\n"
-        "ok = bad = 0\n"
-        "end = time.time() + 40\n"
-        "while time.time() < end:\n"
-        "    try:\n"
-        "        u.urlopen('http://x0tta6bl4-api:8080/health', timeout=2); ok += 1\n"
-        "    except Exception: bad += 1\n"
-        "    time.sleep(0.25)\n"
-        "print(ok, bad)\n"
+    # From a mesh pod, through the Service, over the API's TLS port as the nodes use it: a new
+    # connection 4 times a second for 40 s.
+    loop = TLS_CLIENT + (
+        "async def main():\n"
+        "    ok = bad = 0\n"
+        "    end = time.time() + 40\n"
+        "    while time.time() < end:\n"
+        "        try:\n"
+        "            if await get('/health', 2.0) == 200: ok += 1\n"
+        "            else: bad += 1\n"
+        "        except Exception: bad += 1\n"
+        "        await asyncio.sleep(0.25)\n"
+        "    print(ok, bad)\n"
+        "asyncio.run(main())\n"
     )
     result: dict[str, str] = {}
     t = threading.Thread(
