@@ -7,6 +7,7 @@ for sockets and temporary state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -23,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.e2e.up_support import RunningUp, assert_clean, run_up
 from tests.integration.identity_providers import require_spire_here
 from x0tta6bl4.identity.spire import SpireServerAdmin, require_spire
+from x0tta6bl4.tls.client import tls_client
+from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials, load_bundle_pem
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +148,7 @@ def test_up_on_real_spire_gives_every_node_an_svid_of_its_own(tmp_path: Path) ->
             seen_ids.add(spiffe_id)
         assert len(seen_ids) == 6
         # The controller admitted each node under its own SPIFFE ID.
-        registered = _registered_ids(descriptor["controller"], workloads["controller"], identity)
+        registered = _registered_ids(descriptor, workloads["controller"], identity)
         assert registered == {n: w["spiffe_id"] for n, w in workloads.items() if n != "controller"}
         run = running.wait(timeout=180)
     finally:
@@ -195,13 +198,25 @@ def _fetch_svid_as(gid: int, socket_path: str) -> tuple[str, bytes]:
 
 
 def _registered_ids(
-    controller: str, workload: dict[str, Any], identity: dict[str, Any]
+    descriptor: dict[str, Any], workload: dict[str, Any], identity: dict[str, Any]
 ) -> dict[str, str]:
+    """The controller's node list, asked over its TLS listener (verified as the controller's
+    SPIFFE ID against the descriptor's trust bundle) with the controller's own JWT-SVID."""
     gid = int(workload["selectors"][1].removeprefix("unix:gid:"))
     _, token = _as_gid(gid, identity["agent_socket"], "x0tta6bl4-controller")
-    listing = httpx.get(
-        f"{controller}/api/v1/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    trust = StaticCredentials(
+        TlsCredentials.trust_only(
+            load_bundle_pem(Path(descriptor["trust_bundle"])), identity["trust_domain"]
+        )
     )
+
+    async def get() -> httpx.Response:
+        async with tls_client(descriptor["api"][0], trust, workload["spiffe_id"]) as client:
+            return await client.get(
+                "/api/v1/nodes", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+
+    listing = asyncio.run(get())
     assert listing.status_code == 200, listing.text
     return {n["node_id"]: n["spiffe_id"] for n in listing.json()["nodes"]}
 
