@@ -222,6 +222,7 @@ class ClusterMesh:
                 "API server's service proxy cannot present a client X.509-SVID"
             )
         from x0tta6bl4.identity.node_ids import controller_id_for
+        from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id
         from x0tta6bl4.identity.workload_source import WorkloadSource
         from x0tta6bl4.tls.credentials import WorkloadCredentials
 
@@ -232,13 +233,27 @@ class ClusterMesh:
         except IdentityError as exc:
             raise MeshError(f"no X.509-SVID for this check: {exc}") from None
         try:
+            # The chart names the controller's ID (X0_CONTROLLER_SPIFFE_ID): the check runs
+            # under a ServiceAccount of its own, so its ID's …/sa/<sa> is not the
+            # controller's. Without it, the controller is assumed under the check's own.
             own = mine.spiffe_id
-            expected = None if own is None else controller_id_for(own)
-            if expected is None:
-                raise MeshError(f"cannot tell the controller's SPIFFE ID from this check's {own}")
+            configured = os.environ.get("X0_CONTROLLER_SPIFFE_ID")
+            derived = None if own is None else controller_id_for(own)
+            if configured:
+                try:
+                    expected = str(parse_spiffe_id(configured))
+                except ValueError as exc:
+                    raise MeshError(f"X0_CONTROLLER_SPIFFE_ID: {exc}") from None
+            elif derived is not None:
+                expected = str(derived)
+            else:
+                raise MeshError(
+                    f"cannot tell the controller's SPIFFE ID from this check's {own}: "
+                    "set X0_CONTROLLER_SPIFFE_ID"
+                )
             ns = self.cluster.namespace
             api = f"https://x0tta6bl4-api.{ns}.svc:{CONTROLLER_TLS_PORT}"
-            probe = await probe_controller_tls(api, credentials, str(expected))
+            probe = await probe_controller_tls(api, credentials, expected)
             plain = f"http://x0tta6bl4-api.{ns}.svc:{CONTROLLER_PORT}"
             await plain_refuses_api(self.cluster.http, plain)
             return probe
