@@ -5,11 +5,15 @@ The real cluster (scripts/cluster) now runs the failures it can show for real �
 unreachable, a wrong token, RBAC denied, a missing StorageClass, the Metrics API missing, the
 output formats (tests/cluster/test_check_failures.py). Kept here: Kubernetes older than 1.28,
 a controller whose node count disagrees with the mesh pods, a PVC pending beside bound ones,
-SPIRE's server missing, and the record of every API read --post makes; and, until SPIRE runs
-in the real cluster (#15), the cases that need the formed mesh (all passing, a pod not ready,
-too few mesh pods, --wait). The double is :mod:`tests.integration.kube_api_double`: a local
-HTTP server that answers the API calls the checks make, serving the chart's own rendered
-manifests (``helm template`` with ``values-staging.yaml``) plus realistic status.
+SPIRE's server missing, and the record of every API read --post makes. Also still here, though
+the real cluster now forms the mesh (SPIRE runs in it since #15) and tests/cluster checks them
+too — all passing (``test_check_pre_post_connectivity_pass_against_the_real_cluster``), a mesh
+pod deleted and blocked (``test_check_reports_a_blocked_mesh_pod``) — the pod-not-ready,
+too-few-mesh-pods and --wait cases: moving those onto the real cluster is open work.
+
+The double is :mod:`tests.integration.kube_api_double`: a local HTTP server that answers the
+API calls the checks make, serving the chart's own rendered manifests (``helm template`` with
+``values-staging.yaml``) plus realistic status.
 """
 
 from __future__ import annotations
