@@ -517,8 +517,17 @@ def test_deleting_a_controller_pod_keeps_the_api_answering(staged: RealCluster) 
 
 def test_draining_a_node_respects_the_pdb(staged: RealCluster) -> None:
     k = staged
+    # Staging runs ONE SPIRE server whose volume is local to its node (docs/deployment.md,
+    # "SPIRE's size on one machine"). Draining that node stops SPIRE until it is uncordoned: the
+    # controller evicted by the drain comes back without an SVID, never Ready, the PDB then
+    # refuses the next eviction and the drain times out (seen in CI). That is the single
+    # server's documented limit, not the PDB's behaviour under test: drain a node without it.
+    spire_node = k.get("pod/spire-server-0", namespace="spire")["spec"]["nodeName"]
     controllers = k.pods("app=x0tta6bl4-controller")
-    first, second = controllers[0], controllers[1]
+    away = [p for p in controllers if p["spec"]["nodeName"] != spire_node]
+    assert away, f"every controller runs on the SPIRE server's node {spire_node}"
+    second = away[0]
+    first = next(p for p in controllers if p is not second)
 
     def evict(pod: dict[str, Any]) -> Any:
         body = {
