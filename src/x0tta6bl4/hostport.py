@@ -27,7 +27,7 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
                 raise ValueError(f"{what} has an invalid IPv6 address: {value!r}") from None
     else:
         host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"{what} must be HOST:PORT, got {value!r}")
     port = int(port_text)
     if not 0 <= port <= 65535:

@@ -203,7 +203,7 @@ def _lock_holder(root: Path) -> int | None:
         text = (root / ".lock").read_text(encoding="utf-8").strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def read_descriptor(root: Path) -> MeshDescriptor:

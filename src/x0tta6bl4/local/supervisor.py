@@ -217,7 +217,7 @@ class Supervisor:
         """Pids of live processes in any group this supervisor created (zombies excluded)."""
         found: list[int] = []
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+            if not (entry.name.isascii() and entry.name.isdigit()):
                 continue
             try:
                 stat = (entry / "stat").read_text()

@@ -67,7 +67,7 @@ def _parse_if_match(value: str | None) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise ApiError(400, "invalid_if_match", 'If-Match must be a policy revision such as "5"')
     return int(text)
 

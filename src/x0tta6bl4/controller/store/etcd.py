@@ -407,7 +407,7 @@ class EtcdStore(Store):
             if schema is None:  # pragma: no cover - created and deleted in between
                 raise StoreUnavailableError(f"{where}: the schema key vanished while opening")
         stored = schema.value
-        if not stored.isdigit():
+        if not (stored.isascii() and stored.isdigit()):
             raise StoreCorruptError(where, f"meta/schema holds {stored[:16]!r}, not a version")
         if int(stored) > SCHEMA_VERSION:
             raise SchemaError(

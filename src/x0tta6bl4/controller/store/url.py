@@ -63,7 +63,7 @@ def _parse_endpoint(text: str, url: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise InvalidStoreUrlError(f"etcd endpoint {text!r} in {url!r} must be HOST:PORT")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise InvalidStoreUrlError(f"etcd endpoint {text!r} in {url!r} has an invalid port")
     if host.startswith("[") and host.endswith("]"):
         try:

@@ -87,7 +87,7 @@ class Entry:
 
 
 def _uid(user: str, text: str) -> int:
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
         uid = int(user)
         if uid > _MAX_UID:
             raise InvalidEntryError(f"entry {text!r}: uid {uid} is out of range")
@@ -102,11 +102,11 @@ def _uid(user: str, text: str) -> int:
 
 def _process(value: str, text: str) -> tuple[int, int]:
     pid_text, _, start_text = value.partition("@")
-    if not pid_text.isdigit() or not 0 < int(pid_text) <= _MAX_PID:
+    if not (pid_text.isascii() and pid_text.isdigit()) or not 0 < int(pid_text) <= _MAX_PID:
         raise InvalidEntryError(f"entry {text!r}: pid must be a positive process id")
     pid = int(pid_text)
     if start_text:
-        if not start_text.isdigit():
+        if not (start_text.isascii() and start_text.isdigit()):
             raise InvalidEntryError(f"entry {text!r}: the start time must be a number")
         return pid, int(start_text)
     start = process_start_time(pid)
@@ -137,7 +137,7 @@ def parse_entry(text: str, trust_domain: TrustDomain) -> Entry:
     if not colon:
         uid = _uid(selector, text)
     elif kind == "uid":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise InvalidEntryError(f"entry {text!r}: uid: needs a number")
         uid = _uid(value, text)
     elif kind == "user":
