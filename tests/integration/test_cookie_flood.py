@@ -49,7 +49,9 @@ def test_valid_cookie_flood_from_16_hosts_is_held_to_the_signing_budget() -> Non
     assert entry["responders"] <= allowed, (entry["responders"], allowed)
     drops = entry["drops"]
     assert drops.get("handshake_over_budget", 0) > 0, drops
-    assert drops.get("handshake_source_rate_limited", 0) > 0, drops
+    # Which of the two limits refuses an INIT first depends on the machine's pace (a quiet run
+    # saw only over_budget, a loaded one both); nothing else may refuse these valid INITs.
+    assert set(drops) <= {"handshake_over_budget", "handshake_source_rate_limited"}, drops
     # The genuine neighbour linked in every trial despite the flood.
     assert result["baseline"]["linked"] == TRIALS
     assert entry["linked"] == TRIALS

@@ -123,11 +123,20 @@ class _TlsStream(httpcore.AsyncNetworkStream):
         await _flush(self._raw, self._conn, timeout)
 
     async def aclose(self) -> None:
+        # close_notify is best effort: the pool may close a connection while another task is
+        # still writing on it (anyio then refuses a second writer with BusyResourceError).
         try:
             self._conn.shutdown()
             with anyio.move_on_after(1.0):
                 await _flush(self._raw, self._conn, 1.0)
-        except (SSL.Error, httpcore.NetworkError, OSError):
+        except (
+            SSL.Error,
+            httpcore.NetworkError,
+            OSError,
+            anyio.BusyResourceError,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ):
             pass
         finally:
             await self._raw.aclose()
