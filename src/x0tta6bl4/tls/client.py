@@ -29,7 +29,12 @@ import httpx
 from OpenSSL import SSL
 
 from x0tta6bl4.identity.errors import IdentityError
-from x0tta6bl4.tls.context import client_context, negotiated_group, verified_peer
+from x0tta6bl4.tls.context import (
+    client_context,
+    negotiated_group,
+    pending_output,
+    verified_peer,
+)
 from x0tta6bl4.tls.credentials import CredentialSource, TlsCredentials
 from x0tta6bl4.tls.server import TlsPeer
 
@@ -65,17 +70,9 @@ class _ClientContexts:
 
 
 async def _flush(raw: httpcore.AsyncNetworkStream, conn: SSL.Connection, timeout: Any) -> None:
-    out: list[bytes] = []
-    while True:
-        try:
-            chunk = conn.bio_read(_READ)
-        except SSL.WantReadError:
-            break
-        if not chunk:
-            break
-        out.append(chunk)
+    out = pending_output(conn, _READ)
     if out:
-        await raw.write(b"".join(out), timeout)
+        await raw.write(out, timeout)
 
 
 class _TlsStream(httpcore.AsyncNetworkStream):

@@ -27,6 +27,7 @@ __all__ = [
     "PQ_GROUP",
     "client_context",
     "negotiated_group",
+    "pending_output",
     "server_context",
     "verified_peer",
 ]
@@ -107,3 +108,18 @@ def _is_ca(cert: object) -> bool:
 def negotiated_group(conn: SSL.Connection) -> str:
     """The key-exchange group of a completed handshake (``X25519MLKEM768``, ``x25519``…)."""
     return conn.get_group_name() or "unknown"
+
+
+def pending_output(conn: SSL.Connection, chunk: int = 65536) -> bytes:
+    """Everything the TLS engine has written to its memory BIO and not yet sent (records,
+    alerts, close_notify), drained in one piece; empty when there is nothing to send."""
+    out: list[bytes] = []
+    while True:
+        try:
+            data = conn.bio_read(chunk)
+        except SSL.WantReadError:
+            break
+        if not data:
+            break
+        out.append(data)
+    return b"".join(out)

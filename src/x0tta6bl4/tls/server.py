@@ -47,7 +47,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from x0tta6bl4.httpserver import source_key
 from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.logging import get_logger
-from x0tta6bl4.tls.context import negotiated_group, server_context, verified_peer
+from x0tta6bl4.tls.context import (
+    negotiated_group,
+    pending_output,
+    server_context,
+    verified_peer,
+)
 from x0tta6bl4.tls.credentials import CredentialSource, TlsCredentials
 
 __all__ = [
@@ -358,17 +363,9 @@ class _TlsSession(asyncio.Protocol):
         conn = self._conn
         if conn is None:
             return
-        out: list[bytes] = []
-        while True:
-            try:
-                chunk = conn.bio_read(_READ)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            out.append(chunk)
+        out = pending_output(conn, _READ)
         if out and not self._raw.is_closing():
-            self._raw.write(b"".join(out))
+            self._raw.write(out)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         conn = self._conn
