@@ -137,3 +137,21 @@ def test_config_validation() -> None:
         SelectionConfig(degree=4, random_links=3)
     with pytest.raises(ValueError, match="max_degree"):
         SelectionConfig(degree=8, max_degree=4)
+
+
+@pytest.mark.parametrize("rtt", [None, 0.001])
+def test_near_links_spread_when_rtts_are_unknown_or_tie(rtt: float | None) -> None:
+    # At start-up no RTT is known, and on a LAN every link cost sits at the floor: the near
+    # links must not all go to the lowest node ids (every node of a 200-node mesh picked
+    # node-000 … node-003, which refuse inbound links past max_degree and stayed cut off).
+    ids = [f"node-{i:03d}" for i in range(200)]
+    cfg = SelectionConfig()
+    chosen_by: dict[str, int] = dict.fromkeys(ids, 0)
+    for me in ids:
+        for peer in select_neighbours(me, [Candidate(m, rtt=rtt) for m in ids], config=cfg):
+            chosen_by[peer] += 1
+    assert max(chosen_by.values()) <= cfg.max_degree + 2
+    assert sum(chosen_by.values()) == len(ids) * cfg.degree
+    # Still deterministic: the same inputs give the same choice.
+    cands = [Candidate(m, rtt=rtt) for m in ids]
+    assert select_neighbours("node-007", cands) == select_neighbours("node-007", cands[::-1])

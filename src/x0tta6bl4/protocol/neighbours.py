@@ -6,8 +6,13 @@
 
   1. **ring**: the successor and the predecessor of this node in the cyclic order of the
      sorted node ids of the members (skipping members the policy forbids);
-  2. **near**: the members closest to this node: same zone first, then lowest RTT, then node
-     id (``degree - 2 - random_links`` = 4 of them);
+  2. **near**: the members closest to this node: same zone first, then lowest RTT, then the
+     pair's rendezvous hash below (``degree - 2 - random_links`` = 4 of them). Never the node
+     id: members whose RTT is not known yet (every member at start-up) and links whose costs
+     tie (every link of a LAN sits at the cost floor) would otherwise all rank the same few
+     lowest ids first, and every node of the mesh would open its near links to those few (a
+     200-node mesh sent ~200 handshakes to each of ``node-000`` … ``node-003``, which refused
+     all past ``max_degree`` and stayed cut off: ``bench heal --nodes 200`` never converged);
   3. **long**: ``random_links`` (2) members chosen by a rendezvous hash of the *pair*,
      ``BLAKE2b-64(key=seed; len(min) ‖ min(a, b) ‖ max(a, b))``: uniform over the ring (so
      they are long links, which keep the diameter logarithmic), stable while the membership
@@ -135,11 +140,12 @@ def select_neighbours(
     rest = [n for n in allowed if n not in chosen]
     n_near = cfg.degree - len(chosen) - cfg.random_links
 
-    def nearness(n: str) -> tuple[int, float, str]:
+    def nearness(n: str) -> tuple[int, float, bytes, str]:
         c = allowed[n]
         same_zone = 0 if zone is not None and c.zone == zone else 1
         rtt = c.rtt if c.rtt is not None else float("inf")
-        return same_zone, rtt, n
+        # Ties (unknown RTTs, costs at the floor) go by the pair hash: uniform over the mesh.
+        return same_zone, rtt, pair_weight(cfg.seed, self_id, n), n
 
     near = heapq.nsmallest(max(0, n_near), rest, key=nearness)
     chosen += near
