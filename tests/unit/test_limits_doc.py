@@ -162,3 +162,53 @@ def test_the_exclusions_are_not_stale() -> None:
         else:
             assert name in constants, f"NOT_LIMITS names {name}, which is gone or not limit-like"
             assert name not in DOCUMENTED, f"{name} is both documented and excluded"
+
+
+# --- the native data plane's bounds (Rust constants, `module::NAME` under native/src) --------
+
+NATIVE_SRC = ROOT / "native" / "src"
+_NATIVE_ROW = re.compile(r"^\| `(\w+)::(\w+)` \| ([^|]+) \|", re.MULTILINE)
+_RUST_CONST = r"^\s*(?:pub(?:\(crate\))? )?const {name}: \w+ = ([^;]+);"
+
+
+def _rust_value(module: str, name: str) -> float:
+    """The value of the Rust constant ``name`` of ``native/src/<module>.rs``: an expression of
+    literals, ``+ - * <<``, casts and the module's other constants (the forms the limits use)."""
+    source = (NATIVE_SRC / f"{module}.rs").read_text()
+    found = re.search(_RUST_CONST.format(name=name), source, re.MULTILINE)
+    assert found, f"native/src/{module}.rs has no constant {name}"
+    expression = re.sub(r"(?<=\d)_(?=\d)", "", re.sub(r" as \w+", "", found.group(1).strip()))
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return _rust_value(module, node.id)
+        if isinstance(node, ast.BinOp):
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if isinstance(node.op, ast.Sub):
+                return left - right
+            if isinstance(node.op, ast.Mult):
+                return left * right
+            if isinstance(node.op, ast.LShift):
+                return float(int(left) << int(right))
+        raise AssertionError(f"{module}::{name}: unsupported expression {expression!r}")
+
+    return value(ast.parse(expression, mode="eval").body)
+
+
+NATIVE_DOCUMENTED = {(m, n): v.strip() for m, n, v in _NATIVE_ROW.findall(DOC)}
+
+
+def test_the_native_table_is_there() -> None:
+    assert len(NATIVE_DOCUMENTED) >= 8
+
+
+@pytest.mark.parametrize(("module", "name"), sorted(NATIVE_DOCUMENTED))
+def test_each_native_limit_has_the_rust_value(module: str, name: str) -> None:
+    documented = NATIVE_DOCUMENTED[(module, name)]
+    assert _parse(documented) == pytest.approx(_rust_value(module, name)), (
+        f"docs/limits.md says {module}::{name} = {documented}, native/src/{module}.rs differs"
+    )
