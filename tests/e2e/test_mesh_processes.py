@@ -262,9 +262,10 @@ def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
 
 def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
     """Issue 12, the original attack: processes claiming n2's node ID with fresh keys — one
-    under another node's SPIFFE ID, one under n2's own SPIFFE ID (a process that obtained n2's
-    identity but not its key) — get 409 node_id_taken; n2's record and links are unchanged and
-    no peer ever completes a handshake with an impostor (it never gets a PQ SVID)."""
+    under another node's SPIFFE ID (403 node_id_not_bound: the node ID mapping binds it to n4),
+    one under n2's own SPIFFE ID (a process that obtained n2's identity but not its key: 409
+    node_id_taken); n2's record and links are unchanged and no peer ever completes a
+    handshake with an impostor (it never gets a PQ SVID)."""
     fields = ("spiffe_id", "endpoint", "overlay_ip", "ml_dsa_public_key", "pq_svid")
 
     def record() -> tuple[object, ...]:
@@ -274,7 +275,11 @@ def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
     before = record()
     impostors: list[subprocess.Popen[bytes]] = []
     try:
-        for i, spiffe_id in enumerate((mesh_node_id("n4"), mesh_node_id("n2"))):
+        refusals = (
+            (mesh_node_id("n4"), "node_id_not_bound"),
+            (mesh_node_id("n2"), "node_id_taken"),
+        )
+        for i, (spiffe_id, reason) in enumerate(refusals):
             name, http = f"impostor{i}", free_port()
             impostors.append(
                 spawn_node(
@@ -284,7 +289,7 @@ def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
                 )
             )  # fmt: skip
             log = mesh.tmp / f"{name}.log"
-            mesh.wait(lambda log=log: "node_id_taken" in log.read_text())  # type: ignore[misc]
+            mesh.wait(lambda log=log, r=reason: r in log.read_text())  # type: ignore[misc]
             status = httpx.get(f"http://127.0.0.1:{http}/v1/status", timeout=5).json()
             assert status["registered"] is False
         assert record() == before

@@ -39,18 +39,29 @@ from x0tta6bl4.tls.client import tls_client
 from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials
 
 TD = "x0tta6bl4.mesh"
-NODE_A = f"spiffe://{TD}/ns/mesh/sa/node-a"
-NODE_B = f"spiffe://{TD}/ns/mesh/sa/node-b"
-NODE_DEV = f"spiffe://{TD}/ns/dev/sa/node-dev"
+
+
+def mesh_node_id(node_id: str, trust_domain: str = TD, namespace: str = "mesh") -> str:
+    """The SPIFFE ID of mesh node ``node_id`` in the tests' namespace (docs/identity.md)."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/x0tta6bl4-app/node/{node_id}"
+
+
+# Node identities follow the scheme, so the controller's default node ID mapping
+# (spiffe://<td>/**/node/{node}) binds each to one node ID: NODE_A may register "node-1" only,
+# NODE_B "node-b", NODE_DEV "dev-1". NODE_A_TWIN is another SPIFFE ID bound to "node-1" (the
+# same node name in another namespace): the first registration decides which one owns it.
+NODE_A = mesh_node_id("node-1")
+NODE_B = mesh_node_id("node-b")
+NODE_DEV = mesh_node_id("dev-1", namespace="dev")
+NODE_A_TWIN = mesh_node_id("node-1", namespace="mesh-b")
+# A Kubernetes node name longer than a node ID (64): bound to its shortened form.
+LONG_NODE_NAME = "worker-" + "long" * 25 + ".eu-west-1.compute.internal"
+NODE_LONG = mesh_node_id(LONG_NODE_NAME)
 ADMIN_ID = f"spiffe://{TD}/ns/ops/sa/admin"
 CONTROLLER_ID = f"spiffe://{TD}/ns/mesh/sa/x0tta6bl4-app/controller"
+CHECK_ID = f"spiffe://{TD}/ns/mesh/sa/x0tta6bl4-check/check"
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
-IDS = (NODE_A, NODE_B, NODE_DEV, ADMIN_ID, CONTROLLER_ID)
-
-
-def mesh_node_id(node_id: str, trust_domain: str = TD) -> str:
-    """The SPIFFE ID of mesh node ``node_id`` in the tests' namespace (docs/identity.md)."""
-    return f"spiffe://{trust_domain}/ns/mesh/sa/x0tta6bl4-app/node/{node_id}"
+IDS = (NODE_A, NODE_B, NODE_DEV, NODE_A_TWIN, NODE_LONG, ADMIN_ID, CONTROLLER_ID, CHECK_ID)
 
 
 @dataclass

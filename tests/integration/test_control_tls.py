@@ -152,7 +152,9 @@ async def test_a_server_with_another_spiffe_id_is_refused(
     async with running_controller(settings, identity, controller_id=NODE_A) as (_, clients):
         client = tls_client(clients.api, identity.credentials(NODE_B), CONTROLLER_ID)
         async with client:
-            with pytest.raises(httpx.ConnectError, match=r"presented SPIFFE ID .*node-a, expected"):
+            with pytest.raises(
+                httpx.ConnectError, match=r"presented SPIFFE ID .*node/node-1, expected"
+            ):
                 await client.get("/health")
         # The same server is accepted by a client that expects exactly that ID: the refusal
         # above is about the name, not the chain.
@@ -332,12 +334,13 @@ async def test_the_controller_certificate_rotates_without_dropping_sessions(
             # ... while the node's open connections carry on: the in-flight watch answers the
             # registration made after the rotation, on the connection it was opened on.
             r = await node.post(
-                "/api/v1/nodes/register", json=register_body(key, spiffe_id=NODE_A, node_id="n-1")
+                "/api/v1/nodes/register",
+                json=register_body(key, spiffe_id=NODE_A, node_id="node-1"),
             )
             assert r.status_code == 200, r.text
             answer = await watch
             assert answer.status_code == 200
-            assert [e["node_id"] for e in answer.json()["events"]] == ["n-1"]
+            assert [e["node_id"] for e in answer.json()["events"]] == ["node-1"]
             again = await node.get("/health")
             assert again.extensions["network_stream"].get_extra_info(PEER_INFO).serial == old.serial
     finally:

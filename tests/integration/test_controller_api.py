@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,10 +22,14 @@ from cryptography import x509
 from tests.integration.controller_support import (
     ADMIN_ID,
     ADMIN_TOKEN,
+    CHECK_ID,
     CONTROLLER_ID,
+    LONG_NODE_NAME,
     NODE_A,
+    NODE_A_TWIN,
     NODE_B,
     NODE_DEV,
+    NODE_LONG,
     TD,
     ControllerClients,
     Identity,
@@ -45,7 +50,9 @@ from x0tta6bl4.controller.registration import KEY_REBIND_AFTER
 from x0tta6bl4.crypto.pqsvid import TrustBundle, verify_svid
 from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.identity.issuer.authority import Authority
+from x0tta6bl4.identity.node_ids import node_id_from_name
 from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
+from x0tta6bl4.node.config import NodeSettings
 from x0tta6bl4.tls.client import tls_client
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,22 +237,106 @@ async def test_renew(
     detail = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
     assert detail["ml_dsa_public_key"] == body["ml_dsa_public_key"]
     assert detail["endpoint"] == "127.0.0.1:7810"
-    # Another identity may not renew node-1; an unknown node cannot be renewed.
+    # Another identity may not renew node-1: one the node ID mapping does not bind to it is
+    # refused before anything else, the twin bound to the same node name finds it taken.
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_B, node_id="node-1")
     r = await client.tls(NODE_B).post("/api/v1/nodes/node-1/renew", json=body)
+    assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
+    body["pop"] = pop_fields(new_key, spiffe_id=NODE_A_TWIN, node_id="node-1")
+    r = await client.tls(NODE_A_TWIN).post("/api/v1/nodes/node-1/renew", json=body)
     assert (r.status_code, r.json()["error"]) == (409, "node_id_taken")
+    # An unknown node cannot be renewed (NODE_B is bound to node-b, never registered).
+    body["pop"] = pop_fields(new_key, spiffe_id=NODE_B, node_id="node-b")
+    r = await client.tls(NODE_B).post("/api/v1/nodes/node-b/renew", json=body)
+    assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_A, node_id="ghost")
     r = await client.tls(NODE_A).post("/api/v1/nodes/ghost/renew", json=body)
-    assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
+    assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
     assert [n["node_id"] for n in await _nodes(client)] == ["node-1"]
 
 
+async def test_a_node_id_is_admitted_only_for_the_spiffe_id_bound_to_it(
+    ctl: tuple[Any, ControllerClients], key: SigningKey
+) -> None:
+    """Issue 12, point 1: the default node ID mapping (spiffe://<td>/**/node/{node}) binds
+    each node SPIFFE ID to one node ID. Another node's ID, a SPIFFE ID naming no node (the
+    controller's, the check job's), a long name's unshortened or truncated form: 403
+    node_id_not_bound, counted, refused before the PoP is verified, and nothing is written."""
+    app, client = ctl
+    assert (await _register(client, key, NODE_B, "node-b")).status_code == 200
+    before = (await client.get("/api/v1/nodes", headers=ADMIN)).json()
+    shortened = node_id_from_name(LONG_NODE_NAME)
+    refused = [
+        (NODE_A, "node-b"),  # a live node's ID, under another node's SPIFFE ID
+        (NODE_A, "node-2"),  # a free node ID that is not NODE_A's
+        (NODE_B, "node-1"),
+        (CONTROLLER_ID, "controller"),  # the pattern does not match: names no node
+        (CONTROLLER_ID, "node-1"),
+        (CHECK_ID, "check"),
+        (NODE_LONG, LONG_NODE_NAME[:64]),  # truncated, not shortened as the node agent does
+        (NODE_LONG, shortened[:-1] + ("0" if shortened[-1] != "0" else "1")),
+    ]
+    for sid, node_id in refused:
+        r = await _register(client, key, sid, node_id)
+        assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound"), (sid, r.text)
+        assert sid in r.json()["detail"]
+        # The renewal route too (node-b is registered: the binding decides, not the store).
+        body = register_body(key, spiffe_id=sid, node_id=node_id)
+        del body["node_id"], body["endpoint"]
+        r = await client.tls(sid).post(f"/api/v1/nodes/{node_id}/renew", json=body)
+        assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound"), (sid, r.text)
+    # Refused before the proof of possession is even looked at: a garbage signature gives
+    # the same answer, and nothing was written (revision, records, nonces).
+    body = register_body(key, spiffe_id=NODE_A, node_id="node-b")
+    body["pop"]["signature"] = base64.b64encode(b"x" * 3309).decode()
+    r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=body)
+    assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
+    assert (await client.get("/api/v1/nodes", headers=ADMIN)).json() == before
+    metrics = (await client.get("/metrics")).text
+    count = 'x0tta6bl4_registrations_rejected_total{reason="node_id_not_bound"}'
+    assert _metric_labels(metrics, count) == 2 * len(refused) + 1
+    assert 'x0tta6bl4_pq_svids_issued_total{kind="register"} 1.0' in metrics
+    # The long name's node ID is the one the node agent derives from X0_NODE_NAME.
+    assert shortened == NodeSettings(node_name=LONG_NODE_NAME).resolved_node_id()
+    r = await _register(client, key, NODE_LONG, shortened)
+    assert r.status_code == 200, r.text
+    assert r.json()["node_id"] == shortened
+    assert len(shortened) == 64
+    assert app.state.controller.settings.node_mapping.node_id_for(NODE_LONG) == shortened
+
+
+async def test_the_node_id_mapping_is_configurable(
+    tmp_path: Path, identity: Identity, key: SigningKey
+) -> None:
+    """A narrower mapping admits only its namespace; ``none`` binds by first registration."""
+    narrow = f"spiffe://{TD}/ns/mesh/sa/x0tta6bl4-app/node/{{node}}"
+    async with controller(tmp_path / "a", identity, node_id_mapping=narrow) as (_, client):
+        r = await _register(client, key, NODE_DEV, "dev-1")  # ns/dev: outside the pattern
+        assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
+        r = await _register(client, key, NODE_A_TWIN, "node-1")  # ns/mesh-b
+        assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
+        assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
+    async with controller(tmp_path / "b", identity, node_id_mapping="none") as (_, client):
+        assert (await _register(client, key, NODE_B, "node-1")).status_code == 200
+        assert (await _register(client, key, CONTROLLER_ID, "anything")).status_code == 200
+        r = await _register(client, SigningKey.generate(), NODE_A, "node-1")
+        assert (r.status_code, r.json()["error"]) == (409, "node_id_taken")
+
+
 async def test_two_identities_racing_for_new_node_ids_one_wins(
-    ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
+    tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
 ) -> None:
     """Both identities register the same fresh node IDs at once: both usually pass the early
-    ownership check, and the store's atomic check decides — one 200, one 409 per node ID."""
-    _, client = ctl
+    ownership check, and the store's atomic check decides — one 200, one 409 per node ID.
+
+    The shared-identity mode (node ID mapping ``none``), where any SPIFFE ID may claim any
+    node ID: eight races at once. Under the default mapping the same race is two SPIFFE IDs
+    naming one node (``NODE_A_TWIN``), decided by the same store check."""
+    async with controller(tmp_path / "ctl", identity, node_id_mapping="none") as (_, client):
+        await _race_for_node_ids(client, key)
+
+
+async def _race_for_node_ids(client: ControllerClients, key: SigningKey) -> None:
     node_ids = [f"race-{i}" for i in range(8)]
     requests = [
         (node_id, sid, register_body(key, spiffe_id=sid, node_id=node_id))
@@ -343,8 +434,11 @@ async def test_registration_auth_failures_change_nothing(
     r = await client.tls(NODE_A).post(url, json=body, headers=bearer(tokens[NODE_B]))
     await _assert_rejected(client, r, 401, "identity_conflict")
 
-    # PoP signed for another SPIFFE ID than the certificate's / by another key.
+    # A node ID the caller's SPIFFE ID is not bound to (checked before the PoP is verified).
     r = await client.tls(NODE_B).post(url, json=body)
+    await _assert_rejected(client, r, 403, "node_id_not_bound")
+    # PoP signed for another SPIFFE ID than the certificate's / by another key.
+    r = await client.tls(NODE_A_TWIN).post(url, json=body)
     await _assert_rejected(client, r, 401, "pop_invalid")
     other = SigningKey.generate()
     forged = dict(body, pop=pop_fields(other, spiffe_id=NODE_A, node_id="node-1"))
@@ -549,9 +643,9 @@ async def test_policy_join_rules_decide_who_registers(
     assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
     r = await _register(client, key, NODE_B, "node-b")  # denied first
     assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
-    r = await _register(client, key, NODE_A, "node-a")
+    r = await _register(client, key, NODE_A, "node-1")
     assert r.status_code == 200, r.text
-    assert [n["node_id"] for n in await _nodes(client)] == ["node-a"]
+    assert [n["node_id"] for n in await _nodes(client)] == ["node-1"]
     # A join rule names no peer: any "to" but "*" is refused and changes nothing.
     revision = (await client.get("/api/v1/policy", headers=ADMIN)).json()["revision"]
     bad = {"rules": [{"from": "*", "to": NODE_A, "action": "join", "allow": True}]}
@@ -568,20 +662,20 @@ async def test_status_and_topology(
     ctl: tuple[Any, ControllerClients], tokens: dict[str, str], key: SigningKey
 ) -> None:
     _, client = ctl
-    assert (await _register(client, key, NODE_A, "node-a")).status_code == 200
+    assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
     assert (await _register(client, key, NODE_B, "node-b")).status_code == 200
     report = {"links": [{"peer": "node-b", "up": True, "rtt_ms": 1.5}]}
-    r = await client.tls(NODE_A).put("/api/v1/nodes/node-a/status", json=report)
+    r = await client.tls(NODE_A).put("/api/v1/nodes/node-1/status", json=report)
     assert r.status_code == 204, r.text
-    # Another node may not report for node-a; unknown nodes are 404.
-    r = await client.tls(NODE_B).put("/api/v1/nodes/node-a/status", json={"links": []})
+    # Another node may not report for node-1; unknown nodes are 404.
+    r = await client.tls(NODE_B).put("/api/v1/nodes/node-1/status", json={"links": []})
     assert (r.status_code, r.json()["error"]) == (403, "identity_mismatch")
     r = await client.tls(NODE_B).put("/api/v1/nodes/ghost/status", json={"links": []})
     assert (r.status_code, r.json()["error"]) == (404, "node_not_found")
     topo = (await client.get("/api/v1/topology", headers=bearer(tokens[NODE_B]))).json()
-    assert sorted(n["node_id"] for n in topo["nodes"]) == ["node-a", "node-b"]
-    assert topo["links"] == [{"from": "node-a", "to": "node-b", "up": True, "rtt_ms": 1.5}]
-    one = (await client.get("/api/v1/nodes/node-a", headers=bearer(tokens[NODE_B]))).json()
+    assert sorted(n["node_id"] for n in topo["nodes"]) == ["node-1", "node-b"]
+    assert topo["links"] == [{"from": "node-1", "to": "node-b", "up": True, "rtt_ms": 1.5}]
+    one = (await client.get("/api/v1/nodes/node-1", headers=bearer(tokens[NODE_B]))).json()
     assert one["links"] == [{"peer": "node-b", "up": True, "rtt_ms": 1.5}]
     assert one["pq_svid"].startswith("-----BEGIN CERTIFICATE-----")
     r = await client.get("/api/v1/nodes/ghost", headers=ADMIN)
@@ -779,10 +873,10 @@ async def test_cidr_exhaustion_is_409_and_writes_nothing(
     tmp_path: Path, identity: Identity, tokens: dict[str, str], key: SigningKey
 ) -> None:
     async with controller(tmp_path / "ctl", identity, overlay_cidr="100.96.0.0/30") as (_, c):
-        for i in range(2):
-            r = await _register(c, key, NODE_A, f"node-{i}")
+        for sid, node_id in ((NODE_A, "node-1"), (NODE_B, "node-b")):
+            r = await _register(c, key, sid, node_id)
             assert r.status_code == 200
-        r = await _register(c, key, NODE_A, "node-2")
+        r = await _register(c, key, NODE_DEV, "dev-1")
         assert (r.status_code, r.json()["error"]) == (409, "cidr_exhausted")
         ips = {n["overlay_ip"] for n in await _nodes(c)}
         assert ips == {"100.96.0.1", "100.96.0.2"}
@@ -888,13 +982,13 @@ def test_controller_subprocess(tmp_path: Path, identity: Identity, key: SigningK
     token = identity.token(NODE_A)
 
     async def use() -> None:
-        body = register_body(key, spiffe_id=NODE_A, node_id="proc-1")
+        body = register_body(key, spiffe_id=NODE_A, node_id="node-1")
         async with tls_client(api, identity.credentials(NODE_A), CONTROLLER_ID) as node:
             r = await node.post("/api/v1/nodes/register", json=body)
             assert r.status_code == 200, r.text
         async with tls_client(api, identity.credentials(), CONTROLLER_ID) as admin:
             r = await admin.get("/api/v1/nodes", headers=bearer(ADMIN_TOKEN))
-            assert [n["node_id"] for n in r.json()["nodes"]] == ["proc-1"]
+            assert [n["node_id"] for n in r.json()["nodes"]] == ["node-1"]
             # The same token over TLS without a client certificate cannot register.
             r = await admin.post("/api/v1/nodes/register", json=body, headers=bearer(token))
             assert (r.status_code, r.json()["error"]) == (401, "client_certificate_required")
@@ -949,36 +1043,56 @@ def test_controller_refuses_to_start_without_ca(tmp_path: Path) -> None:
     assert "listen" in out.stderr
 
 
+def test_controller_refuses_a_bad_node_id_mapping(tmp_path: Path) -> None:
+    """Checked at start-up, before anything is created: exit 2 naming the setting."""
+    for mapping, message in (
+        ("spiffe://x0tta6bl4.mesh/ns/mesh", "invalid node-id-mapping"),
+        ("spiffe://elsewhere.example/**/node/{node}", "outside the trust domain"),
+    ):
+        out = subprocess.run(
+            [*_cli(), "controller", "--local-ca", "--state-dir", str(tmp_path / "s")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "X0_NODE_ID_MAPPING": mapping},
+        )
+        assert out.returncode == 2, out.stderr
+        assert message in out.stderr
+        assert "Traceback" not in out.stderr
+        assert not (tmp_path / "s").exists()
+
+
 async def test_a_live_node_id_is_bound_to_its_key(
     ctl: tuple[Any, ControllerClients], key: SigningKey
 ) -> None:
-    """Issue 12: the first registration binds node-k to NODE_A and ``key``. Another identity
+    """Issue 12: the first registration binds node-1 to NODE_A and ``key``. Another identity
     or another key gets 409 node_id_taken and changes nothing; a rotation proof made with the
     previous key hands the node ID over (a proof made with any other key does not); after
     KEY_REBIND_AFTER seconds of silence the same identity may bind a new key (lost state);
     an admin DELETE releases the node ID at once."""
     app, client = ctl
-    assert (await _register(client, key, NODE_A, "node-k")).status_code == 200
-    record = (await client.get("/api/v1/nodes/node-k", headers=ADMIN)).json()
+    assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
+    record = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
     impostor = SigningKey.generate()
-    for sid in (NODE_B, NODE_A):  # another identity; the same identity with a fresh key
-        r = await _register(client, impostor, sid, "node-k")
+    for sid in (NODE_A_TWIN, NODE_A):  # another identity; the same identity with a fresh key
+        r = await _register(client, impostor, sid, "node-1")
         assert (r.status_code, r.json()["error"]) == (409, "node_id_taken"), r.text
-    assert (await client.get("/api/v1/nodes/node-k", headers=ADMIN)).json() == record
+    assert (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json() == record
     metrics = (await client.get("/metrics")).text
     assert (
         _metric_labels(metrics, 'x0tta6bl4_registrations_rejected_total{reason="node_id_taken"}')
         == 2
     )
     # A rotation proof by a key that is not the previous one.
-    forged = rotation_body(impostor, impostor, spiffe_id=NODE_A, node_id="node-k")
+    forged = rotation_body(impostor, impostor, spiffe_id=NODE_A, node_id="node-1")
     r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=forged)
     assert (r.status_code, r.json()["error"]) == (401, "pop_invalid")
     # The previous key's proof; replaying the same request is refused (its nonce is spent).
-    rotated = rotation_body(key, impostor, spiffe_id=NODE_A, node_id="node-k")
+    rotated = rotation_body(key, impostor, spiffe_id=NODE_A, node_id="node-1")
     r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=rotated)
     assert r.status_code == 200, r.text
-    detail = (await client.get("/api/v1/nodes/node-k", headers=ADMIN)).json()
+    detail = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
     assert detail["ml_dsa_public_key"] == base64.b64encode(impostor.public_bytes).decode()
     assert detail["overlay_ip"] == record["overlay_ip"]
     r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=rotated)
@@ -986,9 +1100,9 @@ async def test_a_live_node_id_is_bound_to_its_key(
     # Silent for KEY_REBIND_AFTER seconds: the same identity may bind a new key.
     registrar = app.state.controller.registrar
     registrar._clock = lambda: time.time() + KEY_REBIND_AFTER + 1
-    assert (await _register(client, key, NODE_B, "node-k")).status_code == 409
-    assert (await _register(client, key, NODE_A, "node-k")).status_code == 200
+    assert (await _register(client, key, NODE_A_TWIN, "node-1")).status_code == 409
+    assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
     registrar._clock = time.time
     # An admin DELETE releases the node ID: any identity may take it.
-    assert (await client.delete("/api/v1/nodes/node-k", headers=ADMIN)).status_code == 204
-    assert (await _register(client, impostor, NODE_B, "node-k")).status_code == 200
+    assert (await client.delete("/api/v1/nodes/node-1", headers=ADMIN)).status_code == 204
+    assert (await _register(client, impostor, NODE_A_TWIN, "node-1")).status_code == 200

@@ -100,6 +100,11 @@ class Fleet:
                         str(ca_dir / "ca.key"),
                         "--admin-token-file",
                         str(token_file),
+                        # 1000 node IDs from three SPIFFE IDs: the shared-identity mode.
+                        # This test is about the store; the binding of node IDs to SPIFFE
+                        # IDs is test_controller_api's.
+                        "--node-id-mapping",
+                        "none",
                         "--node-ttl",
                         "3600",
                     ],

@@ -30,10 +30,10 @@ import pytest
 from tests.integration.controller_support import (
     ADMIN_TOKEN,
     CONTROLLER_ID,
-    NODE_A,
-    NODE_B,
+    IDS,
     Identity,
     free_port,
+    mesh_node_id,
     register_body,
     running_issuer,
     tls_request,
@@ -48,9 +48,13 @@ pytestmark = pytest.mark.timeout(300)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+# Every node ID the tests register, each under its own SPIFFE ID (…/node/<id>).
+NODE_IDS = tuple(mesh_node_id(n) for n in ("good", "bad", *(f"n{i}" for i in range(30))))
+
+
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
-    with running_issuer(tmp_path_factory.mktemp("id")) as ident:
+    with running_issuer(tmp_path_factory.mktemp("id"), ids=IDS + NODE_IDS) as ident:
         yield ident
 
 
@@ -121,7 +125,9 @@ class Controller:
         assert done.returncode != 0, done.stderr[-3000:]
         return done.stdout + done.stderr
 
-    def register(self, node_id: str, spiffe_id: str = NODE_A) -> None:
+    def register(self, node_id: str) -> None:
+        """Register ``node_id`` as its own node SPIFFE ID (the default node ID mapping)."""
+        spiffe_id = mesh_node_id(node_id)
         r = tls_request(
             self.api,
             self.identity,
@@ -211,8 +217,8 @@ def test_a_damaged_record_is_a_store_fault_and_the_rest_serves(
 ) -> None:
     ctl = Controller(tmp_path, identity, "--local-ca")
     with ctl.running():
-        ctl.register("good", NODE_A)
-        ctl.register("bad", NODE_B)
+        ctl.register("good")
+        ctl.register("bad")
     with contextlib.closing(sqlite3.connect(ctl.db)) as conn, conn:
         conn.execute("UPDATE nodes SET record = '{\"node_id\": ' WHERE node_id = 'bad'")
     with ctl.running() as proc:
@@ -303,8 +309,8 @@ async def test_etcd_store_same_contract(
     url = "etcd://" + ",".join(f"{h}:{p}" for h, p in etcd.endpoints)
     ctl = Controller(tmp_path, identity, "--local-ca", "--store", url)
     with ctl.running():
-        ctl.register("good", NODE_A)
-        ctl.register("bad", NODE_B)
+        ctl.register("good")
+        ctl.register("bad")
     # A damaged record: a store fault, the rest serves.
     await _etcd_put(etcd, "/x0tta6bl4/nodes/bad", b"[1, 2")
     with ctl.running():

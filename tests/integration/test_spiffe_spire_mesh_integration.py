@@ -936,6 +936,10 @@ def running_controller(
     port, tls_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     log = workdir / "controller.log"
+    if not getattr(issuer, "per_workload", False):
+        # The embedded issuer selects by uid only: every workload shares one SPIFFE ID, the
+        # legacy shared-identity mode, where node IDs cannot be bound to SPIFFE IDs by name.
+        extra = ("--node-id-mapping", "none", *extra)
     proc = spawn_controller(
         [
             "--listen", f"127.0.0.1:{port}",
@@ -1012,8 +1016,9 @@ def node_token(issuer: HasSocket, trust_domain: str = TD) -> str:
 def test_registration_with_a_real_x509_svid_succeeds_at_a_real_controller(
     make_provider: ProviderFactory, workdir: Path
 ) -> None:
-    """The node's X.509-SVID as TLS client certificate registers it (mutual TLS)."""
-    provider = make_provider(mesh_workloads())
+    """The node's X.509-SVID as TLS client certificate registers it (mutual TLS). The test
+    process is node real-node (its SPIFFE ID …/node/real-node is bound to that node ID)."""
+    provider = make_provider({**mesh_workloads(), "self": mesh_node_id("real-node")})
     me = provider["self"].spiffe_id
     controller = provider["controller"].spiffe_id
     key = SigningKey.generate()

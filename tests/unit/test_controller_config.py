@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -75,6 +76,30 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_invalid_settings_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         ControllerSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_node_id_mapping_defaults_to_the_trust_domain_and_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("X0_NODE_ID_MAPPING", raising=False)
+    assert str(ControllerSettings().node_mapping) == f"spiffe://{TD}/**/node/{{node}}"
+    other = ControllerSettings(trust_domain="staging.example")
+    assert str(other.node_mapping) == "spiffe://staging.example/**/node/{node}"
+    assert other.node_mapping.node_id_for("spiffe://staging.example/ns/a/sa/b/node/w1") == "w1"
+    assert not ControllerSettings(node_id_mapping="none").node_mapping.enabled
+    monkeypatch.setenv("X0_NODE_ID_MAPPING", f"spiffe://{TD}/ns/mesh/sa/*/node/{{node}}")
+    narrow = ControllerSettings().node_mapping
+    assert narrow.node_id_for(f"spiffe://{TD}/ns/mesh/sa/app/node/n1") == "n1"
+    assert narrow.node_id_for(f"spiffe://{TD}/ns/dev/sa/app/node/n1") is None
+    monkeypatch.delenv("X0_NODE_ID_MAPPING")
+    for bad, message in (
+        (f"spiffe://{TD}/ns/mesh/node", "must end with one /{node} segment"),
+        (f"spiffe://{TD}/{{node}}/node/{{node}}", "must end with one /{node} segment"),
+        ("spiffe://other.example/**/node/{node}", "outside the trust domain"),
+        (f"spiffe://{TD}/ns/**/sa/**/node/{{node}}", "**"),
+    ):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            ControllerSettings(node_id_mapping=bad)
 
 
 def test_parse_listen_ipv6() -> None:

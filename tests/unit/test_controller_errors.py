@@ -24,6 +24,7 @@ EXPECTED: dict[str, tuple[int, dict[str, str]]] = {
     "policy_denied": (403, {}),
     "identity_mismatch": (403, {}),
     "node_id_taken": (409, {}),
+    "node_id_not_bound": (403, {}),
     "node_not_found": (404, {}),
     "pop_invalid": (401, {}),
     "pop_replayed": (401, {}),

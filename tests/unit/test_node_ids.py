@@ -42,6 +42,10 @@ def test_default_mapping_takes_the_node_segment() -> None:
     assert DEFAULT.node_id_for("spiffe://other.td/ns/x0/sa/app/node/worker-1") is None
     assert DEFAULT.node_id_for(f"spiffe://{TD}/ns/x0/sa/app/node/worker-1/extra") is None
     assert DEFAULT.node_id_for("not a spiffe id") is None
+    # Odd last segments: not a node ID (must start and end with a letter or digit).
+    for odd in ("-lead", "trail-", ".hidden", "a_", "_"):
+        assert DEFAULT.node_id_for(f"spiffe://{TD}/ns/x0/sa/app/node/{odd}") is None, odd
+        assert not DEFAULT.allows(f"spiffe://{TD}/ns/x0/sa/app/node/{odd}", odd)
 
 
 def test_long_kubernetes_node_names_map_as_the_agent_shortens_them() -> None:

@@ -121,6 +121,17 @@ Usage: {{ include "x0tta6bl4.controllerSpiffeId" . }}
 {{- end -}}
 
 {{/*
+x0tta6bl4.nodeIdMapping: the controller's node ID mapping (X0_NODE_ID_MAPPING): the value
+x0tta6bl4.controller.nodeIdMapping, or by default "spiffe://<td>/" + "**" + "/node/{node}"
+(written apart here: a star and a slash would end this comment), which binds each mesh node's
+SPIFFE ID (…/node/<Kubernetes node>, its ClusterSPIFFEID) to its node ID.
+Usage: {{ include "x0tta6bl4.nodeIdMapping" . }}
+*/}}
+{{- define "x0tta6bl4.nodeIdMapping" -}}
+{{- .Values.x0tta6bl4.controller.nodeIdMapping | default (printf "spiffe://%s/**/node/{node}" .Values.x0tta6bl4.spiffe.trustDomain) -}}
+{{- end -}}
+
+{{/*
 x0tta6bl4.spiffeSocketPath: the SPIRE agent socket path inside the pods (X0_SPIFFE_SOCKET).
 Usage: {{ include "x0tta6bl4.spiffeSocketPath" . }}
 */}}

@@ -137,6 +137,15 @@ def controller(  # noqa: PLR0917 - one parameter per flag
             "comma-separated)",
         ),
     ] = None,
+    node_id_mapping: Annotated[
+        str | None,
+        typer.Option(
+            "--node-id-mapping",
+            envvar="X0_NODE_ID_MAPPING",
+            help="which node ID a SPIFFE ID may register: a pattern ending in /{node} "
+            "(default: spiffe://<trust domain>/**/node/{node}), or 'none' (no binding by name)",
+        ),
+    ] = None,
     overlay_cidr: Annotated[
         str | None,
         typer.Option("--overlay-cidr", envvar="X0_OVERLAY_CIDR", help="overlay IPv4 network"),
@@ -198,6 +207,7 @@ def controller(  # noqa: PLR0917 - one parameter per flag
         "local_ca": local_ca,
         "admin_token_file": admin_token_file,
         "admin_spiffe_ids": tuple(admin_spiffe_id) if admin_spiffe_id else None,
+        "node_id_mapping": node_id_mapping,
         "overlay_cidr": overlay_cidr,
         "pq_svid_ttl": pq_svid_ttl,
         "node_ttl": node_ttl,

@@ -525,6 +525,7 @@ def create_app(
         network=network,
         svid_ttl=settings.pq_svid_ttl,
         clock_skew=settings.clock_skew_seconds,
+        node_mapping=settings.node_mapping,
         clock=clock,
     )
     state = ControllerState(

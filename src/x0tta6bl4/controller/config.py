@@ -20,6 +20,8 @@ from x0tta6bl4.controller.store.etcd_tls import EtcdTlsFiles
 from x0tta6bl4.controller.store.url import default_store_url
 from x0tta6bl4.hostport import parse_hostport
 from x0tta6bl4.httpserver import MAX_CONNECTIONS, MIN_CONNECTIONS
+from x0tta6bl4.identity.errors import InvalidSpiffeIdError
+from x0tta6bl4.identity.node_ids import NodeIdMapping, default_node_mapping
 from x0tta6bl4.identity.spiffe_ids import (
     DEFAULT_TRUST_DOMAIN,
     parse_spiffe_id,
@@ -69,6 +71,7 @@ class ControllerSettings(BaseSettings):
     local_ca: bool = False
     admin_token_file: Path | None = None
     admin_spiffe_ids: Annotated[tuple[str, ...], NoDecode] = ()
+    node_id_mapping: str | None = None
     overlay_cidr: str = DEFAULT_OVERLAY_CIDR
     pq_svid_ttl: int = Field(default=3600, ge=60, le=30 * 86400)
     node_ttl: float = Field(default=60.0, gt=0, le=86400)
@@ -123,6 +126,17 @@ class ControllerSettings(BaseSettings):
     def _check_admin_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(str(parse_spiffe_id(v)) for v in value)
 
+    @field_validator("node_id_mapping")
+    @classmethod
+    def _check_node_id_mapping(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            NodeIdMapping(value)
+        except InvalidSpiffeIdError as err:
+            raise ValueError(str(err)) from None
+        return value.strip()
+
     @field_validator("log_format")
     @classmethod
     def _check_log_format(cls, value: str | None) -> str | None:
@@ -141,6 +155,12 @@ class ControllerSettings(BaseSettings):
                 f"--listen ({self.listen}) and --tls-listen ({self.tls_listen}) need different "
                 "ports: plain HTTP and TLS are two listeners"
             )
+        mapping = self.node_mapping
+        if mapping.enabled and mapping.trust_domain != parse_trust_domain(self.trust_domain):
+            raise ValueError(
+                f"--node-id-mapping {str(mapping)!r} is outside the trust domain "
+                f"{self.trust_domain!r}: no node could register"
+            )
         if (self.ca_cert_file is None) != (self.ca_key_file is None):
             raise ValueError("--ca-cert-file and --ca-key-file must be given together")
         etcd_files = (self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
@@ -149,6 +169,11 @@ class ControllerSettings(BaseSettings):
                 "--etcd-ca-file, --etcd-cert-file and --etcd-key-file must be given together"
             )
         return self
+
+    @property
+    def node_mapping(self) -> NodeIdMapping:
+        """The node ID ↔ SPIFFE ID binding (default ``spiffe://<td>/**/node/{node}``)."""
+        return NodeIdMapping(self.node_id_mapping or default_node_mapping(self.trust_domain))
 
     @property
     def listen_host(self) -> str:

@@ -38,6 +38,7 @@ class AdmissionRefusal(enum.StrEnum):
     POLICY_DENIED = "policy_denied"
     IDENTITY_MISMATCH = "identity_mismatch"
     NODE_ID_TAKEN = "node_id_taken"
+    NODE_ID_NOT_BOUND = "node_id_not_bound"
     NODE_NOT_FOUND = "node_not_found"
     POP_INVALID = "pop_invalid"
     POP_REPLAYED = "pop_replayed"

@@ -56,6 +56,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "policy_denied",
     "identity_mismatch",
     "node_id_taken",
+    "node_id_not_bound",
     "node_not_found",
     "cidr_exhausted",
     "invalid_request",

@@ -3,7 +3,10 @@
 The order is fixed so that a refused request costs little and changes nothing:
 
 1. the caller is already authenticated (JWT-SVID) by the route;
-2. cheap checks: base64 fields, nonce length, timestamp within the clock-skew window;
+2. cheap checks, none touching the store: the node ID is the one the caller's SPIFFE ID is
+   bound to by the node ID mapping (``403 node_id_not_bound``; ``--node-id-mapping``, by
+   default ``spiffe://<td>/**/node/{node}``, :class:`~x0tta6bl4.identity.node_ids.NodeIdMapping`);
+   base64 fields, nonce length, timestamp within the clock-skew window;
 3. the policy: may this SPIFFE ID join;
 4. the node ID must not be bound to another SPIFFE ID (``409 node_id_taken``; on renewal it
    must exist) — a cheap early refusal; the store checks ownership again, atomically with the
@@ -49,6 +52,7 @@ from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
 from x0tta6bl4.crypto.pqsvid import rotation_nonce, rotation_proof, verify_proof_of_possession
 from x0tta6bl4.identity.errors import IdentityError
+from x0tta6bl4.identity.node_ids import NodeIdMapping, default_node_mapping
 from x0tta6bl4.logging import get_logger
 from x0tta6bl4.policy import PolicyEngine, default_policy
 from x0tta6bl4.records import ModelError
@@ -128,9 +132,15 @@ class Registrar:
         network: IPv4Network,
         svid_ttl: int,
         clock_skew: int,
+        node_mapping: NodeIdMapping | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._mapping = (
+            node_mapping
+            if node_mapping is not None
+            else NodeIdMapping(default_node_mapping(trust_domain))
+        )
         self._ca = ca
         self._metrics = metrics
         self._trust_domain = trust_domain
@@ -143,6 +153,23 @@ class Registrar:
         return AdmissionError(
             AdmissionRefusal.NODE_ID_TAKEN,
             f"node {node_id!r} is bound to another SPIFFE ID (an admin must delete it first)",
+        )
+
+    def _check_bound(self, spiffe_id: str, node_id: str) -> None:
+        """The node ID mapping (step 2): ``spiffe_id`` may register ``node_id`` only."""
+        if self._mapping.allows(spiffe_id, node_id):
+            return
+        bound = self._mapping.node_id_for(spiffe_id)
+        if bound is None:
+            raise AdmissionError(
+                AdmissionRefusal.NODE_ID_NOT_BOUND,
+                f"{spiffe_id} names no mesh node under the node ID mapping {self._mapping} "
+                f"and may not register node {node_id!r}",
+            )
+        raise AdmissionError(
+            AdmissionRefusal.NODE_ID_NOT_BOUND,
+            f"{spiffe_id} is bound to node ID {bound!r} (node ID mapping {self._mapping}), "
+            f"not to {node_id!r}",
         )
 
     def _signer(self) -> LoadedCa:
@@ -202,6 +229,7 @@ class Registrar:
     ) -> Admission:
         """Run the checks of the module docstring; raise :class:`AdmissionError` on refusal."""
         now = self._clock()
+        self._check_bound(spiffe_id, node_id)
         public_key = _b64(public_key_b64, "ml_dsa_public_key")
         if len(public_key) != ML_DSA_65_PUBLIC_KEY_SIZE:
             raise AdmissionError(

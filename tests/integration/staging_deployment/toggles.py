@@ -283,6 +283,14 @@ def test_inconsistent_values_fail_with_an_actionable_message(
             {"spire.server.extra": "1"},
             "at '/spire/server': additional properties 'extra' not allowed",
         ),
+        (
+            {"x0tta6bl4.controller.nodeIdMapping": "spiffe://x0tta6bl4.mesh/ns/a/node"},
+            "at '/x0tta6bl4/controller/nodeIdMapping'",
+        ),
+        (
+            {"x0tta6bl4.controller.nodeIdMapping": "spiffe://x0tta6bl4.mesh/{node}/x"},
+            "at '/x0tta6bl4/controller/nodeIdMapping'",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -292,6 +300,8 @@ def test_inconsistent_values_fail_with_an_actionable_message(
         "quantity",
         "retention",
         "spire-unknown",
+        "node-id-mapping-without-node",
+        "node-id-mapping-node-not-last",
     ],
 )
 def test_bad_values_fail_with_a_schema_message(sets: dict[str, str], message: str) -> None:
@@ -325,3 +335,36 @@ def test_vpa_matches_the_guide_except_the_api_spelling(guide: Index) -> None:
         alone["VerticalPodAutoscaler", "x0tta6bl4-vpa"]["spec"]["updatePolicy"]["updateMode"]
         == "Auto"
     )
+
+
+def _controller_env(sets: dict[str, str]) -> dict[str, str]:
+    objs = by_kind_name(render(STAGING, sets, namespace=NS))
+    ctl = container(objs["Deployment", "x0tta6bl4-controller"], "controller")
+    return {e["name"]: e.get("value", "") for e in ctl["env"]}
+
+
+@pytest.mark.parametrize(
+    ("sets", "mapping"),
+    [
+        ({}, "spiffe://x0tta6bl4.mesh/**/node/{node}"),
+        (
+            {"x0tta6bl4.spiffe.trustDomain": "staging.example"},
+            "spiffe://staging.example/**/node/{node}",
+        ),
+        (
+            {"x0tta6bl4.controller.nodeIdMapping": "spiffe://x0tta6bl4.mesh/ns/*/sa/x/node/{node}"},
+            "spiffe://x0tta6bl4.mesh/ns/*/sa/x/node/{node}",
+        ),
+        ({"x0tta6bl4.controller.nodeIdMapping": "none"}, "none"),
+    ],
+    ids=["default", "trust-domain", "explicit", "none"],
+)
+def test_the_node_id_mapping_reaches_the_controller(sets: dict[str, str], mapping: str) -> None:
+    """controller.nodeIdMapping (default: the trust domain's …/node/{node}, matching the mesh
+    nodes' ClusterSPIFFEID) is the controller's X0_NODE_ID_MAPPING, and the controller
+    accepts it."""
+    from x0tta6bl4.identity.node_ids import NodeIdMapping
+
+    env = _controller_env(sets)
+    assert env["X0_NODE_ID_MAPPING"] == mapping
+    NodeIdMapping(mapping)  # what the controller validates at startup

@@ -46,6 +46,7 @@ REFUSALS: Mapping[AuthFailure | AdmissionRefusal, tuple[int, Mapping[str, str]]]
         AdmissionRefusal.POLICY_DENIED: (403, _NONE),
         AdmissionRefusal.IDENTITY_MISMATCH: (403, _NONE),
         AdmissionRefusal.NODE_ID_TAKEN: (409, _NONE),
+        AdmissionRefusal.NODE_ID_NOT_BOUND: (403, _NONE),
         AdmissionRefusal.NODE_NOT_FOUND: (404, _NONE),
         AdmissionRefusal.POP_INVALID: (401, _NONE),
         AdmissionRefusal.POP_REPLAYED: (401, _NONE),
