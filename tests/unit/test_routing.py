@@ -811,3 +811,48 @@ def test_flapping_link_resyncs_by_summary_not_the_whole_database() -> None:
     routers["b"].neighbour_up("a", 10, 3.1)
     sync(3.1)
     assert routers["a"].counters["sync_adverts_sent"] == before["a"] + 3  # c, d, e
+
+
+def test_request_timeout_adapts_to_the_answer_time() -> None:
+    held: dict[str, int] = {}
+    flooding = Flooding(
+        lambda origin: held.get(origin, -1),
+        request_timeout=0.5,
+        max_requests=5,
+        max_request_timeout=4.0,
+    )
+    assert flooding.timeout == 0.5  # no sample yet: the least timeout
+    # A busy host: the advert arrives 1.5 s after the request (it was never re-asked).
+    assert flooding.on_announce("p1", [("o0", 1)], 0.0, linked=True) == 1
+    flooding.handle_timer(0.4, ["p1", "p2"])
+    assert flooding.requests_to_send() == [("p1", [("o0", 1)])]
+    held["o0"] = 1
+    flooding.settle("o0", 1.5)
+    assert flooding.srtt == pytest.approx(1.5)
+    assert flooding.timeout == pytest.approx(4.0)  # 1.5 + 4 x 0.75, capped
+    # The next request waits that long before another neighbour is asked.
+    flooding.on_announce("p1", [("o1", 1)], 2.0, linked=True)
+    flooding.on_announce("p2", [("o1", 1)], 2.0, linked=True)
+    assert flooding.get_timer() == pytest.approx(6.0)
+    flooding.handle_timer(5.9, ["p1", "p2"])
+    assert flooding.counters["request_timeouts"] == 0
+    flooding.handle_timer(6.0, ["p1", "p2"])
+    assert flooding.counters["request_timeouts"] == 1
+    assert flooding.requests_to_send() == [("p1", [("o1", 1)]), ("p2", [("o1", 1)])]
+    # Quick answers bring it back down to the floor, never below.
+    for i in range(60):
+        origin = f"q{i}"
+        flooding.on_announce("p1", [(origin, 1)], 10.0 + i, linked=True)
+        held[origin] = 1
+        flooding.settle(origin, 10.0 + i + 0.01)
+    assert flooding.timeout == 0.5
+    # Without a time (a caller that does not measure) nothing is sampled.
+    srtt = flooding.srtt
+    flooding.on_announce("p1", [("z", 1)], 100.0, linked=True)
+    held["z"] = 1
+    flooding.settle("z")
+    assert flooding.srtt == srtt
+    with pytest.raises(ValueError, match="max_request_timeout"):
+        Flooding(lambda origin: -1, request_timeout=0.5, max_requests=1, max_request_timeout=0.1)
+    with pytest.raises(ValueError, match="max_request_timeout"):
+        RouterConfig(max_request_timeout=0.1)

@@ -8,10 +8,16 @@ receive it once per link and throw all copies but one away. Instead (the router 
   it came from and those known to hold that seq (:meth:`Flooding.accepted`);
 * an announce of an advert newer than ours, that we have not asked anyone for, is
   **requested** from the announcer (:meth:`Flooding.on_announce`); the answer is the advert;
-* a request not answered within ``request_timeout`` goes to another neighbour that announced
+* a request not answered within the request timeout goes to another neighbour that announced
   the advert (one not asked yet first; never for more than what was wanted), at most
   ``max_requests`` times in all, the n-th try waiting n timeouts (:meth:`Flooding.handle_timer`);
   then refresh and database sync are left to repair it;
+* the request timeout adapts to how long adverts take to arrive (RFC 6298's estimator over
+  the time from the first request to the advert: ``srtt + 4 × rttvar``), never below
+  ``request_timeout`` nor above ``max_request_timeout``. On hosts too busy to answer within
+  the fixed 0.5 s, every request used to be asked again of another neighbour, which then sent
+  the same 3-packet advert too: a 150-node mesh on 2 cores sent 169,049 adverts to accept
+  40,053 (5 requests per accepted advert);
 * a request is answered at most once per ``request_timeout / 2`` per neighbour and origin
   (:meth:`Flooding.answer`), so requests cannot make a node amplify traffic.
 
@@ -50,6 +56,11 @@ HeldSeq = Callable[[str], int]
 Entries = list[tuple[str, int]]
 
 
+#: Gains of the smoothed answer time and of its variation (RFC 6298).
+_ALPHA = 0.125
+_BETA = 0.25
+
+
 @dataclass(slots=True)
 class _Want:
     """An announced advert we lack and asked a neighbour for."""
@@ -59,6 +70,8 @@ class _Want:
     due: float
     tried: frozenset[str]
     attempts: int
+    #: When it was first asked for (the answer time is measured from there).
+    since: float
 
 
 class Flooding:
@@ -70,15 +83,25 @@ class Flooding:
         *,
         request_timeout: float,
         max_requests: int,
+        max_request_timeout: float | None = None,
         counters: dict[str, int] | None = None,
         max_origins: Callable[[], int] = lambda: 4096,
     ) -> None:
         if request_timeout <= 0 or max_requests < 1:
             raise InvalidConfigError("request_timeout must be positive and max_requests at least 1")
+        if max_request_timeout is None:
+            max_request_timeout = request_timeout
+        if max_request_timeout < request_timeout:
+            raise InvalidConfigError("max_request_timeout must be at least request_timeout")
         self._held_seq = held_seq
         self._max_origins = max_origins
         self.request_timeout = request_timeout
+        self.max_request_timeout = max_request_timeout
         self.max_requests = max_requests
+        #: Smoothed time from a first request to the advert, and its variation (None: no
+        #: sample yet).
+        self.srtt: float | None = None
+        self.rttvar = 0.0
         #: ``origin -> {peer: seq}``: the newest advert of ``origin`` each neighbour holds.
         self._holds: dict[str, dict[str, int]] = {}
         self._wants: dict[str, _Want] = {}
@@ -151,11 +174,29 @@ class Flooding:
             if peer != from_peer and holders.get(peer, -1) < seq:
                 self._announces.setdefault(peer, []).append((origin, seq))
 
-    def settle(self, origin: str) -> None:
-        """Drop the request for ``origin`` if what we hold now satisfies it."""
+    @property
+    def timeout(self) -> float:
+        """The current request timeout: ``srtt + 4 × rttvar`` within its bounds."""
+        if self.srtt is None:
+            return self.request_timeout
+        estimate = self.srtt + 4 * self.rttvar
+        return min(self.max_request_timeout, max(self.request_timeout, estimate))
+
+    def settle(self, origin: str, now: float | None = None) -> None:
+        """Drop the request for ``origin`` if what we hold now satisfies it; with ``now``,
+        the time since its first request is a sample of the answer time."""
         want = self._wants.get(origin)
         if want is not None and self._held_seq(origin) >= want.seq:
             del self._wants[origin]
+            if now is not None and now >= want.since:
+                self._sample(now - want.since)
+
+    def _sample(self, answer_time: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = answer_time, answer_time / 2
+            return
+        self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - answer_time)
+        self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * answer_time
 
     def on_announce(
         self, peer: str, entries: Collection[tuple[str, int]], now: float, *, linked: bool
@@ -210,10 +251,11 @@ class Flooding:
     def _ask(self, origin: str, seq: int, peer: str, now: float, previous: _Want | None) -> None:
         tried = frozenset({peer}) if previous is None else previous.tried | {peer}
         attempts = 1 if previous is None else previous.attempts + 1
+        since = now if previous is None else previous.since
         # The n-th try waits n timeouts: on a host too busy to answer in time, retries must
         # not multiply the transfers that made it busy.
-        due = now + self.request_timeout * attempts
-        self._wants[origin] = _Want(seq, peer, due, tried, attempts)
+        due = now + self.timeout * attempts
+        self._wants[origin] = _Want(seq, peer, due, tried, attempts, since)
         self._requests.setdefault(peer, []).append((origin, seq))
 
     def _retry(self, origin: str, want: _Want, now: float, peers: Collection[str]) -> None:

@@ -131,8 +131,11 @@ class RouterConfig:
     max_age: float = 120.0
     #: How often to look for aged adverts.
     age_check_interval: float = 1.0
-    #: Ask another neighbour for an announced advert that did not arrive within this.
+    #: Ask another neighbour for an announced advert that did not arrive within this (the
+    #: least request timeout: it adapts to the measured answer time up to the next one).
     request_timeout: float = 0.5
+    #: The most the adapted request timeout grows to.
+    max_request_timeout: float = 4.0
     #: Give up on an announced advert after this many requests (refresh and sync repair it).
     max_requests: int = 5
     #: Origins whose advert may wait for their key at once (one advert each, the latest).
@@ -154,6 +157,8 @@ class RouterConfig:
             raise InvalidConfigError("loss_burst must be at least 1 and loss_window positive")
         if self.max_requests < 1 or self.request_timeout <= 0:
             raise InvalidConfigError("max_requests must be at least 1 and request_timeout positive")
+        if self.max_request_timeout < self.request_timeout:
+            raise InvalidConfigError("max_request_timeout must be at least request_timeout")
         if self.max_waiting_for_key < 0:
             raise InvalidConfigError("max_waiting_for_key must not be negative")
         if min(values) < 0 or self.refresh_interval <= 0 or self.age_check_interval <= 0:
@@ -231,6 +236,7 @@ class Router:
             self._held_seq,
             request_timeout=self.config.request_timeout,
             max_requests=self.config.max_requests,
+            max_request_timeout=self.config.max_request_timeout,
             counters=self.counters,
             max_origins=lambda: max(4096, 4 * len(self.lsdb)),
         )
@@ -375,7 +381,7 @@ class Router:
             "own_newer",
         ):
             self.flooding.holds(from_peer, lsa.origin, lsa.seq)
-        self.flooding.settle(lsa.origin)
+        self.flooding.settle(lsa.origin, now)
         if result.reason == "own_newer":
             # An advert of a previous incarnation of this node: jump past it.
             self.flooding.forget(lsa.origin)
