@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 from tests.integration.controller_support import (
     ADMIN_TOKEN,
     NODE_A,
+    TD,
     Identity,
     free_port,
     mesh_node_id,
@@ -28,6 +30,16 @@ from tests.integration.controller_support import (
     spawn_node,
     tls_request,
     wait_ready,
+)
+from x0tta6bl4.controller.ca import load_ca_files
+from x0tta6bl4.crypto.pqsvid import verify_svid
+from x0tta6bl4.crypto.suite import SigningKey
+from x0tta6bl4.protocol.constants import MessageType
+from x0tta6bl4.protocol.handshake import (
+    Credential,
+    HandshakeConfig,
+    HandshakeState,
+    InitiatorHandshake,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -153,6 +165,81 @@ class Mesh:
         data: dict[str, object] = json.loads(out.stdout)
         return data
 
+    def metric(self, name: str, series: str) -> float:
+        """One series of node ``name``'s /metrics (0 when absent)."""
+        for line in self.get(name, "/metrics").text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == series:
+                return float(value)
+        return 0.0
+
+    def controller_metric(self, series: str) -> float:
+        for line in httpx.get(f"{self.base}/metrics", timeout=5).text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == series:
+                return float(value)
+        return 0.0
+
+    def forge(self, node_id: str) -> tuple[bytes, SigningKey]:
+        """A PQ SVID the mesh CA itself signs (the controller's local CA files) for
+        ``node_id`` under its own SPIFFE ID, with a fresh key, as a stolen CA key or a bug in
+        the controller could produce: the node ID's registration is not involved."""
+        ca = load_ca_files(
+            self.tmp / "ctl" / "ca" / "ca.crt", self.tmp / "ctl" / "ca" / "ca.key", trust_domain=TD
+        )
+        key = SigningKey.generate()
+        der = ca.signer.issue(
+            spiffe_id=mesh_node_id(node_id),
+            node_id=node_id,
+            public_key=key.public_bytes,
+            now=time.time(),
+            ttl_seconds=600,
+        )
+        return der, key
+
+    def handshake(self, target: str, cert_der: bytes, key: SigningKey) -> HandshakeState:
+        """One link handshake as initiator with ``cert_der`` from a real UDP socket against
+        node ``target``'s UDP port. Returns the initiator's state: ``WAIT_CONFIRM`` when the
+        node answered INIT (cookie included) and we sent FINISH, but no transport packet
+        followed within 3 s (the node refused FINISH); ``CONFIRMED`` if one did."""
+        ca = load_ca_files(
+            self.tmp / "ctl" / "ca" / "ca.crt", self.tmp / "ctl" / "ca" / "ca.key", trust_domain=TD
+        )
+        config = HandshakeConfig(
+            credential=Credential(cert_der, key),
+            verify_peer=lambda der: verify_svid(der, ca.bundle, time.time()),
+            authorize=lambda _peer: True,
+        )
+        machine = InitiatorHandshake(config, time.monotonic(), expected_node_id=target)
+        address = ("127.0.0.1", self.udp[target])
+        finished_at: float | None = None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(0.05)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not machine.failed:
+                for datagram in machine.datagrams_to_send():
+                    sock.sendto(datagram, address)
+                now = time.monotonic()
+                if machine.state is HandshakeState.WAIT_CONFIRM:
+                    finished_at = finished_at if finished_at is not None else now
+                    if now - finished_at > 3.0:
+                        break
+                try:
+                    data, _ = sock.recvfrom(65535)
+                except TimeoutError:
+                    data = b""
+                now = time.monotonic()
+                if data[:1] == bytes([MessageType.TRANSPORT]):
+                    machine.confirm(now)  # the responder's first packet under the new keys
+                    break
+                if data:
+                    machine.receive_datagram(data, now)
+                timer = machine.get_timer()
+                if timer is not None and timer <= now:
+                    machine.handle_timer(now)
+        return machine.state
+
     def close(self) -> None:
         for name in list(self.nodes):
             self.stop_node(name)
@@ -248,6 +335,23 @@ def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
     assert not mesh.link_up("n1", "n3")
     assert not mesh.link_up("n2", "n3")
     assert mesh.admin("GET", "/api/v1/nodes/n3").status_code == 404
+    # What keeps n3 out (docs/api.md, "Deleting a node"): its agent got 404 at its next status
+    # report and registers again, and the join rule refuses it, every time.
+    denied = 'x0tta6bl4_registrations_rejected_total{reason="policy_denied"}'
+    mesh.wait(lambda: mesh.controller_metric(denied) >= 2)
+    assert "policy_denied" in (mesh.tmp / "n3.log").read_text()  # the node says why
+    assert mesh.admin("GET", "/api/v1/nodes/n3").status_code == 404
+    # A certificate the mesh CA signs for the deleted node ID (another key, n3's SPIFFE ID)
+    # does not link either: the node answers INIT, then refuses FINISH (not a member). n3
+    # itself stops first, so that every refusal counted from here on is this handshake's.
+    mesh.stop_node("n3")
+    unauthorized = 'x0tta6bl4_node_handshake_failures_total{reason="unauthorized"}'
+    time.sleep(1.0)
+    before = mesh.metric("n1", unauthorized)
+    assert mesh.handshake("n1", *mesh.forge("n3")) is HandshakeState.WAIT_CONFIRM
+    mesh.wait(lambda: mesh.metric("n1", unauthorized) > before)
+    assert not mesh.link_up("n1", "n3")
+    assert mesh.link_up("n1", "n2")
 
     # A link rule by node SPIFFE ID: n1 and n2 may no longer link (both stay members).
     rules = [{"from": n1, "to": n2, "action": "link", "allow": False}, allow_join, *every]
@@ -335,3 +439,45 @@ def test_a_rotated_key_takes_over_and_the_old_certificate_stops_linking(mesh: Me
     for _ in range(10):
         assert all(endpoint(p) != old_udp for p in ("n1", "n2"))
         time.sleep(0.3)
+
+
+def test_a_mesh_ca_certificate_for_an_unregistered_node_id_does_not_link(mesh: Mesh) -> None:
+    """Issue 12 (acceptance): a PQ SVID the mesh CA signed for a node ID that was never
+    registered, used from a real UDP socket against a real node process: the node answers the
+    INIT (the certificate verifies: right CA, valid, the scheme's SPIFFE ID), refuses the
+    FINISH as ``unauthorized`` (no current member has that node ID), counts it, and makes no
+    link; its links to the members are untouched."""
+    unauthorized = 'x0tta6bl4_node_handshake_failures_total{reason="unauthorized"}'
+    downs = "x0tta6bl4_node_link_down_events_total"
+    before = {n: (mesh.metric(n, unauthorized), mesh.metric(n, downs)) for n in ("n1", "n2")}
+    for target in ("n1", "n2"):
+        assert mesh.handshake(target, *mesh.forge("ghost")) is HandshakeState.WAIT_CONFIRM
+    for name, (refused, down) in before.items():
+        mesh.wait(lambda n=name, r=refused: mesh.metric(n, unauthorized) > r)  # type: ignore[misc]
+        status = mesh.get(name, "/v1/status").json()
+        assert "ghost" not in {link["peer"] for link in status["links"]}
+        assert mesh.metric(name, downs) == down  # the members' links never went down
+    assert mesh.link_up("n1", "n2")
+    assert mesh.link_up("n1", "n3")
+    assert mesh.link_up("n2", "n3")
+    assert mesh.admin("GET", "/api/v1/nodes/ghost").status_code == 404
+
+
+def test_an_admin_delete_alone_lets_the_node_register_again(mesh: Mesh) -> None:
+    """What DELETE means (docs/api.md, "Deleting a node"): it releases the node ID and drops
+    the node's links, but a node that is still running registers again at its next status
+    report (404 -> register) and links again — DELETE is for a stale node. Keeping a node
+    out takes a join deny for its SPIFFE ID (test_membership_changes_drop_links_at_once)."""
+    first = mesh.admin("GET", "/api/v1/nodes/n2").json()["registered_at"]
+    assert mesh.admin("DELETE", "/api/v1/nodes/n2").status_code == 204
+
+    def back() -> bool:
+        answer = mesh.admin("GET", "/api/v1/nodes/n2")
+        return answer.status_code == 200 and answer.json()["registered_at"] > first
+
+    mesh.wait(back)
+    mesh.wait(lambda: mesh.link_up("n1", "n2") and mesh.link_up("n3", "n2"))
+    assert (
+        mesh.controller_metric('x0tta6bl4_registrations_rejected_total{reason="policy_denied"}')
+        == 0
+    )

@@ -464,8 +464,13 @@ class NodeAgent:
             except ControllerError as exc:
                 self.controller_ok = exc.status != 0
                 if exc.status == 404:
-                    with contextlib.suppress(ControllerError, OSError):
+                    # Our record is gone (an admin deleted it, or it expired): register again.
+                    # A refusal (e.g. 403 policy_denied: kept out on purpose) is logged, and
+                    # retried at the next report.
+                    try:
                         await self._register(renew=False)
+                    except (ControllerError, OSError) as err:
+                        _log.warning("node.register_failed", error=str(err), after="status_404")
             except Exception as exc:  # e.g. no SVID any more: the report did not get through
                 self.controller_ok = False
                 _log.warning("node.status_failed", error=type(exc).__name__)

@@ -317,6 +317,10 @@ class NodeCore:
         self.dropped: Counter[str] = Counter()
         #: ``handshakes_ok``, ``handshakes_failed``, ``link_down_events``, ``forwarded``, ...
         self.counters: Counter[str] = Counter()
+        #: Failed link handshakes by reason (``unauthorized``, ``certificate_rejected``, …;
+        #: ``x0tta6bl4_node_handshake_failures_total``): a closed set, the handshake's error
+        #: codes plus ``self`` and ``duplicate_keys``.
+        self.handshake_failures: Counter[str] = Counter()
         #: Diagnostic tap: called with every ROUTED frame this node relays for others.
         self.on_transit: Callable[[Routed], None] | None = None
 
@@ -720,6 +724,8 @@ class NodeCore:
                     self.e2e.forget(event.node_id)
             elif isinstance(event, HandshakeDone):
                 self.counters["handshakes_ok" if event.ok else "handshakes_failed"] += 1
+                if not event.ok:
+                    self.handshake_failures[event.reason] += 1
         for reason, count in self.links.dropped.items():
             self.dropped[reason] += count
         self.links.dropped.clear()

@@ -55,6 +55,14 @@ class NodeCollector(Collector):
         handshakes.add_metric(["ok"], float(core.counters["handshakes_ok"]))
         handshakes.add_metric(["failed"], float(core.counters["handshakes_failed"]))
         yield handshakes
+        failures = CounterMetricFamily(
+            "x0tta6bl4_node_handshake_failures",
+            "Failed link handshakes by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(core.handshake_failures.items()):
+            failures.add_metric([reason], float(count))
+        yield failures
         e2e = CounterMetricFamily(
             "x0tta6bl4_node_e2e_handshakes", "End-to-end handshakes by result", labels=["result"]
         )
