@@ -16,16 +16,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   if [ "${X0_REQUIRE_NATIVE:-0}" = 1 ]; then echo "$msg" >&2; exit 1; fi
   echo "$msg" >&2; exit 0
 fi
-if [ -z "${CARGO_TARGET_DIR:-}" ]; then
-  cache="${X0_CACHE:-/var/cache/x0tta6bl4}/cargo-target"
-  if mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; then export CARGO_TARGET_DIR="$cache"
-  else export CARGO_TARGET_DIR="$PWD/native/target"; fi
-fi
+# shellcheck source=scripts/cargo-target.sh
+. scripts/cargo-target.sh
 .venv/bin/pip install --quiet 'maturin>=1.7,<2'
 # A lock: two worktrees sharing the cache build one after the other (cargo locks too, but
-# maturin's wheel directory is per target dir).
-mkdir -p "$CARGO_TARGET_DIR"
-exec 9>"$CARGO_TARGET_DIR/.x0-build.lock"
-flock 9
+# maturin's wheel directory is per target dir); the crate is rebuilt from this checkout's
+# sources when another checkout built it last (scripts/cargo-target.sh).
+x0_cargo_lock
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release --quiet -m native/Cargo.toml >&2
 .venv/bin/python -c 'import x0tta6bl4_native as n; print("build-native: x0tta6bl4_native", n.VERSION, "with", n.AEAD_IMPLEMENTATION)' >&2
