@@ -44,7 +44,10 @@ with fuzzlib.instrumented():
 AUTHORITY = fuzzlib.jwt_authority()
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 ADMIN_ID = f"spiffe://{fuzzlib.TRUST_DOMAIN}/ns/ops/sa/admin"
-NODE_ID = f"spiffe://{fuzzlib.TRUST_DOMAIN}/ns/x0tta6bl4/sa/node-a"
+# A node identity of the scheme (docs/identity.md, "Names"): the controller's default node ID
+# mapping binds it to node ID "node-a", so registrations of "node-a" reach the proof of
+# possession and beyond; any other node ID is refused 403 node_id_not_bound up front.
+NODE_ID = f"spiffe://{fuzzlib.TRUST_DOMAIN}/ns/x0tta6bl4/sa/x0tta6bl4-app/node/node-a"
 AUDIENCE = "x0tta6bl4-controller"
 
 #: (method, path template); ``{p}`` is the fuzzed path parameter.
