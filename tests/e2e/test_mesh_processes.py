@@ -341,6 +341,9 @@ def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
     mesh.wait(lambda: mesh.controller_metric(denied) >= 2)
     assert "policy_denied" in (mesh.tmp / "n3.log").read_text()  # the node says why
     assert mesh.admin("GET", "/api/v1/nodes/n3").status_code == 404
+    # The deleted node's certificate is published as revoked until its notAfter.
+    revoked = mesh.admin("GET", "/api/v1/nodes").json()["revoked"]
+    assert [r["node_id"] for r in revoked] == ["n3"]
     # A certificate the mesh CA signs for the deleted node ID (another key, n3's SPIFFE ID)
     # does not link either: the node answers INIT, then refuses FINISH (not a member). n3
     # itself stops first, so that every refusal counted from here on is this handshake's.
@@ -354,7 +357,9 @@ def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
     assert mesh.link_up("n1", "n2")
 
     # A link rule by node SPIFFE ID: n1 and n2 may no longer link (both stay members).
-    rules = [{"from": n1, "to": n2, "action": "link", "allow": False}, allow_join, *every]
+    # (n3 stays barred from joining: its status reports, every 5 s, would re-register it.)
+    rules = [{"from": n1, "to": n2, "action": "link", "allow": False}, deny_join, allow_join]
+    rules += every
     started = time.monotonic()
     assert mesh.admin("PUT", "/api/v1/policy", json={"rules": rules}).status_code == 200
     took = _drop_time(mesh, ("n1",), "n2", started)
@@ -429,6 +434,7 @@ def test_a_rotated_key_takes_over_and_the_old_certificate_stops_linking(mesh: Me
                 return str(link["endpoint"])
         return None
 
+    old_serial = mesh.admin("GET", "/api/v1/nodes/n3").json()["pq_svid_serial"]
     mesh.wait(lambda: mesh.admin("GET", "/api/v1/nodes/n3").json()["endpoint"] == new_udp)
     started = time.monotonic()
     mesh.wait(lambda: all(endpoint(p) != old_udp for p in ("n1", "n2")))
@@ -439,6 +445,16 @@ def test_a_rotated_key_takes_over_and_the_old_certificate_stops_linking(mesh: Me
     for _ in range(10):
         assert all(endpoint(p) != old_udp for p in ("n1", "n2"))
         time.sleep(0.3)
+    # The old certificate is revoked (published with the rotation) and refused as such.
+    listing = mesh.admin("GET", "/api/v1/nodes").json()
+    assert [(r["node_id"], r["serial"]) for r in listing["revoked"]] == [("n3", old_serial)]
+    assert {n["node_id"]: n["pq_svid_serial"] for n in listing["nodes"]}["n3"] != old_serial
+    mesh.wait(
+        lambda: any(
+            mesh.get(p, "/v1/status").json()["dropped"].get("cert_revoked", 0) > 0
+            for p in ("n1", "n2")
+        )
+    )
 
 
 def test_a_mesh_ca_certificate_for_an_unregistered_node_id_does_not_link(mesh: Mesh) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -1089,12 +1090,30 @@ async def test_a_live_node_id_is_bound_to_its_key(
     r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=forged)
     assert (r.status_code, r.json()["error"]) == (401, "pop_invalid")
     # The previous key's proof; replaying the same request is refused (its nonce is spent).
+    listing = (await client.get("/api/v1/nodes", headers=ADMIN)).json()
+    assert listing["revoked"] == []
     rotated = rotation_body(key, impostor, spiffe_id=NODE_A, node_id="node-1")
     r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=rotated)
     assert r.status_code == 200, r.text
     detail = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
     assert detail["ml_dsa_public_key"] == base64.b64encode(impostor.public_bytes).decode()
     assert detail["overlay_ip"] == record["overlay_ip"]
+    # The previous certificate is revoked, in the listing and on the watch stream.
+    assert detail["ml_dsa_public_key_sha256"] == hashlib.sha256(impostor.public_bytes).hexdigest()
+    assert detail["pq_svid_serial"] == format(
+        x509.load_pem_x509_certificate(detail["pq_svid"].encode()).serial_number, "x"
+    )
+    revoked = {
+        "serial": record["pq_svid_serial"],
+        "node_id": "node-1",
+        "not_after": record["pq_svid_not_after"],
+    }
+    assert (await client.get("/api/v1/nodes", headers=ADMIN)).json()["revoked"] == [revoked]
+    watched = await client.get(
+        f"/api/v1/watch?from_revision={listing['revision']}&timeout=5", headers=ADMIN
+    )
+    events = [(e["kind"], e["revocation"]) for e in watched.json()["events"]]
+    assert events == [("node_revoked", revoked), ("node_put", None)]
     r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=rotated)
     assert (r.status_code, r.json()["error"]) == (401, "pop_replayed")
     # Silent for KEY_REBIND_AFTER seconds: the same identity may bind a new key.
@@ -1103,6 +1122,10 @@ async def test_a_live_node_id_is_bound_to_its_key(
     assert (await _register(client, key, NODE_A_TWIN, "node-1")).status_code == 409
     assert (await _register(client, key, NODE_A, "node-1")).status_code == 200
     registrar._clock = time.time
-    # An admin DELETE releases the node ID: any identity may take it.
+    # An admin DELETE releases the node ID (any identity the mapping binds to it may take
+    # it) and revokes its certificate.
+    current = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()["pq_svid_serial"]
     assert (await client.delete("/api/v1/nodes/node-1", headers=ADMIN)).status_code == 204
+    listing = (await client.get("/api/v1/nodes", headers=ADMIN)).json()
+    assert current in [r["serial"] for r in listing["revoked"]]
     assert (await _register(client, impostor, NODE_A_TWIN, "node-1")).status_code == 200

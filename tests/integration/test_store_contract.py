@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -27,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 
 from tests.integration.etcd_cluster import ETCD_MISSING_REASON, EtcdCluster, etcd_binary
 from x0tta6bl4.controller.models import (
@@ -36,6 +41,7 @@ from x0tta6bl4.controller.models import (
     NodeRecord,
     NodeRegistration,
     NodeStatus,
+    Revocation,
     StoreEvent,
     dumps,
     loads,
@@ -59,6 +65,7 @@ from x0tta6bl4.controller.store import (
     open_store,
     parse_store_url,
 )
+from x0tta6bl4.controller.store.base import MAX_REVOCATIONS_PER_NODE
 from x0tta6bl4.controller.store.etcd import EtcdStore
 from x0tta6bl4.controller.store.sqlite import SqliteStore
 from x0tta6bl4.policy import Policy, PolicyRule
@@ -539,6 +546,101 @@ async def test_snapshot_is_consistent_with_watch(store: Store) -> None:
     await store.register_node(reg("b"), NET)
     (event,) = await asyncio.wait_for(_collect(store, snap.revision, 1), WAIT)
     assert event.node_id == "b"
+
+
+# --------------------------------------------------------------------------- revocations
+
+
+def _cert_pem(serial: int) -> str:
+    """A real (throw-away, Ed25519 self-signed) certificate with ``serial``: the store reads
+    only its serial number."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+    start = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(hours=1))
+        .sign(key, None)
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def keyed_reg(
+    node_id: str, serial: int, key_byte: int, now: float, ttl: float = 3600
+) -> NodeRegistration:
+    """A registration of ``node_id`` with a certificate ``serial`` and a key made of
+    ``key_byte`` (another byte: a re-key), valid ``ttl`` seconds from ``now``."""
+    return NodeRegistration(
+        node_id=node_id,
+        spiffe_id=f"spiffe://x0tta6bl4.mesh/ns/mesh/sa/{node_id}",
+        endpoint="10.0.0.1:7810",
+        pq_svid_pem=_cert_pem(serial),
+        pq_svid_not_after=now + ttl,
+        ml_dsa_public_key=bytes([key_byte]) * ML_DSA_65_PUBLIC_KEY_SIZE,
+        now=now,
+    )
+
+
+async def test_rekey_revokes_the_previous_certificate_atomically(backend: Backend) -> None:
+    store, other = await backend.open(), await backend.open()
+    now = time.time()
+    start = await store.revision()
+    await store.register_node(keyed_reg("alpha", 0x11, 1, now), NET)
+    await store.register_node(keyed_reg("alpha", 0x12, 1, now + 1), NET)  # renewal: same key
+    assert (await store.snapshot()).revoked == ()
+    await store.register_node(keyed_reg("alpha", 0x13, 2, now + 2), NET)  # re-key
+    expected = Revocation(0x12, "alpha", now + 1 + 3600)
+    # Written with the change, and shared by every replica of the backend.
+    assert (await other.snapshot()).revoked == (expected,)
+    events = await asyncio.wait_for(_collect(other, start, 4), WAIT)
+    assert [e.kind for e in events] == [
+        EventKind.NODE_PUT,
+        EventKind.NODE_PUT,
+        EventKind.NODE_REVOKED,
+        EventKind.NODE_PUT,
+    ]
+    assert events[2].revocation == expected
+    assert events[2].node_id == "alpha"
+    assert events[3].node is not None
+    assert events[3].node.pq_svid_serial == 0x13
+    assert json.loads(json.dumps(events[2].to_json()))["revocation"] == {
+        "serial": "12",
+        "node_id": "alpha",
+        "not_after": now + 1 + 3600,
+    }
+
+
+async def test_delete_revokes_the_current_certificate_and_expiry_does_not(store: Store) -> None:
+    now = time.time()
+    await store.register_node(keyed_reg("gone", 0xA1, 1, now), NET)
+    await store.register_node(keyed_reg("quiet", 0xB1, 2, now - 100), NET)
+    assert await store.delete_node("gone") is True
+    assert await store.expire_nodes(now - 50) == ["quiet"]
+    assert (await store.snapshot()).revoked == (Revocation(0xA1, "gone", now + 3600),)
+
+
+async def test_a_flood_of_rotations_keeps_the_revocations_bounded(store: Store) -> None:
+    now = time.time()
+    for i in range(3 * MAX_REVOCATIONS_PER_NODE):
+        await store.register_node(keyed_reg("busy", 0x100 + i, i % 2, now + i), NET)
+    # A revocation whose certificate has expired is pruned at the next write.
+    await store.register_node(keyed_reg("brief", 0x900, 1, now - 100, ttl=101), NET)
+    await store.register_node(keyed_reg("brief", 0x901, 2, now), NET)
+    await asyncio.sleep(max(0.0, now + 1.5 - time.time()))
+    await store.register_node(keyed_reg("other", 0x950, 1, now), NET)
+    await store.register_node(keyed_reg("other", 0x951, 2, now), NET)
+    revoked = (await store.snapshot()).revoked
+    busy = [r for r in revoked if r.node_id == "busy"]
+    assert len(busy) == MAX_REVOCATIONS_PER_NODE
+    # the newest ones are kept: every re-key revoked the previous serial
+    last = 0x100 + 3 * MAX_REVOCATIONS_PER_NODE - 2
+    assert {r.serial for r in busy} == set(range(last - MAX_REVOCATIONS_PER_NODE + 1, last + 1))
+    assert [r.serial for r in revoked if r.node_id != "busy"] == [0x950]
 
 
 # --------------------------------------------------------------------------- replay guard

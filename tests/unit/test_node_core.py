@@ -18,7 +18,15 @@ from x0tta6bl4.crypto.suite import SigningKey
 from x0tta6bl4.defaults import DEFAULT_TRUST_DOMAIN
 from x0tta6bl4.node.core import MAX_APP_PAYLOAD, NodeCore
 from x0tta6bl4.node.localmesh import issue_identity
-from x0tta6bl4.node.model import PING_CHANNEL, Addr, AppMessage, CoreConfig, LinkFilter, Member
+from x0tta6bl4.node.model import (
+    PING_CHANNEL,
+    Addr,
+    AppMessage,
+    CoreConfig,
+    LinkFilter,
+    Member,
+    RevokedCert,
+)
 from x0tta6bl4.protocol.errors import LocalProtocolError
 from x0tta6bl4.protocol.frames import Fragment, LinkStateAdvert, Routed, encode_frames
 from x0tta6bl4.protocol.lsa import LinkStateAdvert as Lsa
@@ -534,6 +542,83 @@ def test_a_renewed_certificate_with_the_same_key_keeps_the_link() -> None:
     net.transfer()
     net.advance(2.0)
     assert a.link_state("node-001") == "up"
+
+
+def _serial(cert_der: bytes) -> int:
+    from cryptography import x509
+
+    return int(x509.load_der_x509_certificate(cert_der).serial_number)
+
+
+def test_a_revoked_serial_drops_its_link_at_once_and_never_links_again() -> None:
+    """The controller revokes node-001's certificate (e.g. deleted and re-admitted, or a
+    stolen key re-bound) while the membership still names it: the link made with it closes
+    in the same step, and node-001's handshakes with it are refused as ``cert_revoked``."""
+    net = _line(2)
+    a, b = net.cores.values()
+    assert a.link_state("node-001") == "up"
+    serial = _serial(b.identity.cert_der)
+    wall_not_after = b.identity.not_after
+    a.set_members(net.members(), net.now, [RevokedCert(serial, "node-001", wall_not_after)])
+    assert a.link_state("node-001") == "none"
+    assert a.revoked_serials() == {serial: wall_not_after}
+    net.transfer()
+    net.advance(10.0)
+    assert a.link_state("node-001") != "up"
+    assert a.all_dropped()["cert_revoked"] >= 1
+    # The membership without revocations (None: a refresh that did not list them, e.g. an
+    # older controller) keeps what is known; an empty list clears it.
+    a.set_members(net.members(), net.now)
+    assert a.revoked_serials() == {serial: wall_not_after}
+    a.set_members(net.members(), net.now, [])
+    net.run_until(lambda: a.link_state("node-001") == "up")
+
+
+def test_a_revocation_is_forgotten_at_its_not_after() -> None:
+    net = _line(2)
+    a, b = net.cores.values()
+    serial = _serial(b.identity.cert_der)
+    wall_now = net.now + net.offset
+    a.set_members(net.members(), net.now, [RevokedCert(serial, "node-001", wall_now + 30)])
+    assert a.revoked_serials() == {serial: wall_now + 30}
+    net.advance(31.0)  # the explicit clock passes the revocation's notAfter
+    a.set_members(net.members(), net.now)
+    assert a.revoked_serials() == {}
+    # An entry already past its notAfter is not even kept.
+    a.set_members(net.members(), net.now, [RevokedCert(serial + 1, "x", wall_now)])
+    assert a.revoked_serials() == {}
+
+
+def test_an_older_certificate_of_the_current_key_is_not_current() -> None:
+    """Only the membership's current certificate of a node ID handshakes — an older one
+    (same key, still valid, not revoked) is refused as ``cert_not_current``; a newer one
+    for the same key (a renewal the membership has not shown yet) is accepted."""
+    net = _line(2)
+    a, b = net.cores.values()
+    old = b.identity
+
+    def issued(later: float) -> bytes:  # valid from ``later`` - 60 s: after node-001's own
+        return net.ca.issue(
+            spiffe_id=old.spiffe_id, node_id="node-001",
+            public_key=old.signing_key.public_bytes, now=time.time() + later, ttl_seconds=3600,
+        )  # fmt: skip
+
+    renewed = dataclasses.replace(old, cert_der=issued(30.0))
+    newer = dataclasses.replace(old, cert_der=issued(45.0))
+    members = [
+        dataclasses.replace(m, cert_der=renewed.cert_der) if m.node_id == "node-001" else m
+        for m in net.members()
+    ]
+    a.set_members(members, net.now)
+    assert a.link_state("node-001") == "up"  # a link made with the older one stays up
+    a.neighbourhood.close("node-001", net.now)
+    net.transfer()
+    net.advance(5.0)  # node-001 still presents the older certificate: refused
+    assert a.link_state("node-001") != "up"
+    assert a.all_dropped()["cert_not_current"] >= 1
+    b.set_identity(newer, net.now)  # newer than the membership's: accepted
+    net.transfer()
+    net.run_until(lambda: a.link_state("node-001") == "up")
 
 
 def test_a_deleted_member_cannot_link_again_with_its_still_valid_certificate() -> None:

@@ -17,6 +17,7 @@ JSON shapes::
                  "status": {"links": [{"peer": node_id, "up": bool, "rtt_ms": float|null}]}}
     Policy      {"rules": [{"from": pattern, "to": pattern, "action": "join"|"link"|"talk",
                             "allow": bool}]}          (a join rule's "to" is always "*")
+    Revocation  {"serial": lowercase hex, "node_id", "not_after": epoch-seconds}
 
 Timestamps are wall-clock seconds since the epoch (``time.time()``), as floats.
 """
@@ -26,6 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
+import hashlib
 import ipaddress
 import json
 import math
@@ -33,6 +36,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
+
+from cryptography import x509
 
 from x0tta6bl4.policy import Policy
 from x0tta6bl4.records import ModelError, check_bool, exact_fields
@@ -46,11 +51,14 @@ __all__ = [
     "NodeRegistration",
     "NodeStatus",
     "Revision",
+    "Revocation",
     "Snapshot",
     "StoreEvent",
     "StoredPolicy",
     "dumps",
     "loads",
+    "pem_serial",
+    "serial_hex",
 ]
 
 Revision: TypeAlias = int
@@ -208,6 +216,57 @@ def _decode_key(value: object) -> bytes:
         raise ModelError("ml_dsa_public_key is not valid base64") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def pem_serial(pem: str) -> int:
+    """The X.509 serial number of the PEM certificate ``pem`` (validated PEM; cached)."""
+    try:
+        return int(x509.load_pem_x509_certificate(pem.encode("ascii")).serial_number)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ModelError(f"pq_svid_pem is not a certificate: {exc}") from None
+
+
+def serial_hex(serial: int) -> str:
+    """A certificate serial as the API writes it: lowercase hex, no prefix, no padding."""
+    return format(serial, "x")
+
+
+_SERIAL_HEX = re.compile(r"[0-9a-f]{1,40}")
+_MAX_SERIAL = (1 << 160) - 1  # RFC 5280: at most 20 octets
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A PQ SVID the controller revoked (its node was re-keyed or deleted), kept until its
+    ``not_after``: nodes refuse a handshake made with it and drop links made with it."""
+
+    serial: int
+    node_id: str
+    not_after: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.serial, bool) or not isinstance(self.serial, int):
+            raise ModelError("serial must be an integer")
+        if not 0 < self.serial <= _MAX_SERIAL:
+            raise ModelError("serial must be a positive integer of at most 20 octets")
+        _check_node_id(self.node_id)
+        object.__setattr__(self, "not_after", _check_time(self.not_after, "not_after"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "serial": serial_hex(self.serial),
+            "node_id": self.node_id,
+            "not_after": self.not_after,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Revocation:
+        fields = exact_fields(data, "revocation", ("serial", "node_id", "not_after"))
+        serial = fields["serial"]
+        if not isinstance(serial, str) or not _SERIAL_HEX.fullmatch(serial):
+            raise ModelError("serial must be 1-40 lowercase hex digits")
+        return cls(serial=int(serial, 16), node_id=fields["node_id"], not_after=fields["not_after"])
+
+
 @dataclass(frozen=True, slots=True)
 class NodeRegistration:
     """What the controller knows about a node before the store gives it an overlay address."""
@@ -283,6 +342,20 @@ class NodeRecord:
             last_seen=registration.now,
         )
 
+    @property
+    def pq_svid_serial(self) -> int:
+        """The serial number of the node's current PQ SVID."""
+        return pem_serial(self.pq_svid_pem)
+
+    @property
+    def key_sha256(self) -> bytes:
+        """SHA-256 of the node's raw ML-DSA-65 public key."""
+        return hashlib.sha256(self.ml_dsa_public_key).digest()
+
+    def revocation(self) -> Revocation:
+        """The revocation of this record's current PQ SVID."""
+        return Revocation(self.pq_svid_serial, self.node_id, self.pq_svid_not_after)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
@@ -356,17 +429,21 @@ class EventKind(enum.StrEnum):
     NODE_PUT = "node_put"
     NODE_DELETED = "node_deleted"
     POLICY_PUT = "policy_put"
+    NODE_REVOKED = "node_revoked"
 
 
 @dataclass(frozen=True, slots=True)
 class StoreEvent:
-    """One change, at ``revision``. ``node`` is set for node_put, ``policy`` for policy_put."""
+    """One change, at ``revision``. ``node`` is set for node_put, ``policy`` for policy_put,
+    ``revocation`` for node_revoked (written in the same transaction as the node_put or
+    node_deleted that revoked the certificate)."""
 
     kind: EventKind
     revision: Revision
     node_id: str | None = None
     node: NodeRecord | None = None
     policy: Policy | None = None
+    revocation: Revocation | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -375,6 +452,7 @@ class StoreEvent:
             "node_id": self.node_id,
             "node": None if self.node is None else self.node.to_json(),
             "policy": None if self.policy is None else self.policy.to_json(),
+            "revocation": None if self.revocation is None else self.revocation.to_json(),
         }
 
 
@@ -385,6 +463,8 @@ class Snapshot:
     nodes: tuple[NodeRecord, ...]
     policy: StoredPolicy
     revision: Revision
+    #: The revoked PQ SVIDs not yet past their notAfter, by serial.
+    revoked: tuple[Revocation, ...] = ()
 
 
 # --------------------------------------------------------------------------- encoding

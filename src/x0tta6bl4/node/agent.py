@@ -9,8 +9,8 @@ Start-up, in order:
    Workload API plus a proof of possession of the key, and receives its PQ SVID, overlay IPv4
    and the mesh CA bundle (retried with backoff until a controller answers);
 4. the data plane starts (:class:`~x0tta6bl4.node.udp.MeshEndpoint`), fed with the membership
-   (``GET /api/v1/nodes`` plus each member's PQ SVID) and the policy, then kept current by a
-   long-poll watch.
+   (``GET /api/v1/nodes`` with the revoked certificates, plus each member's PQ SVID, cached
+   by serial) and the policy, then kept current by a long-poll watch.
 
 Background loops: **watch** (membership, policy), **status** (``PUT …/status`` every 5 s; a
 404 means the controller lost our record, e.g. a fresh store: register again), **renew**
@@ -41,6 +41,7 @@ from x0tta6bl4.logging import get_logger
 from x0tta6bl4.node.config import NodeSettings
 from x0tta6bl4.node.control import Admission, ControlClient, ControllerError
 from x0tta6bl4.node.core import NodeCore
+from x0tta6bl4.node.membership import MembershipError, parse_revoked, parse_serial
 from x0tta6bl4.node.model import AppMessage, CoreConfig, Member, NodeIdentity
 from x0tta6bl4.node.udp import MeshEndpoint
 from x0tta6bl4.policy import Policy, PolicyEngine
@@ -105,7 +106,8 @@ class NodeAgent:
         self._svid: TlsCredentials | None = None
         self._advertise = ""
         self._source: Any = None
-        self._member_cache: dict[tuple[str, float], bytes] = {}
+        #: Member PQ SVIDs (DER) by serial: only the current members' certificates.
+        self._member_cache: dict[int, bytes] = {}
         self.revision = 0
         #: TUN mode (``--tun``): the overlay interface wired to the data plane.
         self.tun: TunBridge | None = None
@@ -381,20 +383,33 @@ class NodeAgent:
         return stop.is_set()
 
     async def refresh(self) -> None:
-        """Fetch the membership (with member certificates) and the policy; apply both."""
+        """Fetch the membership (with member certificates and revocations) and the policy;
+        apply both. A malformed answer raises ControllerError and changes nothing."""
         assert self._client is not None
         listing = await self._client.list_nodes()
+        try:
+            revoked = parse_revoked(listing.get("revoked"))
+            nodes = listing.get("nodes", [])
+            serials = [
+                None if node.get("pq_svid_serial") is None else parse_serial(node["pq_svid_serial"])
+                for node in nodes
+            ]
+        except (MembershipError, AttributeError) as exc:
+            raise ControllerError(200, "bad_response", f"node list: {exc}") from None
         members: list[Member] = []
-        for node in listing.get("nodes", []):
+        cache: dict[int, bytes] = {}
+        for node, listed in zip(nodes, serials, strict=True):
             node_id = str(node["node_id"])
             if node_id == self.node_id:
                 continue
-            key = (node_id, float(node["pq_svid_not_after"]))
-            cert = self._member_cache.get(key)
-            if cert is None:
+            serial = listed
+            cert = None if serial is None else self._member_cache.get(serial)
+            if cert is None or serial is None:  # new (or a controller that lists no serials)
                 detail = await self._client.get_node(node_id)
-                cert = _der(str(detail["pq_svid"]).encode())
-                self._member_cache[key] = cert
+                parsed = x509.load_pem_x509_certificate(str(detail["pq_svid"]).encode())
+                cert = parsed.public_bytes(serialization.Encoding.DER)
+                serial = parsed.serial_number
+            cache[serial] = cert
             try:
                 endpoint = parse_hostport(str(node["endpoint"]), "endpoint")
             except ValueError:
@@ -410,9 +425,10 @@ class NodeAgent:
 
         def apply(core: NodeCore, now: float) -> None:
             core.set_policy(engine.may_link, engine.may_talk, now)
-            core.set_members(members, now)
+            core.set_members(members, now, revoked)
 
         mesh.call(apply)
+        self._member_cache = cache
         if self.tun is not None:
             await self.tun.set_members(members)
         self.revision = max(self.revision, int(listing.get("revision", 0)))

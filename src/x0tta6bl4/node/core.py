@@ -54,6 +54,7 @@ from x0tta6bl4.node.model import (
     CoreConfig,
     Member,
     NodeIdentity,
+    RevokedCert,
 )
 from x0tta6bl4.node.neighbourhood import Neighbourhood
 from x0tta6bl4.node.peers import Link
@@ -220,9 +221,11 @@ class NodeCore:
         self._may_link = may_link or _allow
         self._may_talk = may_talk or _allow
         self._members: dict[str, Member] = {}
-        #: The ML-DSA-65 public key of each member's current PQ SVID (from the membership):
-        #: the only key a handshake for that node ID may present.
-        self._member_keys: dict[str, bytes] = {}
+        #: Each member's current PQ SVID (from the membership), verified: the only
+        #: certificate (serial, key) a handshake for that node ID may present.
+        self._member_certs: dict[str, PeerIdentity] = {}
+        #: Revoked PQ SVIDs (serial -> notAfter, wall clock) published by the controller.
+        self._revoked: dict[int, float] = {}
         self._keys: dict[str, mldsa.MLDSA65PublicKey] = {}
         self._fd_config = FailureDetectorConfig(
             interval=self.config.heartbeat_interval, dead_after=self.config.dead_after
@@ -366,44 +369,62 @@ class NodeCore:
         self.neighbourhood.reselect(now)
         self._process(now)
 
-    def set_members(self, members: Iterable[Member], now: float) -> None:
+    def set_members(
+        self,
+        members: Iterable[Member],
+        now: float,
+        revoked: Iterable[RevokedCert] | None = None,
+    ) -> None:
         """The membership changed (from the controller); learn keys, re-select neighbours.
 
-        A node that left the membership, or whose current PQ SVID certifies another key than
-        before (re-keyed, or a certificate that no longer verifies), loses its link and its
-        end-to-end session at once: from now on only a handshake with the membership's
-        current certificate key is accepted for that node ID (:meth:`_known_identity`).
+        ``revoked`` replaces the revoked certificates (None keeps those known; an entry past
+        its notAfter is forgotten). A node that left the membership, whose current PQ SVID
+        certifies another key than before (re-keyed, or a certificate that no longer
+        verifies), or whose link or end-to-end session was made with a certificate that is
+        now revoked or no longer current (:meth:`_standing`) loses that link and session at
+        once: from now on only a handshake with the membership's current certificate for
+        that node ID is accepted (:meth:`_known_identity`).
         """
         self._now = now
+        wall = self._wall(now)
+        if revoked is not None:
+            self._revoked = {r.serial: r.not_after for r in revoked if r.not_after > wall}
+        else:
+            self._revoked = {s: t for s, t in self._revoked.items() if t > wall}
         new = {m.node_id: m for m in members if m.node_id != self.node_id}
-        keys: dict[str, bytes] = {}
+        certs: dict[str, PeerIdentity] = {}
         learned: list[PeerIdentity] = []
         for member in new.values():
             old = self._members.get(member.node_id)
             if member.cert_der is None:
                 continue
             if old == member:
-                known = self._member_keys.get(member.node_id)
+                known = self._member_certs.get(member.node_id)
                 if known is not None:
-                    keys[member.node_id] = known
+                    certs[member.node_id] = known
                 continue
             try:
-                identity = verify_svid(member.cert_der, self.identity.bundle, self._wall(now))
+                identity = verify_svid(member.cert_der, self.identity.bundle, wall)
             except CryptoError:
                 self.dropped[NodeDrop.MEMBER_CERT_REJECTED] += 1
                 continue
             if identity.node_id != member.node_id or identity.spiffe_id != member.spiffe_id:
                 self.dropped[NodeDrop.MEMBER_CERT_REJECTED] += 1
                 continue
-            keys[member.node_id] = identity.public_key_bytes
+            certs[member.node_id] = identity
             learned.append(identity)
+
+        def key(table: dict[str, PeerIdentity], node_id: str) -> bytes | None:
+            cert = table.get(node_id)
+            return None if cert is None else cert.public_key_bytes
+
         for node_id in set(self._members) | set(self._link):
             current, before = new.get(node_id), self._members.get(node_id)
             gone = current is None or (before is not None and before.spiffe_id != current.spiffe_id)
             rekeyed = (
                 current is not None
                 and current.cert_der is not None
-                and (keys.get(node_id) != self._member_keys.get(node_id))
+                and key(certs, node_id) != key(self._member_certs, node_id)
             )
             if gone or rekeyed:
                 self.neighbourhood.close(node_id, now)
@@ -415,9 +436,21 @@ class NodeCore:
             if old is not None and old.endpoint != member.endpoint:
                 self.links.set_addr(member.node_id, member.endpoint)
         self._members = new
-        self._member_keys = keys
+        self._member_certs = certs
+        # Links and sessions made with a certificate that is revoked or no longer current.
+        for channel in list(self.links):
+            if channel.identity is not None and self._standing(channel.identity, made=True):
+                self.neighbourhood.close(channel.node_id, now)
+                self.e2e.forget(channel.node_id)
+        for e2e_channel in list(self.e2e):
+            if e2e_channel.identity is not None and self._standing(e2e_channel.identity, made=True):
+                self.e2e.forget(e2e_channel.node_id)
         self.neighbourhood.reselect(now)
         self._process(now)
+
+    def revoked_serials(self) -> dict[int, float]:
+        """The revoked PQ SVID serials this node knows (serial -> notAfter)."""
+        return dict(self._revoked)
 
     @property
     def members(self) -> dict[str, Member]:
@@ -655,17 +688,44 @@ class NodeCore:
             return False
         return self._may_link(self.identity.spiffe_id, spiffe_id)
 
+    def _standing(self, peer: PeerIdentity, *, made: bool = False) -> NodeDrop | None:
+        """Why the certificate ``peer`` is not current for its node ID (None: it is).
+
+        Revoked serials are refused first (``cert_revoked``). Then, when the membership
+        carries the member's certificate: the key must be the member's current key (compared
+        in constant time) and the serial the member's current serial — or, for a renewal the
+        membership has not shown us yet, a certificate for that same key valid from no
+        earlier than the current one (``cert_not_current`` otherwise: an older one). With
+        ``made`` (a link or session already up) an older certificate of the current key is
+        tolerated: the peer renewed and rekeys with its new certificate within the rekey
+        time, while the old one is neither revoked nor re-keyed."""
+        expiry = self._revoked.get(peer.serial)
+        if expiry is not None and expiry > self._wall(self._now):
+            return NodeDrop.CERT_REVOKED
+        member = self._members.get(peer.node_id)
+        if member is None or member.cert_der is None:
+            return None
+        current = self._member_certs.get(peer.node_id)
+        if current is None or not hmac.compare_digest(
+            current.public_key_bytes, peer.public_key_bytes
+        ):
+            return NodeDrop.CERT_NOT_CURRENT
+        if made or peer.serial == current.serial or peer.not_before >= current.not_before:
+            return None
+        return NodeDrop.CERT_NOT_CURRENT
+
     def _known_identity(self, peer: PeerIdentity) -> bool:
         """Whether ``peer`` (a verified PQ SVID) is a current member: its node ID is in the
-        membership, with this SPIFFE ID, and — when the membership carries the member's
-        certificate — with this certificate's key (docs/protocol.md, "Who may handshake")."""
+        membership, with this SPIFFE ID, and its certificate is not revoked and is current
+        for that node ID (:meth:`_standing`; docs/protocol.md, "Who may handshake")."""
         member = self._members.get(peer.node_id)
         if member is None or member.spiffe_id != peer.spiffe_id:
             return False
-        if member.cert_der is None:
-            return True
-        key = self._member_keys.get(peer.node_id)
-        return key is not None and hmac.compare_digest(key, peer.public_key_bytes)
+        refused = self._standing(peer)
+        if refused is not None:
+            self.dropped[refused] += 1
+            return False
+        return True
 
     def _authorize_link(self, peer: PeerIdentity) -> bool:
         if peer.node_id == self.node_id or not self._known_identity(peer):

@@ -42,6 +42,8 @@ class NodeDrop(enum.StrEnum):
     INIT_COLLISION = "init_collision"
     # membership (core.py)
     MEMBER_CERT_REJECTED = "member_cert_rejected"
+    CERT_REVOKED = "cert_revoked"
+    CERT_NOT_CURRENT = "cert_not_current"
     # inner frames and forwarding (core.py)
     UNEXPECTED_FRAME = "unexpected_frame"
     TTL_EXPIRED = "ttl_expired"

@@ -20,6 +20,7 @@ __all__ = [
     "LinkFilter",
     "Member",
     "NodeIdentity",
+    "RevokedCert",
 ]
 
 #: A UDP address: ``(host, port)``.
@@ -43,6 +44,16 @@ class Member:
     overlay_ip: str | None = None
     #: The member's PQ SVID (DER) when known; its key verifies the member's adverts.
     cert_der: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedCert:
+    """A PQ SVID the controller revoked (re-keyed or deleted node), until its ``not_after``
+    (UNIX seconds): no handshake is accepted with it, and links made with it are dropped."""
+
+    serial: int
+    node_id: str
+    not_after: float
 
 
 @dataclass(frozen=True, slots=True)

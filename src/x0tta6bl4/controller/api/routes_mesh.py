@@ -127,6 +127,7 @@ def event_json(event: StoreEvent) -> dict[str, Any]:
         "node_id": event.node_id,
         "node": None if event.node is None else node_summary(event.node),
         "policy": None if event.policy is None else event.policy.to_json(),
+        "revocation": None if event.revocation is None else event.revocation.to_json(),
     }
 
 

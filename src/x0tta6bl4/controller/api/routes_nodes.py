@@ -121,7 +121,11 @@ async def _nodes_body(state: ControllerState) -> bytes:
         return body
     snapshot = await state.store.snapshot()
     body = json.dumps(
-        {"revision": snapshot.revision, "nodes": [node_summary(n) for n in snapshot.nodes]},
+        {
+            "revision": snapshot.revision,
+            "nodes": [node_summary(n) for n in snapshot.nodes],
+            "revoked": [r.to_json() for r in snapshot.revoked],
+        },
         separators=(",", ":"),
     ).encode()
     state.cache["nodes"] = (revision, body)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from x0tta6bl4.controller.models import NodeRecord
+from x0tta6bl4.controller.models import NodeRecord, serial_hex
 
 __all__ = [
     "BundleResponse",
@@ -28,6 +28,7 @@ __all__ = [
     "RegisterRequest",
     "RegisterResponse",
     "RenewRequest",
+    "RevokedCertificate",
     "StatusReport",
     "TopologyLink",
     "TopologyResponse",
@@ -154,9 +155,19 @@ class NodeSummary(BaseModel):
     endpoint: str
     overlay_ip: str
     pq_svid_not_after: float
+    pq_svid_serial: str = Field(description="the PQ SVID's X.509 serial number, lowercase hex")
+    ml_dsa_public_key_sha256: str = Field(description="SHA-256 of the raw ML-DSA-65 key, hex")
     registered_at: float
     last_seen: float
     links: list[dict[str, Any]]
+
+
+class RevokedCertificate(BaseModel):
+    """A revoked PQ SVID (its node was re-keyed or deleted), listed until its notAfter."""
+
+    serial: str = Field(description="X.509 serial number, lowercase hex")
+    node_id: str
+    not_after: float = Field(description="UNIX seconds; the entry is pruned after it")
 
 
 class NodeDetail(NodeSummary):
@@ -171,6 +182,9 @@ class NodeList(BaseModel):
 
     revision: int
     nodes: list[NodeSummary]
+    revoked: list[RevokedCertificate] = Field(
+        default=[], description="revoked PQ SVIDs still inside their validity"
+    )
 
 
 class TopologyLink(BaseModel):
@@ -216,13 +230,15 @@ class PolicyResponse(BaseModel):
 
 
 class WatchEvent(BaseModel):
-    """One change: ``node_put`` (with ``node``), ``node_deleted`` or ``policy_put``."""
+    """One change: ``node_put`` (with ``node``), ``node_deleted``, ``policy_put`` or
+    ``node_revoked`` (with ``revocation``)."""
 
-    kind: Literal["node_put", "node_deleted", "policy_put"]
+    kind: Literal["node_put", "node_deleted", "policy_put", "node_revoked"]
     revision: int
     node_id: str | None = None
     node: NodeSummary | None = None
     policy: dict[str, Any] | None = None
+    revocation: RevokedCertificate | None = None
 
 
 class WatchResponse(BaseModel):
@@ -274,6 +290,8 @@ def node_summary(record: NodeRecord) -> dict[str, Any]:
         "endpoint": record.endpoint,
         "overlay_ip": str(record.overlay_ip),
         "pq_svid_not_after": record.pq_svid_not_after,
+        "pq_svid_serial": serial_hex(record.pq_svid_serial),
+        "ml_dsa_public_key_sha256": record.key_sha256.hex(),
         "registered_at": record.registered_at,
         "last_seen": record.last_seen,
         "links": [link.to_json() for link in record.status.links],

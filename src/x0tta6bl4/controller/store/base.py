@@ -15,6 +15,11 @@ Guarantees (see ``docs/store.md``):
   SPIFFE IDs racing for a new node ID exactly one wins).
 - Every change of a node or the policy gets a revision, strictly increasing; ``watch`` yields
   the changes after a revision in order, pushed as they happen.
+- Re-registering a node ID with another key revokes its previous PQ SVID, deleting a node
+  (``delete_node``, not expiry) revokes its current one: the :class:`Revocation` is written
+  in the same transaction as the change, kept until its notAfter (then pruned), at most
+  :data:`MAX_REVOCATIONS_PER_NODE` per node ID (the oldest go first), published in
+  :meth:`Store.snapshot` and as a ``node_revoked`` event.
 - A write that fails with :class:`StoreUnavailableError` may or may not have been applied;
   retrying it is safe (see :mod:`.errors`).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hmac
 import math
 import re
 from collections.abc import AsyncIterator
@@ -38,6 +44,7 @@ from x0tta6bl4.controller.models import (
     NodeRegistration,
     NodeStatus,
     Revision,
+    Revocation,
     Snapshot,
     StoredPolicy,
     StoreEvent,
@@ -50,9 +57,11 @@ from x0tta6bl4.controller.store.errors import (
     StoreUnavailableError,
 )
 from x0tta6bl4.policy import Policy
+from x0tta6bl4.records import ModelError
 
 __all__ = [
     "MAX_BLOB_SIZE",
+    "MAX_REVOCATIONS_PER_NODE",
     "MAX_TRACKED_FAULTS",
     "Leadership",
     "Store",
@@ -64,6 +73,8 @@ __all__ = [
     "check_registration",
     "cidr_exhausted",
     "kept_address",
+    "revocation_of",
+    "revoked_by_registration",
 ]
 
 MAX_BLOB_SIZE = 1024 * 1024
@@ -144,6 +155,32 @@ def kept_address(
     if existing.spiffe_id != registration.spiffe_id:
         raise OwnershipError(registration.node_id)
     return existing.overlay_ip if ipam.is_usable(network, existing.overlay_ip) else None
+
+
+MAX_REVOCATIONS_PER_NODE = 8
+"""Revocations kept per node ID; beyond, the oldest (earliest notAfter) is dropped. Dropping
+one re-admits nothing: nodes accept only the membership's current certificate of a node ID."""
+
+
+def revocation_of(record: NodeRecord, now: float) -> Revocation | None:
+    """The revocation of ``record``'s current PQ SVID; None if it has expired by ``now`` (or
+    its certificate does not parse: there is no serial to revoke)."""
+    try:
+        revocation = record.revocation()
+    except ModelError:
+        return None
+    return revocation if revocation.not_after > now else None
+
+
+def revoked_by_registration(
+    registration: NodeRegistration, existing: NodeRecord | None
+) -> Revocation | None:
+    """The PQ SVID a registration revokes: the previous one when the key changes."""
+    if existing is None or hmac.compare_digest(
+        existing.ml_dsa_public_key, registration.ml_dsa_public_key
+    ):
+        return None
+    return revocation_of(existing, registration.now)
 
 
 def cidr_exhausted(network: IPv4Network) -> CidrExhaustedError:

@@ -8,6 +8,7 @@ Key layout under the prefix (default ``/x0tta6bl4/``; see ``docs/store.md``)::
     nonces/<sha256 hex>    empty                      lease: until the nonce expires
     leaders/<name>         holder identity            lease: the leader's TTL
     blobs/<key>            bytes
+    revoked/<serial hex>   Revocation JSON            lease: until the certificate's notAfter
     meta/schema            schema version
 
 Every write is a compare-and-swap transaction; a node record and its address key are
@@ -45,13 +46,16 @@ from x0tta6bl4.controller.models import (
     NodeRegistration,
     NodeStatus,
     Revision,
+    Revocation,
     Snapshot,
     StoredPolicy,
     StoreEvent,
     dumps,
     loads,
+    serial_hex,
 )
 from x0tta6bl4.controller.store.base import (
+    MAX_REVOCATIONS_PER_NODE,
     Store,
     check_blob,
     check_blob_key,
@@ -61,6 +65,8 @@ from x0tta6bl4.controller.store.base import (
     check_registration,
     cidr_exhausted,
     kept_address,
+    revocation_of,
+    revoked_by_registration,
 )
 from x0tta6bl4.controller.store.errors import (
     ConflictError,
@@ -239,6 +245,36 @@ class EtcdStore(Store):
 
     def _ipam_key(self, address: IPv4Address) -> bytes:
         return self._p + b"ipam/" + str(address).encode()
+
+    def _revoked_key(self, serial: int) -> bytes:
+        return self._p + b"revoked/" + serial_hex(serial).encode()
+
+    def _decode_revocation(self, raw: bytes) -> Revocation | None:
+        try:
+            return Revocation.from_json(loads(raw))
+        except ModelError:
+            return None
+
+    async def _revocation_ops(self, revocation: Revocation, now: float) -> tuple[list[Any], int]:
+        """The txn operations that record ``revocation`` (under a lease of its own, so etcd
+        prunes it at its notAfter) and drop this node ID's oldest ones beyond
+        MAX_REVOCATIONS_PER_NODE; and that lease (the caller revokes it if unused)."""
+        prefix = self._p + b"revoked/"
+        values, keys, _ = await self._range(prefix, _range_end(prefix))
+        mine = []
+        for key, kv in zip(keys, values, strict=True):
+            held = self._decode_revocation(kv.value)
+            if (
+                held is not None
+                and held.node_id == revocation.node_id
+                and key != (self._revoked_key(revocation.serial))
+            ):
+                mine.append((held.not_after, key))
+        mine.sort(reverse=True)
+        drops = [_op_delete(key) for _, key in mine[MAX_REVOCATIONS_PER_NODE - 1 :]]
+        lease = await self._grant(max(1, math.ceil(revocation.not_after - now) + 1))
+        put = _op_put(self._revoked_key(revocation.serial), dumps(revocation.to_json()), lease)
+        return [*drops, put], lease
 
     @property
     def _policy_key(self) -> bytes:
@@ -480,6 +516,7 @@ class EtcdStore(Store):
         taken: set[IPv4Address] = set()
         used: set[IPv4Address] | None = None
         lease = 0
+        revoke_lease = 0
         try:
             for _ in range(_CAS_ATTEMPTS):
                 current = await self._get(node_key)
@@ -523,6 +560,11 @@ class EtcdStore(Store):
                 ]
                 if fresh and existing is not None:
                     success.append(_op_delete(self._ipam_key(existing.overlay_ip)))
+                revoked = revoked_by_registration(registration, existing)
+                if revoked is not None:
+                    await self._revoke(revoke_lease)
+                    ops, revoke_lease = await self._revocation_ops(revoked, registration.now)
+                    success[:0] = ops  # its event comes before the node_put (as in SQLite)
                 try:
                     ok, response = await self._txn(
                         compare, success, [_op_get(self._ipam_key(address))]
@@ -534,6 +576,8 @@ class EtcdStore(Store):
                     if current is not None and current.lease not in (0, lease):
                         await self._revoke(current.lease)
                     lease = 0
+                    if revoked is not None:
+                        revoke_lease = 0
                     return record
                 holder = response.responses[0].response_range.kvs
                 if fresh and holder and bytes(holder[0].value) != node_id.encode():
@@ -544,6 +588,8 @@ class EtcdStore(Store):
         finally:
             if lease:
                 await self._revoke(lease)
+            if revoke_lease:
+                await self._revoke(revoke_lease)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         kv = await self._get(self._node_key(node_id))
@@ -561,10 +607,19 @@ class EtcdStore(Store):
         values, _ = await self._node_kvs()
         return [self._decode_node(kv) for kv in values]
 
-    async def _delete_if_unchanged(self, node_id: str, kv: _KV) -> bool:
+    async def _delete_if_unchanged(self, node_id: str, kv: _KV, *, revoke: bool = False) -> bool:
+        """Delete the node if its record is still ``kv``; with ``revoke``, revoke its current
+        PQ SVID in the same transaction (an admin's delete; expiry revokes nothing)."""
         node_key = self._node_key(node_id)
+        extra: list[Any] = []
+        revoke_lease = 0
         try:
-            addresses = [self._decode_node(kv).overlay_ip]
+            record = self._decode_node(kv)
+            addresses = [record.overlay_ip]
+            now = time.time()
+            revoked = revocation_of(record, now) if revoke else None
+            if revoked is not None:
+                extra, revoke_lease = await self._revocation_ops(revoked, now)
         except StoreCorruptError:
             # A damaged record names no address: release every one held by this node ID.
             prefix = self._p + b"ipam/"
@@ -574,13 +629,23 @@ class EtcdStore(Store):
                 for key, held in zip(keys, values, strict=True)
                 if held.value == node_id.encode()
             ]
-        ok, _ = await self._txn(
-            [_cmp_mod(node_key, kv.mod_revision)],
-            [_op_delete(node_key), *(_op_delete(self._ipam_key(a)) for a in addresses)],
-        )
+        try:
+            ok, _ = await self._txn(
+                [_cmp_mod(node_key, kv.mod_revision)],
+                [
+                    *extra,
+                    _op_delete(node_key),
+                    *(_op_delete(self._ipam_key(a)) for a in addresses),
+                ],
+            )
+        except BaseException:
+            await self._revoke(revoke_lease)
+            raise
         if ok:
             await self._revoke(kv.lease)
             self._clear_fault(f"node {node_id!r}")
+        else:
+            await self._revoke(revoke_lease)
         return ok
 
     async def delete_node(self, node_id: str) -> bool:
@@ -588,7 +653,7 @@ class EtcdStore(Store):
             kv = await self._get(self._node_key(node_id))
             if kv is None:
                 return False
-            if await self._delete_if_unchanged(node_id, kv):
+            if await self._delete_if_unchanged(node_id, kv, revoke=True):
                 return True
         raise StoreUnavailableError(f"deletion of {node_id!r} lost too many races; retry")
 
@@ -685,15 +750,33 @@ class EtcdStore(Store):
 
     async def snapshot(self) -> Snapshot:
         prefix = self._p + b"nodes/"
+        revoked_prefix = self._p + b"revoked/"
         _, response = await self._txn(
-            [], [_op_get(prefix, _range_end(prefix)), _op_get(self._policy_key)]
+            [],
+            [
+                _op_get(prefix, _range_end(prefix)),
+                _op_get(self._policy_key),
+                _op_get(revoked_prefix, _range_end(revoked_prefix)),
+            ],
         )
         nodes = tuple(
             self._decode_node(_kv(raw)) for raw in response.responses[0].response_range.kvs
         )
         policy_kvs = response.responses[1].response_range.kvs
         policy = self._decode_policy(_kv(policy_kvs[0]) if policy_kvs else None)
-        return Snapshot(nodes=nodes, policy=policy, revision=int(response.header.revision))
+        now = time.time()
+        revoked = [
+            r
+            for raw in response.responses[2].response_range.kvs
+            if (r := self._decode_revocation(bytes(raw.value))) is not None and r.not_after > now
+        ]
+        revoked.sort(key=lambda r: (r.node_id, r.not_after, r.serial))
+        return Snapshot(
+            nodes=nodes,
+            policy=policy,
+            revision=int(response.header.revision),
+            revoked=tuple(revoked),
+        )
 
     def _event(self, raw: Any) -> StoreEvent | None:
         key = bytes(raw.kv.key)
@@ -710,6 +793,15 @@ class EtcdStore(Store):
         if key == self._policy_key and raw.kind == "PUT":
             policy = self._decode_policy(_kv(raw.kv)).policy
             return StoreEvent(kind=EventKind.POLICY_PUT, revision=revision, policy=policy)
+        if key.startswith(self._p + b"revoked/") and raw.kind == "PUT":
+            revocation = self._decode_revocation(bytes(raw.kv.value))
+            if revocation is not None:
+                return StoreEvent(
+                    kind=EventKind.NODE_REVOKED,
+                    revision=revision,
+                    node_id=revocation.node_id,
+                    revocation=revocation,
+                )
         return None
 
     async def watch(self, from_revision: Revision) -> AsyncIterator[StoreEvent]:

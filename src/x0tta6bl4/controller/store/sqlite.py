@@ -36,13 +36,16 @@ from x0tta6bl4.controller.models import (
     NodeRegistration,
     NodeStatus,
     Revision,
+    Revocation,
     Snapshot,
     StoredPolicy,
     StoreEvent,
     dumps,
     loads,
+    serial_hex,
 )
 from x0tta6bl4.controller.store.base import (
+    MAX_REVOCATIONS_PER_NODE,
     Store,
     check_blob,
     check_blob_key,
@@ -52,6 +55,8 @@ from x0tta6bl4.controller.store.base import (
     check_registration,
     cidr_exhausted,
     kept_address,
+    revocation_of,
+    revoked_by_registration,
 )
 from x0tta6bl4.controller.store.errors import (
     ConflictError,
@@ -69,7 +74,7 @@ from x0tta6bl4.records import ModelError
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -101,6 +106,16 @@ CREATE TABLE leaders (
     expires_at REAL NOT NULL
 ) STRICT;
 CREATE TABLE blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
+"""
+
+# Version 2: revoked PQ SVIDs (serial as lowercase hex), kept until their notAfter.
+_SCHEMA_2 = """
+CREATE TABLE revocations (
+    serial TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    not_after REAL NOT NULL
+) STRICT;
+CREATE INDEX revocations_node ON revocations (node_id, not_after);
 """
 
 _PROBES_BEFORE_SCAN = 64
@@ -283,6 +298,10 @@ class SqliteStore(Store):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                if version < 2:
+                    for statement in _SCHEMA_2.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 elif version > SCHEMA_VERSION:
                     raise SchemaError(
@@ -370,6 +389,9 @@ class SqliteStore(Store):
                 registered_at=None if existing is None else existing.registered_at,
             )
             payload = dumps(record.to_json()).decode()
+            revoked = revoked_by_registration(registration, existing)
+            if revoked is not None:
+                self._revoke(conn, revoked)
             revision = self._emit(conn, EventKind.NODE_PUT, record.node_id, payload)
             conn.execute(
                 "INSERT INTO nodes (node_id, overlay_ip, last_seen, mod_revision, record) "
@@ -381,6 +403,35 @@ class SqliteStore(Store):
             return record
 
         return await self._write(work)
+
+    def _revoke(self, conn: sqlite3.Connection, revocation: Revocation) -> None:
+        """Record ``revocation`` (in the caller's transaction), prune expired ones and keep at
+        most MAX_REVOCATIONS_PER_NODE for its node ID."""
+        conn.execute("DELETE FROM revocations WHERE not_after <= ?", (time.time(),))
+        payload = dumps(revocation.to_json()).decode()
+        conn.execute(
+            "INSERT OR REPLACE INTO revocations (serial, node_id, not_after) VALUES (?, ?, ?)",
+            (serial_hex(revocation.serial), revocation.node_id, revocation.not_after),
+        )
+        conn.execute(
+            "DELETE FROM revocations WHERE node_id = ? AND serial NOT IN (SELECT serial FROM "
+            "revocations WHERE node_id = ? ORDER BY not_after DESC, serial LIMIT ?)",
+            (revocation.node_id, revocation.node_id, MAX_REVOCATIONS_PER_NODE),
+        )
+        self._emit(conn, EventKind.NODE_REVOKED, revocation.node_id, payload)
+
+    @staticmethod
+    def _revocations(conn: sqlite3.Connection, now: float) -> tuple[Revocation, ...]:
+        rows = conn.execute(
+            "SELECT serial, node_id, not_after FROM revocations WHERE not_after > ? "
+            "ORDER BY node_id, not_after, serial",
+            (now,),
+        ).fetchall()
+        out = []
+        for serial, node_id, not_after in rows:
+            with contextlib.suppress(ModelError, ValueError):
+                out.append(Revocation(int(serial, 16), node_id, not_after))
+        return tuple(out)
 
     @staticmethod
     def _allocate(conn: sqlite3.Connection, network: IPv4Network, node_id: str) -> IPv4Address:
@@ -439,10 +490,17 @@ class SqliteStore(Store):
     async def delete_node(self, node_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
-                "DELETE FROM nodes WHERE node_id = ? RETURNING node_id", (node_id,)
+                "DELETE FROM nodes WHERE node_id = ? RETURNING record", (node_id,)
             ).fetchone()
             if row is None:
                 return False
+            now = time.time()
+            try:
+                revoked = revocation_of(self._node(node_id, row[0]), now)
+            except StoreCorruptError:
+                revoked = None  # a damaged record names no certificate to revoke
+            if revoked is not None:
+                self._revoke(conn, revoked)
             self._emit(conn, EventKind.NODE_DELETED, node_id, None)
             return True
 
@@ -552,6 +610,7 @@ class SqliteStore(Store):
                 nodes=tuple(self._node(node_id, raw) for node_id, raw in rows),
                 policy=self._policy(conn),
                 revision=self._revision(conn),
+                revoked=self._revocations(conn, time.time()),
             )
 
         return await self._read(work)
@@ -567,6 +626,11 @@ class SqliteStore(Store):
                 node=_decode_node(payload) if event_kind is EventKind.NODE_PUT else None,
                 policy=(
                     Policy.from_json(loads(payload)) if event_kind is EventKind.POLICY_PUT else None
+                ),
+                revocation=(
+                    Revocation.from_json(loads(payload))
+                    if event_kind is EventKind.NODE_REVOKED
+                    else None
                 ),
             )
         except (ModelError, ValueError) as exc:
