@@ -422,13 +422,22 @@ def _api() -> Iterable[bytes]:
 
     def pop(node_id: str) -> dict[str, object]:
         nonce = secrets.token_bytes(32)
+        # The harness's client certificate is made afresh each run, so the corpus cannot name
+        # it: these proofs are bound to a fixed hash (refused as proof_not_bound).
+        bound = bytes(32)
         signature = proof_of_possession(
-            key, spiffe_id=NODE_ID, node_id=node_id, nonce=nonce, timestamp=int(fuzzlib.NOW)
+            key,
+            spiffe_id=NODE_ID,
+            node_id=node_id,
+            nonce=nonce,
+            timestamp=int(fuzzlib.NOW),
+            credential_sha256=bound,
         )
         return {
             "nonce": base64.b64encode(nonce).decode(),
             "timestamp": int(fuzzlib.NOW),
             "signature": base64.b64encode(signature).decode(),
+            "credential_sha256": bound.hex(),
         }
 
     register = {

@@ -64,6 +64,11 @@ ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 IDS = (NODE_A, NODE_B, NODE_DEV, NODE_A_TWIN, NODE_LONG, ADMIN_ID, CONTROLLER_ID, CHECK_ID)
 
 
+PRESENTED: dict[str, bytes] = {}
+"""SHA-256 of the X.509-SVID this process last fetched for each SPIFFE ID — the certificate
+its TLS clients present for it, so the credential :func:`pop_fields` binds proofs to."""
+
+
 @dataclass
 class Identity:
     """A running issuer and a Workload API client for it."""
@@ -85,7 +90,10 @@ class Identity:
         for svid in ctx.x509_svids:
             if str(svid.spiffe_id) == spiffe_id:
                 td = svid.spiffe_id.trust_domain
-                return TlsCredentials.from_svid(svid, ctx.x509_bundle_set, td)
+                credentials = TlsCredentials.from_svid(svid, ctx.x509_bundle_set, td)
+                assert credentials.leaf_sha256 is not None
+                PRESENTED[spiffe_id] = credentials.leaf_sha256
+                return credentials
         raise AssertionError(f"the issuer gives this process no SVID for {spiffe_id}")
 
     def credentials(self, spiffe_id: str | None = None) -> StaticCredentials:
@@ -128,9 +136,12 @@ def running_issuer(
     issuer = EmbeddedIssuer(config)
     issuer.start()
     try:
-        yield Identity(
+        identity = Identity(
             issuer, WorkloadSource(config.socket_path, trust_domain=trust_domain), entries_file
         )
+        for sid in ids:  # what this process presents for each ID (see PRESENTED)
+            identity.svid(sid)
+        yield identity
     finally:
         issuer.stop()
 
@@ -142,17 +153,28 @@ def pop_fields(
     node_id: str,
     nonce: bytes | None = None,
     timestamp: int | None = None,
+    credential_sha256: bytes | None = None,
 ) -> dict[str, Any]:
-    """A proof of possession body for ``key``."""
+    """A proof of possession body for ``key``, bound to ``credential_sha256`` (by default the
+    X.509-SVID this process presents for ``spiffe_id``, :data:`PRESENTED`; 32 zero bytes for
+    an ID it holds none of)."""
     nonce = nonce if nonce is not None else secrets.token_bytes(32)
     timestamp = timestamp if timestamp is not None else int(time.time())
+    if credential_sha256 is None:
+        credential_sha256 = PRESENTED.get(spiffe_id, bytes(32))
     signature = proof_of_possession(
-        key, spiffe_id=spiffe_id, node_id=node_id, nonce=nonce, timestamp=timestamp
+        key,
+        spiffe_id=spiffe_id,
+        node_id=node_id,
+        nonce=nonce,
+        timestamp=timestamp,
+        credential_sha256=credential_sha256,
     )
     return {
         "nonce": base64.b64encode(nonce).decode(),
         "timestamp": timestamp,
         "signature": base64.b64encode(signature).decode(),
+        "credential_sha256": credential_sha256.hex(),
     }
 
 
@@ -176,7 +198,8 @@ def register_body(
 def rotation_body(
     previous: SigningKey, new: SigningKey, *, spiffe_id: str, node_id: str
 ) -> dict[str, Any]:
-    """A register body for ``new`` with the rotation proof of ``previous``."""
+    """A register body for ``new`` with the rotation proof of ``previous`` (both bound to the
+    credential :func:`pop_fields` binds to)."""
     body = register_body(new, spiffe_id=spiffe_id, node_id=node_id)
     nonce = base64.b64decode(body["pop"]["nonce"])
     signature = rotation_proof(
@@ -186,6 +209,7 @@ def rotation_body(
         node_id=node_id,
         nonce=nonce,
         timestamp=body["pop"]["timestamp"],
+        credential_sha256=bytes.fromhex(body["pop"]["credential_sha256"]),
     )
     body["rotation"] = {"signature": base64.b64encode(signature).decode()}
     return body

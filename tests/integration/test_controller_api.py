@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from spiffe import SpiffeId, X509Bundle, X509BundleSet, X509Svid
 
 from tests.integration.controller_support import (
     ADMIN_ID,
@@ -31,6 +33,7 @@ from tests.integration.controller_support import (
     NODE_B,
     NODE_DEV,
     NODE_LONG,
+    PRESENTED,
     TD,
     ControllerClients,
     Identity,
@@ -55,6 +58,7 @@ from x0tta6bl4.identity.node_ids import node_id_from_name
 from x0tta6bl4.identity.spiffe_ids import parse_spiffe_id, parse_trust_domain
 from x0tta6bl4.node.config import NodeSettings
 from x0tta6bl4.tls.client import tls_client
+from x0tta6bl4.tls.credentials import StaticCredentials, TlsCredentials
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -438,8 +442,11 @@ async def test_registration_auth_failures_change_nothing(
     # A node ID the caller's SPIFFE ID is not bound to (checked before the PoP is verified).
     r = await client.tls(NODE_B).post(url, json=body)
     await _assert_rejected(client, r, 403, "node_id_not_bound")
-    # PoP signed for another SPIFFE ID than the certificate's / by another key.
-    r = await client.tls(NODE_A_TWIN).post(url, json=body)
+    # PoP signed for another SPIFFE ID than the certificate's (bound to that certificate) / by
+    # another key.
+    twin_cert = PRESENTED[NODE_A_TWIN]
+    misnamed = register_body(key, spiffe_id=NODE_A, node_id="node-1", credential_sha256=twin_cert)
+    r = await client.tls(NODE_A_TWIN).post(url, json=misnamed)
     await _assert_rejected(client, r, 401, "pop_invalid")
     other = SigningKey.generate()
     forged = dict(body, pop=pop_fields(other, spiffe_id=NODE_A, node_id="node-1"))
@@ -457,6 +464,88 @@ async def test_registration_auth_failures_change_nothing(
     metrics = (await client.get("/metrics")).text
     assert _metric_labels(metrics, "x0tta6bl4_registrations_rejected_total") >= 11
     assert 'x0tta6bl4_pq_svids_issued_total{kind="register"} 0.0' in metrics
+
+
+def _second_svid(identity: Identity, spiffe_id: str) -> StaticCredentials:
+    """Another X.509-SVID of ``spiffe_id``, as valid as the one the issuer serves (signed by
+    the same authority): the same identity, another client certificate."""
+    authority = Authority.load_or_create(identity.issuer.config.state_dir, parse_trust_domain(TD))
+    issued = authority.issue_x509_svid(parse_spiffe_id(spiffe_id), 600, time.time())
+    key = serialization.load_der_private_key(issued.key_der, None)
+    svid = X509Svid(SpiffeId(spiffe_id), [issued.certificate], key)
+    td = SpiffeId(spiffe_id).trust_domain
+    bundles = X509BundleSet.of(
+        [X509Bundle(td, set(identity.issuer.x509_bundle().x509_authorities))]
+    )
+    return StaticCredentials(TlsCredentials.from_svid(svid, bundles, td))
+
+
+async def test_a_proof_is_bound_to_the_credential_it_is_sent_with(
+    ctl: tuple[Any, ControllerClients], identity: Identity, tokens: dict[str, str], key: SigningKey
+) -> None:
+    """Issue 12.2: the proof of possession (format 2) signs the SHA-256 of the client
+    certificate it is sent with. A proof made under one certificate and replayed under another
+    certificate of the same SPIFFE ID is refused (``proof_not_bound``), so is a format-1 proof
+    (no credential), a rewritten credential field (``pop_invalid``: it is signed) and a rotation
+    proof bound to another certificate; a captured JWT-SVID with its proof but without the
+    client certificate is refused (``client_certificate_required``). Nothing is written."""
+    _, client = ctl
+    url = "/api/v1/nodes/register"
+    second = _second_svid(identity, NODE_A)
+    second_hash = second.current()[1].leaf_sha256
+    assert second_hash is not None
+    assert second_hash != PRESENTED[NODE_A]
+    other = tls_client(client.api, second, CONTROLLER_ID, timeout=30)
+    try:
+        body = register_body(key, spiffe_id=NODE_A, node_id="node-1")  # bound to the first
+        r = await other.post(url, json=body)
+        await _assert_rejected(client, r, 401, "proof_not_bound")
+        assert "another credential" in r.json()["detail"]
+        # Naming the second certificate without re-signing: the signature covers the hash.
+        relabelled = dict(body, pop=dict(body["pop"], credential_sha256=second_hash.hex()))
+        r = await other.post(url, json=relabelled)
+        await _assert_rejected(client, r, 401, "pop_invalid")
+        # A format-1 proof names no credential.
+        unbound = dict(body, pop={k: v for k, v in body["pop"].items() if k != "credential_sha256"})
+        r = await client.tls(NODE_A).post(url, json=unbound)
+        await _assert_rejected(client, r, 401, "proof_not_bound")
+        assert "format" in r.json()["detail"]
+        # The captured token and proof, without the client certificate.
+        r = await client.post(url, json=body, headers=bearer(tokens[NODE_A]))
+        await _assert_rejected(client, r, 401, "client_certificate_required")
+        # ... or with the token and the other certificate.
+        r = await other.post(url, json=body, headers=bearer(tokens[NODE_A]))
+        await _assert_rejected(client, r, 401, "proof_not_bound")
+        assert await _nodes(client) == []
+        # Bound to the certificate it is sent with, either certificate of NODE_A registers.
+        r = await client.tls(NODE_A).post(url, json=body)
+        assert r.status_code == 200, r.text
+        mine = register_body(key, spiffe_id=NODE_A, node_id="node-1", credential_sha256=second_hash)
+        r = await other.post(url, json=mine)
+        assert r.status_code == 200, r.text
+        # A rotation proof bound to another certificate than the request's own proof.
+        new_key = SigningKey.generate()
+        rotated = rotation_body(key, new_key, spiffe_id=NODE_A, node_id="node-1")
+        pop = pop_fields(
+            new_key,
+            spiffe_id=NODE_A,
+            node_id="node-1",
+            nonce=base64.b64decode(rotated["pop"]["nonce"]),
+            timestamp=rotated["pop"]["timestamp"],
+            credential_sha256=second_hash,
+        )
+        r = await other.post(url, json=dict(rotated, pop=pop))
+        assert (r.status_code, r.json()["error"]) == (401, "pop_invalid"), r.text
+        assert "rotation" in r.json()["detail"]
+        detail = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
+        assert detail["ml_dsa_public_key"] == base64.b64encode(key.public_bytes).decode()
+    finally:
+        await other.aclose()
+    metrics = (await client.get("/metrics")).text
+    assert (
+        _metric_labels(metrics, 'x0tta6bl4_registrations_rejected_total{reason="proof_not_bound"}')
+        == 3
+    )
 
 
 async def test_pop_replay_is_refused(

@@ -1030,7 +1030,12 @@ def test_registration_with_a_real_x509_svid_succeeds_at_a_real_controller(
             "POST",
             "/api/v1/nodes/register",
             controller,
-            json=register_body(key, spiffe_id=str(me), node_id="real-node"),
+            json=register_body(
+                key,
+                spiffe_id=str(me),
+                node_id="real-node",
+                credential_sha256=svid.current()[1].leaf_sha256,
+            ),
         )
         assert response.status_code == 200, response.text
         admission = response.json()

@@ -27,6 +27,7 @@ EXPECTED: dict[str, tuple[int, dict[str, str]]] = {
     "node_id_not_bound": (403, {}),
     "node_not_found": (404, {}),
     "pop_invalid": (401, {}),
+    "proof_not_bound": (401, {}),
     "pop_replayed": (401, {}),
     "cidr_exhausted": (409, {}),
     "ca_unavailable": (503, {"Retry-After": "5"}),

@@ -36,6 +36,7 @@ TOOL_PACKAGES = ("bench", "check", "local", "commands")
 #: Constants whose names look like limits but are facts of a format, each with the reason.
 NOT_LIMITS: dict[str, str] = {
     "controller.models._MAX_SERIAL": "the X.509 serial size (RFC 5280: 20 octets)",
+    "crypto.pqsvid._CREDENTIAL_HASH_SIZE": "a digest size (SHA-256, docs/pqsvid.md)",
     "crypto.suite.*": "sizes of the cryptographic suite (docs/protocol.md §1)",
     "protocol.constants.NONCE_SIZE": "wire format (docs/protocol.md §5)",
     "protocol.constants.COOKIE_SIZE": "wire format (docs/protocol.md §5)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import struct
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from tests.pqfixtures import (
 from x0tta6bl4.crypto import pqsvid
 from x0tta6bl4.crypto.errors import BadSignatureError, CryptoError, InvalidKeyError
 from x0tta6bl4.crypto.pqsvid import (
+    POP_VERSION,
     CaAsLeafError,
     ExpiredError,
     InvalidNodeIdError,
@@ -626,12 +628,20 @@ def test_create_rejects_bad_trust_domain() -> None:
 
 # --- proof of possession ----------------------------------------------------------------------
 
-POP = {"spiffe_id": SID, "node_id": "node-1", "nonce": b"n" * 32, "timestamp": int(NOW)}
+CRED = hashlib.sha256(b"the client certificate's DER").digest()
+POP = {
+    "spiffe_id": SID,
+    "node_id": "node-1",
+    "nonce": b"n" * 32,
+    "timestamp": int(NOW),
+    "credential_sha256": CRED,
+}
 
 
-def test_pop_message_layout() -> None:
+def _v1_message() -> bytes:
+    """The format-1 message (no credential): what an older node signed."""
     sid, nid, nonce = SID.encode(), b"node-1", b"n" * 32
-    expected = (
+    return (
         b"x0tta6bl4-pop-v1"
         + struct.pack("!H", len(sid))
         + sid
@@ -641,12 +651,42 @@ def test_pop_message_layout() -> None:
         + nonce
         + struct.pack("!Q", int(NOW))
     )
+
+
+def test_pop_message_layout() -> None:
+    sid, nid, nonce = SID.encode(), b"node-1", b"n" * 32
+    expected = (
+        b"x0tta6bl4-pop-v2"
+        + struct.pack("!H", len(sid))
+        + sid
+        + struct.pack("!H", len(nid))
+        + nid
+        + struct.pack("!H", len(nonce))
+        + nonce
+        + struct.pack("!H", 32)
+        + CRED
+        + struct.pack("!Q", int(NOW))
+    )
     assert pop_message(**POP) == expected  # type: ignore[arg-type]
+    assert POP_VERSION == 2
+
+
+def test_a_format_1_proof_does_not_verify() -> None:
+    """The version tag separates the formats: a proof over the format-1 message (no
+    credential) is no format-2 proof, whatever credential the verifier binds it to."""
+    key = make_key("node/node-1")
+    old = key.sign(SignatureContext.PROOF_OF_POSSESSION, _v1_message())
+    with pytest.raises(BadSignatureError):
+        verify_proof_of_possession(key.public_bytes, old, **POP)  # type: ignore[arg-type]
 
 
 def test_pop_encoding_is_unambiguous() -> None:
-    a = pop_message(spiffe_id="spiffe://td/ab", node_id="c", nonce=b"x", timestamp=1)
-    b = pop_message(spiffe_id="spiffe://td/a", node_id="bc", nonce=b"x", timestamp=1)
+    a = pop_message(
+        spiffe_id="spiffe://td/ab", node_id="c", nonce=b"x", timestamp=1, credential_sha256=CRED
+    )
+    b = pop_message(
+        spiffe_id="spiffe://td/a", node_id="bc", nonce=b"x", timestamp=1, credential_sha256=CRED
+    )
     assert a != b
 
 
@@ -663,6 +703,7 @@ def test_pop_round_trip() -> None:
         ("node_id", "node-2"),
         ("nonce", b"m" + b"n" * 31),
         ("timestamp", int(NOW) + 1),
+        ("credential_sha256", hashlib.sha256(b"another client certificate").digest()),
     ],
 )
 def test_pop_tampered_field_fails(field: str, value: object) -> None:
@@ -704,7 +745,15 @@ def test_pop_needs_its_context() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("nonce", b""), ("timestamp", -1), ("timestamp", 2**64), ("node_id", "x" * 70000)],
+    [
+        ("nonce", b""),
+        ("timestamp", -1),
+        ("timestamp", 2**64),
+        ("node_id", "x" * 70000),
+        ("credential_sha256", b""),
+        ("credential_sha256", CRED[:31]),
+        ("credential_sha256", CRED + b"x"),
+    ],
 )
 def test_pop_unencodable_fields(field: str, value: object) -> None:
     key = make_key("node/node-1")

@@ -19,11 +19,14 @@ caller is authenticated by
 
 The caller is an admin with the admin token, or if its SPIFFE ID is listed in
 ``--admin-spiffe-id``. :class:`Principal` carries ``credential_sha256``, the SHA-256 of what
-authenticated it (the client certificate's DER, else the JWT-SVID), for logs and audits. What
-makes a captured credential worthless for node operations is not a hash in the proof of
-possession but the two keys it cannot carry: node operations need mutual TLS (the X.509-SVID's
-private key) *and* a proof of possession by the node ID's bound ML-DSA-65 key with a fresh,
-single-use nonce (``docs/api.md``, "Key binding").
+authenticated it (the client certificate's DER, else the JWT-SVID). Node operations need
+mutual TLS (the X.509-SVID's private key) *and* a proof of possession by the node ID's bound
+ML-DSA-65 key with a fresh, single-use nonce — and that proof (format 2, like a rotation
+proof) signs ``credential_sha256``: the registrar refuses a proof bound to any other credential
+(``proof_not_bound``). So a proof is worth nothing apart from the credential it was sent with:
+captured with a JWT-SVID it fails without the client certificate, and replayed under another
+certificate — even another valid X.509-SVID of the same SPIFFE ID, e.g. a stolen one — it no
+longer matches (``docs/api.md``, "Key binding").
 
 :class:`Authenticator` raises :class:`~x0tta6bl4.controller.errors.AuthError` with a machine
 reason from :class:`~x0tta6bl4.controller.errors.AuthFailure`; the API answers 401, 403 or 503

@@ -41,6 +41,7 @@ class AdmissionRefusal(enum.StrEnum):
     NODE_ID_NOT_BOUND = "node_id_not_bound"
     NODE_NOT_FOUND = "node_not_found"
     POP_INVALID = "pop_invalid"
+    PROOF_NOT_BOUND = "proof_not_bound"
     POP_REPLAYED = "pop_replayed"
     CIDR_EXHAUSTED = "cidr_exhausted"
     CA_UNAVAILABLE = "ca_unavailable"

@@ -6,12 +6,16 @@ The order is fixed so that a refused request costs little and changes nothing:
 2. cheap checks, none touching the store: the node ID is the one the caller's SPIFFE ID is
    bound to by the node ID mapping (``403 node_id_not_bound``; ``--node-id-mapping``, by
    default ``spiffe://<td>/**/node/{node}``, :class:`~x0tta6bl4.identity.node_ids.NodeIdMapping`);
-   base64 fields, nonce length, timestamp within the clock-skew window;
+   base64 fields, nonce length, timestamp within the clock-skew window, and the proof names
+   the credential the request is authenticated with (its ``credential_sha256`` is the
+   principal's, else ``401 proof_not_bound``: a proof made under another client certificate,
+   or a format-1 proof that names none);
 3. the policy: may this SPIFFE ID join;
 4. the node ID must not be bound to another SPIFFE ID (``409 node_id_taken``; on renewal it
    must exist) — a cheap early refusal; the store checks ownership again, atomically with the
    write, in step 7;
-5. the ML-DSA-65 proof of possession over (spiffe_id, node_id, nonce, timestamp); then the
+5. the ML-DSA-65 proof of possession over (spiffe_id, node_id, nonce, credential hash,
+   timestamp) — format 2, ``x0tta6bl4.crypto.pqsvid.pop_message``; then the
    **key binding**: a node ID registered with another key is refused (``409 node_id_taken``)
    unless the request carries a rotation proof — a signature by the *previous* key over
    :func:`rotation_nonce` (this request's nonce and the new key's SHA-256) — or the record has
@@ -50,7 +54,12 @@ from x0tta6bl4.controller.models import (
 from x0tta6bl4.controller.store.base import Store
 from x0tta6bl4.controller.store.errors import CidrExhaustedError, OwnershipError
 from x0tta6bl4.crypto.errors import CryptoError
-from x0tta6bl4.crypto.pqsvid import rotation_nonce, rotation_proof, verify_proof_of_possession
+from x0tta6bl4.crypto.pqsvid import (
+    POP_VERSION,
+    rotation_nonce,
+    rotation_proof,
+    verify_proof_of_possession,
+)
 from x0tta6bl4.identity.errors import IdentityError
 from x0tta6bl4.identity.node_ids import NodeIdMapping, default_node_mapping
 from x0tta6bl4.logging import get_logger
@@ -80,12 +89,14 @@ a rotation proof."""
 @dataclass(frozen=True, slots=True)
 class PossessionProof:
     """The proof of possession as the request carries it: base64 ``nonce`` and ``signature``
-    (by the submitted ML-DSA-65 key over spiffe_id, node_id, nonce, timestamp), and the
-    ``timestamp`` (UNIX seconds) it was made at."""
+    (by the submitted ML-DSA-65 key over spiffe_id, node_id, nonce, credential hash,
+    timestamp), the ``timestamp`` (UNIX seconds) it was made at, and ``credential_sha256``
+    (hex; None in a version-1 proof, which is refused)."""
 
     nonce: str
     timestamp: int
     signature: str
+    credential_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +189,34 @@ class Registrar:
             raise AdmissionError(AdmissionRefusal.CA_UNAVAILABLE, "the mesh CA is not loaded")
         return loaded
 
+    @staticmethod
+    def _bound_credential(pop: PossessionProof, credential_sha256: bytes | None) -> bytes:
+        """The credential hash the proofs must be bound to (step 2): the one that
+        authenticated the request, named by the proof too (``proof_not_bound`` otherwise)."""
+        if pop.credential_sha256 is None:
+            raise AdmissionError(
+                AdmissionRefusal.PROOF_NOT_BOUND,
+                f"the proof of possession is not bound to the credential it is sent with "
+                f"(pop.credential_sha256 missing: a format-1 proof; this controller needs "
+                f"format {POP_VERSION}, x0tta6bl4.crypto.pqsvid.proof_of_possession)",
+            )
+        if credential_sha256 is None:
+            raise AdmissionError(
+                AdmissionRefusal.PROOF_NOT_BOUND,
+                "this request was authenticated without a credential a proof can be bound to",
+            )
+        try:
+            claimed = bytes.fromhex(pop.credential_sha256)
+        except ValueError:
+            claimed = b""
+        if not hmac.compare_digest(claimed, credential_sha256):
+            raise AdmissionError(
+                AdmissionRefusal.PROOF_NOT_BOUND,
+                "the proof of possession was made for another credential than the client "
+                "certificate this request is sent with",
+            )
+        return credential_sha256
+
     def _check_rebind(
         self,
         existing: NodeRecord,
@@ -187,6 +226,7 @@ class Registrar:
         nonce: bytes,
         timestamp: int,
         now: float,
+        credential: bytes,
     ) -> None:
         """A registered node ID asked for with another key: the key binding (step 5)."""
         node_id = existing.node_id
@@ -199,6 +239,7 @@ class Registrar:
                     node_id=node_id,
                     nonce=rotation_nonce(nonce, public_key),
                     timestamp=timestamp,
+                    credential_sha256=credential,
                 )
             except CryptoError:
                 raise AdmissionError(
@@ -226,8 +267,13 @@ class Registrar:
         pop: PossessionProof,
         renew: bool,
         rotation: str | None = None,
+        credential_sha256: bytes | None = None,
     ) -> Admission:
-        """Run the checks of the module docstring; raise :class:`AdmissionError` on refusal."""
+        """Run the checks of the module docstring; raise :class:`AdmissionError` on refusal.
+
+        ``credential_sha256`` is the SHA-256 of the credential that authenticated the request
+        (:attr:`~x0tta6bl4.controller.auth.Principal.credential_sha256`): the proofs must be
+        bound to it."""
         now = self._clock()
         self._check_bound(spiffe_id, node_id)
         public_key = _b64(public_key_b64, "ml_dsa_public_key")
@@ -248,6 +294,7 @@ class Registrar:
                 f"pop.timestamp is {pop.timestamp - now:+.0f} s from the controller's clock "
                 f"(at most ±{self._skew} s)",
             )
+        credential = self._bound_credential(pop, credential_sha256)
         engine, _, _ = await current_policy(self._store, self._trust_domain)
         if not engine.may_join(spiffe_id):
             raise AdmissionError(
@@ -268,6 +315,7 @@ class Registrar:
                 node_id=node_id,
                 nonce=nonce,
                 timestamp=pop.timestamp,
+                credential_sha256=credential,
             )
         except CryptoError:
             raise AdmissionError(
@@ -281,6 +329,7 @@ class Registrar:
                 nonce=nonce,
                 timestamp=pop.timestamp,
                 now=now,
+                credential=credential,
             )
         if not await self._store.replay_guard(nonce, now + 2 * self._skew + 1):
             raise AdmissionError(

@@ -80,6 +80,7 @@ __all__ = [
     "DEFAULT_CA_TTL_SECONDS",
     "DEFAULT_LEAF_TTL_SECONDS",
     "NODE_ID_MAX_LENGTH",
+    "POP_VERSION",
     "CaAsLeafError",
     "ExpiredError",
     "ForeignTrustDomainError",
@@ -775,14 +776,27 @@ def verify_svid(cert_der: bytes, bundle: TrustBundle, now: float) -> PeerIdentit
 # --- proof of possession ----------------------------------------------------------------------
 
 
-def pop_message(*, spiffe_id: str, node_id: str, nonce: bytes, timestamp: int) -> bytes:
-    """The canonical encoding signed by a proof of possession.
+POP_VERSION: Final = 2
+"""The proof-of-possession format: version 2 binds the credential it is sent with."""
 
-    ``"x0tta6bl4-pop-v1" ‖ u16(len(sid)) ‖ sid ‖ u16(len(nid)) ‖ nid ‖ u16(len(nonce)) ‖ nonce
-    ‖ u64(timestamp)`` with UTF-8 strings and big-endian integers. Raises :class:`ValueError`
-    for an empty or longer-than-65535-byte field or a timestamp outside ``0 … 2**64-1``.
+_POP_TAG: Final = b"x0tta6bl4-pop-v2"
+_CREDENTIAL_HASH_SIZE: Final = 32
+
+
+def pop_message(
+    *, spiffe_id: str, node_id: str, nonce: bytes, timestamp: int, credential_sha256: bytes
+) -> bytes:
+    """The canonical encoding signed by a proof of possession (version 2).
+
+    ``"x0tta6bl4-pop-v2" ‖ u16(len(sid)) ‖ sid ‖ u16(len(nid)) ‖ nid ‖ u16(len(nonce)) ‖ nonce
+    ‖ u16(32) ‖ credential_sha256 ‖ u64(timestamp)`` with UTF-8 strings and big-endian
+    integers. ``credential_sha256`` is the SHA-256 of the credential the request is
+    authenticated with (the client certificate's DER under mutual TLS), so a proof is worth
+    nothing sent with another credential. Raises :class:`ValueError` for an empty or
+    longer-than-65535-byte field, a credential hash that is not 32 bytes, or a timestamp
+    outside ``0 … 2**64-1``.
     """
-    parts: list[bytes] = [b"x0tta6bl4-pop-v1"]
+    parts: list[bytes] = [_POP_TAG]
     for name, value in (
         ("spiffe_id", spiffe_id.encode("utf-8")),
         ("node_id", node_id.encode("utf-8")),
@@ -791,6 +805,10 @@ def pop_message(*, spiffe_id: str, node_id: str, nonce: bytes, timestamp: int) -
         if not 0 < len(value) <= _MAX_POP_FIELD:
             raise ValueError(f"{name} must be 1-{_MAX_POP_FIELD} bytes")
         parts.append(struct.pack("!H", len(value)) + value)
+    credential = bytes(credential_sha256)
+    if len(credential) != _CREDENTIAL_HASH_SIZE:
+        raise ValueError("credential_sha256 must be a 32-byte SHA-256 digest")
+    parts.append(struct.pack("!H", len(credential)) + credential)
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         raise ValueError("timestamp must be an int")
     if not 0 <= timestamp < 2**64:
@@ -800,15 +818,28 @@ def pop_message(*, spiffe_id: str, node_id: str, nonce: bytes, timestamp: int) -
 
 
 def proof_of_possession(
-    key: SigningKey, *, spiffe_id: str, node_id: str, nonce: bytes, timestamp: int
+    key: SigningKey,
+    *,
+    spiffe_id: str,
+    node_id: str,
+    nonce: bytes,
+    timestamp: int,
+    credential_sha256: bytes,
 ) -> bytes:
     """Sign :func:`pop_message` with ``SignatureContext.PROOF_OF_POSSESSION``.
 
     The node sends this with its ML-DSA-65 public key at registration; the controller checks
-    it with :func:`verify_proof_of_possession`, then checks that ``nonce`` is the one it
-    handed out and ``timestamp`` is recent (this module does neither).
+    it with :func:`verify_proof_of_possession` against the credential that authenticated the
+    request, then checks that ``nonce`` is unused and ``timestamp`` recent (this module does
+    neither).
     """
-    message = pop_message(spiffe_id=spiffe_id, node_id=node_id, nonce=nonce, timestamp=timestamp)
+    message = pop_message(
+        spiffe_id=spiffe_id,
+        node_id=node_id,
+        nonce=nonce,
+        timestamp=timestamp,
+        credential_sha256=credential_sha256,
+    )
     return key.sign(SignatureContext.PROOF_OF_POSSESSION, message)
 
 
@@ -820,6 +851,7 @@ def verify_proof_of_possession(
     node_id: str,
     nonce: bytes,
     timestamp: int,
+    credential_sha256: bytes,
 ) -> None:
     """Raise :class:`~x0tta6bl4.crypto.errors.BadSignatureError` unless ``signature`` is a
     proof of possession of ``public_key`` for these fields.
@@ -831,7 +863,11 @@ def verify_proof_of_possession(
     key = load_verifying_key(public_key)
     try:
         message = pop_message(
-            spiffe_id=spiffe_id, node_id=node_id, nonce=nonce, timestamp=timestamp
+            spiffe_id=spiffe_id,
+            node_id=node_id,
+            nonce=nonce,
+            timestamp=timestamp,
+            credential_sha256=credential_sha256,
         )
     except (ValueError, TypeError, AttributeError, UnicodeError) as exc:
         raise BadSignatureError("proof of possession fields are not encodable") from exc
@@ -856,12 +892,15 @@ def rotation_proof(
     node_id: str,
     nonce: bytes,
     timestamp: int,
+    credential_sha256: bytes,
 ) -> bytes:
-    """The rotation proof's signature (see :func:`rotation_nonce`)."""
+    """The rotation proof's signature (see :func:`rotation_nonce`), bound like the request's
+    own proof to the credential it is sent with."""
     return proof_of_possession(
         previous,
         spiffe_id=spiffe_id,
         node_id=node_id,
         nonce=rotation_nonce(nonce, new_public_key),
         timestamp=timestamp,
+        credential_sha256=credential_sha256,
     )

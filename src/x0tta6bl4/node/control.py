@@ -6,11 +6,12 @@ connection uses the current one) and accepts the controller only if its certific
 X.509-SVID of the trust domain naming ``expected_controller`` — the SPIFFE ID it expects
 (:mod:`x0tta6bl4.tls.client`; the key exchange is X25519MLKEM768 with a controller built from
 this package). No bearer token travels. Registration and renewal carry the ML-DSA-65 public
-key and a proof of possession over (SPIFFE ID, node ID, a fresh random nonce, the current
-time). Errors are :class:`ControllerError` with the HTTP status (0 when the controller could
-not be reached, or is not the controller we expect) and the API's machine-readable
-``error``. Retrying is the caller's business (the agent backs off and keeps the data plane
-running).
+key and a proof of possession over (SPIFFE ID, node ID, a fresh random nonce, the SHA-256
+of the X.509-SVID presented as client certificate, the current time): bound to the
+connection's credential, it is worth nothing sent with another one. Errors are
+:class:`ControllerError` with the HTTP status (0 when the controller could not be reached, or
+is not the controller we expect) and the API's machine-readable ``error``. Retrying is the
+caller's business (the agent backs off and keeps the data plane running).
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ class ControlClient:
     async def close(self) -> None:
         await self._client.aclose()
 
-    def _spiffe_id(self) -> str:
+    def _spiffe_id(self) -> tuple[str, bytes]:
+        """Our SPIFFE ID and the SHA-256 of the X.509-SVID the next connection presents (the
+        credential the proofs of possession are bound to)."""
         _, credentials = self._credentials.current()
-        spiffe_id = credentials.spiffe_id
-        if spiffe_id is None:
+        spiffe_id, presented = credentials.spiffe_id, credentials.leaf_sha256
+        if spiffe_id is None or presented is None:
             raise ControllerError(0, "no_identity", "no X.509-SVID to present")
-        return str(spiffe_id)
+        return str(spiffe_id), presented
 
     async def _request(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
@@ -126,16 +129,22 @@ class ControlClient:
             return None
         return response.json()
 
-    def _pop(self, key: SigningKey, spiffe_id: str, node_id: str) -> dict[str, Any]:
+    def _pop(self, key: SigningKey, spiffe_id: str, node_id: str, bound: bytes) -> dict[str, Any]:
         nonce = secrets.token_bytes(32)
         timestamp = int(time.time())
         signature = proof_of_possession(
-            key, spiffe_id=spiffe_id, node_id=node_id, nonce=nonce, timestamp=timestamp
+            key,
+            spiffe_id=spiffe_id,
+            node_id=node_id,
+            nonce=nonce,
+            timestamp=timestamp,
+            credential_sha256=bound,
         )
         return {
             "nonce": base64.b64encode(nonce).decode(),
             "timestamp": timestamp,
             "signature": base64.b64encode(signature).decode(),
+            "credential_sha256": bound.hex(),
         }
 
     async def register(
@@ -148,12 +157,12 @@ class ControlClient:
     ) -> Admission:
         """Register ``key`` for ``node_id``; with ``previous_key``, the rotation proof that
         hands the node ID over from it (docs/api.md, "Key binding")."""
-        spiffe_id = self._spiffe_id()
+        spiffe_id, bound = self._spiffe_id()
         body: dict[str, Any] = {
             "node_id": node_id,
             "endpoint": endpoint,
             "ml_dsa_public_key": base64.b64encode(key.public_bytes).decode(),
-            "pop": self._pop(key, spiffe_id, node_id),
+            "pop": self._pop(key, spiffe_id, node_id, bound),
         }
         if previous_key is not None:
             pop = body["pop"]
@@ -164,15 +173,16 @@ class ControlClient:
                 node_id=node_id,
                 nonce=base64.b64decode(pop["nonce"]),
                 timestamp=pop["timestamp"],
+                credential_sha256=bound,
             )
             body["rotation"] = {"signature": base64.b64encode(signature).decode()}
         return Admission.from_json(await self._request("POST", "/api/v1/nodes/register", json=body))
 
     async def renew(self, node_id: str, endpoint: str, key: SigningKey) -> Admission:
-        spiffe_id = self._spiffe_id()
+        spiffe_id, bound = self._spiffe_id()
         body = {
             "ml_dsa_public_key": base64.b64encode(key.public_bytes).decode(),
-            "pop": self._pop(key, spiffe_id, node_id),
+            "pop": self._pop(key, spiffe_id, node_id, bound),
             "endpoint": endpoint,
         }
         data = await self._request("POST", f"/api/v1/nodes/{node_id}/renew", json=body)

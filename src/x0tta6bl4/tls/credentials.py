@@ -16,6 +16,7 @@ what lets the controller's certificate rotate without dropping node sessions.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from spiffe import SpiffeId, TrustDomain, X509Bundle, X509BundleSet, X509Svid
 from spiffe.workloadapi.x509_context import X509Context
@@ -103,6 +105,14 @@ class TlsCredentials:
     ) -> TlsCredentials:
         """Present nothing; trust ``authorities`` (a client verifying the controller only)."""
         return cls(parse_trust_domain(trust_domain), tuple(_sorted(authorities)))
+
+    @property
+    def leaf_sha256(self) -> bytes | None:
+        """SHA-256 of the presented certificate's DER (what the controller's
+        ``Principal.credential_sha256`` is under mutual TLS); None when nothing is presented."""
+        if not self.chain:
+            return None
+        return hashlib.sha256(self.chain[0].public_bytes(serialization.Encoding.DER)).digest()
 
     @property
     def spiffe_id(self) -> SpiffeId | None:

@@ -49,6 +49,7 @@ REFUSALS: Mapping[AuthFailure | AdmissionRefusal, tuple[int, Mapping[str, str]]]
         AdmissionRefusal.NODE_ID_NOT_BOUND: (403, _NONE),
         AdmissionRefusal.NODE_NOT_FOUND: (404, _NONE),
         AdmissionRefusal.POP_INVALID: (401, _NONE),
+        AdmissionRefusal.PROOF_NOT_BOUND: (401, _NONE),
         AdmissionRefusal.POP_REPLAYED: (401, _NONE),
         AdmissionRefusal.CIDR_EXHAUSTED: (409, _NONE),
         AdmissionRefusal.CA_UNAVAILABLE: (503, MappingProxyType({"Retry-After": "5"})),

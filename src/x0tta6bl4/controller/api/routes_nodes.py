@@ -46,7 +46,12 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _proof(pop: ProofOfPossession) -> PossessionProof:
-    return PossessionProof(nonce=pop.nonce, timestamp=pop.timestamp, signature=pop.signature)
+    return PossessionProof(
+        nonce=pop.nonce,
+        timestamp=pop.timestamp,
+        signature=pop.signature,
+        credential_sha256=pop.credential_sha256,
+    )
 
 
 def _admission_body(admission: Admission) -> dict[str, Any]:
@@ -86,6 +91,7 @@ async def register(body: RegisterRequest, principal: Node, state: State) -> Resp
         pop=_proof(body.pop),
         renew=False,
         rotation=None if body.rotation is None else body.rotation.signature,
+        credential_sha256=principal.credential_sha256,
     )
     if state.marker is not None:  # the state directory now knows this store holds nodes
         state.marker.record(state.store.location)
@@ -108,6 +114,7 @@ async def renew(node_id: NodeIdPath, body: RenewRequest, principal: Node, state:
         pop=_proof(body.pop),
         renew=True,
         rotation=None if body.rotation is None else body.rotation.signature,
+        credential_sha256=principal.credential_sha256,
     )
     return _json(_admission_body(admission))
 

@@ -68,8 +68,9 @@ class _Request(BaseModel):
 
 
 class ProofOfPossession(_Request):
-    """A signature, with the submitted ML-DSA-65 key, over spiffe_id, node_id, nonce, timestamp
-    (``x0tta6bl4.crypto.pqsvid.proof_of_possession``)."""
+    """A signature, with the submitted ML-DSA-65 key, over spiffe_id, node_id, nonce,
+    credential_sha256 and timestamp (``x0tta6bl4.crypto.pqsvid.proof_of_possession``,
+    format version 2)."""
 
     nonce: str = Field(
         pattern=_B64,
@@ -82,6 +83,15 @@ class ProofOfPossession(_Request):
     )
     signature: str = Field(
         pattern=_B64, min_length=4, max_length=8192, description="base64 ML-DSA-65 signature"
+    )
+    credential_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description=(
+            "hex SHA-256 of the credential the request is sent with (the client "
+            "certificate's DER); signed in the proof. Required: a proof without it (format "
+            "version 1) is refused with proof_not_bound"
+        ),
     )
 
 
