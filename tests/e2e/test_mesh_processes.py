@@ -371,9 +371,9 @@ def test_membership_changes_drop_links_at_once(mesh: Mesh) -> None:
 
 def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
     """Issue 12, the original attack: processes claiming n2's node ID with fresh keys — one
-    under another node's SPIFFE ID (403 node_id_not_bound: the node ID mapping binds it to n4),
-    one under n2's own SPIFFE ID (a process that obtained n2's identity but not its key: 409
-    node_id_taken); n2's record and links are unchanged and no peer ever completes a
+    under another node's SPIFFE ID (the node ID mapping binds it to n4), one under n2's own
+    SPIFFE ID (a process that obtained n2's identity but not its key): both 409
+    node_id_taken; n2's record and links are unchanged and no peer ever completes a
     handshake with an impostor (it never gets a PQ SVID)."""
     fields = ("spiffe_id", "endpoint", "overlay_ip", "ml_dsa_public_key", "pq_svid")
 
@@ -385,7 +385,7 @@ def test_an_impostor_cannot_take_a_live_node_id(mesh: Mesh) -> None:
     impostors: list[subprocess.Popen[bytes]] = []
     try:
         refusals = (
-            (mesh_node_id("n4"), "node_id_not_bound"),
+            (mesh_node_id("n4"), "node_id_taken"),
             (mesh_node_id("n2"), "node_id_taken"),
         )
         for i, (spiffe_id, reason) in enumerate(refusals):

@@ -242,11 +242,11 @@ async def test_renew(
     detail = (await client.get("/api/v1/nodes/node-1", headers=ADMIN)).json()
     assert detail["ml_dsa_public_key"] == body["ml_dsa_public_key"]
     assert detail["endpoint"] == "127.0.0.1:7810"
-    # Another identity may not renew node-1: one the node ID mapping does not bind to it is
-    # refused before anything else, the twin bound to the same node name finds it taken.
+    # Another identity may not renew node-1: it is taken, whether the node ID mapping binds
+    # the caller to another node ID (NODE_B) or to the same node name (the twin).
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_B, node_id="node-1")
     r = await client.tls(NODE_B).post("/api/v1/nodes/node-1/renew", json=body)
-    assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
+    assert (r.status_code, r.json()["error"]) == (409, "node_id_taken")
     body["pop"] = pop_fields(new_key, spiffe_id=NODE_A_TWIN, node_id="node-1")
     r = await client.tls(NODE_A_TWIN).post("/api/v1/nodes/node-1/renew", json=body)
     assert (r.status_code, r.json()["error"]) == (409, "node_id_taken")
@@ -266,13 +266,14 @@ async def test_a_node_id_is_admitted_only_for_the_spiffe_id_bound_to_it(
     """Issue 12, point 1: the default node ID mapping (spiffe://<td>/**/node/{node}) binds
     each node SPIFFE ID to one node ID. Another node's ID, a SPIFFE ID naming no node (the
     controller's, the check job's), a long name's unshortened or truncated form: 403
-    node_id_not_bound, counted, refused before the PoP is verified, and nothing is written."""
+    node_id_not_bound — or 409 node_id_taken when the node ID is registered to another SPIFFE
+    ID (the issue's acceptance: an impostor asking for a live node's ID finds it taken) —
+    counted, refused before the PoP is verified, and nothing is written."""
     app, client = ctl
     assert (await _register(client, key, NODE_B, "node-b")).status_code == 200
     before = (await client.get("/api/v1/nodes", headers=ADMIN)).json()
     shortened = node_id_from_name(LONG_NODE_NAME)
     refused = [
-        (NODE_A, "node-b"),  # a live node's ID, under another node's SPIFFE ID
         (NODE_A, "node-2"),  # a free node ID that is not NODE_A's
         (NODE_B, "node-1"),
         (CONTROLLER_ID, "controller"),  # the pattern does not match: names no node
@@ -290,16 +291,29 @@ async def test_a_node_id_is_admitted_only_for_the_spiffe_id_bound_to_it(
         del body["node_id"], body["endpoint"]
         r = await client.tls(sid).post(f"/api/v1/nodes/{node_id}/renew", json=body)
         assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound"), (sid, r.text)
-    # Refused before the proof of possession is even looked at: a garbage signature gives
-    # the same answer, and nothing was written (revision, records, nonces).
+    # A live node's ID, under another node's SPIFFE ID: taken (register and renew).
+    r = await _register(client, key, NODE_A, "node-b")
+    assert (r.status_code, r.json()["error"]) == (409, "node_id_taken"), r.text
     body = register_body(key, spiffe_id=NODE_A, node_id="node-b")
-    body["pop"]["signature"] = base64.b64encode(b"x" * 3309).decode()
-    r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=body)
-    assert (r.status_code, r.json()["error"]) == (403, "node_id_not_bound")
+    del body["node_id"], body["endpoint"]
+    r = await client.tls(NODE_A).post("/api/v1/nodes/node-b/renew", json=body)
+    assert (r.status_code, r.json()["error"]) == (409, "node_id_taken"), r.text
+    # Refused before the proof of possession is even looked at: a garbage signature gives
+    # the same answers, and nothing was written (revision, records, nonces).
+    for node_id, answer in (
+        ("node-2", (403, "node_id_not_bound")),
+        ("node-b", (409, "node_id_taken")),
+    ):
+        body = register_body(key, spiffe_id=NODE_A, node_id=node_id)
+        body["pop"]["signature"] = base64.b64encode(b"x" * 3309).decode()
+        r = await client.tls(NODE_A).post("/api/v1/nodes/register", json=body)
+        assert (r.status_code, r.json()["error"]) == answer
     assert (await client.get("/api/v1/nodes", headers=ADMIN)).json() == before
     metrics = (await client.get("/metrics")).text
     count = 'x0tta6bl4_registrations_rejected_total{reason="node_id_not_bound"}'
     assert _metric_labels(metrics, count) == 2 * len(refused) + 1
+    taken = 'x0tta6bl4_registrations_rejected_total{reason="node_id_taken"}'
+    assert _metric_labels(metrics, taken) == 3
     assert 'x0tta6bl4_pq_svids_issued_total{kind="register"} 1.0' in metrics
     # The long name's node ID is the one the node agent derives from X0_NODE_NAME.
     assert shortened == NodeSettings(node_name=LONG_NODE_NAME).resolved_node_id()

@@ -3,9 +3,11 @@
 The order is fixed so that a refused request costs little and changes nothing:
 
 1. the caller is already authenticated (JWT-SVID) by the route;
-2. cheap checks, none touching the store: the node ID is the one the caller's SPIFFE ID is
-   bound to by the node ID mapping (``403 node_id_not_bound``; ``--node-id-mapping``, by
-   default ``spiffe://<td>/**/node/{node}``, :class:`~x0tta6bl4.identity.node_ids.NodeIdMapping`);
+2. cheap checks: the node ID is the one the caller's SPIFFE ID is bound to by the node ID
+   mapping (``--node-id-mapping``, by default ``spiffe://<td>/**/node/{node}``,
+   :class:`~x0tta6bl4.identity.node_ids.NodeIdMapping`) — else ``409 node_id_taken`` if the
+   node ID is registered to another SPIFFE ID (one store read), ``403 node_id_not_bound`` if
+   not;
    base64 fields, nonce length, timestamp within the clock-skew window, and the proof names
    the credential the request is authenticated with (its ``credential_sha256`` is the
    principal's, else ``401 proof_not_bound``: a proof made under another client certificate,
@@ -166,10 +168,18 @@ class Registrar:
             f"node {node_id!r} is bound to another SPIFFE ID (an admin must delete it first)",
         )
 
-    def _check_bound(self, spiffe_id: str, node_id: str) -> None:
-        """The node ID mapping (step 2): ``spiffe_id`` may register ``node_id`` only."""
+    async def _check_bound(self, spiffe_id: str, node_id: str) -> None:
+        """The node ID mapping (step 2): ``spiffe_id`` may register ``node_id`` only.
+
+        A node ID that is registered to another SPIFFE ID is refused as taken (``409
+        node_id_taken``: an impostor asking for a live node's ID learns only that it is
+        taken, the same answer as without a mapping); one that is not registered, as not
+        bound (``403 node_id_not_bound``)."""
         if self._mapping.allows(spiffe_id, node_id):
             return
+        existing = await self._store.get_node(node_id)
+        if existing is not None and existing.spiffe_id != spiffe_id:
+            raise self._identity_mismatch(node_id)
         bound = self._mapping.node_id_for(spiffe_id)
         if bound is None:
             raise AdmissionError(
@@ -275,7 +285,7 @@ class Registrar:
         (:attr:`~x0tta6bl4.controller.auth.Principal.credential_sha256`): the proofs must be
         bound to it."""
         now = self._clock()
-        self._check_bound(spiffe_id, node_id)
+        await self._check_bound(spiffe_id, node_id)
         public_key = _b64(public_key_b64, "ml_dsa_public_key")
         if len(public_key) != ML_DSA_65_PUBLIC_KEY_SIZE:
             raise AdmissionError(
