@@ -903,6 +903,34 @@ async def test_etcd_refuses_data_without_a_schema(etcd_single: EtcdCluster) -> N
         await EtcdStore(etcd_single.endpoints, prefix=prefix).open()
 
 
+@pytest.mark.etcd
+async def test_etcd_open_reads_a_schema_another_replica_creates_meanwhile(
+    etcd_single: EtcdCluster,
+) -> None:
+    """Two replicas opening one empty prefix at once: this one reads no schema key, the other
+    creates it, then this one's check for keys without a schema finds only that key. It is
+    the other replica's schema, not a corrupt prefix (a fresh-clone CI run hit this race in
+    test_two_owner_processes_racing_for_new_node_ids[etcd])."""
+    prefix = f"/x0-test-{uuid.uuid4().hex}/"
+
+    class Late(EtcdStore):
+        raced = False
+
+        async def _get(self, key: bytes) -> Any:
+            got = await super()._get(key)
+            if not self.raced:
+                self.raced = True
+                async with EtcdStore(etcd_single.endpoints, prefix=prefix):
+                    pass  # the other replica creates the schema now
+            return got
+
+    late = Late(etcd_single.endpoints, prefix=prefix)
+    async with late as store:
+        assert late.raced
+        await store.register_node(reg("n1"), NET)
+        assert [n.node_id for n in await store.list_nodes()] == ["n1"]
+
+
 async def test_sqlite_open_waits_for_another_process_holding_the_write_lock(
     tmp_path: Path,
 ) -> None:

@@ -427,10 +427,15 @@ class EtcdStore(Store):
         schema = await self._get(key)
         if schema is None:
             _, keys, _ = await self._range(self._p, _range_end(self._p), keys_only=True)
-            if keys:
+            if key in keys:
+                # Another replica created the schema between the two reads (two controllers
+                # opening one empty prefix at once): read what it wrote.
+                schema = await self._get(key)
+            elif keys:
                 raise StoreCorruptError(
                     where, f"holds {len(keys)} key(s) but no meta/schema key (e.g. {keys[0]!r:.80})"
                 )
+        if schema is None:
             if not self.create:
                 raise StoreMissingError(f"{where} is empty")
             created, response = await self._txn(
